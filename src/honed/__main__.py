@@ -1,0 +1,3 @@
+from honed.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,53 @@
+"""Command line: maps each subcommand to a function of the library, nothing else.
+
+Every area of honed owns its subcommands in a `register(subparsers)` function next to its code,
+so this file stays a table of contents.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from honed.errors import HonedError
+
+# (module, help) — each module exposes register(subparsers); imported lazily so `honed --help`
+# stays fast and a missing optional dependency only breaks its own verb.
+COMMAND_MODULES = [
+    "honed.commands.quickstart",
+    "honed.commands.train",
+    "honed.commands.data",
+    "honed.commands.infer",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="honed", description="Turn a general open LLM into a dependable domain expert.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    from honed import __version__
+
+    parser.add_argument("--version", action="version", version=f"honed {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        result = args.func(args)
+    except HonedError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return int(result or 0)
