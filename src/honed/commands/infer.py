@@ -1,0 +1,94 @@
+"""`honed chat` (interactive or one-shot) and `honed generate` (JSONL in, JSONL out)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", help="model folder or hub id (or a trained adapter/run folder)")
+    p.add_argument("--adapter", help="LoRA adapter folder (peft format)")
+    p.add_argument("--template", default="auto", help="chat template name (default: the tokenizer's own)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float16", "float32"])
+    p.add_argument("--trust-remote-code", action="store_true")
+    p.add_argument("--allow-pickle", action="store_true", help="allow loading pickle (.bin) weights")
+    p.add_argument("--system", help="system prompt for every conversation")
+    p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--repetition-penalty", type=float, default=1.0)
+    p.add_argument("--seed", type=int)
+    think = p.add_mutually_exclusive_group()
+    think.add_argument("--thinking", dest="enable_thinking", action="store_const", const=True, help="Qwen3: thinking on")
+    think.add_argument("--no-thinking", dest="enable_thinking", action="store_const", const=False, help="Qwen3: thinking off")
+
+
+def register(sub) -> None:
+    chat = sub.add_parser("chat", help="talk to a model (interactive, or one answer with --prompt)")
+    _model_args(chat)
+    chat.add_argument("--prompt", help="answer this one message and exit")
+    chat.add_argument("--show-thinking", action="store_true", help="print the model's reasoning too")
+    chat.set_defaults(func=run_chat)
+
+    gen = sub.add_parser("generate", help="batch generation: JSONL of prompts in, JSONL of answers out")
+    _model_args(gen)
+    gen.add_argument("--input", required=True, help="JSONL: {prompt} or {instruction, input} or {messages}")
+    gen.add_argument("--output", required=True, help="JSONL to write (each input record + response)")
+    gen.add_argument("--batch-size", type=int, default=8)
+    gen.add_argument("--overwrite", action="store_true")
+    gen.set_defaults(func=run_generate)
+
+
+def _load(args):
+    from honed.errors import ConfigError
+    from honed.infer.generate import ChatModel, GenerationSettings
+
+    if not args.model and not args.adapter:
+        raise ConfigError("give --model DIR (and optionally --adapter DIR)")
+    bot = ChatModel.load(args.model, adapter=args.adapter, template=args.template, device=args.device, dtype=args.dtype, trust_remote_code=args.trust_remote_code, allow_pickle=args.allow_pickle)
+    settings = GenerationSettings(args.max_new_tokens, args.temperature, args.top_p, args.top_k, args.repetition_penalty, args.seed, args.enable_thinking)
+    return bot, settings
+
+
+def run_chat(args) -> int:
+    from honed.data.conversation import Message
+
+    bot, settings = _load(args)
+    history = [Message("system", args.system)] if args.system else []
+    if args.prompt is not None:
+        reply = bot.reply([*history, Message("user", args.prompt)], settings)
+        if args.show_thinking and reply.reasoning:
+            print(f"<think>\n{reply.reasoning}\n</think>")
+        print(reply.text)
+        return 0
+    print("honed chat — /reset clears the conversation, /exit quits", file=sys.stderr)
+    while True:
+        try:
+            line = input("you> ").strip()
+        except EOFError:
+            return 0
+        if line in ("/exit", "/quit"):
+            return 0
+        if line == "/reset":
+            history = history[:1] if args.system else []
+            continue
+        if not line:
+            continue
+        history.append(Message("user", line))
+        reply = bot.reply(history, settings)
+        if args.show_thinking and reply.reasoning:
+            print(f"(thinking) {reply.reasoning}")
+        print(f"bot> {reply.text}")
+        history.append(Message("assistant", reply.text))
+
+
+def run_generate(args) -> int:
+    from honed.infer.batch import generate_file
+
+    bot, settings = _load(args)
+    n = generate_file(bot, args.input, args.output, settings, system=args.system, batch_size=args.batch_size, overwrite=args.overwrite)
+    print(f"wrote {n} answers to {args.output}", file=sys.stderr)
+    return 0

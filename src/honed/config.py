@@ -1,0 +1,213 @@
+"""Typed run configuration: the one source of truth for keys, defaults and their checks.
+
+A config file is the record of a run. It is YAML with the sections below; any key can be
+overridden on the command line as `section.key=value` (values parsed as YAML).
+
+>>> cfg = TrainConfig.model_validate({"model": {"name_or_path": "m"}, "data": {"train": ["a.jsonl"]}})
+>>> cfg.method, cfg.lora.r, cfg.data.train[0].path
+('lora', 16, 'a.jsonl')
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from honed.errors import ConfigError
+
+
+class _Strict(BaseModel):
+    # Unknown keys are errors: a typo such as `learning_rat` must not be silently ignored.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(_Strict):
+    name_or_path: str = Field(description="local model directory or hub id")
+    revision: str | None = None
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
+    trust_remote_code: bool = False
+    allow_pickle: bool = Field(False, description="allow loading .bin/.pt pickle weights (unsafe)")
+    attn_implementation: str | None = Field(None, description="sdpa, eager, flash_attention_2; None = transformers' default")
+    template: str = Field("auto", description="chat template: auto (tokenizer's own), or a built-in name")
+    enable_thinking: bool | None = Field(None, description="Qwen3: render with thinking on/off")
+
+
+class DataSource(_Strict):
+    path: str
+    format: Literal["auto", "alpaca", "sharegpt", "openai"] = "auto"
+    weight: float = Field(1.0, gt=0, description="sampling weight when mixing several files")
+    system_prompt: str | None = Field(None, description="overrides data.system_prompt for this file")
+
+
+class DataConfig(_Strict):
+    train: list[DataSource]
+    validation: list[DataSource] = Field(default_factory=list)
+    val_ratio: float = Field(0.0, ge=0.0, lt=1.0, description="carve a validation split off train when none is given")
+    system_prompt: str | None = Field(None, description="scope prompt injected into every sample")
+    system_prompt_file: str | None = None
+    train_on: Literal["assistant", "all", "last_assistant"] = "assistant"
+    max_seq_length: int = Field(1024, gt=8)
+    packing: bool = True
+    on_bad_record: Literal["error", "skip"] = "error"
+
+    @field_validator("train", "validation", mode="before")
+    @classmethod
+    def _paths_as_sources(cls, value: Any) -> Any:
+        # `train: data.jsonl` and `train: [a.jsonl, {path: b.jsonl, weight: 2}]` are both accepted.
+        if isinstance(value, (str, dict)):
+            value = [value]
+        return [{"path": v} if isinstance(v, str) else v for v in value]
+
+    @model_validator(mode="after")
+    def _one_system_prompt(self) -> "DataConfig":
+        if self.system_prompt and self.system_prompt_file:
+            raise ValueError("set data.system_prompt or data.system_prompt_file, not both")
+        return self
+
+
+class LoraSettings(_Strict):
+    r: int = Field(16, gt=0)
+    alpha: float = Field(32, gt=0)
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    target_modules: str | list[str] = "all-linear"
+    use_rslora: bool = False
+    modules_to_save: list[str] | None = None
+
+
+class QuantizationSettings(_Strict):
+    quant_type: Literal["nf4", "fp4"] = "nf4"
+    double_quant: bool = True
+    compute_dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
+
+
+class TrainingConfig(_Strict):
+    output_dir: str = "runs/honed"
+    overwrite: bool = False
+    seed: int = 42
+    epochs: float = Field(3, gt=0)
+    max_steps: int | None = Field(None, gt=0, description="optimizer steps; overrides epochs")
+    batch_size: int = Field(4, gt=0, description="samples per micro-batch (packing: token budget = batch_size × max_seq_length)")
+    gradient_accumulation_steps: int = Field(1, gt=0)
+    learning_rate: float = Field(2e-4, gt=0)
+    lr_scheduler: Literal["cosine", "linear", "constant"] = "cosine"
+    warmup_ratio: float = Field(0.03, ge=0, lt=1)
+    warmup_steps: int | None = Field(None, ge=0)
+    weight_decay: float = Field(0.0, ge=0)
+    max_grad_norm: float | None = Field(1.0, gt=0)
+    optimizer: Literal["adamw", "adamw_8bit"] = "adamw"
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
+    gradient_checkpointing: bool = False
+    logging_steps: int = Field(1, gt=0)
+    eval_steps: int | None = Field(None, gt=0, description="evaluate on validation every N steps (None: once per epoch)")
+    save_steps: int | None = Field(None, gt=0, description="checkpoint every N steps (None: once per epoch)")
+    save_total_limit: int | None = Field(2, gt=0)
+    early_stopping_patience: int | None = Field(None, gt=0, description="stop after N evaluations without improvement")
+    resume: bool | str = Field(False, description="true: latest checkpoint in output_dir; or a checkpoint path")
+    tensorboard: bool = True
+    device: str = Field("auto", description="auto, cpu, cuda, cuda:1")
+
+
+class TrainConfig(_Strict):
+    model: ModelConfig
+    data: DataConfig
+    method: Literal["lora", "qlora", "full"] = "lora"
+    lora: LoraSettings = Field(default_factory=LoraSettings)
+    quantization: QuantizationSettings = Field(default_factory=QuantizationSettings)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
+
+
+def parse_overrides(pairs: list[str]) -> dict:
+    """Turn `["training.learning_rate=1e-4", "method=full"]` into a nested dict.
+
+    >>> parse_overrides(["training.epochs=2", "data.packing=false"])
+    {'training': {'epochs': 2}, 'data': {'packing': False}}
+    """
+    out: dict = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {pair!r} is not key=value (e.g. training.learning_rate=1e-4)")
+        node = out
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        value = yaml.safe_load(raw) if raw else ""
+        # YAML reads 1e-4 as a string (no dot); numbers are what a user means here.
+        if isinstance(value, str):
+            try:
+                value = float(value) if any(c in value for c in ".eE") else value
+            except ValueError:
+                pass
+        node[parts[-1]] = value
+    return out
+
+
+def deep_merge(base: dict, extra: dict) -> dict:
+    merged = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _describe(err: ValidationError, where: str) -> str:
+    lines = [f"{where}: invalid config"]
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"])
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key (check the spelling; see configs/ for examples)"
+        lines.append(f"  {key}: {msg}")
+    return "\n".join(lines)
+
+
+def config_from_dict(raw: dict, where: str = "<config>") -> TrainConfig:
+    """Validate a raw dict, turning pydantic's errors into one message that names each bad key."""
+    try:
+        return TrainConfig.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(_describe(err, where)) from None
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> TrainConfig:
+    """Read a YAML config, apply `key=value` overrides, validate, and resolve relative paths.
+
+    Data paths in the file are relative to the file's folder, so a config can live beside its data.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        raise ConfigError(f"{where}: not valid YAML ({getattr(err, 'problem', err)})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections (model, data, training…)")
+    raw = deep_merge(raw, parse_overrides(overrides or []))
+    cfg = config_from_dict(raw, str(path))
+    return resolve_paths(cfg, path.parent)
+
+
+def resolve_paths(cfg: TrainConfig, base: Path) -> TrainConfig:
+    def fix(p: str) -> str:
+        q = Path(p).expanduser()
+        return str(q if q.is_absolute() or not (base / q).exists() else base / q)
+
+    for src in [*cfg.data.train, *cfg.data.validation]:
+        src.path = fix(src.path)
+    if cfg.data.system_prompt_file:
+        cfg.data.system_prompt_file = fix(cfg.data.system_prompt_file)
+    if Path(cfg.model.name_or_path).expanduser().exists() or (base / cfg.model.name_or_path).exists():
+        cfg.model.name_or_path = fix(cfg.model.name_or_path)
+    return cfg

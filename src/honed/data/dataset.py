@@ -1,0 +1,179 @@
+"""From the `data:` section of a config to tokenized train and validation samples.
+
+Loads every file, converts records to Conversations, injects the scope system prompt, mixes files
+by weight, carves a validation split, tokenizes, and keeps count of everything skipped or
+truncated so nothing is dropped silently.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from honed.config import DataConfig, DataSource
+from honed.data.conversation import Conversation
+from honed.data.formats import detect_format, to_conversation
+from honed.data.readers import read_records
+from honed.errors import DataError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class DataReport:
+    """What happened to the data: counts per file, formats detected, and every skipped sample."""
+
+    formats: dict[str, str] = field(default_factory=dict)
+    loaded: dict[str, int] = field(default_factory=dict)
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (location, reason)
+    truncated: list[str] = field(default_factory=list)
+    n_train: int = 0
+    n_validation: int = 0
+
+    def skip(self, where: str, reason: str) -> None:
+        self.skipped.append((where, reason))
+
+    def summary(self) -> str:
+        parts = [f"{self.n_train} train / {self.n_validation} validation samples"]
+        parts += [f"{Path(p).name}: {n} records ({self.formats.get(p, '?')})" for p, n in self.loaded.items()]
+        if self.skipped:
+            parts.append(f"{len(self.skipped)} skipped (first: {self.skipped[0][0]}: {self.skipped[0][1]})")
+        if self.truncated:
+            parts.append(f"{len(self.truncated)} truncated at max_seq_length")
+        return "; ".join(parts)
+
+    def to_dict(self) -> dict:
+        return {
+            "formats": self.formats,
+            "loaded": self.loaded,
+            "skipped": [{"where": w, "reason": r} for w, r in self.skipped],
+            "truncated": self.truncated,
+            "n_train": self.n_train,
+            "n_validation": self.n_validation,
+        }
+
+
+def scope_prompt(data: DataConfig) -> str | None:
+    if data.system_prompt_file:
+        path = Path(data.system_prompt_file)
+        if not path.is_file():
+            raise DataError(f"data.system_prompt_file: file not found: {path}")
+        return path.read_text(encoding="utf-8").strip()
+    return data.system_prompt
+
+
+def inject_system_prompt(conv: Conversation, prompt: str | None) -> Conversation:
+    """Put the scope prompt first; a sample's own system text is kept after it, not lost."""
+    if not prompt:
+        return conv
+    own = conv.messages[0].content if conv.messages and conv.messages[0].role == "system" else None
+    if own == prompt:
+        return conv
+    return conv.with_system(f"{prompt}\n\n{own}" if own else prompt)
+
+
+def load_source(source: DataSource, on_bad_record: str, report: DataReport, default_prompt: str | None = None) -> list[Conversation]:
+    """Read one file into Conversations, skipping (and counting) bad records when asked to."""
+    conversations: list[Conversation] = []
+    fmt = None if source.format == "auto" else source.format
+    prompt = source.system_prompt if source.system_prompt is not None else default_prompt
+    for where, record in read_records(source.path):
+        try:
+            if fmt is None:
+                fmt = detect_format(record, where)
+            conversations.append(inject_system_prompt(to_conversation(record, fmt, where), prompt))
+        except DataError as err:
+            if on_bad_record == "error":
+                raise DataError(f"{err} (set data.on_bad_record: skip to skip and count such records)") from None
+            report.skip(where, str(err).split(": ", 1)[-1])
+    report.formats[source.path] = fmt or "empty"
+    report.loaded[source.path] = len(conversations)
+    if not conversations:
+        raise DataError(f"{source.path}: no usable records (empty file, or every record was skipped)")
+    return conversations
+
+
+def apply_weight(conversations: list[Conversation], weight: float, rng: random.Random) -> list[Conversation]:
+    """Repeat a file `floor(weight)` times and add a seeded sample for the fractional rest."""
+    whole, frac = int(weight), weight - int(weight)
+    out = conversations * whole
+    if frac:
+        out += rng.sample(conversations, round(frac * len(conversations)))
+    return out
+
+
+def load_conversations(data: DataConfig, seed: int, report: DataReport) -> tuple[list[Conversation], list[Conversation]]:
+    """Train and validation Conversations for a data config (validation carved off when asked)."""
+    rng = random.Random(seed)
+    prompt = scope_prompt(data)
+    per_source = [(src, load_source(src, data.on_bad_record, report, prompt)) for src in data.train]
+    validation = [c for src in data.validation for c in load_source(src, data.on_bad_record, report, prompt)]
+    if not validation and data.val_ratio > 0:
+        # Split each file before weighting so a repeated sample never lands on both sides.
+        carved = []
+        for i, (src, convs) in enumerate(per_source):
+            order = list(range(len(convs)))
+            rng.shuffle(order)
+            n_val = max(1, round(data.val_ratio * len(convs)))
+            if n_val >= len(convs):
+                raise DataError(f"{src.path}: data.val_ratio={data.val_ratio} leaves no training samples")
+            validation += [convs[j] for j in sorted(order[:n_val])]
+            carved.append((src, [convs[j] for j in sorted(order[n_val:])]))
+        per_source = carved
+    train = [c for src, convs in per_source for c in apply_weight(convs, src.weight, rng)]
+    return train, validation
+
+
+def tokenize_all(conversations, tokenizer, template, data: DataConfig, report: DataReport, enable_thinking=None):
+    """Tokenize with the loss mask; samples with nothing to learn are errors or counted skips."""
+    from honed.data.tokenize import tokenize_conversation
+
+    samples = []
+    for conv in conversations:
+        try:
+            sample = tokenize_conversation(
+                conv, tokenizer, template, train_on=data.train_on, max_seq_length=data.max_seq_length, enable_thinking=enable_thinking
+            )
+        except DataError as err:
+            if data.on_bad_record == "error":
+                raise
+            report.skip(conv.source, str(err).split(": ", 1)[-1])
+            continue
+        if sample.truncated:
+            report.truncated.append(conv.source)
+        samples.append(sample)
+    return samples
+
+
+def data_fingerprint(data: DataConfig) -> str:
+    """sha256 over every data file's bytes and the data settings: the identity of a run's data."""
+    digest = hashlib.sha256(json.dumps(data.model_dump(mode="json"), sort_keys=True).encode())
+    for src in [*data.train, *data.validation]:
+        path = Path(src.path)
+        files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+        for f in files:
+            digest.update(f.name.encode())
+            with open(f, "rb") as fh:
+                for chunk in iter(lambda: fh.read(1 << 20), b""):
+                    digest.update(chunk)
+    return digest.hexdigest()
+
+
+def build_datasets(data: DataConfig, tokenizer, template, seed: int, enable_thinking=None):
+    """Everything `honed train` needs from the data section: (train, validation, report)."""
+    report = DataReport()
+    train_convs, val_convs = load_conversations(data, seed, report)
+    train = tokenize_all(train_convs, tokenizer, template, data, report, enable_thinking)
+    validation = tokenize_all(val_convs, tokenizer, template, data, report, enable_thinking)
+    if not train:
+        raise DataError("no training samples left after tokenization; see the skipped samples above")
+    report.n_train, report.n_validation = len(train), len(validation)
+    if report.skipped:
+        log.warning("skipped %d samples (data.on_bad_record=skip); first: %s: %s", len(report.skipped), *report.skipped[0])
+    if report.truncated:
+        log.warning("%d samples truncated at max_seq_length=%d", len(report.truncated), data.max_seq_length)
+    return train, validation, report

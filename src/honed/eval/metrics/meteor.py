@@ -1,0 +1,238 @@
+"""METEOR (Banerjee & Lavie 2005; parameters of Lavie & Agarwal 2007), computed offline.
+
+nltk's `meteor_score` needs the WordNet corpus, which is downloaded at run time; this one
+needs nothing but nltk's Porter stemmer (code, no data). The score of a hypothesis h against a
+reference r:
+
+    alignment   each word maps to at most one word of the other side, matched in three stages
+                of falling priority: exact (lower-cased) form, Porter stem, synonym.
+                Among the alignments with the most exact, then stem, then synonym matches, the
+                one with the fewest chunks is kept (found by a beam search, width 40, as
+                Meteor 1.5 does; exact whenever the ambiguous choices fit in the beam).
+    P, R        matches / len(h), matches / len(r)
+    Fmean       P·R / (alpha·P + (1 − alpha)·R)            alpha = 0.9  (= 10PR / (R + 9P))
+    penalty     gamma · (chunks / matches) ** beta          gamma = 0.5, beta = 3
+    METEOR      Fmean · (1 − penalty); 0 when nothing matches
+
+A chunk is a maximal run of matches adjacent in both h and r.
+
+Synonyms: WordNet is replaced by groups of interchangeable words — a small shipped table
+(`_synonyms.py`, English and Chinese) plus any groups the caller passes. Two words are
+synonyms when their Porter stems fall in one group, so "automobiles" matches "cars".
+With no synonym groups the score equals nltk's `meteor_score` whenever nltk's greedy
+alignment (each word to the last free equal word) has the fewest chunks — always when no word
+repeats; otherwise ours is the higher, correct one (tests pin both). nltk also looks synonyms up
+on the Porter stems left over from its stem stage, so "car"/"automobile" never match there.
+
+Text is split by `word_tokens` (jieba for Chinese; punctuation dropped).
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Iterable, Mapping, Sequence
+
+from honed.eval.metrics._common import (
+    AggregateResult,
+    SampleResult,
+    aggregate,
+    check_lengths,
+    pair_error,
+    require,
+)
+from honed.eval.metrics._synonyms import DEFAULT_GROUPS
+from honed.eval.metrics.language import Language, pair_language, word_tokens
+
+EXACT, STEM, SYNONYM = 0, 1, 2
+BEAM_WIDTH = 40
+
+SynonymGroups = Iterable[Iterable[str]] | Mapping[str, Iterable[str]]
+
+
+@lru_cache(maxsize=1)
+def _stemmer():
+    return require("nltk.stem.porter").PorterStemmer()
+
+
+@lru_cache(maxsize=65536)
+def _stem(word: str) -> str:
+    return _stemmer().stem(word)
+
+
+class SynonymTable:
+    """Groups of interchangeable words, looked up by Porter stem.
+
+    Groups come as lists of words, or as a dict {word: [its synonyms]} (taken as the group
+    word + synonyms; a synonym relation is always symmetric here).
+
+    >>> table = SynonymTable([("car", "automobile")])
+    >>> table.are_synonyms("cars", "automobiles"), table.are_synonyms("car", "bus")
+    (True, False)
+    """
+
+    def __init__(self, groups: SynonymGroups = ()):
+        if isinstance(groups, Mapping):
+            groups = [(word, *synonyms) for word, synonyms in groups.items()]
+        self._groups_of: dict[str, set[int]] = {}
+        for group_id, group in enumerate(groups):
+            for word in group:
+                self._groups_of.setdefault(_stem(word.lower()), set()).add(group_id)
+
+    def are_synonyms(self, a: str, b: str) -> bool:
+        groups_a = self._groups_of.get(_stem(a.lower()))
+        return bool(groups_a and groups_a & self._groups_of.get(_stem(b.lower()), set()))
+
+    def __len__(self) -> int:
+        return len({g for groups in self._groups_of.values() for g in groups})
+
+
+@lru_cache(maxsize=1)
+def default_synonyms() -> SynonymTable:
+    """The shipped synonym table (see `_synonyms.py`).
+
+    >>> default_synonyms().are_synonyms("begin", "start")
+    True
+    """
+    return SynonymTable(DEFAULT_GROUPS)
+
+
+def _candidates(hyp: Sequence[str], ref: Sequence[str],
+                synonyms: SynonymTable | None) -> list[list[tuple[int, int]]]:
+    """For each hypothesis word, the (stage, reference position) pairs it may align to."""
+    ref_stems = [_stem(word) for word in ref]
+    table = []
+    for h in hyp:
+        h_stem = _stem(h)
+        options = []
+        for j, r in enumerate(ref):
+            if h == r:
+                options.append((EXACT, j))
+            elif h_stem == ref_stems[j]:
+                options.append((STEM, j))
+            elif synonyms is not None and synonyms.are_synonyms(h, r):
+                options.append((SYNONYM, j))
+        table.append(options)
+    return table
+
+
+def align(hypothesis: Sequence[str], reference: Sequence[str],
+          synonyms: SynonymTable | None = None,
+          beam_width: int = BEAM_WIDTH) -> tuple[list[tuple[int, int]], int]:
+    """Best METEOR alignment of two token lists: (sorted (hyp_pos, ref_pos) matches, chunks).
+
+    Tokens are compared lower-cased.
+
+    >>> align(["the", "cat", "sat"], ["the", "cat", "sat"])
+    ([(0, 0), (1, 1), (2, 2)], 1)
+    >>> align(["sat", "the", "cat"], ["the", "cat", "sat"])
+    ([(0, 2), (1, 0), (2, 1)], 2)
+    """
+    hyp = [word.lower() for word in hypothesis]
+    ref = [word.lower() for word in reference]
+    candidates = _candidates(hyp, ref, synonyms)
+    # A state is (used reference positions as a bit mask, ref position of the match at the
+    # previous hypothesis word or -1). Its key ranks it: more exact, stem, synonym matches,
+    # then fewer chunks. States with the same (mask, last) only keep their best key.
+    # Matches are kept as a linked list (i, j, previous) so that extending one is O(1).
+    beam: dict[tuple[int, int], tuple[tuple, tuple | None]] = {(0, -1): ((0, 0, 0, 0), None)}
+    for i, options in enumerate(candidates):
+        successors: dict[tuple[int, int], tuple[tuple, tuple | None]] = {}
+        for (mask, last), (key, matches) in beam.items():
+            steps = [((mask, -1), key, matches)]  # leave hypothesis word i unaligned
+            for stage, j in options:
+                if mask >> j & 1:
+                    continue
+                counts = list(key)
+                counts[stage] += 1
+                if j != last + 1 or last < 0:
+                    counts[3] -= 1  # opens a new chunk
+                steps.append(((mask | 1 << j, j), tuple(counts), (i, j, matches)))
+            for state, new_key, new_matches in steps:
+                if state not in successors or new_key > successors[state][0]:
+                    successors[state] = (new_key, new_matches)
+        if len(successors) > beam_width:
+            ranked = sorted(successors.items(), key=lambda item: item[1][0], reverse=True)
+            successors = dict(ranked[:beam_width])
+        beam = successors
+    key, node = max(beam.values(), key=lambda value: value[0])
+    matches = []
+    while node is not None:
+        matches.append((node[0], node[1]))
+        node = node[2]
+    return matches[::-1], -key[3]
+
+
+def meteor_tokens(hypothesis: Sequence[str], reference: Sequence[str],
+                  synonyms: SynonymTable | None = None, alpha: float = 0.9,
+                  beta: float = 3.0, gamma: float = 0.5, beam_width: int = BEAM_WIDTH) -> float:
+    """METEOR of two pre-tokenized texts (see the module docstring for the formula).
+
+    >>> round(meteor_tokens("the cat sat on the mat".split(), "the cat sat on the mat".split()), 4)
+    0.9977
+    """
+    matches, chunks = align(hypothesis, reference, synonyms, beam_width)
+    if not matches:
+        return 0.0
+    precision = len(matches) / len(hypothesis)
+    recall = len(matches) / len(reference)
+    fmean = precision * recall / (alpha * precision + (1 - alpha) * recall)
+    penalty = gamma * (chunks / len(matches)) ** beta
+    return fmean * (1 - penalty)
+
+
+def _synonym_table(synonyms: SynonymGroups | SynonymTable | None,
+                   use_default_synonyms: bool) -> SynonymTable | None:
+    if isinstance(synonyms, SynonymTable) and not use_default_synonyms:
+        return synonyms
+    groups: list = list(DEFAULT_GROUPS) if use_default_synonyms else []
+    if isinstance(synonyms, Mapping):
+        groups += [(word, *alternatives) for word, alternatives in synonyms.items()]
+    elif isinstance(synonyms, SynonymTable):
+        raise TypeError("pass your groups (list or dict), not a SynonymTable, to merge them "
+                        "with the defaults; or set use_default_synonyms=False")
+    elif synonyms is not None:
+        groups += [tuple(group) for group in synonyms]
+    if not groups:
+        return None
+    return default_synonyms() if groups == list(DEFAULT_GROUPS) else SynonymTable(groups)
+
+
+def meteor(prediction: str | None, reference: str | None,
+           synonyms: SynonymGroups | SynonymTable | None = None,
+           use_default_synonyms: bool = True, language: Language | None = None,
+           alpha: float = 0.9, beta: float = 3.0, gamma: float = 0.5) -> SampleResult:
+    """METEOR of one pair, in [0, 1]; Chinese is segmented by jieba.
+
+    `synonyms` adds groups to the shipped table (or replaces it with
+    `use_default_synonyms=False`): [("car", "automobile"), ...] or {"car": ["automobile"]}.
+
+    >>> meteor("he starts the car", "he begins the automobile").scores["meteor"]
+    0.9921875
+    >>> meteor("", "x").error
+    'empty prediction'
+    """
+    error = pair_error(prediction, reference)
+    if error:
+        return SampleResult(error=error)
+    language = language or pair_language(prediction, reference)
+    hyp, ref = word_tokens(prediction, language), word_tokens(reference, language)
+    if not ref:
+        return SampleResult(error="reference has no words")
+    if not hyp:
+        return SampleResult({"meteor": 0.0})
+    table = _synonym_table(synonyms, use_default_synonyms)
+    return SampleResult({"meteor": meteor_tokens(hyp, ref, table, alpha, beta, gamma)})
+
+
+def corpus_meteor(predictions: Sequence[str | None], references: Sequence[str | None],
+                  synonyms: SynonymGroups | None = None,
+                  use_default_synonyms: bool = True) -> AggregateResult:
+    """Mean per-sample METEOR over the scorable pairs.
+
+    >>> corpus_meteor(["a b c", None], ["a b c", "d"]).n_skipped
+    1
+    """
+    check_lengths(predictions, references)
+    table = _synonym_table(synonyms, use_default_synonyms)
+    return aggregate([meteor(p, r, table, use_default_synonyms=False)
+                      for p, r in zip(predictions, references)])

@@ -1,0 +1,1 @@
+"""Inference: chat and batch generation with a base model or base + adapter."""

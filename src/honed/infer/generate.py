@@ -1,0 +1,145 @@
+"""Generation with a base model or base + adapter: batched, left-padded, stopping at end of turn.
+
+>>> # bot = ChatModel.load("runs/quickstart", adapter=None)                       # doctest: +SKIP
+>>> # bot.reply([Message("user", "What does HbA1c measure?")]).text              # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from honed.config import ModelConfig
+from honed.data.conversation import Conversation, Message
+from honed.model.load import load_model, load_tokenizer, pick_device
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class GenerationSettings:
+    """Greedy when temperature is 0; otherwise sampling with top-p / top-k."""
+
+    max_new_tokens: int = 256
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = 0
+    repetition_penalty: float = 1.0
+    seed: int | None = None
+    enable_thinking: bool | None = None
+
+
+@dataclass
+class Reply:
+    text: str
+    reasoning: str | None
+    new_tokens: int
+    finished: bool  # False when max_new_tokens cut the answer
+
+
+def adapter_base_path(adapter_dir: str) -> str | None:
+    """The base model an adapter was trained on, from its adapter_config.json."""
+    import json
+
+    cfg = Path(adapter_dir) / "adapter_config.json"
+    if not cfg.is_file():
+        return None
+    return json.loads(cfg.read_text()).get("base_model_name_or_path")
+
+
+class ChatModel:
+    """A model + tokenizer + chat template, ready to answer conversations."""
+
+    def __init__(self, model, tokenizer, template, device: torch.device):
+        self.model, self.tokenizer, self.template, self.device = model, tokenizer, template, device
+        self.model.eval()
+        self._stop_ids, self._stop_strings = self._stops()
+
+    @classmethod
+    def load(cls, model_path: str | None = None, *, adapter: str | None = None, template: str = "auto", device: str = "auto", dtype: str = "auto", trust_remote_code: bool = False, allow_pickle: bool = False) -> "ChatModel":
+        """Load a model folder (full model, or an adapter folder whose base is found from its config)."""
+        from honed.data.templates import get_template
+        from honed.errors import ModelError
+
+        if model_path and adapter is None and (Path(model_path) / "adapter_config.json").is_file():
+            adapter, model_path = model_path, None  # `--model ADAPTER_DIR` also works
+        if model_path is None:
+            model_path = adapter_base_path(adapter) if adapter else None
+            if not model_path:
+                raise ModelError("give --model (a model folder or hub id); the adapter does not name its base model")
+        cfg = ModelConfig(name_or_path=model_path, dtype=dtype, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle, template=template)
+        dev = pick_device(device)
+        # The adapter folder holds the tokenizer the run saved (same as the base's, plus any pad token).
+        tokenizer = load_tokenizer(cfg.model_copy(update={"name_or_path": adapter}) if adapter and (Path(adapter) / "tokenizer_config.json").is_file() else cfg)
+        model, info = load_model(cfg, device=dev, for_training=False)
+        if adapter:
+            from honed.model.adapters import load_adapter
+
+            model = load_adapter(model, adapter)
+        return cls(model, tokenizer, get_template(template, tokenizer, info["model_type"]), dev)
+
+    def _stops(self) -> tuple[list[int], list[str]]:
+        ids, strings = set(), []
+        for s in self.template.stop_strings:
+            tok = self.tokenizer.encode(s, add_special_tokens=False)
+            if len(tok) == 1:
+                ids.add(tok[0])
+            else:
+                strings.append(s)
+        if self.tokenizer.eos_token_id is not None:
+            ids.add(self.tokenizer.eos_token_id)
+        return sorted(ids), strings
+
+    @torch.no_grad()
+    def generate(self, conversations: list[Conversation], settings: GenerationSettings | None = None, *, batch_size: int = 8) -> list[Reply]:
+        """Answer each conversation's last user turn; batches are left-padded."""
+        from honed.data.tokenize import render_prompt_ids
+
+        settings = settings or GenerationSettings()
+        if settings.seed is not None:
+            torch.manual_seed(settings.seed)
+        prompts = [render_prompt_ids(c, self.tokenizer, self.template, enable_thinking=settings.enable_thinking) for c in conversations]
+        replies: list[Reply] = []
+        for start in range(0, len(prompts), batch_size):
+            replies += self._generate_batch(prompts[start : start + batch_size], settings)
+        return replies
+
+    def reply(self, messages: list[Message], settings: GenerationSettings | None = None) -> Reply:
+        return self.generate([Conversation(messages)], settings)[0]
+
+    def _generate_batch(self, prompts: list[list[int]], s: GenerationSettings) -> list[Reply]:
+        pad = self.tokenizer.pad_token_id
+        width = max(map(len, prompts))
+        ids = torch.full((len(prompts), width), pad, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for row, p in enumerate(prompts):
+            ids[row, width - len(p) :] = torch.tensor(p)
+            mask[row, width - len(p) :] = 1
+        kwargs = dict(max_new_tokens=s.max_new_tokens, eos_token_id=self._stop_ids, pad_token_id=pad, repetition_penalty=s.repetition_penalty)
+        if s.temperature > 0:
+            kwargs.update(do_sample=True, temperature=s.temperature, top_p=s.top_p, top_k=s.top_k or None)
+        else:
+            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        if self._stop_strings:
+            kwargs.update(stop_strings=self._stop_strings, tokenizer=self.tokenizer)
+        out = self.model.generate(input_ids=ids.to(self.device), attention_mask=mask.to(self.device), **kwargs)
+        return [self._decode(row[width:].tolist(), s.max_new_tokens) for row in out.cpu()]
+
+    def _decode(self, new_ids: list[int], limit: int) -> Reply:
+        from honed.data.templates import split_thinking
+
+        cut = next((i for i, t in enumerate(new_ids) if t in self._stop_ids), None)
+        finished = cut is not None
+        kept = new_ids[:cut] if finished else new_ids
+        text = self.tokenizer.decode(kept, skip_special_tokens=False)
+        for s in self._stop_strings:
+            if s in text:
+                text, finished = text.split(s, 1)[0], True
+        reasoning, text = split_thinking(text) if "<think>" in text or "</think>" in text else (None, text)
+        for special in (self.tokenizer.bos_token, self.tokenizer.pad_token):
+            if special:
+                text = text.replace(special, "")
+        return Reply(text.strip(), reasoning, len(kept), finished or len(new_ids) < limit)

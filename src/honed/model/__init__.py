@@ -1,0 +1,1 @@
+"""Models: loading (dtype, quantization, safety checks) and LoRA adapters in peft format."""

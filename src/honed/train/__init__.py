@@ -1,0 +1,1 @@
+"""Training: readable loops (sft.py), losses, optimizers, checkpoints and run outputs."""

@@ -1,0 +1,248 @@
+"""Supervised fine-tuning, top to bottom: setup → loop → save.
+
+One optimizer step = `gradient_accumulation_steps` micro-batches; each micro-batch's summed token
+loss is divided by the number of trained tokens in the whole step, so every token weighs the same
+however the samples fell into micro-batches.
+
+>>> # result = train(load_config("configs/quickstart.yaml"))  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from honed.config import TrainConfig
+from honed.data.dataset import build_datasets, data_fingerprint
+from honed.data.packing import collate, plan_batches
+from honed.errors import ConfigError, HonedError
+from honed.model.adapters import apply_lora, count_parameters
+from honed.model.load import load_model, load_tokenizer, pick_device
+from honed.train.checkpoint import TrainState, find_resume_checkpoint, load_checkpoint, save_checkpoint
+from honed.train.losses import causal_lm_loss_sum, count_trained_tokens, model_logits
+from honed.train.metrics_log import MetricsLog, read_metrics
+from honed.train.optim import build_optimizer, build_scheduler, warmup_steps_for
+from honed.train.outputs import plot_losses, save_model_files, save_weights_atomic, write_run_record
+from honed.train.progress import TrainProgress
+from honed.utils.fs import prepare_output_dir
+from honed.utils.seed import set_seed
+
+log = logging.getLogger(__name__)
+
+
+class TrainingInterrupted(HonedError):
+    """SIGINT/SIGTERM arrived; a checkpoint was saved and the run can be resumed."""
+
+
+@dataclass
+class TrainResult:
+    output_dir: Path
+    steps: int
+    losses: list[float] = field(default_factory=list)  # train loss at every optimizer step
+    val_losses: list[tuple[int, float]] = field(default_factory=list)
+    best_step: int | None = None
+    stopped_early: bool = False
+    interrupted: bool = False
+    last_checkpoint: Path | None = None
+
+
+def autocast_context(precision: str, device: torch.device):
+    if precision in ("bf16", "fp16"):
+        return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+    return contextlib.nullcontext()
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    if precision == "auto":
+        return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+    if precision in ("bf16", "fp16") and device.type == "cpu":
+        log.warning("training.precision=%s on CPU runs slowly; fp32 is the CPU default", precision)
+    return precision
+
+
+@torch.no_grad()
+def evaluate_loss(model, samples, cfg: TrainConfig, device, precision: str, pad_id: int) -> float:
+    """Token-weighted mean loss over trained (assistant) tokens of the given samples."""
+    model.eval()
+    total, count = 0.0, 0
+    lengths = [len(s.input_ids) for s in samples]
+    for idx in plan_batches(lengths, batch_size=cfg.training.batch_size, max_seq_length=cfg.data.max_seq_length, packing=cfg.data.packing, seed=0, epoch=0, shuffle=False):
+        batch = {k: v.to(device) for k, v in collate([samples[i] for i in idx], packing=cfg.data.packing, pad_id=pad_id).items()}
+        with autocast_context(precision, device):
+            loss_sum, n = causal_lm_loss_sum(model_logits(model, batch), batch["labels"])
+        total, count = total + float(loss_sum), count + n
+    model.train()
+    return total / max(count, 1)
+
+
+class _StopSignal:
+    """Turns SIGINT/SIGTERM into a flag the loop checks between steps (a checkpoint is then saved)."""
+
+    def __init__(self):
+        self.received: int | None = None
+        self._old = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(ValueError):  # not in the main thread: leave signals alone
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.received is not None:  # second Ctrl-C: stop now
+            raise KeyboardInterrupt
+        self.received = signum
+        log.warning("signal %s received: finishing this step, saving a checkpoint, then exiting", signal.Signals(signum).name)
+
+    def __exit__(self, *exc):
+        for sig, handler in self._old.items():
+            signal.signal(sig, handler)
+
+
+def train(cfg: TrainConfig, *, stop_after_steps: int | None = None, show_progress: bool = True) -> TrainResult:
+    """Run SFT as configured. `stop_after_steps` saves a checkpoint and stops early (as SIGTERM would)."""
+    started = time.time()
+    t = cfg.training
+    out = Path(t.output_dir)
+
+    # ---- setup -------------------------------------------------------------------------
+    resume_from = find_resume_checkpoint(t.resume, out)
+    prepare_output_dir(out, overwrite=t.overwrite and not t.resume, resuming=bool(t.resume))
+    set_seed(t.seed)
+    device = pick_device(t.device)
+    precision = resolve_precision(t.precision, device)
+    if precision == "fp16" and cfg.method == "full":
+        raise ConfigError("training.precision=fp16 with method=full would update fp16 master weights; use bf16 or fp32")
+
+    tokenizer = load_tokenizer(cfg.model)
+    model, info = load_model(cfg.model, device=device, quantization=cfg.quantization if cfg.method == "qlora" else None)
+    from honed.data.templates import get_template
+
+    template = get_template(cfg.model.template, tokenizer, info["model_type"])
+    train_set, val_set, report = build_datasets(cfg.data, tokenizer, template, t.seed, cfg.model.enable_thinking)
+    log.info("data: %s", report.summary())
+
+    if info["quantized"] and cfg.method == "full":
+        raise ConfigError(f"method=full cannot train a 4-bit model ({cfg.model.name_or_path}); use method=qlora")
+    if cfg.method in ("lora", "qlora"):
+        model = apply_lora(model, cfg.lora, quantized=info["quantized"], gradient_checkpointing=t.gradient_checkpointing)
+    if t.gradient_checkpointing:
+        # Non-reentrant checkpointing needs no input grads, so frozen embeddings are fine.
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.train()
+    trainable, total = count_parameters(model)
+    info.update(method=cfg.method, precision=precision, device=str(device), trainable_params=trainable, total_params=total)
+    log.info("model: %s %s on %s, %s, %.2f M trainable of %.1f M", info["model_type"], cfg.method, device, precision, trainable / 1e6, total / 1e6)
+
+    lengths = [len(s.input_ids) for s in train_set]
+    plan_args = dict(batch_size=t.batch_size, max_seq_length=cfg.data.max_seq_length, packing=cfg.data.packing, seed=t.seed)
+    micro_per_epoch = len(plan_batches(lengths, epoch=0, **plan_args))
+    steps_per_epoch = math.ceil(micro_per_epoch / t.gradient_accumulation_steps)
+    total_steps = t.max_steps or max(1, math.ceil(t.epochs * steps_per_epoch))
+    eval_every = t.eval_steps or steps_per_epoch
+    save_every = t.save_steps or steps_per_epoch
+
+    optimizer = build_optimizer(model, t)
+    scheduler = build_scheduler(optimizer, t.lr_scheduler, warmup_steps=warmup_steps_for(t, total_steps), total_steps=total_steps)
+    scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
+    state = TrainState(total_steps=total_steps)
+    if resume_from is not None:
+        state = load_checkpoint(resume_from, model, optimizer, scheduler)
+        log.info("resumed from %s at step %d (epoch %d, micro-batch %d)", resume_from, state.step, state.epoch, state.batch_in_epoch)
+        if state.total_steps != total_steps:
+            raise ConfigError(f"training.resume: {resume_from} was planned for {state.total_steps} steps, this config gives {total_steps}; keep the same data/batch/epochs to resume")
+
+    metrics = MetricsLog(out, tensorboard=t.tensorboard, resume_step=state.step if resume_from else None)
+    result = TrainResult(output_dir=out, steps=state.step, best_step=state.best_step)
+    save_adapter = (lambda folder: save_model_files(model, None, folder)) if cfg.method != "full" else None
+
+    def checkpoint() -> Path:
+        path = save_checkpoint(out, model, optimizer, scheduler, state, save_model_files=save_adapter, keep=t.save_total_limit)
+        result.last_checkpoint = path
+        return path
+
+    # ---- loop --------------------------------------------------------------------------
+    progress = TrainProgress(total_steps, enabled=show_progress, start=state.step)
+    with _StopSignal() as stop, progress:
+        while state.step < total_steps:
+            batches = plan_batches(lengths, epoch=state.epoch, **plan_args)
+            while state.batch_in_epoch < len(batches) and state.step < total_steps:
+                group = batches[state.batch_in_epoch : state.batch_in_epoch + t.gradient_accumulation_steps]
+                step_start = time.perf_counter()
+                micro = [collate([train_set[i] for i in idx], packing=cfg.data.packing, pad_id=tokenizer.pad_token_id) for idx in group]
+                n_trained = sum(count_trained_tokens(b["labels"]) for b in micro)
+                step_loss = 0.0
+                for batch in micro:
+                    batch = {k: v.to(device) for k, v in batch.items()}
+                    with autocast_context(precision, device):
+                        loss_sum, _ = causal_lm_loss_sum(model_logits(model, batch), batch["labels"])
+                    loss = loss_sum / max(n_trained, 1)
+                    (scaler.scale(loss) if scaler else loss).backward()
+                    step_loss += loss.item()
+                if scaler:
+                    scaler.unscale_(optimizer)
+                grad_norm = torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], t.max_grad_norm or float("inf"))
+                lr = scheduler.get_last_lr()[0]
+                if scaler:
+                    scaler.step(optimizer)
+                    scaler.update()
+                else:
+                    optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+
+                n_tokens = sum(int(b["input_ids"].numel()) for b in micro)
+                state.step += 1
+                state.batch_in_epoch += len(group)
+                state.tokens_seen += n_tokens
+                elapsed = time.perf_counter() - step_start
+                result.losses.append(step_loss)
+                progress.update(state.step, loss=step_loss, lr=lr, tokens_per_s=n_tokens / elapsed)
+                if state.step % t.logging_steps == 0 or state.step == total_steps:
+                    metrics.write("train", state.step, loss=step_loss, lr=lr, grad_norm=float(grad_norm), tokens_per_s=n_tokens / elapsed, epoch=state.epoch)
+
+                if val_set and (state.step % eval_every == 0 or state.step == total_steps):
+                    val_loss = evaluate_loss(model, val_set, cfg, device, precision, tokenizer.pad_token_id)
+                    result.val_losses.append((state.step, val_loss))
+                    metrics.write("eval", state.step, loss=val_loss)
+                    progress.note(f"step {state.step}: validation loss {val_loss:.4f}")
+                    if state.best_val_loss is None or val_loss < state.best_val_loss:
+                        state.best_val_loss, state.best_step, state.evals_without_improvement = val_loss, state.step, 0
+                        save_weights_atomic(model, tokenizer, out / "best")
+                        result.best_step = state.step
+                    else:
+                        state.evals_without_improvement += 1
+                if t.early_stopping_patience and state.evals_without_improvement >= t.early_stopping_patience:
+                    progress.note(f"early stop: no validation improvement in {t.early_stopping_patience} evaluations (best step {state.best_step})")
+                    result.stopped_early = True
+                    break
+
+                if state.step % save_every == 0 or state.step == total_steps:
+                    checkpoint()
+                if stop.received is not None or (stop_after_steps is not None and state.step >= stop_after_steps):
+                    if result.last_checkpoint is None or not result.last_checkpoint.name.endswith(f"{state.step:06d}"):
+                        checkpoint()
+                    metrics.close()
+                    result.steps, result.interrupted = state.step, True
+                    if stop.received is not None:
+                        raise TrainingInterrupted(f"stopped at step {state.step}; checkpoint saved to {result.last_checkpoint}. Resume with training.resume=true")
+                    return result
+            if result.stopped_early:
+                break
+            if state.batch_in_epoch >= len(batches):
+                state.epoch, state.batch_in_epoch = state.epoch + 1, 0
+
+    # ---- save --------------------------------------------------------------------------
+    metrics.close()
+    save_weights_atomic(model, tokenizer, out)
+    write_run_record(out, cfg, fingerprint=data_fingerprint(cfg.data), info=info, report=report.to_dict(), started=started)
+    plot_losses(read_metrics(out / "metrics.jsonl"), out / "loss_curve.png")
+    result.steps = state.step
+    return result

@@ -1,0 +1,137 @@
+"""Text-level promises: synonyms and rewrites spare protected words; noise never touches answers."""
+
+from __future__ import annotations
+
+import random
+import re
+
+import pytest
+
+from honed.data import Conversation, Message
+from honed.data.augment import LabelSet, get_transform
+from honed.errors import ConfigError
+
+
+@pytest.fixture
+def ls(labels):
+    return LabelSet.from_config(labels)
+
+
+def test_synonym_replacement_guide_example_and_case():
+    s = Conversation([Message("user", "这部电影非常精彩"), Message("assistant", "是的")])
+    outs = {get_transform("synonym_replace", {"rate": 1.0})(s, random.Random(i)).messages[0].content for i in range(20)}
+    assert "这部电影非常出色" in outs or any("出色" in o for o in outs)
+    en = Conversation([Message("user", "Great movie. It was a terrible ending."), Message("assistant", "ok")])
+    out = get_transform("synonym_replace", {"rate": 1.0, "dictionaries": ["en"]})(en, random.Random(0)).messages[0].content
+    assert out.split()[0] in ("Excellent", "Terrific")
+    assert "an awful" in out or "a dreadful" in out  # the article follows the new word
+
+
+def test_synonyms_never_replace_label_words_or_protected_spans(ls, tmp_path):
+    # A dictionary that would happily rewrite the label word and the drug name.
+    d = tmp_path / "mine.txt"
+    d.write_text("积极, 主动\n二甲双胍, 甲福明\n精彩, 出色\n", encoding="utf-8")
+    s = Conversation([Message("user", "情感（积极/消极）：\n二甲双胍的讲座非常精彩，大家很积极"),
+                      Message("assistant", "积极")], meta={"label": "positive", "protected": ["二甲双胍"]})
+    t = get_transform("synonym_replace", {"rate": 1.0, "dictionaries": ["zh", str(d)]}, labels=ls)
+    for seed in range(10):
+        text = t(s, random.Random(seed)).messages[0].content
+        assert text.count("积极") == 2 and "二甲双胍" in text and "精彩" not in text
+    bad = {"rate": 1.0, "dictionaries": ["nope.txt"]}
+    with pytest.raises(ConfigError, match="dictionaries"):
+        get_transform("synonym_replace", bad)
+
+
+def test_synonym_replacement_keeps_labels_over_a_batch(ls, sentiment):
+    t = get_transform("synonym_replace", {"rate": 1.0}, labels=ls)
+    for s in sentiment:
+        out = t(s, random.Random(0))
+        assert out.meta["label"] == s.meta["label"] and out.messages[-1].content == s.messages[-1].content
+
+
+@pytest.mark.parametrize("before, after", [
+    ("What is HbA1c?", {"Can you explain HbA1c?", "Could you tell me what HbA1c is?", "Please explain HbA1c.",
+                        "I'd like to know what HbA1c is."}),
+    ("HbA1c是什么？", {"请解释一下HbA1c。", "HbA1c指的是什么？", "能介绍一下HbA1c吗？", "什么是HbA1c？"}),
+    ("我认为这个产品很好用", {"这个产品，在我看来，很好用", "在我看来，这个产品很好用", "我的看法是这个产品很好用"}),
+])
+def test_rewrite_rules_from_the_guide(before, after):
+    t = get_transform("rewrite_sentence")
+    s = Conversation([Message("user", before), Message("assistant", "…")])
+    outs = {t(s, random.Random(i)).messages[0].content for i in range(30)}
+    assert outs == after
+
+
+def test_rewrite_only_when_protected_words_are_captured(ls):
+    t = get_transform("rewrite_sentence", {"rules": [{"match": "^积极(?P<x>.+)是什么？$", "to": ["请解释{x}。"]}],
+                                           "replace_rules": True}, labels=ls)
+    s = Conversation([Message("user", "积极情绪是什么？"), Message("assistant", "…")])
+    assert t(s, random.Random(0)) is s  # the rule would drop the label word, so it does not fire
+
+
+def test_rewrite_bad_rules_are_config_errors():
+    with pytest.raises(ConfigError, match=r"rules\[0\].to"):
+        get_transform("rewrite_sentence", {"rules": [{"match": "^(?P<x>.+)$", "to": ["{y}"]}]})
+    with pytest.raises(ConfigError, match=r"rules\[0\]"):
+        get_transform("rewrite_sentence", {"rules": [{"match": "^(x$", "to": ["y"]}], "replace_rules": True})
+
+
+def test_noise_never_touches_the_answer_digits_negations_or_labels(ls):
+    samples = [
+        Conversation([Message("system", "Be exact."), Message("user", "What is the capital of France? It is not 1234 km away."),
+                      Message("assistant", "Paris, about 1234 km.")], meta={"label": "neutral"}),
+        Conversation([Message("user", "情感（积极/消极）：\n我不觉得这部电影好看，价格是45.5元"), Message("assistant", "消极")],
+                     meta={"label": "negative"}),
+    ]
+    t = get_transform("noise", {"rate": 0.5, "roles": ["user"]}, labels=ls)
+    changed = 0
+    for seed in range(50):
+        for s in samples:
+            out = t(s, random.Random(seed))
+            assert out.messages[-1].content == s.messages[-1].content
+            assert out.messages[0].content == s.messages[0].content or out.messages[0].role != "system"
+            user = out.messages[-2].content
+            assert re.findall(r"\d+", user) == re.findall(r"\d+", s.messages[-2].content)
+            assert ("not" in user) == ("not" in s.messages[-2].content) and user.count("不") >= s.messages[-2].content.count("不")
+            assert user.count("积极") == s.messages[-2].content.count("积极")
+            changed += user != s.messages[-2].content
+    assert changed == 100
+
+
+def test_noise_rate_controls_the_amount():
+    s = Conversation([Message("user", "The quick brown fox jumps over the lazy sleeping dog " * 5), Message("assistant", "ok")])
+    def edits(rate):
+        return sum(get_transform("noise", {"rate": rate})(s, random.Random(i)).meta["augmentations"][0]["params"]["edits"]
+                   for i in range(10))
+    assert edits(0.01) < edits(0.1) < edits(0.4)
+
+
+def test_noise_chinese_character_kinds():
+    s = Conversation([Message("user", "我在做作业的时候已经到了晚上"), Message("assistant", "好的")])
+    out = get_transform("noise", {"rate": 0.5, "kinds": ["homophone"]})(s, random.Random(0)).messages[0].content
+    assert len(out) == len(s.messages[0].content) and out != s.messages[0].content
+
+
+def test_noise_refuses_assistant_role():
+    with pytest.raises(ConfigError, match="roles"):
+        get_transform("noise", {"roles": ["user", "assistant"]})
+
+
+def test_system_prompt_modes_and_per_dataset_filter():
+    from honed.data.augment import Recipe
+    a = Conversation([Message("user", "q"), Message("assistant", "a")], source="medical.jsonl:1")
+    b = Conversation([Message("system", "old"), Message("user", "q"), Message("assistant", "a")], source="legal.jsonl:1")
+    recipe = Recipe.from_config([
+        {"name": "system_prompt", "params": {"prompt": "你是医学检验专家。"}, "only": {"source": "medical*"}},
+        {"name": "system_prompt", "params": {"prompt": "You are a legal assistant.", "mode": "if_missing"},
+         "only": {"source": "legal*"}}])
+    out = recipe.apply([a, b], seed=0)
+    assert out[0].messages[0].content == "你是医学检验专家。" and out[1].messages[0].content == "old"
+
+
+def test_turn_delimiters_fold_history_into_one_prompt():
+    s = Conversation([Message("system", "S"), Message("user", "A?"), Message("assistant", "a"),
+                      Message("user", "B?"), Message("assistant", "b")])
+    out = get_transform("turn_delimiters")(s, random.Random(0))
+    assert out.roles() == ["system", "user", "assistant"] and out.messages[-1].content == "b"
+    assert out.messages[1].content == "### Human: A?\n### Assistant: a\n### Human: B?\n### Assistant:"
