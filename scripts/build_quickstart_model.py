@@ -65,7 +65,7 @@ def main() -> None:
     model.train()
     start = time.time()
     for step in range(args.steps):
-        batch = collate_packed(random.sample(docs, 16))
+        batch = collate_packed([random.sample(docs, 16)], padding_free=True)
         logits = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False).logits
         loss = torch.nn.functional.cross_entropy(logits[0, :-1], batch["labels"][0, 1:], ignore_index=-100)
         loss.backward()

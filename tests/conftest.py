@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import os
+
+# No test may reach a model hub: everything is built locally.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
 from pathlib import Path
 
 import pytest

@@ -89,7 +89,7 @@ class TrainingConfig(_Strict):
     seed: int = 42
     epochs: float = Field(3, gt=0)
     max_steps: int | None = Field(None, gt=0, description="optimizer steps; overrides epochs")
-    batch_size: int = Field(4, gt=0, description="samples per micro-batch (packing: token budget = batch_size × max_seq_length)")
+    batch_size: int = Field(4, gt=0, description="rows per micro-batch: samples, or with packing rows of up to max_seq_length tokens")
     gradient_accumulation_steps: int = Field(1, gt=0)
     learning_rate: float = Field(2e-4, gt=0)
     lr_scheduler: Literal["cosine", "linear", "constant"] = "cosine"

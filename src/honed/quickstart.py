@@ -54,7 +54,7 @@ def quickstart_config(model: str | None, output_dir: str, *, overwrite: bool = F
             "overwrite": overwrite,
             "epochs": epochs or (12 if tiny else 3),
             "batch_size": 8 if tiny else 4,
-            "learning_rate": 3e-3 if tiny else 2e-4,
+            "learning_rate": 5e-3 if tiny else 2e-4,
             "warmup_ratio": 0.05,
             "lr_scheduler": "cosine",
             "save_total_limit": 1,

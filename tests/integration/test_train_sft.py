@@ -16,12 +16,13 @@ from .conftest import QA
 
 
 def test_full_finetune_learns_and_reproduces_an_answer(make_config):
-    cfg = make_config(method="full", training={"epochs": 40, "learning_rate": 1e-2, "batch_size": 4, "lr_scheduler": "constant", "warmup_ratio": 0.0})
+    cfg = make_config(method="full", training={"epochs": 60, "learning_rate": 1e-2, "batch_size": 4, "lr_scheduler": "constant", "warmup_ratio": 0.0})
     result = train(cfg, show_progress=False)
     # Pinned start (fixed seed, CPU fp32) and a bound on the end: the model must memorise the set.
-    assert result.losses[0] == pytest.approx(6.9311, abs=1e-3)
-    assert result.losses[10] == pytest.approx(3.6646, rel=1e-2)
-    assert result.losses[-1] < 0.3
+    assert len(result.losses) == 120
+    assert result.losses[0] == pytest.approx(6.9374, abs=1e-3)
+    assert result.losses[10] == pytest.approx(4.2739, rel=1e-2)
+    assert result.losses[-1] < 0.1
     from honed.data.conversation import Message
     from honed.infer.generate import ChatModel
 
@@ -63,7 +64,7 @@ def test_packed_batch_gives_per_sample_losses_of_single_runs(make_config, tiny_m
         samples, _, _ = build_datasets(cfg.data, tok, get_template("auto", tok, model.config.model_type), seed=0)
         samples = samples[:4]
         with torch.no_grad():
-            packed = collate_packed(samples)
+            packed = collate_packed([samples[:3], samples[3:]], pad_id=0)
             together = per_sample_losses(model_logits(model, packed), packed["labels"], packed["sample_index"])
             alone = {}
             for i, s in enumerate(samples):
@@ -106,12 +107,22 @@ def test_validation_best_checkpoint_and_early_stopping(make_config):
 
 
 def test_sigterm_saves_checkpoint_and_resume_finishes(make_config):
-    cfg = make_config(training={"epochs": 20, "save_steps": 1000})
-    timer = threading.Timer(2.0, lambda: os.kill(os.getpid(), signal.SIGTERM))
-    timer.start()
+    cfg = make_config(training={"epochs": 300, "save_steps": 10_000})
+    metrics = os.path.join(cfg.training.output_dir, "metrics.jsonl")
+
+    def send_sigterm_after_three_steps():
+        # Poll the run's own metrics so the signal lands mid-run however fast the machine is.
+        for _ in range(6000):
+            if os.path.exists(metrics) and len(open(metrics).read().splitlines()) >= 3:
+                os.kill(os.getpid(), signal.SIGTERM)
+                return
+            threading.Event().wait(0.01)
+
+    killer = threading.Thread(target=send_sigterm_after_three_steps, daemon=True)
+    killer.start()
     with pytest.raises(TrainingInterrupted, match="resume"):
         train(cfg, show_progress=False)
-    timer.cancel()
+    killer.join()
     ckpts = os.listdir(os.path.join(cfg.training.output_dir, "checkpoints"))
     assert len(ckpts) == 1
     state = json.loads(open(os.path.join(cfg.training.output_dir, "checkpoints", ckpts[0], "trainer_state.json")).read())

@@ -21,7 +21,7 @@ import torch
 
 from honed.config import TrainConfig
 from honed.data.dataset import build_datasets, data_fingerprint
-from honed.data.packing import collate, plan_batches
+from honed.data.packing import collate, plan_batches, uses_varlen_attention
 from honed.errors import ConfigError, HonedError
 from honed.model.adapters import apply_lora, count_parameters
 from honed.model.load import load_model, load_tokenizer, pick_device
@@ -68,13 +68,14 @@ def resolve_precision(precision: str, device: torch.device) -> str:
 
 
 @torch.no_grad()
-def evaluate_loss(model, samples, cfg: TrainConfig, device, precision: str, pad_id: int) -> float:
+def evaluate_loss(model, samples, cfg: TrainConfig, device, precision: str, pad_id: int, padding_free: bool = False) -> float:
     """Token-weighted mean loss over trained (assistant) tokens of the given samples."""
     model.eval()
     total, count = 0.0, 0
     lengths = [len(s.input_ids) for s in samples]
-    for idx in plan_batches(lengths, batch_size=cfg.training.batch_size, max_seq_length=cfg.data.max_seq_length, packing=cfg.data.packing, seed=0, epoch=0, shuffle=False):
-        batch = {k: v.to(device) for k, v in collate([samples[i] for i in idx], packing=cfg.data.packing, pad_id=pad_id).items()}
+    for rows in plan_batches(lengths, batch_size=cfg.training.batch_size, max_seq_length=cfg.data.max_seq_length, packing=cfg.data.packing, seed=0, epoch=0, shuffle=False):
+        batch = collate([[samples[i] for i in row] for row in rows], packing=cfg.data.packing, pad_id=pad_id, padding_free=padding_free)
+        batch = {k: v.to(device) for k, v in batch.items()}
         with autocast_context(precision, device):
             loss_sum, n = causal_lm_loss_sum(model_logits(model, batch), batch["labels"])
         total, count = total + float(loss_sum), count + n
@@ -129,6 +130,8 @@ def train(cfg: TrainConfig, *, stop_after_steps: int | None = None, show_progres
     train_set, val_set, report = build_datasets(cfg.data, tokenizer, template, t.seed, cfg.model.enable_thinking)
     log.info("data: %s", report.summary())
 
+    # Varlen (flash) attention takes one padding-free row; dense masks are cheaper per row.
+    padding_free = uses_varlen_attention(model)
     if info["quantized"] and cfg.method == "full":
         raise ConfigError(f"method=full cannot train a 4-bit model ({cfg.model.name_or_path}); use method=qlora")
     if cfg.method in ("lora", "qlora"):
@@ -176,7 +179,10 @@ def train(cfg: TrainConfig, *, stop_after_steps: int | None = None, show_progres
             while state.batch_in_epoch < len(batches) and state.step < total_steps:
                 group = batches[state.batch_in_epoch : state.batch_in_epoch + t.gradient_accumulation_steps]
                 step_start = time.perf_counter()
-                micro = [collate([train_set[i] for i in idx], packing=cfg.data.packing, pad_id=tokenizer.pad_token_id) for idx in group]
+                micro = [
+                    collate([[train_set[i] for i in row] for row in rows], packing=cfg.data.packing, pad_id=tokenizer.pad_token_id, padding_free=padding_free)
+                    for rows in group
+                ]
                 n_trained = sum(count_trained_tokens(b["labels"]) for b in micro)
                 step_loss = 0.0
                 for batch in micro:
@@ -198,7 +204,7 @@ def train(cfg: TrainConfig, *, stop_after_steps: int | None = None, show_progres
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
 
-                n_tokens = sum(int(b["input_ids"].numel()) for b in micro)
+                n_tokens = sum(int((b["sample_index"] >= 0).sum()) for b in micro)  # real tokens, not padding
                 state.step += 1
                 state.batch_in_epoch += len(group)
                 state.tokens_seen += n_tokens
@@ -209,7 +215,7 @@ def train(cfg: TrainConfig, *, stop_after_steps: int | None = None, show_progres
                     metrics.write("train", state.step, loss=step_loss, lr=lr, grad_norm=float(grad_norm), tokens_per_s=n_tokens / elapsed, epoch=state.epoch)
 
                 if val_set and (state.step % eval_every == 0 or state.step == total_steps):
-                    val_loss = evaluate_loss(model, val_set, cfg, device, precision, tokenizer.pad_token_id)
+                    val_loss = evaluate_loss(model, val_set, cfg, device, precision, tokenizer.pad_token_id, padding_free)
                     result.val_losses.append((state.step, val_loss))
                     metrics.write("eval", state.step, loss=val_loss)
                     progress.note(f"step {state.step}: validation loss {val_loss:.4f}")
