@@ -140,3 +140,22 @@ def test_output_folder_is_not_overwritten(make_config):
     train(cfg, show_progress=False)
     with pytest.raises(OutputExistsError, match="overwrite"):
         train(cfg, show_progress=False)
+
+
+def test_gradient_checkpointing_gives_the_same_losses(make_config, tmp_path):
+    plain = train(make_config(training={"max_steps": 3, "output_dir": str(tmp_path / "p")}), show_progress=False)
+    ckpt = train(make_config(training={"max_steps": 3, "output_dir": str(tmp_path / "c"), "gradient_checkpointing": True}), show_progress=False)
+    assert ckpt.losses == pytest.approx(plain.losses, rel=1e-5)
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_paths_run(make_config, precision):
+    result = train(make_config(training={"max_steps": 3, "precision": precision}), show_progress=False)
+    assert all(torch.isfinite(torch.tensor(result.losses)))
+
+
+def test_gradient_accumulation_weights_tokens_not_micro_batches(make_config, tmp_path):
+    # 1 step over 4 rows at once == 1 step over the same rows in 4 micro-batches of 1.
+    one = train(make_config(training={"max_steps": 2, "batch_size": 4, "output_dir": str(tmp_path / "a")}, data={"packing": False}), show_progress=False)
+    acc = train(make_config(training={"max_steps": 2, "batch_size": 1, "gradient_accumulation_steps": 4, "output_dir": str(tmp_path / "b")}, data={"packing": False}), show_progress=False)
+    assert acc.losses == pytest.approx(one.losses, rel=1e-4)

@@ -58,12 +58,12 @@ def to_conversation(record: dict, fmt: str, where: str) -> Conversation:
     return Conversation(messages, source=where, meta=meta)
 
 
-def _text(value, where: str, field: str, *, required: bool = True) -> str:
+def _text(value, where: str, field: str, *, required: bool = True, parts_ok: bool = False) -> str:
     if value is None or (isinstance(value, float) and value != value):  # None or NaN from CSV/Parquet
         if required:
             raise DataError(f"{where}: field '{field}' is missing")
         return ""
-    if isinstance(value, list):  # OpenAI content parts: [{"type": "text", "text": ...}]
+    if isinstance(value, list) and parts_ok:  # OpenAI content parts: [{"type": "text", "text": ...}]
         parts = []
         for part in value:
             if isinstance(part, dict) and part.get("type", "text") == "text" and "text" in part:
@@ -144,7 +144,7 @@ def _from_openai(record: dict, where: str) -> tuple[list[Message], set[str]]:
             role = "system"
         if role not in ("system", "user", "assistant"):
             raise DataError(f"{where}: field '{field}.role' is {role!r}; supported roles: system, user, assistant")
-        text = _text(turn.get("content"), where, f"{field}.content")
+        text = _text(turn.get("content"), where, f"{field}.content", parts_ok=True)
         if role == "assistant":
             reasoning = turn.get("reasoning_content", turn.get("reasoning"))
             messages.append(_assistant(text, None if reasoning is None else _text(reasoning, where, f"{field}.reasoning_content")))

@@ -23,8 +23,6 @@ of B·L², so that is not the default.
 
 from __future__ import annotations
 
-import random
-
 import torch
 
 IGNORE = -100
@@ -45,14 +43,12 @@ def pack_rows(order: list[int], lengths: list[int], max_seq_length: int) -> list
     return rows
 
 
-def plan_batches(lengths: list[int], *, batch_size: int, max_seq_length: int, packing: bool, seed: int, epoch: int, shuffle: bool = True) -> list[list[list[int]]]:
-    """Micro-batches of `batch_size` rows, in an order that depends only on (seed, epoch).
+def plan_batches(lengths: list[int], *, batch_size: int, max_seq_length: int, packing: bool, order: list[int] | None = None) -> list[list[list[int]]]:
+    """Micro-batches of `batch_size` rows of sample indices, taken in `order` (default: as given).
 
     The same arguments always give the same plan, which is what makes resuming exact.
     """
-    order = list(range(len(lengths)))
-    if shuffle:
-        random.Random(seed * 1_000_003 + epoch).shuffle(order)
+    order = list(range(len(lengths))) if order is None else order
     rows = pack_rows(order, lengths, max_seq_length) if packing else [[i] for i in order]
     return [rows[i : i + batch_size] for i in range(0, len(rows), batch_size)]
 

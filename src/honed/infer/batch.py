@@ -54,7 +54,12 @@ def generate_file(bot, input_path, output_path, settings, *, system=None, batch_
         conversations.append(conv)
     if not conversations:
         raise DataError(f"{input_path}: no prompts")
-    replies = bot.generate(conversations, settings, batch_size=batch_size)
+    from rich.progress import track
+
+    replies = []
+    chunks = range(0, len(conversations), batch_size)
+    for start in track(chunks, description="generate", disable=len(chunks) < 2, transient=True):
+        replies += bot.generate(conversations[start : start + batch_size], settings, batch_size=batch_size)
     lines = []
     for (record, reference), reply in zip(records, replies):
         row = dict(record, response=reply.text, finished=reply.finished, new_tokens=reply.new_tokens)

@@ -10,7 +10,7 @@ import json
 import random
 import re
 import shutil
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +36,7 @@ class TrainState:
     evals_without_improvement: int = 0
     total_steps: int = 0
     tokens_seen: int = 0
+    data_state: dict = field(default_factory=dict)  # EpochData.state_dict(): what a data strategy learned
 
 
 def rng_state() -> dict:

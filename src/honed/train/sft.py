@@ -21,12 +21,14 @@ import torch
 
 from honed.config import TrainConfig
 from honed.data.dataset import build_datasets, data_fingerprint
+from honed.data.epochs import EpochData
 from honed.data.packing import collate, plan_batches, uses_varlen_attention
 from honed.errors import ConfigError, HonedError
 from honed.model.adapters import apply_lora, count_parameters
 from honed.model.load import load_model, load_tokenizer, pick_device
 from honed.train.checkpoint import TrainState, find_resume_checkpoint, load_checkpoint, save_checkpoint
-from honed.train.losses import causal_lm_loss_sum, count_trained_tokens, model_logits
+from honed.engine import PlainPath, select_path
+from honed.train.losses import count_trained_tokens
 from honed.train.metrics_log import MetricsLog, read_metrics
 from honed.train.optim import build_optimizer, build_scheduler, warmup_steps_for
 from honed.train.outputs import plot_losses, save_model_files, save_weights_atomic, write_run_record
@@ -68,16 +70,17 @@ def resolve_precision(precision: str, device: torch.device) -> str:
 
 
 @torch.no_grad()
-def evaluate_loss(model, samples, cfg: TrainConfig, device, precision: str, pad_id: int, padding_free: bool = False) -> float:
+def evaluate_loss(model, samples, cfg: TrainConfig, device, precision: str, pad_id: int, padding_free: bool = False, path=None) -> float:
     """Token-weighted mean loss over trained (assistant) tokens of the given samples."""
+    path = path or PlainPath()
     model.eval()
     total, count = 0.0, 0
     lengths = [len(s.input_ids) for s in samples]
-    for rows in plan_batches(lengths, batch_size=cfg.training.batch_size, max_seq_length=cfg.data.max_seq_length, packing=cfg.data.packing, seed=0, epoch=0, shuffle=False):
+    for rows in plan_batches(lengths, batch_size=cfg.training.batch_size, max_seq_length=cfg.data.max_seq_length, packing=cfg.data.packing):
         batch = collate([[samples[i] for i in row] for row in rows], packing=cfg.data.packing, pad_id=pad_id, padding_free=padding_free)
         batch = {k: v.to(device) for k, v in batch.items()}
         with autocast_context(precision, device):
-            loss_sum, n = causal_lm_loss_sum(model_logits(model, batch), batch["labels"])
+            loss_sum, n = path.loss_sum(model, batch)
         total, count = total + float(loss_sum), count + n
     model.train()
     return total / max(count, 1)
@@ -139,14 +142,21 @@ def train(cfg: TrainConfig, *, stop_after_steps: int | None = None, show_progres
     if t.gradient_checkpointing:
         # Non-reentrant checkpointing needs no input grads, so frozen embeddings are fine.
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    path = select_path(model, cfg, device)
+    model = path.prepare(model)
     model.train()
     trainable, total = count_parameters(model)
-    info.update(method=cfg.method, precision=precision, device=str(device), trainable_params=trainable, total_params=total)
+    info.update(method=cfg.method, precision=precision, device=str(device), trainable_params=trainable, total_params=total, training_path=path.name)
     log.info("model: %s %s on %s, %s, %.2f M trainable of %.1f M", info["model_type"], cfg.method, device, precision, trainable / 1e6, total / 1e6)
 
-    lengths = [len(s.input_ids) for s in train_set]
-    plan_args = dict(batch_size=t.batch_size, max_seq_length=cfg.data.max_seq_length, packing=cfg.data.packing, seed=t.seed)
-    micro_per_epoch = len(plan_batches(lengths, epoch=0, **plan_args))
+    epoch_data = EpochData(train_set, seed=t.seed)
+    plan_args = dict(batch_size=t.batch_size, max_seq_length=cfg.data.max_seq_length, packing=cfg.data.packing)
+
+    def plan_epoch(epoch: int) -> tuple[list, list]:
+        samples = epoch_data.samples(epoch)
+        return samples, plan_batches([len(s.input_ids) for s in samples], order=epoch_data.order(epoch), **plan_args)
+
+    micro_per_epoch = len(plan_epoch(0)[1])
     steps_per_epoch = math.ceil(micro_per_epoch / t.gradient_accumulation_steps)
     total_steps = t.max_steps or max(1, math.ceil(t.epochs * steps_per_epoch))
     eval_every = t.eval_steps or steps_per_epoch
@@ -158,6 +168,7 @@ def train(cfg: TrainConfig, *, stop_after_steps: int | None = None, show_progres
     state = TrainState(total_steps=total_steps)
     if resume_from is not None:
         state = load_checkpoint(resume_from, model, optimizer, scheduler)
+        epoch_data.load_state_dict(state.data_state)
         log.info("resumed from %s at step %d (epoch %d, micro-batch %d)", resume_from, state.step, state.epoch, state.batch_in_epoch)
         if state.total_steps != total_steps:
             raise ConfigError(f"training.resume: {resume_from} was planned for {state.total_steps} steps, this config gives {total_steps}; keep the same data/batch/epochs to resume")
@@ -167,15 +178,16 @@ def train(cfg: TrainConfig, *, stop_after_steps: int | None = None, show_progres
     save_adapter = (lambda folder: save_model_files(model, None, folder)) if cfg.method != "full" else None
 
     def checkpoint() -> Path:
-        path = save_checkpoint(out, model, optimizer, scheduler, state, save_model_files=save_adapter, keep=t.save_total_limit)
-        result.last_checkpoint = path
-        return path
+        state.data_state = epoch_data.state_dict()
+        saved = save_checkpoint(out, model, optimizer, scheduler, state, save_model_files=save_adapter, keep=t.save_total_limit)
+        result.last_checkpoint = saved
+        return saved
 
     # ---- loop --------------------------------------------------------------------------
     progress = TrainProgress(total_steps, enabled=show_progress, start=state.step)
     with _StopSignal() as stop, progress:
         while state.step < total_steps:
-            batches = plan_batches(lengths, epoch=state.epoch, **plan_args)
+            train_set, batches = plan_epoch(state.epoch)
             while state.batch_in_epoch < len(batches) and state.step < total_steps:
                 group = batches[state.batch_in_epoch : state.batch_in_epoch + t.gradient_accumulation_steps]
                 step_start = time.perf_counter()
@@ -188,7 +200,7 @@ def train(cfg: TrainConfig, *, stop_after_steps: int | None = None, show_progres
                 for batch in micro:
                     batch = {k: v.to(device) for k, v in batch.items()}
                     with autocast_context(precision, device):
-                        loss_sum, _ = causal_lm_loss_sum(model_logits(model, batch), batch["labels"])
+                        loss_sum, _ = path.loss_sum(model, batch)
                     loss = loss_sum / max(n_trained, 1)
                     (scaler.scale(loss) if scaler else loss).backward()
                     step_loss += loss.item()
@@ -215,7 +227,7 @@ def train(cfg: TrainConfig, *, stop_after_steps: int | None = None, show_progres
                     metrics.write("train", state.step, loss=step_loss, lr=lr, grad_norm=float(grad_norm), tokens_per_s=n_tokens / elapsed, epoch=state.epoch)
 
                 if val_set and (state.step % eval_every == 0 or state.step == total_steps):
-                    val_loss = evaluate_loss(model, val_set, cfg, device, precision, tokenizer.pad_token_id, padding_free)
+                    val_loss = evaluate_loss(model, val_set, cfg, device, precision, tokenizer.pad_token_id, padding_free, path)
                     result.val_losses.append((state.step, val_loss))
                     metrics.write("eval", state.step, loss=val_loss)
                     progress.note(f"step {state.step}: validation loss {val_loss:.4f}")

@@ -1,3 +1,4 @@
+from honed.data.epochs import EpochData
 from honed.data.packing import collate_packed, collate_padded, plan_batches
 from honed.data.tokenize import TokenizedSample
 
@@ -9,9 +10,10 @@ def sample(n, start=1):
 
 def test_plan_is_seeded_and_covers_every_sample_once():
     lengths = [5, 9, 3, 7, 2, 8, 6]
-    a = plan_batches(lengths, batch_size=2, max_seq_length=12, packing=True, seed=1, epoch=0)
-    assert a == plan_batches(lengths, batch_size=2, max_seq_length=12, packing=True, seed=1, epoch=0)
-    assert a != plan_batches(lengths, batch_size=2, max_seq_length=12, packing=True, seed=1, epoch=1)
+    data = EpochData(lengths, seed=1)
+    a = plan_batches(lengths, batch_size=2, max_seq_length=12, packing=True, order=data.order(0))
+    assert a == plan_batches(lengths, batch_size=2, max_seq_length=12, packing=True, order=data.order(0))
+    assert a != plan_batches(lengths, batch_size=2, max_seq_length=12, packing=True, order=data.order(1))
     rows = [row for batch in a for row in batch]
     assert sorted(i for row in rows for i in row) == list(range(len(lengths)))
     assert all(sum(lengths[i] for i in row) <= 12 for row in rows)
@@ -20,7 +22,7 @@ def test_plan_is_seeded_and_covers_every_sample_once():
 
 
 def test_unpacked_plan_has_batch_size_samples():
-    plan = plan_batches([1] * 10, batch_size=4, max_seq_length=8, packing=False, seed=0, epoch=0)
+    plan = plan_batches([1] * 10, batch_size=4, max_seq_length=8, packing=False)
     assert [len(b) for b in plan] == [4, 4, 2] and all(len(row) == 1 for b in plan for row in b)
 
 
