@@ -21,7 +21,8 @@ import torch
 
 from honed.config import TrainConfig
 from honed.data.dataset import build_datasets, data_fingerprint
-from honed.data.epochs import EpochData
+from honed.data.epochs import make_epoch_data
+from honed.data.strategies.scoring import score_samples
 from honed.data.packing import collate, plan_batches, uses_varlen_attention
 from honed.errors import ConfigError, HonedError
 from honed.model.adapters import apply_lora, count_parameters
@@ -147,9 +148,9 @@ def train(cfg: TrainConfig, *, stop_after_steps: int | None = None, show_progres
     model.train()
     trainable, total = count_parameters(model)
     info.update(method=cfg.method, precision=precision, device=str(device), trainable_params=trainable, total_params=total, training_path=path.name)
-    log.info("model: %s %s on %s, %s, %.2f M trainable of %.1f M", info["model_type"], cfg.method, device, precision, trainable / 1e6, total / 1e6)
+    log.info("model: %s %s on %s, %s, %.3g M trainable of %.3g M parameters", info["model_type"], cfg.method, device, precision, trainable / 1e6, total / 1e6)
 
-    epoch_data = EpochData(train_set, seed=t.seed)
+    epoch_data = make_epoch_data(cfg, None, train_set, tokenizer, template)
     plan_args = dict(batch_size=t.batch_size, max_seq_length=cfg.data.max_seq_length, packing=cfg.data.packing)
 
     def plan_epoch(epoch: int) -> tuple[list, list]:
@@ -255,6 +256,7 @@ def train(cfg: TrainConfig, *, stop_after_steps: int | None = None, show_progres
             if result.stopped_early:
                 break
             if state.batch_in_epoch >= len(batches):
+                epoch_data.end_epoch(state.epoch, lambda s: score_samples(model, s, device=device, pad_id=tokenizer.pad_token_id, precision=precision))
                 state.epoch, state.batch_in_epoch = state.epoch + 1, 0
 
     # ---- save --------------------------------------------------------------------------
