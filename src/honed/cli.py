@@ -20,6 +20,8 @@ COMMAND_MODULES = [
     "honed.commands.train",
     "honed.commands.data",
     "honed.commands.infer",
+    "honed.commands.eval",
+    "honed.commands.bench",
 ]
 
 

@@ -16,6 +16,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from honed.data.strategies.settings import SamplingConfig
 from honed.errors import ConfigError
 
 
@@ -52,6 +53,9 @@ class DataConfig(_Strict):
     max_seq_length: int = Field(1024, gt=8)
     packing: bool = True
     on_bad_record: Literal["error", "skip"] = "error"
+    augment: str | dict | list | None = Field(None, description="augmentation recipe: a YAML path or the recipe itself")
+    augment_mode: Literal["on_the_fly", "materialize"] = Field("on_the_fly", description="redraw each epoch, or draw once")
+    sampling: SamplingConfig | None = Field(None, description="curriculum, balance, hard_mining (honed.data.strategies)")
 
     @field_validator("train", "validation", mode="before")
     @classmethod
@@ -75,6 +79,7 @@ class LoraSettings(_Strict):
     target_modules: str | list[str] = "all-linear"
     use_rslora: bool = False
     modules_to_save: list[str] | None = None
+    init_from: str | None = Field(None, description="continue training this saved adapter (peft folder) instead of a fresh one")
 
 
 class QuantizationSettings(_Strict):
@@ -101,6 +106,11 @@ class TrainingConfig(_Strict):
     adam_betas: tuple[float, float] = (0.9, 0.999)
     precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
     gradient_checkpointing: bool = False
+    engine: Literal["auto", "plain"] = Field("auto", description="auto: honed's fused CUDA path where it covers the model; plain: transformers as it is")
+    memory: Literal["auto", "none", "checkpoint", "offload"] = Field(
+        "auto", description="activation memory policy of the fused path: auto recomputes only what does not fit; offload also moves checkpointed layer inputs to CPU"
+    )
+    memory_budget_gib: float | None = Field(None, gt=0, description="GPU memory the fused path may plan activations into (default: what is free)")
     logging_steps: int = Field(1, gt=0)
     eval_steps: int | None = Field(None, gt=0, description="evaluate on validation every N steps (None: once per epoch)")
     save_steps: int | None = Field(None, gt=0, description="checkpoint every N steps (None: once per epoch)")
@@ -111,6 +121,14 @@ class TrainingConfig(_Strict):
     device: str = Field("auto", description="auto, cpu, cuda, cuda:1")
 
 
+class StageConfig(_Strict):
+    """One stage of a staged run: its own data/training keys over the top-level ones (honed.train.stages)."""
+
+    name: str
+    data: dict = Field(default_factory=dict, description="data keys of this stage (merged over the top-level data)")
+    training: dict = Field(default_factory=dict, description="training keys of this stage (output_dir default: OUTPUT/stage-N-NAME)")
+
+
 class TrainConfig(_Strict):
     model: ModelConfig
     data: DataConfig
@@ -118,6 +136,7 @@ class TrainConfig(_Strict):
     lora: LoraSettings = Field(default_factory=LoraSettings)
     quantization: QuantizationSettings = Field(default_factory=QuantizationSettings)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
+    stages: list[StageConfig] | None = Field(None, description="task decomposition: stages run in order, each from the last one's weights")
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
@@ -208,6 +227,16 @@ def resolve_paths(cfg: TrainConfig, base: Path) -> TrainConfig:
         src.path = fix(src.path)
     if cfg.data.system_prompt_file:
         cfg.data.system_prompt_file = fix(cfg.data.system_prompt_file)
+    if isinstance(cfg.data.augment, str):
+        cfg.data.augment = fix(cfg.data.augment)
+    for stage in cfg.stages or []:
+        # Stage data stays raw until a stage config is built, so fix its file paths here.
+        for key in ("train", "validation"):
+            files = stage.data.get(key)
+            if isinstance(files, (str, dict)):
+                files = [files]
+            if files:
+                stage.data[key] = [fix(f) if isinstance(f, str) else {**f, "path": fix(f["path"])} if "path" in f else f for f in files]
     if Path(cfg.model.name_or_path).expanduser().exists() or (base / cfg.model.name_or_path).exists():
         cfg.model.name_or_path = fix(cfg.model.name_or_path)
     return cfg

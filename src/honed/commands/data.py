@@ -1,4 +1,9 @@
-"""`honed data inspect CONFIG.yaml`: a rendered sample with trained spans marked, and length statistics."""
+"""`honed data inspect|augment|filter|stats|split|synth`: see and shape training data.
+
+The verbs are thin: each parses flags and calls the library function that does the work
+(honed.data.augment.run, honed.data.quality, honed.data.stats_report, honed.data.split,
+honed.data.augment.synthetic), so everything here is also available from Python.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +19,7 @@ def register(sub) -> None:
     p.add_argument("--sample", type=int, default=0, help="index of the sample to render")
     p.add_argument("--json", action="store_true", help="print the statistics as JSON")
     p.set_defaults(func=run_inspect)
+    register_shaping_verbs(verbs)
     data.set_defaults(func=lambda args: data.print_help() or 2)
 
 
@@ -61,4 +67,262 @@ def run_inspect(args) -> int:
     for lo, hi, count in found.histogram():
         hist.add_row(f"{lo}–{hi}", str(count), "█" * round(30 * count / peak))
     console.print(hist)
+    return 0
+
+
+# --- augment, filter, stats, split, synth -------------------------------------------------------
+
+def register_shaping_verbs(verbs) -> None:
+    p = verbs.add_parser("augment", help="apply an augmentation recipe to data files once and write the result")
+    p.add_argument("recipe", nargs="?", help="recipe YAML (input:/output: inside, or use the flags)")
+    p.add_argument("--input", nargs="+", help="data file(s); overrides the recipe's input:")
+    p.add_argument("--output", "-o", help="output JSONL; overrides the recipe's output:")
+    p.add_argument("--seed", type=int, help="overrides the recipe's seed")
+    p.add_argument("--epoch", type=int, default=0, help="which epoch's draws to write (default 0)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    p.add_argument("--dry-run", action="store_true", help="show the generator prompts; call nothing, write nothing")
+    p.add_argument("--list", action="store_true", help="list the available transforms")
+    p.add_argument("--json", action="store_true", help="print the per-step statistics as JSON")
+    p.set_defaults(func=run_augment)
+
+    p = verbs.add_parser("filter", help="remove duplicates, near duplicates, rule breakers, eval overlap, low judge scores")
+    p.add_argument("inputs", nargs="+", help="data file(s)")
+    p.add_argument("--output", "-o", required=True, help="JSONL of the kept samples")
+    p.add_argument("--report", help="JSON report of every removal (default: OUTPUT.report.json)")
+    p.add_argument("--config", help="filter YAML (dedup:, rules:, overlap:, judge:); flags override it")
+    p.add_argument("--threshold", type=float, help="near-duplicate Jaccard threshold (default 0.8)")
+    p.add_argument("--no-near", action="store_true", help="exact duplicates only")
+    p.add_argument("--no-dedup", action="store_true", help="no duplicate removal at all")
+    p.add_argument("--min-chars", type=int)
+    p.add_argument("--max-chars", type=int)
+    p.add_argument("--min-answer-chars", type=int)
+    p.add_argument("--languages", help="keep only these, e.g. en,zh")
+    p.add_argument("--drop-regex", action="append", default=[], help="drop samples matching (repeatable)")
+    p.add_argument("--require-regex", action="append", default=[], help="keep only samples matching (repeatable)")
+    p.add_argument("--eval", action="append", default=[], help="evaluation file: drop training samples overlapping it")
+    p.add_argument("--judge-url", help="OpenAI-compatible base URL of a judge model (e.g. http://127.0.0.1:8000/v1)")
+    p.add_argument("--judge-model", help="model name at the judge URL")
+    p.add_argument("--judge-threshold", type=float, help="keep samples scoring at least this (0-1, default 0.6)")
+    p.add_argument("--judge-key-env", default="OPENAI_API_KEY", help="environment variable holding the API key")
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=run_filter)
+
+    p = verbs.add_parser("stats", help="HTML page: lengths, label balance, duplication, original vs augmented")
+    p.add_argument("inputs", nargs="+", help="data file(s)")
+    p.add_argument("--output", "-o", default="data_stats.html")
+    p.add_argument("--augmented", nargs="+", help="augmented file(s) written by `honed data augment`")
+    p.add_argument("--recipe", help="or: a recipe applied in memory to show its effect")
+    p.add_argument("--model", help="model folder whose tokenizer gives token lengths")
+    p.add_argument("--json", action="store_true", help="print the numbers as JSON too")
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=run_stats)
+
+    p = verbs.add_parser("split", help="seeded train/val/test split, stratified by label when present")
+    p.add_argument("inputs", nargs="+", help="data file(s)")
+    p.add_argument("--out-dir", "-o", required=True, help="folder for NAME.jsonl per split")
+    p.add_argument("--ratios", default="0.8,0.1,0.1")
+    p.add_argument("--names", help="split names (default train,val,test)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--stratify", default="auto", help="auto (label when every sample has one), none, or a meta key")
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=run_split)
+
+    p = verbs.add_parser("synth", help="new samples in the shape of given examples, from a generator model")
+    p.add_argument("examples", nargs="+", help="file(s) of example samples")
+    p.add_argument("--output", "-o", help="JSONL of the generated samples")
+    p.add_argument("--n", type=int, default=10, help="generator calls (one sample each)")
+    p.add_argument("--endpoint", help="OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1")
+    p.add_argument("--model", help="model name at the endpoint")
+    p.add_argument("--local-model", help="or: a local model/adapter folder run through honed")
+    p.add_argument("--key-env", default="OPENAI_API_KEY", help="environment variable holding the API key")
+    p.add_argument("--template", help="prompt template file ({examples}, {keys}, {task}); default: the shipped one")
+    p.add_argument("--shots", type=int, default=3, help="examples shown per call")
+    p.add_argument("--task", default="", help="one line describing the task, put into the prompt")
+    p.add_argument("--temperature", type=float, default=0.8)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dry-run", action="store_true", help="print the prompts; call nothing, write nothing")
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=run_synth)
+
+
+def _console():
+    from rich.console import Console
+
+    return Console()
+
+
+def _print_prompts(console, prompts) -> None:
+    for i, (name, messages) in enumerate(prompts):
+        console.rule(f"prompt {i + 1} ({name})")
+        for m in messages:
+            console.print(f"[bold]{m.role}[/]: {m.content}", markup=True, highlight=False)
+
+
+def run_augment(args) -> int:
+    from rich.table import Table
+
+    from honed.data.augment import available
+    from honed.data.augment.run import augment_files
+    from honed.errors import ConfigError
+
+    console = _console()
+    if args.list:
+        for name, family in available().items():
+            console.print(f"{name:20s} {family}")
+        return 0
+    if not args.recipe:
+        raise ConfigError("honed data augment: give a RECIPE.yaml (or --list to see the transforms)")
+    run = augment_files(args.recipe, args.input, args.output, seed=args.seed, epoch=args.epoch,
+                        overwrite=args.overwrite, dry_run=args.dry_run)
+    if args.json:
+        print(json.dumps(run.stats.to_dict(), indent=2, ensure_ascii=False))
+    else:
+        table = Table(title=f"{run.stats.samples_in} samples in → {run.stats.samples_out} out")
+        table.add_column("step", no_wrap=True, min_width=max(len(s.name) for s in run.stats.steps))
+        for head in ("applied", "unchanged", "not drawn", "filtered", "unfit", "generated"):
+            table.add_column(head, justify="right")
+        for s in run.stats.steps:
+            table.add_row(s.name, *map(str, (s.applied, s.unchanged, s.not_drawn, s.filtered, s.unfit_skipped, s.generated)))
+        console.print(table)
+    if args.dry_run:
+        _print_prompts(console, run.prompts)
+        console.print(f"dry run: {len(run.prompts)} generator prompts built, nothing called, nothing written")
+    else:
+        console.print(f"wrote {len(run.samples)} samples to {run.output}")
+    return 0
+
+
+def run_filter(args) -> int:
+    from pathlib import Path
+
+    import yaml
+
+    from honed.data.augment.io import check_writable, read_conversations, write_conversations
+    from honed.data.quality import FilterConfig, filter_conversations
+    from honed.utils.fs import write_text_atomic
+
+    raw = yaml.safe_load(Path(args.config).read_text(encoding="utf-8")) if args.config else {}
+    raw = raw or {}
+    dedup, rules = raw.setdefault("dedup", {}), raw.setdefault("rules", {})
+    if args.threshold is not None:
+        dedup["threshold"] = args.threshold
+    if args.no_near or args.no_dedup:
+        dedup["near"] = False
+    if args.no_dedup:
+        dedup["exact"] = False
+    for key in ("min_chars", "max_chars", "min_answer_chars"):
+        if getattr(args, key) is not None:
+            rules[key] = getattr(args, key)
+    if args.languages:
+        rules["languages"] = [x.strip() for x in args.languages.split(",") if x.strip()]
+    rules["drop_regex"] = rules.get("drop_regex", []) + args.drop_regex
+    rules["require_regex"] = rules.get("require_regex", []) + args.require_regex
+    if args.eval:
+        raw["overlap"] = {**(raw.get("overlap") or {}), "eval": (raw.get("overlap") or {}).get("eval", []) + args.eval}
+    if args.judge_url:
+        raw["judge"] = {**(raw.get("judge") or {}), "generator": {"kind": "openai", "base_url": args.judge_url,
+                        "model": args.judge_model or "default", "api_key_env": args.judge_key_env, "temperature": 0.0}}
+    if args.judge_threshold is not None and raw.get("judge"):
+        raw["judge"]["threshold"] = args.judge_threshold
+    cfg = FilterConfig.parse(raw, args.config or "filter")
+    report_path = args.report or f"{args.output}.report.json"
+    check_writable(args.output, args.overwrite)
+    check_writable(report_path, args.overwrite)
+    convs = read_conversations(args.inputs)
+    evals = read_conversations(cfg.overlap.eval) if cfg.overlap and cfg.overlap.eval else None
+    result = filter_conversations(convs, cfg, evals)
+    write_conversations(args.output, result.kept, overwrite=args.overwrite)
+    write_text_atomic(report_path, json.dumps(result.report(cfg), indent=2, ensure_ascii=False))
+    console = _console()
+    console.print(f"{result.n_in} samples in, {len(result.kept)} kept, {len(result.removals)} removed")
+    for reason, n in sorted(result.counts().items()):
+        console.print(f"  {reason}: {n}")
+    for r in result.removals[:5]:
+        also = f" (duplicates {r.duplicate_of}, similarity {r.similarity})" if r.duplicate_of else ""
+        console.print(f"  e.g. {r.source}: {r.reason}: {r.detail}{also}", highlight=False)
+    console.print(f"kept samples: {args.output}; every removal: {report_path}")
+    return 0
+
+
+def run_stats(args) -> int:
+    from honed.data.augment.io import check_writable, read_conversations
+    from honed.data.stats_report import compute_stats, render_html
+    from honed.utils.fs import write_text_atomic
+
+    check_writable(args.output, args.overwrite)
+    original = read_conversations(args.inputs)
+    augmented = None
+    if args.augmented:
+        augmented = read_conversations(args.augmented)
+    elif args.recipe:
+        from honed.data.augment.run import augment_files
+
+        augmented = augment_files(args.recipe, args.inputs, dry_run=True).samples  # in memory, nothing written
+    tokenizer = None
+    if args.model:
+        from honed.config import ModelConfig
+        from honed.model.load import load_tokenizer
+
+        tokenizer = load_tokenizer(ModelConfig(name_or_path=args.model))
+    write_text_atomic(args.output, render_html(original, augmented, tokenizer=tokenizer, title=f"honed data stats: {', '.join(args.inputs)}"))
+    if args.json:
+        stats = compute_stats(original, tokenizer)
+        print(json.dumps({k: v for k, v in stats.items() if not isinstance(v, list)}, indent=2, ensure_ascii=False))
+    _console().print(f"wrote {args.output}")
+    return 0
+
+
+def run_split(args) -> int:
+    from pathlib import Path
+
+    from honed.data.augment.io import check_writable, read_conversations, write_conversations
+    from honed.data.split import parse_ratios, split_conversations
+
+    ratios = parse_ratios(args.ratios, args.names)
+    targets = {name: Path(args.out_dir) / f"{name}.jsonl" for name in ratios}
+    for path in targets.values():
+        check_writable(path, args.overwrite)
+    stratify = None if args.stratify == "none" else args.stratify
+    parts = split_conversations(read_conversations(args.inputs), ratios, seed=args.seed, stratify_by=stratify)
+    console = _console()
+    for name, convs in parts.items():
+        write_conversations(targets[name], convs, overwrite=args.overwrite)
+        labels = {}
+        for c in convs:
+            labels[str(c.meta.get("label"))] = labels.get(str(c.meta.get("label")), 0) + 1
+        shown = ", ".join(f"{k} {v}" for k, v in sorted(labels.items())) if any(k != "None" for k in labels) else ""
+        console.print(f"{name}: {len(convs)} samples → {targets[name]}" + (f" ({shown})" if shown else ""))
+    return 0
+
+
+def run_synth(args) -> int:
+    from honed.data.augment.generator import make_generator
+    from honed.data.augment.io import check_writable, read_conversations, write_conversations
+    from honed.data.augment.synthetic import synthesize
+    from honed.errors import ConfigError
+
+    if args.dry_run:
+        spec = {"kind": "dry_run"}
+    elif args.endpoint:
+        spec = {"kind": "openai", "base_url": args.endpoint, "model": args.model or "default",
+                "api_key_env": args.key_env, "temperature": args.temperature}
+    elif args.local_model:
+        spec = {"kind": "local", "path": args.local_model, "temperature": args.temperature}
+    else:
+        raise ConfigError("honed data synth: give --endpoint URL (with --model), --local-model DIR, or --dry-run")
+    if not args.dry_run:
+        if not args.output:
+            raise ConfigError("honed data synth: give --output FILE (or --dry-run)")
+        check_writable(args.output, args.overwrite)
+    result = synthesize(read_conversations(args.examples), make_generator(spec), args.n, seed=args.seed,
+                        template=args.template, shots=args.shots, task=args.task)
+    console = _console()
+    if args.dry_run:
+        _print_prompts(console, [("synthetic", p) for p in result.prompts])
+        console.print(f"dry run: {len(result.prompts)} prompts built, nothing called, nothing written")
+        return 0
+    write_conversations(args.output, result.samples, overwrite=args.overwrite)
+    console.print(f"{len(result.samples)} of {args.n} generations kept → {args.output}")
+    for i, why in result.rejected[:10]:
+        console.print(f"  rejected call {i}: {why}", highlight=False)
     return 0

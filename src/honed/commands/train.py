@@ -19,6 +19,13 @@ def run(args) -> int:
 
     cfg = load_config(args.config, args.overrides)
     console = Console(stderr=True)
+    if cfg.stages:
+        from honed.train.stages import run_stages
+
+        results = run_stages(cfg, show_progress=not args.no_progress)
+        for stage, res in zip(cfg.stages, results):
+            console.print(f"stage {stage.name}: " + ("already finished" if res is None else f"{res.steps} steps → {res.output_dir}"))
+        return 130 if results and results[-1] is not None and results[-1].interrupted else 0
     try:
         result = train(cfg, show_progress=not args.no_progress)
     except TrainingInterrupted as stop:

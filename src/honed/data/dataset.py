@@ -152,8 +152,11 @@ def tokenize_all(conversations, tokenizer, template, data: DataConfig, report: D
 def data_fingerprint(data: DataConfig) -> str:
     """sha256 over every data file's bytes and the data settings: the identity of a run's data."""
     digest = hashlib.sha256(json.dumps(data.model_dump(mode="json"), sort_keys=True).encode())
-    for src in [*data.train, *data.validation]:
-        path = Path(src.path)
+    paths = [src.path for src in [*data.train, *data.validation]]
+    if isinstance(data.augment, str):
+        paths.append(data.augment)  # the recipe's contents, not only its name
+    for p in paths:
+        path = Path(p)
         files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
         for f in files:
             digest.update(f.name.encode())

@@ -53,3 +53,12 @@ def select_path(model, cfg, device: torch.device) -> TrainingPath:
             return path
     log.info("training path: plain transformers (%s)", "CPU" if device.type == "cpu" else "no faster path covers this model")
     return PlainPath()
+
+
+def _register_builtin_paths() -> None:
+    from honed.engine.fused import fused_path_factory
+
+    PATHS.append(("fused", fused_path_factory))
+
+
+_register_builtin_paths()

@@ -113,6 +113,8 @@ class _StopSignal:
 
 def train(cfg: TrainConfig, *, stop_after_steps: int | None = None, show_progress: bool = True) -> TrainResult:
     """Run SFT as configured. `stop_after_steps` saves a checkpoint and stops early (as SIGTERM would)."""
+    if cfg.stages:
+        raise ConfigError("stages: a staged config trains through honed.train.stages.run_stages (as `honed train` does); train() alone would train only the top level")
     started = time.time()
     t = cfg.training
     out = Path(t.output_dir)

@@ -106,6 +106,11 @@ EXPRESSIONS = {
 }
 
 
+ASK = {"en": "Answer in this form: {form}", "en_bare": "Answer with the label only.",
+       "zh": "请按此格式回答：{form}", "zh_bare": "只回答类别名称。"}
+PLACEHOLDER = {"en": "<label>", "zh": "<类别>"}
+
+
 @register
 class LabelExpression(Transform):
     """Re-express a classification answer with another template: `类别：积极` → `这是一个积极的陈述。`.
@@ -114,7 +119,9 @@ class LabelExpression(Transform):
     rewritten, so an answer with an explanation is never cut down; other answers are unfit (add
     their pattern to `templates`). Templates hold `{label}`; `templates` adds to the built-in ones
     (`replace_templates: true` uses only yours). The label word keeps its language: Chinese label
-    words go into Chinese templates.
+    words go into Chinese templates. With `ask: true` the instruction gets a first line naming the
+    form ("Answer in this form: {"label": <label>}"; wording in `ask_templates`, keys en, en_bare,
+    zh, zh_bare), so the model learns to answer in the form it is asked for.
 
     >>> import random
     >>> from honed.data import Conversation, Message
@@ -127,9 +134,12 @@ class LabelExpression(Transform):
     """
 
     name, family, needs_labels = "label_expression", "labels", True
-    defaults = {"templates": [], "replace_templates": False}
+    defaults = {"templates": [], "replace_templates": False, "ask": False, "ask_templates": {}}
 
     def setup(self):
+        bad = sorted(set(self.p["ask_templates"]) - set(ASK))
+        if bad:
+            raise self.bad_param(f"ask_templates.{bad[0]}", f"unknown key; valid: {', '.join(ASK)}")
         for tpl in self.p["templates"]:
             if not isinstance(tpl, str) or "{label}" not in tpl:
                 raise self.bad_param("templates", f"every template needs a {{label}} placeholder, got {tpl!r}")
@@ -163,6 +173,14 @@ class LabelExpression(Transform):
         tpl = rng.choice(pool)
         out = clone(sample)
         out.messages[a].content = tpl.replace("{label}", word)
+        if self.p["ask"]:
+            # Say the expected form in the instruction: without it the model cannot know which
+            # form is wanted and learns to pick one at random; with it, it learns to follow the ask.
+            u = turn_indices(self, sample)[0]
+            asks = {**ASK, **self.p["ask_templates"]}
+            form = tpl.replace("{label}", PLACEHOLDER[lang])
+            line = asks[f"{lang}_bare"] if tpl.strip() == "{label}" else asks[lang].replace("{form}", form)
+            out.messages[u].content = f"{line}\n{out.messages[u].content}"
         return record(out, self.name, template=tpl)
 
 

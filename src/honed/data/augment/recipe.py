@@ -2,10 +2,14 @@
 
 Schema (YAML, or the same dict under a training config's `data.augment` key):
 
+    input: data/train.jsonl    # for `honed data augment` (a path or a list; relative to the recipe file)
+    output: data/train.aug.jsonl
     seed: 1234                 # default seed when apply() is given none
     on_unfit: error            # error | skip — default for every step
     keep_original: false       # true: emit each original sample, then its augmented copies
     copies: 1                  # augmented copies per sample (each with its own draws)
+    generator: {kind: openai, base_url: http://127.0.0.1:8000/v1, model: NAME}   # optional, for
+                               # the generator steps (synthetic, paraphrase) that set none
     labels:                    # classification label set (needed by label-aware transforms)
       positive: [积极, 正面, 乐观, positive, favourable]
       negative: [消极, 负面, 悲观, negative, unfavourable]
@@ -41,9 +45,10 @@ from honed.data.augment.labelset import LabelSet
 from honed.data.conversation import Conversation
 from honed.errors import ConfigError
 
-RECIPE_KEYS = ("seed", "on_unfit", "keep_original", "copies", "labels", "steps")
+RECIPE_KEYS = ("seed", "on_unfit", "keep_original", "copies", "labels", "generator", "steps", "input", "output")
 STEP_KEYS = ("name", "params", "probability", "on_unfit", "only")
 ON_UNFIT = ("error", "skip")
+GENERATOR_STEPS = ("synthetic", "paraphrase")
 MAX_NOTED = 20  # unfit sources kept per step for the report; counts are always complete
 
 
@@ -143,11 +148,12 @@ class Recipe:
         raw_steps = cfg.get("steps")
         if not isinstance(raw_steps, list) or not raw_steps:
             raise ConfigError(f"{where}.steps: expected a non-empty list of {{name, params, probability}}")
-        steps = [cls._step(s, f"{where}.steps[{i}]", labels, on_unfit) for i, s in enumerate(raw_steps)]
+        generator = cfg.get("generator")
+        steps = [cls._step(s, f"{where}.steps[{i}]", labels, on_unfit, generator) for i, s in enumerate(raw_steps)]
         return cls(steps, labels, seed, bool(cfg.get("keep_original", False)), copies, config=cfg)
 
     @staticmethod
-    def _step(raw, where: str, labels, default_on_unfit: str) -> Step:
+    def _step(raw, where: str, labels, default_on_unfit: str, generator=None) -> Step:
         if isinstance(raw, str):
             raw = {"name": raw}
         if not isinstance(raw, dict) or "name" not in raw:
@@ -164,7 +170,10 @@ class Recipe:
         only = raw.get("only") or {}
         if not isinstance(only, dict) or set(only) - {"source", "label"}:
             raise ConfigError(f"{where}.only: expected a mapping with `source:` and/or `label:`, got {only!r}")
-        transform = get_transform(raw["name"], raw.get("params"), labels=labels, where=f"{where}.params")
+        params = raw.get("params")
+        if generator is not None and raw["name"] in GENERATOR_STEPS and "generator" not in (params or {}):
+            params = {**(params or {}), "generator": generator}  # the recipe's generator is every step's default
+        transform = get_transform(raw["name"], params, labels=labels, where=f"{where}.params")
         return Step(transform, float(p), on_unfit, only)
 
     @classmethod

@@ -95,7 +95,8 @@ def test_apply_needs_a_seed(sentiment):
      "params.flip", "positive, negative, neutral"),
     ({"labels": LABELS, "steps": [{"name": "boundary_case", "params": {"neutral": "meh"}}]}, "params.neutral", "neutral"),
     ({"labels": {"a": ["x"], "b": ["x"]}, "steps": ["noise"]}, "augment.labels.b", "also names"),
-    ({"steps": [{"name": "synthetic"}]}, "augment.steps[0].name", "not implemented"),
+    ({"steps": [{"name": "synthetic"}]}, "augment.steps[0].params.generator", "generator"),
+    ({"steps": [{"name": "paraphrase", "params": {"generator": {"kind": "openai"}}}]}, "params.generator.base_url", "required"),
 ])
 def test_bad_recipes_name_the_key_and_list_valid_values(cfg, key, listed):
     with pytest.raises(ConfigError) as err:
@@ -140,7 +141,7 @@ def test_every_transform_leaves_its_input_untouched(sentiment, structured, fewsh
     labels = LabelSet.from_config(LABELS)
     samples = sentiment + structured + fewshot + contexts
     for name in available():
-        if name == "synthetic":
+        if name in ("synthetic", "paraphrase"):  # need a generator; tested in tests/unit/data/test_synthetic.py
             continue
         t = get_transform(name, PARAMS.get(name), labels=labels)
         for seed, s in enumerate(samples):
@@ -192,7 +193,7 @@ def test_registry_covers_the_guide_and_reserves_synthetic():
 
 
 @pytest.mark.parametrize("module", ["base", "labelset", "recipe", "labels", "formats", "structure", "negatives",
-                                    "lexical", "noise", "prompt", "synthetic", "__init__"])
+                                    "lexical", "noise", "prompt", "synthetic", "generator", "io", "__init__"])
 def test_docstring_examples_run(module):
     mod = importlib.import_module("honed.data.augment" + ("" if module == "__init__" else f".{module}"))
     result = doctest.testmod(mod, optionflags=doctest.ELLIPSIS)

@@ -1,0 +1,160 @@
+"""`honed bench`: tokens/s, memory and MFU of `honed train`'s training step on one GPU.
+
+Builds the same random-init model shape and the same random token batches as the peer benchmark
+(../shared/bench/peer_bench.py, whose `cmd:` stack runs this with the same arguments), then runs
+honed's own step: load_model → apply_lora → select_path/prepare → build_optimizer → the path's
+loss_sum under autocast, backward, gradient clipping, AdamW. Prints one line `RESULT {json}`.
+
+    honed bench --shape llama-1b --seq 2048 --batch 4 --steps 10 --warmup 3
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+SHAPES = {  # identical to peer_bench.py's
+    "llama-1b": dict(model_type="llama", hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
+                     num_key_value_heads=8, vocab_size=128256, rope_theta=500000.0, tie_word_embeddings=True, head_dim=64),
+    "llama-8b": dict(model_type="llama", hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
+                     num_key_value_heads=8, vocab_size=128256, rope_theta=500000.0, tie_word_embeddings=False, head_dim=128),
+    "qwen-1.5b": dict(model_type="qwen2", hidden_size=1536, intermediate_size=8960, num_hidden_layers=28, num_attention_heads=12,
+                      num_key_value_heads=2, vocab_size=151936, rope_theta=1000000.0, tie_word_embeddings=True),
+    "qwen-7b": dict(model_type="qwen2", hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
+                    num_key_value_heads=4, vocab_size=152064, rope_theta=1000000.0, tie_word_embeddings=False),
+}
+TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+def register(sub) -> None:
+    p = sub.add_parser("bench", help="tokens/s, peak memory and MFU of the training step on a random-init model shape")
+    p.add_argument("--shape", default="llama-1b", choices=sorted(SHAPES))
+    p.add_argument("--seq", type=int, default=2048)
+    p.add_argument("--batch", type=int, default=2)
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--rank", type=int, default=16)
+    p.add_argument("--qlora", action="store_true", help="4-bit NF4 base (bitsandbytes)")
+    p.add_argument("--peak-tflops", type=float, default=790.0, help="measured bf16 matmul ceiling of the card")
+    p.add_argument("--engine", default="auto", choices=["auto", "plain"], help="training.engine")
+    p.add_argument("--memory", default="auto", choices=["auto", "none", "checkpoint", "offload"], help="training.memory")
+    p.add_argument("--memory-budget-gib", type=float, default=None, help="training.memory_budget_gib")
+    p.add_argument("--models", default=os.environ.get("BENCH_MODELS", "/tmp/bench_models"), help="where shapes are saved (shared with peer_bench.py)")
+    p.set_defaults(func=run)
+
+
+def n_matmul_params(cfg) -> int:
+    d, f, layers, vocab = cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers, cfg.vocab_size
+    hd = getattr(cfg, "head_dim", None) or d // cfg.num_attention_heads
+    attn = d * hd * (cfg.num_attention_heads * 2 + cfg.num_key_value_heads * 2)
+    return layers * (attn + 3 * d * f) + vocab * d
+
+
+def flops_per_token(cfg, seq: int) -> float:
+    """peer_bench.py's estimate: forward + input-gradient backward, attention included, no recompute."""
+    return 4 * n_matmul_params(cfg) + 4 * cfg.num_hidden_layers * seq * cfg.hidden_size
+
+
+def build_shape(shape: str, root: str) -> str:
+    """Save a random-init bf16 model of `shape` with a stand-in tokenizer (as peer_bench.py does)."""
+    import torch
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedTokenizerFast
+
+    out = os.path.join(root, shape)
+    if os.path.exists(os.path.join(out, "config.json")):
+        return out
+    kw = dict(SHAPES[shape])
+    cfg = AutoConfig.for_model(kw.pop("model_type"), **kw)
+    torch.manual_seed(0)
+    with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
+        model = AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16)
+    model.save_pretrained(out, safe_serialization=True)
+    tok = Tokenizer(models.WordLevel(vocab={f"t{i}": i for i in range(cfg.vocab_size)}, unk_token="t0"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="t1", eos_token="t2", pad_token="t3", unk_token="t0").save_pretrained(out)
+    del model
+    return out
+
+
+def bench_config(model_dir: str, args):
+    from honed.config import config_from_dict
+
+    return config_from_dict({
+        "model": {"name_or_path": model_dir},
+        "data": {"train": ["<random tokens>"], "max_seq_length": args.seq, "packing": True},
+        "method": "qlora" if args.qlora else "lora",
+        "lora": {"r": args.rank, "alpha": args.rank, "dropout": 0.0, "target_modules": TARGETS},
+        # peer_bench.py's optimizer: AdamW lr 1e-4, torch's default weight decay 0.01
+        "training": {"batch_size": args.batch, "learning_rate": 1e-4, "weight_decay": 0.01, "precision": "bf16",
+                     "engine": args.engine, "memory": args.memory, "memory_budget_gib": args.memory_budget_gib, "device": "cuda"},
+    }, where="honed bench")
+
+
+def run(args) -> int:
+    import torch
+
+    from honed.engine import select_path
+    from honed.model.adapters import apply_lora
+    from honed.model.load import load_model
+    from honed.train.optim import build_optimizer
+    from honed.train.sft import autocast_context
+
+    if not torch.cuda.is_available():
+        print("error: honed bench needs a CUDA GPU")
+        return 2
+    cfg = bench_config(build_shape(args.shape, args.models), args)
+    t = cfg.training
+    device = torch.device("cuda")
+    torch.manual_seed(t.seed)
+    model, info = load_model(cfg.model, device=device, quantization=cfg.quantization if args.qlora else None)
+    model = apply_lora(model, cfg.lora, quantized=info["quantized"], gradient_checkpointing=t.gradient_checkpointing)
+    path = select_path(model, cfg, device)
+    model = path.prepare(model)
+    model.train()
+    optimizer = build_optimizer(model, t)
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    g = torch.Generator(device="cpu").manual_seed(1)  # the same batches as peer_bench.py
+    vocab = model.config.vocab_size
+    batches = [torch.randint(10, vocab, (args.batch, args.seq), generator=g) for _ in range(4)]
+
+    def step(i: int) -> float:
+        ids = batches[i % len(batches)].to(device, non_blocking=True)
+        batch = {"input_ids": ids, "labels": ids}
+        with autocast_context("bf16", device):
+            loss_sum, n = path.loss_sum(model, batch)
+        loss = loss_sum / max(n, 1)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, t.max_grad_norm or float("inf"))
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return loss.detach()
+
+    losses = []
+    t_warm = time.perf_counter()
+    for i in range(args.warmup):
+        losses.append(step(i))
+    torch.cuda.synchronize()
+    warmup_s = time.perf_counter() - t_warm
+    torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    for i in range(args.steps):
+        losses.append(step(args.warmup + i))
+    torch.cuda.synchronize()
+    dt = time.perf_counter() - t0
+    tps = args.steps * args.batch * args.seq / dt
+    plan = getattr(path, "plan", None)
+    res = dict(
+        stack="honed", path=path.name, memory=plan.mode if plan else ("checkpoint" if t.gradient_checkpointing else "none"),
+        shape=args.shape, qlora=args.qlora, seq=args.seq, batch=args.batch,
+        tokens_per_s=round(tps, 1), step_s=round(dt / args.steps, 4),
+        peak_alloc_gib=round(torch.cuda.max_memory_allocated() / 2**30, 2),
+        peak_reserved_gib=round(torch.cuda.max_memory_reserved() / 2**30, 2),
+        mfu_lora_pct=round(100 * tps * flops_per_token(model.config, args.seq) / args.peak_tflops / 1e12, 1),
+        loss=round(float(losses[-1]), 3), losses=[round(float(x), 4) for x in losses],
+        warmup_s=round(warmup_s, 1), trainable=sum(p.numel() for p in params),
+    )
+    print("RESULT " + json.dumps(res), flush=True)
+    return 0

@@ -1,0 +1,136 @@
+"""`honed eval CONFIG.yaml [key=value ...]` or `honed eval --model DIR [--adapter DIR] --data FILE
+[--baseline MODEL_OR_RUN ...]`: evaluate a fine-tune against its base and write a report.
+
+Flags given with a config file override its keys (as `key=value` does).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub) -> None:
+    p = sub.add_parser("eval", help="measure a fine-tune against its base: metrics, report.json/.html, predictions",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog="examples:\n"
+                              "  honed eval eval.yaml generation.batch_size=16\n"
+                              "  honed eval --model runs/lora --data eval.jsonl --baseline base\n"
+                              "  honed eval --model runs/lora --data eval.jsonl --baseline base --checkpoints all")
+    p.add_argument("items", nargs="*", metavar="CONFIG.yaml | key=value", help="eval config file and/or key=value overrides")
+    p.add_argument("--model", help="model folder/hub id, adapter folder, or `honed train` run folder to evaluate")
+    p.add_argument("--adapter", help="LoRA adapter on top of --model")
+    p.add_argument("--baseline", action="append", default=None, metavar="MODEL_OR_RUN",
+                   help="compare against this model (repeatable); `base` = the adapter's base model")
+    p.add_argument("--data", help="evaluation file (JSONL/JSON/CSV/Parquet; prompt + reference per record)")
+    p.add_argument("--output", help="report folder (default: eval-report)")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty report folder")
+    p.add_argument("--system-prompt", help="scope prompt put first in every conversation")
+    p.add_argument("--system-prompt-file", help="read the scope prompt from this file")
+    p.add_argument("--labels", help="comma-separated label set: turns on classification metrics")
+    p.add_argument("--refusal-phrase", action="append", metavar="TEXT", help="text that marks a refusal (repeatable)")
+    p.add_argument("--max-samples", type=int)
+    p.add_argument("--max-new-tokens", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--device")
+    p.add_argument("--dtype", choices=["auto", "bfloat16", "float16", "float32"])
+    p.add_argument("--template", help="chat template name (default: the tokenizer's own)")
+    p.add_argument("--checkpoints", choices=["none", "all"], help="all: also evaluate every checkpoint of the run")
+    p.add_argument("--stability", type=int, metavar="N", help="sample N answers per prompt to measure stability")
+    p.add_argument("--general", action="store_true", help="also run the built-in general-ability set (forgetting check)")
+    p.add_argument("--judge-url", help="OpenAI-compatible base URL: turns on LLM-as-judge scoring")
+    p.add_argument("--judge-model", help="model name to send to the judge endpoint")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def _flags_as_dict(args) -> dict:
+    """The command-line flags as a partial eval config (only the flags that were given)."""
+    raw: dict = {}
+    if args.model:
+        raw["models"] = [{"path": args.model, "adapter": args.adapter}]
+    elif args.adapter:
+        raw["models"] = [{"path": args.adapter}]
+    if args.baseline:
+        raw.setdefault("models", [])
+        raw["baseline_models"] = [{"path": b} for b in args.baseline]
+    data = {k: v for k, v in {"path": args.data, "system_prompt": args.system_prompt,
+                              "system_prompt_file": args.system_prompt_file, "max_samples": args.max_samples}.items() if v is not None}
+    if data:
+        raw["data"] = data
+    generation = {k: v for k, v in {"max_new_tokens": args.max_new_tokens, "batch_size": args.batch_size}.items() if v is not None}
+    if generation:
+        raw["generation"] = generation
+    for key, value in (("output_dir", args.output), ("device", args.device), ("dtype", args.dtype), ("template", args.template)):
+        if value is not None:
+            raw[key] = value
+    if args.overwrite:
+        raw["overwrite"] = True
+    if args.labels:
+        raw["labels"] = [label.strip() for label in args.labels.split(",") if label.strip()]
+    if args.refusal_phrase:
+        raw["refusal"] = {"phrases": args.refusal_phrase}
+    if args.checkpoints:
+        raw["fitting"] = {"checkpoints": args.checkpoints}
+    if args.stability is not None:
+        raw["stability"] = {"samples": args.stability}
+    if args.general:
+        raw["general"] = {"enabled": True}
+    if args.judge_url or args.judge_model:
+        raw["judge"] = {"enabled": True, **({"base_url": args.judge_url} if args.judge_url else {}),
+                        **({"model": args.judge_model} if args.judge_model else {})}
+    return raw
+
+
+def build_config(args):
+    """EvalConfig from an optional config file, `key=value` overrides, then flags."""
+    from pathlib import Path
+
+    import yaml
+
+    from honed.config import deep_merge, parse_overrides
+    from honed.errors import ConfigError
+    from honed.eval.config import _resolve, eval_config_from_dict, load_eval_config
+
+    files = [i for i in args.items if "=" not in i]
+    overrides = [i for i in args.items if "=" in i]
+    if len(files) > 1:
+        raise ConfigError(f"give one eval config file, got {files}")
+    flags = _flags_as_dict(args)
+    extra_baselines = flags.pop("baseline_models", [])
+    if files:
+        cfg = load_eval_config(files[0], overrides)
+        raw = cfg.model_dump(mode="json", exclude_unset=True)
+        if flags.get("models") == []:
+            flags.pop("models")
+        raw = deep_merge(raw, flags)
+        where, base = files[0], Path(files[0]).parent
+    else:
+        if not args.model and not args.adapter:
+            raise ConfigError("give an eval config file, or --model DIR (and --data FILE); see `honed eval --help`")
+        if not args.data:
+            raise ConfigError("--data FILE is required without a config file (prompt + reference per record)")
+        raw = deep_merge(flags, parse_overrides(overrides))
+        where, base = "command line", Path(".")
+    raw["models"] = list(raw.get("models", [])) + extra_baselines
+    if extra_baselines and not raw.get("baseline"):
+        # Deltas go against the first --baseline, whatever other models the config lists.
+        from honed.eval.config import ModelEntry, model_names
+
+        names = model_names([ModelEntry(**m) for m in raw["models"]])
+        raw["baseline"] = names[len(raw["models"]) - len(extra_baselines)]
+    yaml.safe_dump(raw)  # fail early on values that cannot be written back into report.json
+    return _resolve(eval_config_from_dict(raw, where), base)
+
+
+def run(args) -> int:
+    from rich.console import Console
+
+    from honed.eval.runner import evaluate
+    from honed.eval.summary import print_summary
+
+    cfg = build_config(args)
+    console = Console(stderr=True)
+    result = evaluate(cfg, show_progress=not args.no_progress)
+    print_summary(result.report, Console(), result.output_dir)
+    console.print(f"[green]done[/]: {len(result.runs)} model(s), {result.report['data']['n_samples']} samples")
+    return 0

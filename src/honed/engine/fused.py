@@ -1,0 +1,119 @@
+"""The fused CUDA path for Llama-style decoders (Llama, Qwen2/2.5, Qwen3, Mistral).
+
+What it changes against plain transformers, each with a plain-torch reference beside it:
+- LoRA projections run as one autograd node each (`engine.lora`), NF4 bases dequantised on the fly;
+- RMSNorm and SwiGLU keep less for backward (`engine.layers`);
+- the loss never makes full logits: hidden states → chunked lm_head + cross-entropy (`engine.loss`);
+- activation memory follows a plan (`engine.memory`): no recompute when it fits, recompute as few
+  layers as needed otherwise, and offload the kept layer inputs to CPU when even that does not fit.
+Attention stays transformers' own (SDPA; packed rows through position_ids), as on the plain path.
+
+>>> sorted(COVERED_MODEL_TYPES)
+['llama', 'mistral', 'qwen2', 'qwen3']
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from honed.engine.layers import patch_layers
+from honed.engine.lora import patch_lora_layers
+from honed.engine.loss import linear_cross_entropy_sum, shift_targets
+from honed.engine.memory import MemoryPlan, apply_memory_plan, layer_activation_bytes, plan_memory
+
+log = logging.getLogger(__name__)
+
+COVERED_MODEL_TYPES = {"llama", "qwen2", "qwen3", "mistral"}
+_RESERVE_BYTES = 2 * 2**30  # allocator slack, cuBLAS/SDPA workspaces, one chunk of logits
+
+
+def causal_lm_of(model):
+    """The transformers *ForCausalLM inside a peft wrapper (or the model itself)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def covers(model) -> str | None:
+    """None if the fused path covers this model, else the reason it does not."""
+    lm = causal_lm_of(model)
+    config = getattr(lm, "config", None)
+    model_type = getattr(config, "model_type", None)
+    if model_type not in COVERED_MODEL_TYPES:
+        return f"architecture {model_type!r} is not one of {sorted(COVERED_MODEL_TYPES)}"
+    if getattr(config, "final_logit_softcapping", None):
+        return "logit soft-capping"
+    decoder, head = getattr(lm, "model", None), getattr(lm, "lm_head", None)
+    if decoder is None or not hasattr(decoder, "layers") or not isinstance(head, torch.nn.Linear):
+        return "unexpected module layout (no model.layers / plain lm_head)"
+    return None
+
+
+class FusedPath:
+    name = "fused"
+
+    def __init__(self, cfg, device: torch.device):
+        self.cfg, self.device = cfg, device
+        self.plan: MemoryPlan | None = None
+
+    def tokens_per_micro_batch(self) -> int:
+        return self.cfg.training.batch_size * self.cfg.data.max_seq_length
+
+    def prepare(self, model):
+        lm = causal_lm_of(model)
+        if getattr(lm, "is_gradient_checkpointing", False):
+            model.gradient_checkpointing_disable()  # the memory plan below decides what recomputes
+        n_lora = patch_lora_layers(model)
+        n_norm, n_mlp = patch_layers(model)
+        self.plan = self.memory_plan(model)
+        apply_memory_plan(lm.model.layers, self.plan)
+        log.info(
+            "fused path: %d LoRA projections, %d RMSNorms, %d SwiGLU MLPs fused; memory %s (%d of %d layers recompute, ~%.1f GiB activations planned)",
+            n_lora, n_norm, n_mlp, self.plan.mode, self.plan.checkpointed, len(lm.model.layers), self.plan.estimate_gib,
+        )
+        return model
+
+    def memory_plan(self, model) -> MemoryPlan:
+        t = self.cfg.training
+        lm = causal_lm_of(model)
+        forced = None if t.memory == "auto" else t.memory
+        if forced is None and t.gradient_checkpointing:
+            forced = "checkpoint"  # the user asked for recompute explicitly
+        if t.memory_budget_gib is not None:
+            budget = t.memory_budget_gib * 2**30
+        elif self.device.type == "cuda":
+            free, _ = torch.cuda.mem_get_info(self.device)
+            trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+            budget = free - _RESERVE_BYTES - 16 * trainable  # fp32 grads + AdamW moments
+        else:
+            budget = float("inf")
+        return plan_memory(
+            layers=len(lm.model.layers),
+            tokens=self.tokens_per_micro_batch(),
+            per_token_layer=layer_activation_bytes(lm.config),
+            hidden_bytes=2 * lm.config.hidden_size,
+            budget=budget,
+            forced=forced,
+        )
+
+    def loss_sum(self, model, batch):
+        lm = causal_lm_of(model)
+        inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids") if k in batch}
+        hidden = lm.model(**inputs, use_cache=False).last_hidden_state
+        if torch.is_autocast_enabled(hidden.device.type):
+            hidden = hidden.to(torch.get_autocast_dtype(hidden.device.type))
+        return linear_cross_entropy_sum(hidden, lm.lm_head.weight, shift_targets(batch["labels"]))
+
+
+def fused_path_factory(model, cfg, device: torch.device):
+    """The fused path where it applies (CUDA, covered architecture, engine not forced plain)."""
+    if getattr(getattr(cfg, "training", None), "engine", "auto") == "plain":
+        log.info("training.engine=plain: fused path not used")
+        return None
+    if device.type != "cuda":
+        return None
+    reason = covers(model)
+    if reason:
+        log.info("fused path does not cover this model (%s)", reason)
+        return None
+    return FusedPath(cfg, device)

@@ -1,0 +1,126 @@
+"""Fused LoRA linear: frozen W and the low-rank update in one autograd node.
+
+y = x Wᵀ + s · (x Aᵀ) Bᵀ, with a hand-derived backward that keeps only x (which the base matmul
+needs anyway) and the small x Aᵀ (N × r):
+
+    dB = s · dyᵀ (x Aᵀ)      dA = (s · dy B)ᵀ x      dx = dy W + (s · dy B) A
+
+peft's path runs the base layer and the adapter as separate modules; under autocast its fp32
+adapter weights make it cast and keep extra copies of x. Here everything runs in the compute dtype
+(bf16 on a GPU), the adapter's gradients come back in fp32 for the fp32 master weights, and a
+4-bit (NF4) base weight is dequantised on the fly in forward and again in backward, never stored.
+
+>>> import torch
+>>> x, w = torch.randn(3, 8), torch.randn(5, 8)
+>>> a, b = torch.randn(2, 8), torch.randn(5, 2)
+>>> torch.allclose(lora_linear(x, w, a, b, 0.5), reference_lora_linear(x, w, a, b, 0.5), atol=1e-5)
+True
+"""
+
+from __future__ import annotations
+
+import types
+
+import torch
+
+
+def reference_lora_linear(x, weight, lora_a, lora_b, scale, bias=None):
+    """Plain torch, the way peft computes it (no dropout)."""
+    y = x @ weight.t() + scale * ((x @ lora_a.t()) @ lora_b.t())
+    return y if bias is None else y + bias
+
+
+def _dequantize(weight_param, dtype):
+    """The base weight as a dense matrix of `dtype`; NF4 (bitsandbytes Params4bit) is dequantised."""
+    quant_state = getattr(weight_param, "quant_state", None)
+    if quant_state is None:
+        return weight_param if weight_param.dtype == dtype else weight_param.to(dtype)
+    import bitsandbytes.functional as bnbf
+
+    return bnbf.dequantize_4bit(weight_param.data, quant_state).to(dtype)
+
+
+class _LoraLinear(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, lora_a, lora_b, scale, bias):
+        dtype = x.dtype
+        w = _dequantize(weight, dtype)
+        a, b = lora_a.to(dtype), lora_b.to(dtype)
+        x2 = x.reshape(-1, x.shape[-1])
+        xa = x2 @ a.t()
+        y = torch.addmm(bias.to(dtype), x2, w.t()) if bias is not None else x2 @ w.t()
+        y.addmm_(xa, b.t(), alpha=scale)
+        ctx.save_for_backward(x2, xa, lora_a, lora_b)
+        ctx.weight, ctx.scale, ctx.has_bias = weight, scale, bias is not None
+        ctx.bias_grad = bias is not None and ctx.needs_input_grad[5]
+        return y.view(*x.shape[:-1], y.shape[-1])
+
+    @staticmethod
+    def backward(ctx, dy):
+        x2, xa, lora_a, lora_b = ctx.saved_tensors
+        dtype = x2.dtype
+        dy2 = dy.reshape(-1, dy.shape[-1]).to(dtype)
+        a, b = lora_a.to(dtype), lora_b.to(dtype)
+        s = ctx.scale
+        dxa = (dy2 @ b) * s  # (N, r)
+        grad_b = (dy2.t() @ xa).mul_(s).to(lora_b.dtype) if ctx.needs_input_grad[3] else None
+        grad_a = (dxa.t() @ x2).to(lora_a.dtype) if ctx.needs_input_grad[2] else None
+        grad_x = None
+        if ctx.needs_input_grad[0]:
+            w = _dequantize(ctx.weight, dtype)
+            grad_x = (dy2 @ w).addmm_(dxa, a).view(*dy.shape[:-1], x2.shape[-1])
+        grad_bias = dy2.sum(0).to(ctx.weight.dtype) if ctx.bias_grad else None
+        return grad_x, None, grad_a, grad_b, None, grad_bias
+
+
+def lora_linear(x, weight, lora_a, lora_b, scale, bias=None):
+    """Fused forward/backward of a frozen linear plus a LoRA update (see module docstring)."""
+    return _LoraLinear.apply(x, weight, lora_a, lora_b, float(scale), bias)
+
+
+def _compute_dtype(x: torch.Tensor) -> torch.dtype:
+    if torch.is_autocast_enabled(x.device.type):
+        return torch.get_autocast_dtype(x.device.type)
+    return x.dtype
+
+
+def _fused_forward(self, x, *args, **kwargs):
+    """Replaces peft's lora.Linear.forward where the fused node computes the same thing."""
+    if self.disable_adapters or self.merged or args or kwargs or len(self.active_adapters) != 1:
+        return type(self).forward(self, x, *args, **kwargs)
+    name = self.active_adapters[0]
+    if name not in self.lora_A:
+        return type(self).forward(self, x, *args, **kwargs)
+    base = self.base_layer
+    dtype = _compute_dtype(x)
+    return lora_linear(x.to(dtype), base.weight, self.lora_A[name].weight, self.lora_B[name].weight, self.scaling[name], base.bias)
+
+
+def fusable(module) -> bool:
+    """A peft LoRA Linear with a plain (or NF4) base, no dropout, no DoRA/variants, frozen base."""
+    try:
+        from peft.tuners.lora.layer import Linear as LoraLinear
+    except ImportError:
+        return False
+    if type(module) is not LoraLinear and type(module).__name__ not in ("Linear4bit",):
+        return False
+    if not hasattr(module, "lora_A") or not hasattr(module, "base_layer"):
+        return False
+    if getattr(module, "lora_variant", None) or any(getattr(module, "use_dora", {}).values()):
+        return False
+    if any(not isinstance(d, torch.nn.Identity) for d in module.lora_dropout.values()):
+        return False
+    base = module.base_layer
+    if base.weight.requires_grad or (base.bias is not None and base.bias.requires_grad):
+        return False
+    return isinstance(base, torch.nn.Linear) or hasattr(base.weight, "quant_state")
+
+
+def patch_lora_layers(model) -> int:
+    """Route every fusable LoRA projection through the fused node; returns how many were patched."""
+    n = 0
+    for module in model.modules():
+        if fusable(module):
+            module.forward = types.MethodType(_fused_forward, module)
+            n += 1
+    return n

@@ -1,0 +1,268 @@
+"""`evaluate(cfg)`: run every model of an EvalConfig over the same samples and build the report.
+
+For each model, top to bottom: load → batched greedy answers (timed) → reference loss →
+label log-likelihoods (classification) → stability re-asks → general-ability set → judge →
+lm-eval → free it. Then over-/under-fitting from the first model's run folder, and the report.
+
+>>> # from honed.eval import evaluate, load_eval_config
+>>> result = evaluate(load_eval_config("eval.yaml"))                 # doctest: +SKIP
+>>> result.report["models"][0]["metrics"]["generation"]["rougeL"]      # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import resource
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from honed.data.conversation import Conversation, Message
+from honed.errors import OutputExistsError
+from honed.eval.config import EvalConfig
+from honed.eval.fitting import run_fitting
+from honed.eval.metrics import aggregate_stability, answer_stability, latency_percentiles, tokens_per_second
+from honed.eval.metrics._synonyms import DEFAULT_GROUPS
+from honed.eval.metrics.meteor import SynonymTable, default_synonyms
+from honed.eval.models import ModelSpec, checkpoint_specs, resolve_models, size_on_disk
+from honed.eval.samples import EvalSample, load_samples
+from honed.eval.scoring import Scorer, build_detector, score_model
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ModelRun:
+    """Everything measured for one model: answers and per-sample scores, plus report metrics."""
+
+    spec: ModelSpec
+    role: str  # "evaluated", "baseline", "checkpoint" or "other"
+    answers: list[str] = field(default_factory=list)
+    per_sample: list[dict] = field(default_factory=list)
+    latencies: list[float] = field(default_factory=list)
+    metrics: dict = field(default_factory=dict)
+    general_rows: list[dict] = field(default_factory=list)
+    judge_rows: list[dict] = field(default_factory=list)
+
+
+@dataclass
+class EvalResult:
+    report: dict
+    runs: list[ModelRun]
+    output_dir: Path | None = None
+
+
+def _rss_bytes() -> int:
+    # Current resident set size from /proc (Linux); elsewhere the process high-water mark.
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+        import os
+
+        return pages * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+class _Memory:
+    """Peak memory while one model runs: CUDA max allocated, else the largest RSS sampled."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+        if self.cuda:
+            torch.cuda.reset_peak_memory_stats(device)
+        self.device, self.peak = device, _rss_bytes()
+
+    def sample(self) -> None:
+        if not self.cuda:
+            self.peak = max(self.peak, _rss_bytes())
+
+    def result(self) -> dict:
+        if self.cuda:
+            return {"peak_memory_bytes": int(torch.cuda.max_memory_allocated(self.device)), "peak_memory_kind": "cuda_max_allocated"}
+        self.sample()
+        return {"peak_memory_bytes": int(self.peak), "peak_memory_kind": "process_rss"}
+
+
+def _settings(cfg: EvalConfig, **changes):
+    from honed.infer.generate import GenerationSettings
+
+    g = cfg.generation
+    base = dict(max_new_tokens=g.max_new_tokens, temperature=g.temperature, top_p=g.top_p, top_k=g.top_k,
+                repetition_penalty=g.repetition_penalty, seed=g.seed, enable_thinking=g.enable_thinking)
+    return GenerationSettings(**{**base, **changes})
+
+
+def generate_timed(bot, conversations: list[Conversation], settings, batch_size: int, progress=None,
+                   task=None, memory: _Memory | None = None) -> tuple[list, list[float], float]:
+    """Replies, per-request latency (the wall time of the batch a request was in — what a client of
+    a batched server waits), and the total generation seconds."""
+    replies, latencies, total = [], [], 0.0
+    for start in range(0, len(conversations), batch_size):
+        chunk = conversations[start : start + batch_size]
+        began = time.perf_counter()
+        replies += bot.generate(chunk, settings, batch_size=batch_size)
+        took = time.perf_counter() - began
+        total += took
+        latencies += [took] * len(chunk)
+        if memory:
+            memory.sample()
+        if progress is not None:
+            progress.advance(task, len(chunk))
+    return replies, latencies, total
+
+
+def _stability(bot, cfg: EvalConfig, samples: list[EvalSample], greedy: list[str], detector) -> dict | None:
+    st = cfg.stability
+    if st.samples < 2:
+        return None
+    chosen = samples[: st.prompts]
+    convs = [s.conversation for s in chosen for _ in range(st.samples)]
+    sampled = bot.generate(convs, _settings(cfg, temperature=st.temperature, top_p=1.0, seed=cfg.generation.seed + 1),
+                           batch_size=cfg.generation.batch_size)
+    results = [answer_stability([r.text for r in sampled[k * st.samples : (k + 1) * st.samples]], detector)
+               for k in range(len(chosen))]
+    agg = aggregate_stability(results)
+    out = {"samples": st.samples, "temperature": st.temperature, "n_prompts": len(chosen), **agg.scores,
+           "n_skipped": agg.n_skipped}
+    out.pop("identical_rate", None)  # sampled answers are not expected to be identical
+    if cfg.generation.temperature == 0:
+        # Greedy decoding must be deterministic: ask again and compare with the first pass.
+        again = bot.generate([s.conversation for s in chosen], _settings(cfg), batch_size=cfg.generation.batch_size)
+        out["greedy_identical_rate"] = sum(a.text == greedy[s.index] for a, s in zip(again, chosen)) / len(chosen)
+    return out
+
+
+def _general(bot, cfg: EvalConfig, run: ModelRun, detector) -> dict | None:
+    if not cfg.general.enabled:
+        return None
+    from honed.eval.general import GENERAL_QUESTIONS, score_general
+
+    convs = [Conversation([Message("user", q.question)], source=q.id) for q in GENERAL_QUESTIONS]
+    replies = bot.generate(convs, _settings(cfg, max_new_tokens=cfg.general.max_new_tokens), batch_size=cfg.generation.batch_size)
+    run.general_rows, summary = score_general([r.text for r in replies], detector)
+    return summary
+
+
+def _judge(cfg: EvalConfig, samples: list[EvalSample], run: ModelRun) -> dict | None:
+    if not cfg.judge.enabled:
+        return None
+    from honed.eval.judge import judge_answers
+
+    items = [(s.prompt_text, a, s.reference) for s, a in zip(samples, run.answers)]
+    run.judge_rows, summary = judge_answers(cfg.judge, items)
+    return summary
+
+
+def evaluate_model(spec: ModelSpec, role: str, cfg: EvalConfig, samples: list[EvalSample], scorer: Scorer,
+                   progress=None) -> ModelRun:
+    """Load one model, measure everything the config asks for, and free it again."""
+    from honed.infer.generate import ChatModel
+    from honed.model.load import pick_device
+
+    run = ModelRun(spec, role)
+    device = pick_device(cfg.device)
+    memory = _Memory(device)
+    load_started = time.perf_counter()
+    bot = ChatModel.load(spec.model_path, adapter=spec.adapter, template=cfg.template, device=str(device), dtype=cfg.dtype)
+    load_s = time.perf_counter() - load_started
+    task = progress.add_task(f"{spec.name}: answering", total=len(samples)) if progress is not None else None
+    replies, run.latencies, gen_s = generate_timed(bot, [s.conversation for s in samples], _settings(cfg),
+                                                  cfg.generation.batch_size, progress, task, memory)
+    run.answers = [r.text for r in replies]
+    g = cfg.generation
+    label_scores = None
+    if cfg.labels:
+        from honed.eval.likelihood import label_log_likelihoods
+
+        label_scores = label_log_likelihoods(bot, samples, cfg.labels, batch_size=g.batch_size, enable_thinking=g.enable_thinking)
+    scores = score_model(samples, run.answers, scorer, label_scores)
+    run.per_sample = scores.per_sample
+    for i, (row, reply) in enumerate(zip(run.per_sample, replies)):
+        row.update(new_tokens=reply.new_tokens, finished=reply.finished)
+        if label_scores:
+            row["label_log_likelihoods"] = label_scores[i]
+    m = run.metrics
+    m["generation"], m["generation_counts"] = scores.generation, scores.generation_counts
+    m["domain"], m["classification"] = scores.domain, scores.classification
+    m["loss"] = None
+    if cfg.loss:
+        from honed.eval.likelihood import reference_losses
+
+        loss, per_sample_loss, _ = reference_losses(bot, samples, batch_size=g.batch_size, enable_thinking=g.enable_thinking)
+        if loss is not None:
+            m["loss"] = {"mean_loss": loss.mean_loss, "perplexity": loss.perplexity, "n_tokens": loss.n_tokens}
+        for index, value in per_sample_loss.items():
+            run.per_sample[index]["loss"] = value
+    memory.sample()
+    m["stability"] = _stability(bot, cfg, samples, run.answers, scorer.detector)
+    m["general"] = _general(bot, cfg, run, scorer.detector)
+    if cfg.lm_eval.tasks:
+        from honed.eval.harness import run_lm_eval
+
+        m["lm_eval"] = run_lm_eval(spec, cfg.lm_eval, device=str(device), batch_size=g.batch_size)
+    n_tokens = sum(r.new_tokens for r in replies)
+    m["efficiency"] = {"latency_s": latency_percentiles(run.latencies), "generated_tokens": n_tokens,
+                       "generation_seconds": gen_s, "tokens_per_s": tokens_per_second(n_tokens, gen_s) if gen_s > 0 else None,
+                       "load_seconds": load_s, "batch_size": g.batch_size, "device": str(device),
+                       "size_on_disk_bytes": size_on_disk(spec.weights_dir),
+                       "size_of": "adapter" if spec.adapter else "model", **memory.result()}
+    del bot
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    m["judge"] = _judge(cfg, samples, run)  # after freeing the model: the judge is remote
+    if progress is not None:
+        progress.remove_task(task)
+    return run
+
+
+def check_output_dir(cfg: EvalConfig) -> Path:
+    """Refuse a non-empty output folder before any model is loaded (unless overwrite)."""
+    out = Path(cfg.output_dir)
+    if out.exists() and not out.is_dir():
+        raise OutputExistsError(f"output_dir={out} is a file; choose a folder")
+    if out.is_dir() and any(out.iterdir()) and not cfg.overwrite:
+        raise OutputExistsError(f"output_dir={out} is not empty; choose another folder or pass --overwrite "
+                                "(overwrite: true) to replace it")
+    return out
+
+
+def _roles(specs: list[ModelSpec], cfg: EvalConfig) -> list[str]:
+    baseline = cfg.baseline_name()
+    roles = []
+    for i, spec in enumerate(specs):
+        roles.append("evaluated" if i == 0 else "checkpoint" if spec.step is not None and i >= len(cfg.models)
+                     else "baseline" if spec.name == baseline else "other")
+    return roles
+
+
+def evaluate(cfg: EvalConfig, *, show_progress: bool = True, write: bool = True) -> EvalResult:
+    """Evaluate every model of `cfg`; with `write`, put report.json/.html and predictions.jsonl
+    into `cfg.output_dir` in one atomic step."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from honed.eval.report import build_report, write_outputs
+
+    if write:
+        check_output_dir(cfg)
+    samples = load_samples(cfg.data, cfg.refusal.decision_field)
+    specs = resolve_models(cfg.models)
+    if cfg.fitting.checkpoints == "all":
+        specs += checkpoint_specs(specs[0])
+    synonyms = SynonymTable([*DEFAULT_GROUPS, *cfg.meteor_synonyms]) if cfg.meteor_synonyms else default_synonyms()
+    scorer = Scorer(build_detector(cfg.refusal), cfg.labels, synonyms, cfg.refusal.threshold)
+    runs = []
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, transient=True, disable=not show_progress) as progress:
+        for spec, role in zip(specs, _roles(specs, cfg)):
+            log.info("evaluating %s (%s)", spec.name, spec.describe())
+            runs.append(evaluate_model(spec, role, cfg, samples, scorer, progress))
+    fitting = run_fitting(specs[0].run_dir, cfg.fitting.patience) if specs[0].run_dir else None
+    report = build_report(cfg, samples, runs, fitting)
+    result = EvalResult(report, runs)
+    if write:
+        result.output_dir = write_outputs(cfg, report, samples, runs)
+    return result

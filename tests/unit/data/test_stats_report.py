@@ -1,0 +1,48 @@
+"""`honed data stats`: a self-contained HTML page with the plots and the side-by-side view."""
+
+from __future__ import annotations
+
+import base64
+import re
+
+from honed.data import Conversation, Message
+from honed.data.stats_report import compute_stats, render_html
+
+
+def sample(i, label, text):
+    return Conversation([Message("user", f"Sentiment:\n{text}"), Message("assistant", label)], source=f"d:{i}", meta={"label": label})
+
+
+DATA = [sample(0, "positive", "I loved it"), sample(1, "negative", "Awful food"), sample(2, "positive", "I loved it"),
+        sample(3, "neutral", "这部电影还行吧")]
+
+
+def test_stats_count_labels_languages_and_duplicates():
+    s = compute_stats(DATA)
+    assert s["labels"]["label"] == {"positive": 2, "negative": 1, "neutral": 1}
+    assert s["languages"] == {"en": 3, "zh": 1} and s["exact_duplicates"] == 1 and s["duplication_rate"] == 0.25
+
+
+def test_html_is_self_contained_with_plots_and_pairs(tmp_path):
+    aug = Conversation([Message("user", "Sentiment:\nI really loved it"), Message("assistant", "favourable")], source="a:0",
+                       meta={"label": "positive", "augmented_from": "d:0", "augmentations": [{"name": "label_synonym"}]})
+    page = render_html(DATA, [aug])
+    images = re.findall(r'src="data:image/png;base64,([^"]+)"', page)
+    assert len(images) >= 2 and all(base64.b64decode(x)[:4] == b"\x89PNG" for x in images)
+    assert "Original vs augmented (1 shown)" in page and "I really loved it" in page and "label_synonym" in page
+    assert not re.search(r'(src|href)="(http|/)', page)  # nothing loaded from elsewhere
+
+
+def test_cli_stats_with_a_recipe(tmp_path):
+    from honed.cli import main
+    from honed.data.augment.io import write_conversations
+
+    src = tmp_path / "d.jsonl"
+    write_conversations(src, DATA)
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("seed: 1\nlabels: {positive: [positive, favourable], negative: [negative, unfavourable], neutral: [neutral, mixed]}\n"
+                      "steps: [{name: label_synonym}]\n")
+    out = tmp_path / "s.html"
+    assert main(["data", "stats", str(src), "--recipe", str(recipe), "-o", str(out)]) == 0
+    assert "Original vs augmented" in out.read_text() and "favourable" in out.read_text()
+    assert main(["data", "stats", str(src), "-o", str(out)]) == 2
