@@ -178,7 +178,8 @@ def deep_merge(base: dict, extra: dict) -> dict:
     return merged
 
 
-def _describe(err: ValidationError, where: str) -> str:
+def describe_validation_error(err: ValidationError, where: str) -> str:
+    """pydantic's errors as one message naming each bad key (shared by every config type)."""
     lines = [f"{where}: invalid config"]
     for e in err.errors():
         key = ".".join(str(p) for p in e["loc"])
@@ -194,17 +195,14 @@ def config_from_dict(raw: dict, where: str = "<config>") -> TrainConfig:
     try:
         return TrainConfig.model_validate(raw)
     except ValidationError as err:
-        raise ConfigError(_describe(err, where)) from None
+        raise ConfigError(describe_validation_error(err, where)) from None
 
 
-def load_config(path: str | Path, overrides: list[str] | None = None) -> TrainConfig:
-    """Read a YAML config, apply `key=value` overrides, validate, and resolve relative paths.
-
-    Data paths in the file are relative to the file's folder, so a config can live beside its data.
-    """
+def read_yaml_config(path: str | Path, overrides: list[str] | None = None, *, kind: str = "config") -> dict:
+    """A YAML mapping from `path` with `key=value` overrides merged in; errors name file:line."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
+        raise ConfigError(f"{kind} file not found: {path}")
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as err:
@@ -212,10 +210,17 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> TrainCo
         where = f"{path}:{mark.line + 1}" if mark else str(path)
         raise ConfigError(f"{where}: not valid YAML ({getattr(err, 'problem', err)})") from None
     if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping of sections (model, data, training…)")
-    raw = deep_merge(raw, parse_overrides(overrides or []))
-    cfg = config_from_dict(raw, str(path))
-    return resolve_paths(cfg, path.parent)
+        raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    return deep_merge(raw, parse_overrides(overrides or []))
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> TrainConfig:
+    """Read a YAML config, apply `key=value` overrides, validate, and resolve relative paths.
+
+    Data paths in the file are relative to the file's folder, so a config can live beside its data.
+    """
+    cfg = config_from_dict(read_yaml_config(path, overrides), str(path))
+    return resolve_paths(cfg, Path(path).parent)
 
 
 def resolve_paths(cfg: TrainConfig, base: Path) -> TrainConfig:

@@ -15,10 +15,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from honed.config import _describe, deep_merge, parse_overrides
+from honed.config import describe_validation_error, read_yaml_config
 from honed.errors import ConfigError
 
 
@@ -163,7 +162,7 @@ def eval_config_from_dict(raw: dict, where: str = "<eval config>") -> EvalConfig
     try:
         return EvalConfig.model_validate(raw)
     except ValidationError as err:
-        text = _describe(err, where).replace("invalid config", "invalid eval config")
+        text = describe_validation_error(err, where).replace("invalid config", "invalid eval config")
         raise ConfigError(text.replace("\n  : Value error, ", "\n  ")) from None
 
 
@@ -174,17 +173,8 @@ def load_eval_config(path: str | Path, overrides: list[str] | None = None) -> Ev
     >>> cfg = load_eval_config("configs/eval.yaml", ["generation.batch_size=16"])  # doctest: +SKIP
     """
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"eval config file not found: {path}")
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}" if mark else str(path)
-        raise ConfigError(f"{where}: not valid YAML ({getattr(err, 'problem', err)})") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping (models, data, ...)")
-    cfg = eval_config_from_dict(deep_merge(raw, parse_overrides(overrides or [])), str(path))
+    raw = read_yaml_config(path, overrides, kind="eval config")
+    cfg = eval_config_from_dict(raw, str(path))
     return _resolve(cfg, path.parent)
 
 
