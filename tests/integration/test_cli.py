@@ -97,3 +97,17 @@ def test_empty_data_file_is_an_error(config_file, qa_file, capsys):
     qa_file.write_text("\n")
     assert main(["train", str(config_file)]) == 2
     assert "no usable records" in capsys.readouterr().err
+
+
+def test_seeded_generation_leaves_the_callers_rng_alone(tiny_model_dir):
+    import torch
+
+    from honed.data.conversation import Message
+    from honed.infer.generate import ChatModel, GenerationSettings
+
+    bot = ChatModel.load(str(tiny_model_dir("qwen2")))
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    bot.reply([Message("user", "hi")], GenerationSettings(max_new_tokens=3, temperature=1.0, seed=5))
+    assert torch.equal(torch.rand(3), expected)

@@ -102,8 +102,8 @@ def test_validation_best_checkpoint_and_early_stopping(make_config):
     best = min(result.val_losses, key=lambda x: x[1])
     assert best[0] == result.best_step
     assert os.path.exists(os.path.join(cfg.training.output_dir, "best", "adapter_model.safetensors"))
-    if result.stopped_early:
-        assert [s for s, _ in result.val_losses][-1] - result.best_step == 2
+    assert result.stopped_early
+    assert [s for s, _ in result.val_losses][-1] - result.best_step == 2
 
 
 def test_sigterm_saves_checkpoint_and_resume_finishes(make_config):
@@ -159,3 +159,43 @@ def test_gradient_accumulation_weights_tokens_not_micro_batches(make_config, tmp
     one = train(make_config(training={"max_steps": 2, "batch_size": 4, "output_dir": str(tmp_path / "a")}, data={"packing": False}), show_progress=False)
     acc = train(make_config(training={"max_steps": 2, "batch_size": 1, "gradient_accumulation_steps": 4, "output_dir": str(tmp_path / "b")}, data={"packing": False}), show_progress=False)
     assert acc.losses == pytest.approx(one.losses, rel=1e-4)
+
+
+def test_full_finetuning_keeps_fp32_master_weights(make_config):
+    from honed.train.sft import training_model_config
+
+    assert training_model_config(make_config(method="full")).dtype == "float32"
+    assert training_model_config(make_config(method="full", model={"dtype": "bfloat16"})).dtype == "bfloat16"
+    assert training_model_config(make_config(method="lora")).dtype == "auto"
+
+
+def test_resume_refuses_changed_data_and_drops_abandoned_checkpoints(make_config, qa_file):
+    from honed.errors import ConfigError
+    from honed.train.checkpoint import list_checkpoints
+
+    cfg = make_config(training={"epochs": 3, "save_steps": 1, "save_total_limit": 10})
+    full = train(cfg, show_progress=False)
+    out = cfg.training.output_dir
+    steps = [int(p.name.split("-")[1]) for p in list_checkpoints(out)]
+    assert steps == list(range(1, full.steps + 1))
+    # Resuming from an older checkpoint abandons the later ones and trims the metrics.
+    cfg.training.resume = str(list_checkpoints(out)[1])
+    again = train(cfg, show_progress=False)
+    assert again.losses == pytest.approx(full.losses[2:], rel=1e-6)
+    rows = [json.loads(l) for l in open(os.path.join(out, "metrics.jsonl"))]
+    assert [r["step"] for r in rows if r["kind"] == "train"] == list(range(1, full.steps + 1))
+    # Other data under the same checkpoint is refused, naming the checkpoint.
+    qa_file.write_text(qa_file.read_text().replace("pituitary", "pituitary gland"))
+    cfg.training.resume = True
+    with pytest.raises(ConfigError, match="other data"):
+        train(cfg, show_progress=False)
+
+
+def test_checkpoint_must_match_the_trainable_set(make_config, tmp_path):
+    from honed.errors import ConfigError
+
+    cfg = make_config(training={"max_steps": 2, "save_steps": 1})
+    first = train(cfg, stop_after_steps=1, show_progress=False)
+    other = make_config(training={"max_steps": 2, "output_dir": str(tmp_path / "other"), "resume": str(first.last_checkpoint)}, lora={"target_modules": ["q_proj", "v_proj"]})
+    with pytest.raises(ConfigError, match="does not match"):
+        train(other, show_progress=False)

@@ -193,16 +193,13 @@ def run_augment(args) -> int:
 
 
 def run_filter(args) -> int:
-    from pathlib import Path
 
-    import yaml
-
+    from honed.config import read_yaml_config
     from honed.data.augment.io import check_writable, read_conversations, write_conversations
     from honed.data.quality import FilterConfig, filter_conversations
     from honed.utils.fs import write_text_atomic
 
-    raw = yaml.safe_load(Path(args.config).read_text(encoding="utf-8")) if args.config else {}
-    raw = raw or {}
+    raw = read_yaml_config(args.config, kind="filter config") if args.config else {}
     dedup, rules = raw.setdefault("dedup", {}), raw.setdefault("rules", {})
     if args.threshold is not None:
         dedup["threshold"] = args.threshold

@@ -22,10 +22,14 @@ def run(args) -> int:
     if cfg.stages:
         from honed.train.stages import run_stages
 
-        results = run_stages(cfg, show_progress=not args.no_progress)
+        try:
+            results = run_stages(cfg, show_progress=not args.no_progress)
+        except TrainingInterrupted as stop:
+            console.print(f"[yellow]{stop}[/] (finished stages are kept; run the same command again to go on)")
+            return 130
         for stage, res in zip(cfg.stages, results):
             console.print(f"stage {stage.name}: " + ("already finished" if res is None else f"{res.steps} steps → {res.output_dir}"))
-        return 130 if results and results[-1] is not None and results[-1].interrupted else 0
+        return 0
     try:
         result = train(cfg, show_progress=not args.no_progress)
     except TrainingInterrupted as stop:

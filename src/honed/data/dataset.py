@@ -106,12 +106,22 @@ def apply_weight(conversations: list[Conversation], weight: float, rng: random.R
     return out
 
 
+def weighted(source: DataSource, conversations: list[Conversation], rng: random.Random) -> list[Conversation]:
+    """`apply_weight`, refusing a weight so small that the file would silently vanish."""
+    out = apply_weight(conversations, source.weight, rng)
+    if not out:
+        raise DataError(f"{source.path}: weight {source.weight} of {len(conversations)} records keeps none; raise the weight or drop the file")
+    return out
+
+
 def load_conversations(data: DataConfig, seed: int, report: DataReport) -> tuple[list[Conversation], list[Conversation]]:
     """Train and validation Conversations for a data config (validation carved off when asked)."""
     rng = random.Random(seed)
     prompt = scope_prompt(data)
     per_source = [(src, load_source(src, data.on_bad_record, report, prompt)) for src in data.train]
     validation = [c for src in data.validation for c in load_source(src, data.on_bad_record, report, prompt)]
+    if validation and data.val_ratio > 0:
+        log.warning("data.val_ratio=%s is ignored: data.validation files are given", data.val_ratio)
     if not validation and data.val_ratio > 0:
         # Split each file before weighting so a repeated sample never lands on both sides.
         carved = []
@@ -124,7 +134,7 @@ def load_conversations(data: DataConfig, seed: int, report: DataReport) -> tuple
             validation += [convs[j] for j in sorted(order[:n_val])]
             carved.append((src, [convs[j] for j in sorted(order[n_val:])]))
         per_source = carved
-    train = [c for src, convs in per_source for c in apply_weight(convs, src.weight, rng)]
+    train = [c for src, convs in per_source for c in weighted(src, convs, rng)]
     return train, validation
 
 
@@ -155,6 +165,8 @@ def data_fingerprint(data: DataConfig) -> str:
     paths = [src.path for src in [*data.train, *data.validation]]
     if isinstance(data.augment, str):
         paths.append(data.augment)  # the recipe's contents, not only its name
+    if data.system_prompt_file:
+        paths.append(data.system_prompt_file)
     for p in paths:
         path = Path(p)
         files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]

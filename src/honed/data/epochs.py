@@ -134,9 +134,18 @@ class ShapedEpochData(EpochData):
         return indices
 
     def _score_difficulty(self) -> None:
-        # Difficulty by loss is a property of the record, so the un-augmented samples are scored once.
-        losses = self.loss_scorer(self._samples)
-        self.origin_loss = dict(enumerate(losses))
+        # Difficulty by loss is a property of the record, so the un-augmented records are scored once.
+        if self.recipe is None:  # origins are sample indices
+            self.origin_loss = dict(enumerate(self.loss_scorer(self._samples)))
+            return
+        # With a recipe, origins index the conversations; a record that did not tokenize (skipped)
+        # has no sample, so samples are matched to their record one by one.
+        origins, toks = [], []
+        for i, conv in enumerate(self.conversations):
+            for tok in self.tokenize([conv]):
+                origins.append(i)
+                toks.append(tok)
+        self.origin_loss = dict(zip(origins, self.loss_scorer(toks)))
 
     # --- what it learns --------------------------------------------------------------------
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from honed.errors import DataError
 
 SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
+JSON_COLUMNS = {"conversations", "messages", "history"}  # CSV cells decoded from JSON
 
 
 def read_records(path: str | Path) -> Iterator[tuple[str, dict]]:
@@ -95,8 +96,9 @@ def _read_csv(path: Path) -> Iterator[tuple[str, dict]]:
     with open(path, encoding="utf-8-sig", newline="") as fh:
         reader = csv.DictReader(fh)
         for row in reader:
-            # Cells holding JSON (a ShareGPT `conversations` column) are decoded; plain text stays text.
-            yield f"{path}:{reader.line_num}", {k: _maybe_json(v) for k, v in row.items() if k is not None}
+            # Only the columns that hold turn lists are decoded from JSON: an `output` that is JSON
+            # text (a structured-output task) must stay text.
+            yield f"{path}:{reader.line_num}", {k: _maybe_json(v) if k in JSON_COLUMNS else v for k, v in row.items() if k is not None}
 
 
 def _maybe_json(value: str | None):

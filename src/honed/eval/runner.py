@@ -227,6 +227,12 @@ def check_output_dir(cfg: EvalConfig) -> Path:
     if out.is_dir() and any(out.iterdir()) and not cfg.overwrite:
         raise OutputExistsError(f"output_dir={out} is not empty; choose another folder or pass --overwrite "
                                 "(overwrite: true) to replace it")
+    # --overwrite replaces the whole folder: never when it holds what is being evaluated.
+    inputs = [cfg.data.path] + [p for m in cfg.models for p in (m.path, m.adapter) if p and p != "base"]
+    for item in inputs:
+        target = Path(item).expanduser().resolve()
+        if target.exists() and (target == out.resolve() or out.resolve() in target.parents):
+            raise OutputExistsError(f"output_dir={out} holds {item}, an input of this evaluation; choose another output folder")
     return out
 
 

@@ -15,9 +15,9 @@ kept and reported per sample ("missing reference") by every metric that needs on
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from honed.data.conversation import Conversation, Message
+from honed.data.dataset import scope_prompt
 from honed.data.readers import read_records
 from honed.errors import DataError
 from honed.eval.config import EvalData
@@ -54,15 +54,6 @@ class EvalSample:
                             source=self.source)
 
 
-def scope_prompt(data: EvalData) -> str | None:
-    if data.system_prompt_file:
-        path = Path(data.system_prompt_file)
-        if not path.is_file():
-            raise DataError(f"data.system_prompt_file: {path} does not exist")
-        return path.read_text(encoding="utf-8").strip()
-    return data.system_prompt
-
-
 def _normal_split(value) -> tuple[str | None, str | None]:
     if value is None or value == "":
         return None, None
@@ -73,10 +64,10 @@ def _normal_split(value) -> tuple[str | None, str | None]:
     return None, f"split {value!r} is not one of {', '.join(SPLITS)}; sample left out of domain metrics"
 
 
-def _conversation(record: dict, where: str) -> tuple[Conversation, str | None]:
+def _conversation(record: dict, where: str, system: str | None) -> tuple[Conversation, str | None]:
     from honed.infer.batch import prompt_conversation
 
-    conv, reference = prompt_conversation(record, where)
+    conv, reference = prompt_conversation(record, where, system)
     if record.get("reference") is not None and reference is None:
         reference = record["reference"]
     if not conv.messages or conv.messages[-1].role != "user":
@@ -95,10 +86,7 @@ def load_samples(data: EvalData, decision_field: str | None = None) -> list[Eval
     for where, record in read_records(data.path):
         if data.max_samples and len(samples) >= data.max_samples:
             break
-        conv, reference = _conversation(record, where)
-        if system:
-            conv = conv.with_system(system) if conv.messages[0].role != "system" else Conversation(
-                [Message("system", f"{system}\n\n{conv.messages[0].content}"), *conv.messages[1:]], source=where)
+        conv, reference = _conversation(record, where, system)
         split, split_problem = _normal_split(record.get(data.split_field))
         label = record.get(data.label_field)
         sample = EvalSample(

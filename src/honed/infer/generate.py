@@ -99,12 +99,16 @@ class ChatModel:
         from honed.data.tokenize import render_prompt_ids
 
         settings = settings or GenerationSettings()
-        if settings.seed is not None:
-            torch.manual_seed(settings.seed)
         prompts = [render_prompt_ids(c, self.tokenizer, self.template, enable_thinking=settings.enable_thinking) for c in conversations]
         replies: list[Reply] = []
-        for start in range(0, len(prompts), batch_size):
-            replies += self._generate_batch(prompts[start : start + batch_size], settings)
+        # A seeded call draws from its own RNG stream: the caller's (a training run's, restored on
+        # resume) is left exactly as it was.
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices, enabled=settings.seed is not None):
+            if settings.seed is not None:
+                torch.manual_seed(settings.seed)
+            for start in range(0, len(prompts), batch_size):
+                replies += self._generate_batch(prompts[start : start + batch_size], settings)
         return replies
 
     def reply(self, messages: list[Message], settings: GenerationSettings | None = None) -> Reply:

@@ -7,6 +7,7 @@ save never leaves a half checkpoint that `resume` would pick up.
 from __future__ import annotations
 
 import json
+import logging
 import random
 import re
 import shutil
@@ -18,6 +19,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from honed.errors import ConfigError
+
+log = logging.getLogger(__name__)
 from honed.utils.fs import atomic_dir
 
 CHECKPOINTS = "checkpoints"
@@ -37,36 +40,50 @@ class TrainState:
     total_steps: int = 0
     tokens_seen: int = 0
     data_state: dict = field(default_factory=dict)  # EpochData.state_dict(): what a data strategy learned
+    data_fingerprint: str = ""  # resuming on other data is refused
 
 
 def rng_state() -> dict:
-    state = {"torch": torch.get_rng_state(), "python": list(random.getstate()[1]), "python_pos": random.getstate()[2]}
-    np_state = np.random.get_state()
-    state["numpy"] = torch.from_numpy(np_state[1].astype(np.int64))
-    state["numpy_pos"] = int(np_state[2])
+    """Every RNG a step may draw from, in a form `torch.load(weights_only=True)` accepts."""
+    version, py_state, py_gauss = random.getstate()
+    _, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "python": list(py_state),
+        "python_gauss": py_gauss,
+        "numpy": torch.from_numpy(np_keys.astype(np.int64)),
+        "numpy_pos": int(np_pos),
+        "numpy_gauss": (int(np_has_gauss), float(np_gauss)),
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
 def set_rng_state(state: dict) -> None:
+    """Restore what `rng_state` saved."""
     torch.set_rng_state(state["torch"])
-    random.setstate((3, tuple(state["python"]), state["python_pos"]))
-    np.random.set_state(("MT19937", state["numpy"].numpy().astype(np.uint32), state["numpy_pos"], 0, 0.0))
+    random.setstate((3, tuple(state["python"]), state["python_gauss"]))
+    has_gauss, gauss = state["numpy_gauss"]
+    np.random.set_state(("MT19937", state["numpy"].numpy().astype(np.uint32), state["numpy_pos"], has_gauss, gauss))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def trainable_state(model) -> dict[str, torch.Tensor]:
+    """The parameters training changes, by name, on the CPU."""
     return {n: p.detach().contiguous().cpu() for n, p in model.named_parameters() if p.requires_grad}
 
 
-def save_checkpoint(out_dir: Path, model, optimizer, scheduler, state: TrainState, *, save_model_files=None, keep: int | None = None) -> Path:
+def save_checkpoint(out_dir: Path, model, optimizer, scheduler, state: TrainState, *, scaler=None, save_model_files=None, keep: int | None = None) -> Path:
     """Write checkpoint-<step> under out_dir/checkpoints and prune the oldest beyond `keep`."""
     target = Path(out_dir) / CHECKPOINTS / f"checkpoint-{state.step:06d}"
     with atomic_dir(target) as tmp:
         save_file(trainable_state(model), str(tmp / "trainable.safetensors"))
-        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state()}, tmp / "optimizer.pt")
+        blob = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state()}
+        if scaler is not None:  # fp16 loss scale: restarting it would change the first resumed steps
+            blob["scaler"] = scaler.state_dict()
+        torch.save(blob, tmp / "optimizer.pt")
         (tmp / "trainer_state.json").write_text(json.dumps(asdict(state), indent=2))
         if save_model_files is not None:
             save_model_files(tmp)  # peft adapter files, so any checkpoint is usable as an adapter
@@ -76,7 +93,17 @@ def save_checkpoint(out_dir: Path, model, optimizer, scheduler, state: TrainStat
     return target
 
 
+def drop_checkpoints_after(out_dir: Path, step: int) -> None:
+    """Resuming from an older checkpoint abandons the later ones; they must not be pruned in its
+    place nor picked up by a later `resume: true`."""
+    for path in list_checkpoints(out_dir):
+        if int(_NAME.match(path.name).group(1)) > step:
+            log.info("removing %s: training resumed from step %d, before it", path, step)
+            shutil.rmtree(path, ignore_errors=True)
+
+
 def list_checkpoints(out_dir: Path) -> list[Path]:
+    """Complete checkpoint folders of a run, oldest first."""
     root = Path(out_dir) / CHECKPOINTS
     if not root.is_dir():
         return []
@@ -97,18 +124,25 @@ def find_resume_checkpoint(resume: bool | str, out_dir: Path) -> Path | None:
     return path
 
 
-def load_checkpoint(path: Path, model, optimizer, scheduler) -> TrainState:
+def load_checkpoint(path: Path, model, optimizer, scheduler, scaler=None) -> TrainState:
     """Restore everything saved by save_checkpoint; RNG states last, so nothing after reseeds them."""
     weights = load_file(str(path / "trainable.safetensors"))
     params = dict(model.named_parameters())
-    missing = [n for n in weights if n not in params]
-    if missing:
-        raise ConfigError(f"{path}: checkpoint does not match this model/config (unknown parameter {missing[0]})")
+    trainable = {n for n, p in params.items() if p.requires_grad}
+    unknown, absent = sorted(set(weights) - set(params)), sorted(trainable - set(weights))
+    if unknown or absent:
+        which = f"unknown parameter {unknown[0]}" if unknown else f"no weights for {absent[0]}"
+        raise ConfigError(f"{path}: checkpoint does not match this model/config ({which}); resume with the config that wrote it")
     with torch.no_grad():
         for name, tensor in weights.items():
             params[name].copy_(tensor.to(params[name].device, params[name].dtype))
     blob = torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True)
-    optimizer.load_state_dict(blob["optimizer"])
+    try:
+        optimizer.load_state_dict(blob["optimizer"])
+    except (ValueError, KeyError) as err:
+        raise ConfigError(f"{path}: optimizer state does not fit this run ({err}); was training.optimizer or the trainable set changed?") from None
     scheduler.load_state_dict(blob["scheduler"])
+    if scaler is not None and "scaler" in blob:
+        scaler.load_state_dict(blob["scaler"])
     set_rng_state(blob["rng"])
     return TrainState(**json.loads((path / "trainer_state.json").read_text()))

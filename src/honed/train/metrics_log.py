@@ -6,17 +6,22 @@ import json
 import logging
 from pathlib import Path
 
+from honed.utils.fs import write_text_atomic
+
 log = logging.getLogger(__name__)
 
 
 class MetricsLog:
     """Append-only: a resumed run continues the same file, dropping rows past the resume step."""
 
-    def __init__(self, out_dir: Path, *, tensorboard: bool, resume_step: int | None = None):
+    def __init__(self, out_dir: Path, *, tensorboard: bool, resume_step: int = 0):
         self.path = Path(out_dir) / "metrics.jsonl"
-        if resume_step is not None and self.path.exists():
-            kept = [line for line in self.path.read_text().splitlines() if line and json.loads(line).get("step", 0) <= resume_step]
-            self.path.write_text("".join(line + "\n" for line in kept))
+        if self.path.exists():
+            # Keep rows up to the step training continues from; a line cut short by a killed
+            # process does not parse and goes too.
+            kept = [line for line in self.path.read_text().splitlines() if (row := _parse(line)) and row.get("step", 0) <= resume_step]
+            write_text_atomic(self.path, "".join(line + "\n" for line in kept))
+        self._closed = False
         self._fh = open(self.path, "a", encoding="utf-8")
         self._tb = None
         if tensorboard:
@@ -36,9 +41,20 @@ class MetricsLog:
                     self._tb.add_scalar(f"{kind}/{key}", value, step)
 
     def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
         self._fh.close()
         if self._tb is not None:
             self._tb.close()
+
+
+def _parse(line: str) -> dict | None:
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError:
+        return None
+    return row if isinstance(row, dict) else None
 
 
 def read_metrics(path: str | Path) -> list[dict]:

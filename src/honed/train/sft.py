@@ -27,7 +27,7 @@ from honed.data.packing import collate, plan_batches, uses_varlen_attention
 from honed.errors import ConfigError, HonedError
 from honed.model.adapters import apply_lora, count_parameters
 from honed.model.load import load_model, load_tokenizer, pick_device
-from honed.train.checkpoint import TrainState, find_resume_checkpoint, load_checkpoint, save_checkpoint
+from honed.train.checkpoint import TrainState, drop_checkpoints_after, find_resume_checkpoint, load_checkpoint, save_checkpoint
 from honed.engine import PlainPath, select_path
 from honed.train.losses import count_trained_tokens
 from honed.train.metrics_log import MetricsLog, read_metrics
@@ -57,12 +57,23 @@ class TrainResult:
 
 
 def autocast_context(precision: str, device: torch.device):
+    """Mixed-precision compute for bf16/fp16; nothing for fp32."""
     if precision in ("bf16", "fp16"):
         return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
     return contextlib.nullcontext()
 
 
+def training_model_config(cfg: TrainConfig):
+    """The model settings training loads with: full fine-tuning keeps fp32 master weights when the
+    dtype is `auto` (compute still runs in bf16 under autocast), since AdamW updates applied to
+    bf16 weights round away — at lr 5e-5, most of them."""
+    if cfg.method == "full" and cfg.model.dtype == "auto":
+        return cfg.model.model_copy(update={"dtype": "float32"})
+    return cfg.model
+
+
 def resolve_precision(precision: str, device: torch.device) -> str:
+    """`auto` is bf16 on a GPU that has it, else fp32."""
     if precision == "auto":
         return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
     if precision in ("bf16", "fp16") and device.type == "cpu":
@@ -129,7 +140,7 @@ def train(cfg: TrainConfig, *, stop_after_steps: int | None = None, show_progres
         raise ConfigError("training.precision=fp16 with method=full would update fp16 master weights; use bf16 or fp32")
 
     tokenizer = load_tokenizer(cfg.model)
-    model, info = load_model(cfg.model, device=device, quantization=cfg.quantization if cfg.method == "qlora" else None)
+    model, info = load_model(training_model_config(cfg), device=device, quantization=cfg.quantization if cfg.method == "qlora" else None)
     from honed.data.templates import get_template
 
     template = get_template(cfg.model.template, tokenizer, info["model_type"])
@@ -168,27 +179,32 @@ def train(cfg: TrainConfig, *, stop_after_steps: int | None = None, show_progres
     optimizer = build_optimizer(model, t)
     scheduler = build_scheduler(optimizer, t.lr_scheduler, warmup_steps=warmup_steps_for(t, total_steps), total_steps=total_steps)
     scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
-    state = TrainState(total_steps=total_steps)
+    fingerprint = data_fingerprint(cfg.data)
+    state = TrainState(total_steps=total_steps, data_fingerprint=fingerprint)
     if resume_from is not None:
-        state = load_checkpoint(resume_from, model, optimizer, scheduler)
+        state = load_checkpoint(resume_from, model, optimizer, scheduler, scaler)
+        if state.data_fingerprint and state.data_fingerprint != fingerprint:
+            raise ConfigError(f"training.resume: {resume_from} was trained on other data (the data files or data settings changed); resume with the same data, or start a new run")
+        drop_checkpoints_after(out, state.step)
         epoch_data.load_state_dict(state.data_state)
         log.info("resumed from %s at step %d (epoch %d, micro-batch %d)", resume_from, state.step, state.epoch, state.batch_in_epoch)
         if state.total_steps != total_steps:
             raise ConfigError(f"training.resume: {resume_from} was planned for {state.total_steps} steps, this config gives {total_steps}; keep the same data/batch/epochs to resume")
 
-    metrics = MetricsLog(out, tensorboard=t.tensorboard, resume_step=state.step if resume_from else None)
+    # Rows past the resumed step (or every row, when a run died before its first checkpoint) go.
+    metrics = MetricsLog(out, tensorboard=t.tensorboard, resume_step=state.step)
     result = TrainResult(output_dir=out, steps=state.step, best_step=state.best_step)
     save_adapter = (lambda folder: save_model_files(model, None, folder)) if cfg.method != "full" else None
 
     def checkpoint() -> Path:
         state.data_state = epoch_data.state_dict()
-        saved = save_checkpoint(out, model, optimizer, scheduler, state, save_model_files=save_adapter, keep=t.save_total_limit)
+        saved = save_checkpoint(out, model, optimizer, scheduler, state, scaler=scaler, save_model_files=save_adapter, keep=t.save_total_limit)
         result.last_checkpoint = saved
         return saved
 
     # ---- loop --------------------------------------------------------------------------
     progress = TrainProgress(total_steps, enabled=show_progress, start=state.step)
-    with _StopSignal() as stop, progress:
+    with contextlib.closing(metrics), _StopSignal() as stop, progress:
         while state.step < total_steps:
             train_set, batches = plan_epoch(state.epoch)
             while state.batch_in_epoch < len(batches) and state.step < total_steps:
@@ -250,7 +266,6 @@ def train(cfg: TrainConfig, *, stop_after_steps: int | None = None, show_progres
                 if stop.received is not None or (stop_after_steps is not None and state.step >= stop_after_steps):
                     if result.last_checkpoint is None or not result.last_checkpoint.name.endswith(f"{state.step:06d}"):
                         checkpoint()
-                    metrics.close()
                     result.steps, result.interrupted = state.step, True
                     if stop.received is not None:
                         raise TrainingInterrupted(f"stopped at step {state.step}; checkpoint saved to {result.last_checkpoint}. Resume with training.resume=true")
@@ -262,9 +277,8 @@ def train(cfg: TrainConfig, *, stop_after_steps: int | None = None, show_progres
                 state.epoch, state.batch_in_epoch = state.epoch + 1, 0
 
     # ---- save --------------------------------------------------------------------------
-    metrics.close()
     save_weights_atomic(model, tokenizer, out)
-    write_run_record(out, cfg, fingerprint=data_fingerprint(cfg.data), info=info, report=report.to_dict(), started=started)
+    write_run_record(out, cfg, fingerprint=fingerprint, info=info, report=report.to_dict(), started=started)
     plot_losses(read_metrics(out / "metrics.jsonl"), out / "loss_curve.png")
     result.steps = state.step
     return result

@@ -63,29 +63,32 @@ def run_stages(cfg: TrainConfig, *, show_progress: bool = True, stop_after_steps
 
     stages = stage_configs(cfg)
     results, previous = [], None
-    for k, (name, stage_cfg) in enumerate(stages):
-        out = Path(stage_cfg.training.output_dir)
-        if previous is not None and stage_cfg.method == "full":
-            stage_cfg.model.name_or_path = str(previous)
-        if _finished(out) and not stage_cfg.training.overwrite:
-            log.info("stage %d (%s): already finished in %s, not trained again", k + 1, name, out)
-            results.append(None)
+    try:
+        for k, (name, stage_cfg) in enumerate(stages):
+            out = Path(stage_cfg.training.output_dir)
+            if previous is not None and stage_cfg.method == "full":
+                stage_cfg.model.name_or_path = str(previous)
+            if _finished(out) and not stage_cfg.training.overwrite:
+                log.info("stage %d (%s): already finished in %s, not trained again", k + 1, name, out)
+                results.append(None)
+                previous = out
+                continue
+            log.info("stage %d/%d (%s) → %s%s", k + 1, len(stages), name, out,
+                     f", starting from {previous}" if previous is not None else "")
+            adapter = previous is not None and stage_cfg.method in ("lora", "qlora")
+            if adapter and not (previous / "adapter_config.json").is_file():
+                raise ConfigError(f"stages[{k}] ({name}): method={stage_cfg.method} continues the previous stage's adapter, "
+                                  f"but {previous} holds none (was the previous stage full fine-tuning?)")
+            if adapter:
+                stage_cfg.lora.init_from = str(previous)
+            result = train(stage_cfg, show_progress=show_progress, stop_after_steps=stop_after_steps)
+            results.append(result)
+            if result.interrupted:
+                break
             previous = out
-            continue
-        log.info("stage %d/%d (%s) → %s%s", k + 1, len(stages), name, out,
-                 f", starting from {previous}" if previous is not None else "")
-        adapter = previous is not None and stage_cfg.method in ("lora", "qlora")
-        if adapter and not (previous / "adapter_config.json").is_file():
-            raise ConfigError(f"stages[{k}] ({name}): method={stage_cfg.method} continues the previous stage's adapter, "
-                              f"but {previous} holds none (was the previous stage full fine-tuning?)")
-        if adapter:
-            stage_cfg.lora.init_from = str(previous)
-        result = train(stage_cfg, show_progress=show_progress, stop_after_steps=stop_after_steps)
-        results.append(result)
-        if result.interrupted:
-            break
-        previous = out
-    summary = [{"stage": k + 1, "name": n, "output_dir": c.training.output_dir, "finished": _finished(Path(c.training.output_dir))}
-               for k, (n, c) in enumerate(stages)]
-    write_text_atomic(Path(cfg.training.output_dir) / "stages.json", json.dumps(summary, indent=2))
+    finally:
+        # Also when a stage is interrupted: the summary says which stages are done.
+        summary = [{"stage": k + 1, "name": n, "output_dir": c.training.output_dir, "finished": _finished(Path(c.training.output_dir))}
+                   for k, (n, c) in enumerate(stages)]
+        write_text_atomic(Path(cfg.training.output_dir) / "stages.json", json.dumps(summary, indent=2))
     return results

@@ -60,3 +60,19 @@ def test_fingerprint_changes_with_data_bytes(tmp_path):
     before = data_fingerprint(data)
     p.write_text(p.read_text().replace("a2", "a2!"))
     assert data_fingerprint(data) != before
+
+
+def test_too_small_weight_is_an_error_not_a_silent_drop(tmp_path):
+    p = write_qa(tmp_path / "d.jsonl", 2)
+    with pytest.raises(DataError, match=r"d\.jsonl: weight 0\.2 of 2 records keeps none"):
+        load_conversations(DataConfig(train=[{"path": str(p), "weight": 0.2}]), seed=0, report=DataReport())
+
+
+def test_fingerprint_covers_the_scope_prompt_file(tmp_path):
+    p = write_qa(tmp_path / "d.jsonl", 2)
+    scope = tmp_path / "scope.txt"
+    scope.write_text("Lab questions only.")
+    data = DataConfig(train=[str(p)], system_prompt_file=str(scope))
+    before = data_fingerprint(data)
+    scope.write_text("Anything goes.")
+    assert data_fingerprint(data) != before

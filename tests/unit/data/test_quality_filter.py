@@ -118,3 +118,21 @@ def test_cli_filter_writes_kept_samples_and_a_report(tmp_path, planted, capsys):
     assert all({"source", "reason", "detail"} <= set(r) for r in report["removals"])
     assert main(["data", "filter", str(src), "-o", str(out)]) == 2  # never overwrites silently
     assert "--overwrite" in capsys.readouterr().err
+
+
+def test_judge_score_takes_the_score_not_the_scale():
+    from honed.data.quality.judge import parse_score
+
+    assert parse_score("On a scale of 0 to 10, I give 8.") == 0.8
+    assert parse_score("Score: 7/10 — three facts are right") == 0.7
+    assert parse_score("no number here") is None
+
+
+def test_bad_regex_rule_names_the_key():
+    import pytest
+
+    from honed.data.quality import FilterConfig
+    from honed.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="drop_regex"):
+        FilterConfig.parse({"rules": {"drop_regex": ["(unclosed"]}})

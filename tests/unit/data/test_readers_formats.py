@@ -102,3 +102,25 @@ def test_unsupported_suffix_and_missing_file(tmp_path):
         list(read_records(tmp_path / "d.txt"))
     with pytest.raises(DataError, match="not found"):
         list(read_records(tmp_path / "nope.jsonl"))
+
+
+def test_csv_keeps_json_looking_answers_as_text(tmp_path):
+    p = tmp_path / "structured.csv"
+    pd.DataFrame([{"instruction": "Extract the name", "input": "Bob is 3", "output": '{"name": "Bob"}'}]).to_csv(p, index=False)
+    (_, rec), = read_records(p)
+    assert rec["output"] == '{"name": "Bob"}'
+    assert to_conversation(rec, "alpaca", "x").messages[-1].content == '{"name": "Bob"}'
+
+
+def test_generation_prompts_keep_what_training_kept():
+    from honed.infer.batch import prompt_conversation
+
+    sharegpt = {"system": "Own rules.", "conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "hello"}]}
+    conv, ref = prompt_conversation(sharegpt, "x:1", system="Scope.")
+    assert [(m.role, m.content) for m in conv.messages] == [("system", "Scope.\n\nOwn rules."), ("user", "hi")] and ref == "hello"
+    alpaca = {"instruction": "q2", "input": "ctx", "output": "a2", "history": [["q1", "a1"]]}
+    conv, ref = prompt_conversation(alpaca, "x:2")
+    assert [m.content for m in conv.messages] == ["q1", "a1", "q2\n\nctx"] and ref == "a2"
+    # A record that already carries the scope prompt does not get it twice.
+    conv, _ = prompt_conversation({"messages": [{"role": "system", "content": "Scope."}, {"role": "user", "content": "q"}]}, "x:3", system="Scope.")
+    assert conv.messages[0].content == "Scope."

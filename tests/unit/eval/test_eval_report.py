@@ -92,3 +92,20 @@ def test_html_is_one_self_contained_page_with_tables_and_plots(built, tmp_path):
     assert "Δ tuned" in html and "<td class='num better'>-1.5000</td>" in html  # lower loss is better
     assert "检验之外的问题无法回答" in html and "missing reference" in html
     assert "&lt;" not in report["models"][0]["name"]
+
+
+def test_overwrite_never_replaces_a_folder_holding_the_inputs(tmp_path):
+    from honed.errors import OutputExistsError
+    from honed.eval.config import eval_config_from_dict
+    from honed.eval.runner import check_output_dir
+
+    run = tmp_path / "runs" / "lora"
+    run.mkdir(parents=True)
+    (run / "adapter_config.json").write_text("{}")
+    data = tmp_path / "eval.jsonl"
+    data.write_text("{}\n")
+    cfg = eval_config_from_dict({"models": [{"path": str(run)}], "data": {"path": str(data)}, "output_dir": str(tmp_path / "runs"), "overwrite": True})
+    with pytest.raises(OutputExistsError, match="input of this evaluation"):
+        check_output_dir(cfg)
+    cfg = eval_config_from_dict({"models": [{"path": str(run)}], "data": {"path": str(data)}, "output_dir": str(tmp_path / "report"), "overwrite": True})
+    assert check_output_dir(cfg) == tmp_path / "report"

@@ -17,10 +17,11 @@ duplicates is the one kept.
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from honed.data.conversation import Conversation
 from honed.data.quality.minhash import LSHIndex, normalize, shingles
@@ -51,6 +52,17 @@ class RulesConfig(_Strict):
     languages: list[str] = Field(default_factory=list, description="keep only these (en, zh, ja, ko, ru, ar)")
     drop_regex: list[str] = Field(default_factory=list)
     require_regex: list[str] = Field(default_factory=list)
+
+    @field_validator("drop_regex", "require_regex")
+    @classmethod
+    def _compiles(cls, patterns: list[str]) -> list[str]:
+        # A bad pattern is a config error naming the key, not a re.error deep in filtering.
+        for rx in patterns:
+            try:
+                re.compile(rx)
+            except re.error as err:
+                raise ValueError(f"{rx!r} is not a valid regular expression ({err})") from None
+        return patterns
 
 
 class OverlapConfig(_Strict):

@@ -22,11 +22,23 @@ JUDGE_PROMPT = Path(__file__).parents[1] / "augment" / "resources" / "judge_prom
 _NUMBER = re.compile(r"\d+(?:\.\d+)?")
 
 
+_OUT_OF = re.compile(r"(\d+(?:\.\d+)?)\s*(?:/|out of)\s*10\b", re.IGNORECASE)
+
+
 def parse_score(reply: str | None, scale: float = 10.0) -> float | None:
-    m = _NUMBER.search(reply or "")
-    if not m:
+    """A judge's 0–10 score as 0–1: an explicit "N/10" first, else the last number of the reply
+    (a reply like "on a scale of 0 to 10 I give 8" names the scale before the score).
+
+    >>> parse_score("On a scale of 0 to 10, I give 8."), parse_score("Score: 7/10, because 3 facts"), parse_score("none")
+    (0.8, 0.7, None)
+    """
+    text = reply or ""
+    m = _OUT_OF.search(text)
+    numbers = _NUMBER.findall(text)
+    if m is None and not numbers:
         return None
-    return max(0.0, min(1.0, float(m.group()) / scale))
+    value = float(m.group(1)) if m else float(numbers[-1])
+    return max(0.0, min(1.0, value / scale))
 
 
 def judge_scores(conversations, generator, template: str | None = None, seed: int = 0) -> list[float | None]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import random
+import statistics
 from collections import defaultdict
 
 from honed.errors import ConfigError, DataError
@@ -129,7 +130,9 @@ def difficulty_of(measure: str, samples: list, metas: list[dict], origin_loss: d
     if measure == "length":
         return [float(len(s.input_ids)) for s in samples]
     if measure == "loss":
-        return [float(origin_loss[o]) for o in origins]
+        # A variant whose record was not scored (it did not tokenize on its own) counts as middling.
+        fallback = statistics.median(origin_loss.values()) if origin_loss else 0.0
+        return [float(origin_loss.get(o, fallback)) for o in origins]
     key = measure.split(":", 1)[1]
     out = []
     for s, meta in zip(samples, metas):
