@@ -2,9 +2,9 @@
 
 `EpochData` is the training loop's only view of its samples: `samples(epoch)` (the same list
 every epoch unless a strategy changes it), `order(epoch)` (sample indices in training order,
-repeats allowed) and `observe(indices, losses)` (per-sample losses seen during training, for
-strategies that react to them). Its `state_dict` is saved in every checkpoint, so a resumed run
-sees exactly the order the uninterrupted run would have.
+repeats allowed) and `end_epoch(epoch, scorer)` (called when an epoch is done, with a function
+that scores samples, for strategies that react to losses). Its `state_dict` is saved in every
+checkpoint, so a resumed run sees exactly the order the uninterrupted run would have.
 
 >>> data = EpochData(["a", "b", "c"], seed=0)
 >>> sorted(data.order(0)) == [0, 1, 2] and data.order(0) == data.order(0)
@@ -30,9 +30,6 @@ class EpochData:
         order = list(range(len(self.samples(epoch))))
         random.Random(self.seed * 1_000_003 + epoch).shuffle(order)
         return order
-
-    def observe(self, indices: list[int], losses: list[float]) -> None:
-        """Per-sample training losses of the last step (the default strategy ignores them)."""
 
     def state_dict(self) -> dict:
         return {}

@@ -17,7 +17,7 @@ import random
 from collections import defaultdict
 
 from honed.data.conversation import Conversation
-from honed.data.strategies.sampling import _largest_remainder
+from honed.data.strategies.sampling import largest_remainder
 from honed.errors import ConfigError
 
 DEFAULT_RATIOS = {"train": 0.8, "val": 0.1, "test": 0.1}
@@ -61,7 +61,7 @@ def split_conversations(convs: list[Conversation], ratios: dict[str, float] | No
     for value in sorted(groups):
         members = groups[value]
         random.Random(f"{seed}/split/{value}").shuffle(members)
-        counts = _largest_remainder(len(members), ratios)
+        counts = largest_remainder(len(members), ratios)
         start = 0
         for name in ratios:  # in the order given, so "train" takes the first cut
             parts[name] += members[start:start + counts[name]]

@@ -12,12 +12,11 @@ an unreadable verdict is recorded on that sample; the evaluation goes on.
 from __future__ import annotations
 
 import json
-import os
 import re
-import urllib.error
-import urllib.request
 from typing import Sequence
 
+from honed.data.augment.generator import GeneratorError
+from honed.data.conversation import Message
 from honed.eval.config import JudgeConfig
 
 CRITERIA = ("relevance", "accuracy", "fluency")
@@ -47,24 +46,11 @@ def parse_verdict(text: str) -> dict[str, int] | None:
 
 
 def _ask(cfg: JudgeConfig, question: str, answer: str, reference: str | None) -> str:
-    body = {
-        "model": cfg.model,
-        "temperature": 0,
-        "messages": [
-            {"role": "system", "content": RUBRIC},
-            {"role": "user", "content": f"Question:\n{question}\n\nReference answer:\n{reference or '(none)'}"
-                                        f"\n\nAssistant's answer:\n{answer}"},
-        ],
-    }
-    headers = {"Content-Type": "application/json"}
-    key = os.environ.get(cfg.api_key_env) if cfg.api_key_env else None
-    if key:
-        headers["Authorization"] = f"Bearer {key}"
-    url = cfg.base_url.rstrip("/") + "/chat/completions"
-    request = urllib.request.Request(url, json.dumps(body).encode("utf-8"), headers, method="POST")
-    with urllib.request.urlopen(request, timeout=cfg.timeout_s) as response:
-        payload = json.loads(response.read().decode("utf-8"))
-    return payload["choices"][0]["message"]["content"]
+    from honed.data.augment.generator import OpenAIGenerator
+
+    judge = OpenAIGenerator(cfg.base_url, cfg.model, api_key_env=cfg.api_key_env, temperature=0, timeout=cfg.timeout_s, retries=0)
+    prompt = f"Question:\n{question}\n\nReference answer:\n{reference or '(none)'}\n\nAssistant's answer:\n{answer}"
+    return judge.complete([Message("system", RUBRIC), Message("user", prompt)])
 
 
 def judge_answers(cfg: JudgeConfig, items: Sequence[tuple[str, str, str | None]]) -> tuple[list[dict], dict]:
@@ -85,15 +71,11 @@ def judge_answers(cfg: JudgeConfig, items: Sequence[tuple[str, str, str | None]]
         try:
             verdict = parse_verdict(_ask(cfg, question, answer, reference))
             results.append(verdict if verdict else {"error": "the judge's reply held no 1-5 scores"})
-        except urllib.error.URLError as err:
-            reason = getattr(err, "reason", err)
-            message = f"judge endpoint {cfg.base_url} failed: {reason}"
-            if not isinstance(err, urllib.error.HTTPError):
-                unreachable = f"{message}; check judge.base_url (an OpenAI-compatible /v1 URL)"
-                message = unreachable
+        except GeneratorError as err:
+            message = f"judge endpoint {cfg.base_url} failed: {err}"
+            if err.unreachable:
+                unreachable = message = f"{message}; check judge.base_url (an OpenAI-compatible /v1 URL)"
             results.append({"error": message})
-        except (TimeoutError, KeyError, IndexError, ValueError) as err:
-            results.append({"error": f"judge reply unusable: {err!r}"})
     scored = [r for r in results if "error" not in r]
     summary = {k: sum(r[k] for r in scored) / len(scored) for k in CRITERIA} if scored else {}
     summary.update(n_scored=len(scored), n_failed=len(results) - len(scored))

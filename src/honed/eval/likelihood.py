@@ -67,7 +67,7 @@ def reference_losses(bot, samples, *, batch_size: int = 8, enable_thinking: bool
     batches: list[tuple[float, int]] = []
     for index, result in zip(owners, _summed_losses(bot, convs, batch_size, enable_thinking)):
         if isinstance(result, str) or result[1] == 0:
-            problems.append((index, result or "no answer tokens to score"))
+            problems.append((index, result if isinstance(result, str) else "no answer tokens to score"))
             continue
         per_sample[index] = result[0] / result[1]
         batches.append(result)

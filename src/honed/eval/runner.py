@@ -130,7 +130,11 @@ def _stability(bot, cfg: EvalConfig, samples: list[EvalSample], greedy: list[str
     out.pop("identical_rate", None)  # sampled answers are not expected to be identical
     if cfg.generation.temperature == 0:
         # Greedy decoding must be deterministic: ask again and compare with the first pass.
-        again = bot.generate([s.conversation for s in chosen], _settings(cfg), batch_size=cfg.generation.batch_size)
+        # Re-ask whole first-pass batches: the same neighbours and left padding, so a difference is
+        # non-determinism, not padding numerics.
+        bs = cfg.generation.batch_size
+        same_batches = samples[: -(-len(chosen) // bs) * bs]
+        again = bot.generate([s.conversation for s in same_batches], _settings(cfg), batch_size=bs)
         out["greedy_identical_rate"] = sum(a.text == greedy[s.index] for a, s in zip(again, chosen)) / len(chosen)
     return out
 
@@ -199,10 +203,6 @@ def evaluate_model(spec: ModelSpec, role: str, cfg: EvalConfig, samples: list[Ev
     memory.sample()
     m["stability"] = _stability(bot, cfg, samples, run.answers, scorer.detector)
     m["general"] = _general(bot, cfg, run, scorer.detector)
-    if cfg.lm_eval.tasks:
-        from honed.eval.harness import run_lm_eval
-
-        m["lm_eval"] = run_lm_eval(spec, cfg.lm_eval, device=str(device), batch_size=g.batch_size)
     n_tokens = sum(r.new_tokens for r in replies)
     m["efficiency"] = {"latency_s": latency_percentiles(run.latencies), "generated_tokens": n_tokens,
                        "generation_seconds": gen_s, "tokens_per_s": tokens_per_second(n_tokens, gen_s) if gen_s > 0 else None,
@@ -213,6 +213,10 @@ def evaluate_model(spec: ModelSpec, role: str, cfg: EvalConfig, samples: list[Ev
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
+    if cfg.lm_eval.tasks:  # loads the model its own way: only after ours is freed
+        from honed.eval.harness import run_lm_eval
+
+        m["lm_eval"] = run_lm_eval(spec, cfg.lm_eval, device=str(device), batch_size=g.batch_size)
     m["judge"] = _judge(cfg, samples, run)  # after freeing the model: the judge is remote
     if progress is not None:
         progress.remove_task(task)

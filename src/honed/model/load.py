@@ -1,6 +1,7 @@
 """Load a causal LM and its tokenizer safely: safetensors only, no remote code unless asked.
 
->>> # load_model_and_tokenizer(ModelConfig(name_or_path="path/to/model"))  # doctest: +SKIP
+>>> # model, info = load_model(ModelConfig(name_or_path="path/to/model"), device=pick_device())  # doctest: +SKIP
+>>> # tokenizer = load_tokenizer(ModelConfig(name_or_path="path/to/model"))                  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
 
 
 def pick_device(name: str = "auto") -> torch.device:
+    """`auto` is the first CUDA GPU when there is one, else the CPU; a named GPU must exist."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
@@ -81,6 +83,7 @@ def bnb_config(q: QuantizationSettings):
 
 
 def load_tokenizer(cfg: ModelConfig):
+    """The model's tokenizer, with a pad token (eos, or unk) when it has none."""
     from transformers import AutoTokenizer
 
     try:

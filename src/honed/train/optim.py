@@ -19,6 +19,7 @@ from honed.errors import ConfigError
 
 
 def build_optimizer(model, cfg: TrainingConfig) -> torch.optim.Optimizer:
+    """AdamW (fused on CUDA) or bitsandbytes' 8-bit AdamW over the trainable parameters."""
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ConfigError("no trainable parameters: check lora.target_modules against the model's module names")
@@ -52,12 +53,15 @@ def lr_factor(kind: str, step: int, warmup_steps: int, total_steps: int) -> floa
 
 
 def lr_factors(kind: str, warmup_steps: int, total_steps: int) -> list[float]:
+    """The whole schedule, one factor per step (for plots and tests)."""
     return [lr_factor(kind, s, warmup_steps, total_steps) for s in range(total_steps)]
 
 
 def build_scheduler(optimizer, kind: str, *, warmup_steps: int, total_steps: int):
+    """A LambdaLR following `lr_factor`; stepped once per optimizer step."""
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(kind, s, warmup_steps, total_steps))
 
 
 def warmup_steps_for(cfg: TrainingConfig, total_steps: int) -> int:
+    """`warmup_steps` when given, else `warmup_ratio` of the run."""
     return cfg.warmup_steps if cfg.warmup_steps is not None else int(cfg.warmup_ratio * total_steps)

@@ -43,6 +43,7 @@ def save_weights_atomic(model, tokenizer, target: Path) -> None:
 
 
 def write_run_record(out_dir: Path, cfg, *, fingerprint: str, info: dict, report: dict, started: float) -> None:
+    """config.yaml (the resolved config) and run_info.json (versions, data fingerprint, path taken)."""
     write_text_atomic(out_dir / "config.yaml", cfg.to_yaml())
     record = {
         "versions": package_versions(),

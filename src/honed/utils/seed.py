@@ -9,6 +9,7 @@ import torch
 
 
 def set_seed(seed: int) -> None:
+    """Seed Python's, NumPy's and torch's generators (all CUDA devices included)."""
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)

@@ -38,6 +38,10 @@ KEYS = {"openai": {"kind", "base_url", "model", "api_key_env", "temperature", "m
 class GeneratorError(HonedError):
     """The generator could not be reached or answered something unusable (the message names it)."""
 
+    def __init__(self, message: str, *, unreachable: bool = False):
+        super().__init__(message)
+        self.unreachable = unreachable  # no answer at all: asking again with other input will not help
+
 
 class DryRunGenerator:
     """Keeps the prompts it is given and answers nothing: see what would be sent, spend nothing."""
@@ -85,7 +89,7 @@ class OpenAIGenerator:
             except (urllib.error.URLError, TimeoutError, ConnectionError) as err:
                 if attempt == self.retries:
                     raise GeneratorError(f"generator {self.url}: cannot connect ({getattr(err, 'reason', err)}); "
-                                         "is the server running and the base_url right?") from None
+                                         "is the server running and the base_url right?", unreachable=True) from None
             except (KeyError, IndexError, TypeError, json.JSONDecodeError):
                 raise GeneratorError(f"generator {self.url}: the reply is not an OpenAI chat completion") from None
             time.sleep(0.5 * 2 ** attempt)

@@ -191,7 +191,7 @@ def filter_conversations(convs: list[Conversation], cfg: FilterConfig, eval_conv
         alive = survivors
 
     if cfg.judge is not None:
-        from honed.data.augment.generator import make_generator
+        from honed.data.augment.generator import DryRunGenerator, make_generator
         from honed.data.quality.judge import judge_scores
 
         judge = judge or make_generator(cfg.judge.generator, "filter.judge.generator")
@@ -200,7 +200,7 @@ def filter_conversations(convs: list[Conversation], cfg: FilterConfig, eval_conv
         for i, score in zip(alive, scores):
             result.scores[i] = score
             if score is None:
-                if cfg.judge.on_failure == "drop" and not hasattr(judge, "prompts"):
+                if cfg.judge.on_failure == "drop" and not isinstance(judge, DryRunGenerator):  # a dry run scores nothing
                     drop(i, "judge_failed", detail="the judge's reply held no score")
                     continue
             elif score < cfg.judge.threshold:

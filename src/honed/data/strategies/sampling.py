@@ -20,7 +20,7 @@ from collections import defaultdict
 from honed.errors import ConfigError, DataError
 
 
-def _largest_remainder(total: int, shares: dict[str, float]) -> dict[str, int]:
+def largest_remainder(total: int, shares: dict[str, float]) -> dict[str, int]:
     """Integer counts summing to `total` in proportion to `shares` (Hamilton's method)."""
     norm = sum(shares.values())
     exact = {k: total * w / norm for k, w in shares.items()}
@@ -61,7 +61,7 @@ def balanced_indices(values: list, weights, rng: random.Random, size: int | None
     if absent:
         raise ConfigError(f"data.sampling.balance.weights: no sample has {key} {absent}; values found: {sorted(groups)}")
     total = size or len(values)
-    counts = _largest_remainder(total, {k: w for k, w in weights.items() if w > 0})
+    counts = largest_remainder(total, {k: w for k, w in weights.items() if w > 0})
     out: list[int] = []
     for value in sorted(counts):
         members, want = groups[value], counts[value]
