@@ -68,7 +68,8 @@ def test_data_inspect_marks_trained_spans(config_file, capsys):
     assert json.loads(capsys.readouterr().out)["would_truncate"] == len(QA)
     assert main(["data", "inspect", str(config_file), "--sample", "1"]) == 0
     shown = capsys.readouterr().out
-    assert QA[1][1] in shown and "trained" in shown
+    # Piped output marks exactly the answer and its end-of-turn token as trained.
+    assert f"⟦{QA[1][1]}<|im_end|>⟧" in shown and shown.count("⟦") == 2  # the span, and the legend
 
 
 def test_bad_config_and_bad_data_are_clear_errors(config_file, tmp_path, qa_file, capsys):

@@ -44,12 +44,15 @@ def run_inspect(args) -> int:
     tokenizer = load_tokenizer(cfg.model)
     sample = found.samples[args.sample]
     rendered = Text()
+    # Colour on a terminal; brackets when piped or redirected, where colour is lost.
+    marks = ("", "") if console.is_terminal else ("⟦", "⟧")
     for ids, trained in trained_spans(sample.input_ids, sample.labels):
         piece = tokenizer.decode(ids, skip_special_tokens=False)
-        rendered.append(piece, style="bold green" if trained else "dim")
+        rendered.append(f"{marks[0]}{piece}{marks[1]}" if trained else piece, style="bold green" if trained else "dim")
     console.rule(f"sample {args.sample} · {sample.source} · {len(sample.input_ids)} tokens, {sample.n_trainable} trained")
     console.print(rendered)
-    console.print(Text("green = trained (loss), dim = context only", style="italic"))
+    legend = "green = trained (loss), dim = context only" if console.is_terminal else "⟦…⟧ = trained (loss), the rest is context only"
+    console.print(Text(legend, style="italic"))
     console.rule("data")
     table = Table(show_header=True)
     table.add_column("file")
