@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import threading
-from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
 
@@ -36,32 +34,11 @@ def quickstart_run(tmp_path_factory):
     return out
 
 
-class _Judge(BaseHTTPRequestHandler):
-    def do_POST(self):  # noqa: N802
-        self.rfile.read(int(self.headers["Content-Length"]))
-        payload = json.dumps({"choices": [{"message": {"content": '{"relevance": 4, "accuracy": 3, "fluency": 5}'}}]}).encode()
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(payload)))
-        self.end_headers()
-        self.wfile.write(payload)
-
-    def log_message(self, *args):
-        pass
-
-
 @pytest.fixture
-def judge_url():
-    server = HTTPServer(("127.0.0.1", 0), _Judge)
-    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-    stopper = threading.Timer(120, server.shutdown)  # bounded even if the test hangs
-    stopper.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/v1"
-    stopper.cancel()
-    server.shutdown()
-    server.server_close()
+def judge_url(stub_server):
+    return stub_server(lambda body: '{"relevance": 4, "accuracy": 3, "fluency": 5}')
 
 
-@pytest.mark.slow
 def test_tuned_model_beats_its_base_and_the_report_says_so(quickstart_run, tmp_path, capsys, judge_url):
     out = tmp_path / "report"
     argv = ["eval", "--model", str(quickstart_run), "--baseline", "base", "--data", str(EVAL_DATA),
