@@ -3,9 +3,13 @@
 Builds the same random-init model shape and the same random token batches as the peer benchmark
 (../shared/bench/peer_bench.py, whose `cmd:` stack runs this with the same arguments), then runs
 honed's own step: load_model → apply_lora → select_path/prepare → build_optimizer → the path's
-loss_sum under autocast, backward, gradient clipping, AdamW. Prints one line `RESULT {json}`.
+loss_sum under autocast, backward, gradient clipping (`--max-grad-norm`, 1.0 as in `honed train`;
+0 or none: no clipping, as the peers), AdamW. Prints one line `RESULT {json}`.
 
-    honed bench --shape llama-1b --seq 2048 --batch 4 --steps 10 --warmup 3
+The batches follow peer_bench.py's order too (warm-up steps take batches 0, 1, …; the timed steps
+start again from batch 0), so each step's loss compares with the peers' loss of the same step.
+
+    honed bench --shape llama-1b --seq 2048 --batch 4 --steps 10 --warmup 3 [--max-grad-norm 0]
 """
 
 from __future__ import annotations
@@ -27,6 +31,34 @@ SHAPES = {  # identical to peer_bench.py's
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
+def max_grad_norm(text: str) -> float | None:
+    """`--max-grad-norm`: a positive number, or 0 / none / off for no clipping.
+
+    >>> max_grad_norm("1"), max_grad_norm("0.5"), max_grad_norm("0"), max_grad_norm("None")
+    (1.0, 0.5, None, None)
+    """
+    import argparse
+
+    if text.strip().lower() in ("0", "0.0", "none", "off", "inf"):
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number or 'none': {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, or 0/none for no clipping: {text!r}")
+    return value
+
+
+def batch_order(warmup: int, steps: int, n_batches: int = 4) -> list[int]:
+    """Which batch each step trains on: peer_bench.py restarts its step count after warm-up.
+
+    >>> batch_order(3, 6)
+    [0, 1, 2, 0, 1, 2, 3, 0, 1]
+    """
+    return [i % n_batches for i in range(warmup)] + [i % n_batches for i in range(steps)]
+
+
 def register(sub) -> None:
     p = sub.add_parser("bench", help="tokens/s, peak memory and MFU of the training step on a random-init model shape")
     p.add_argument("--shape", default="llama-1b", choices=sorted(SHAPES))
@@ -40,6 +72,10 @@ def register(sub) -> None:
     p.add_argument("--engine", default="auto", choices=["auto", "plain"], help="training.engine")
     p.add_argument("--memory", default="auto", choices=["auto", "none", "checkpoint", "offload"], help="training.memory")
     p.add_argument("--memory-budget-gib", type=float, default=None, help="training.memory_budget_gib")
+    p.add_argument("--max-grad-norm", type=max_grad_norm, default=1.0,
+                   help="training.max_grad_norm (default 1.0, as honed train); 0 or none: no clipping (the peers do not clip)")
+    p.add_argument("--fp32-embeddings", action="store_true",
+                   help="QLoRA: keep peft's fp32 embeddings and lm_head on the fused path (the old behaviour, to compare)")
     p.add_argument("--models", default=os.environ.get("BENCH_MODELS", "/tmp/bench_models"), help="where shapes are saved (shared with peer_bench.py)")
     p.set_defaults(func=run)
 
@@ -88,7 +124,8 @@ def bench_config(model_dir: str, args):
         "lora": {"r": args.rank, "alpha": args.rank, "dropout": 0.0, "target_modules": TARGETS},
         # peer_bench.py's optimizer: AdamW lr 1e-4, torch's default weight decay 0.01
         "training": {"batch_size": args.batch, "learning_rate": 1e-4, "weight_decay": 0.01, "precision": "bf16",
-                     "engine": args.engine, "memory": args.memory, "memory_budget_gib": args.memory_budget_gib, "device": "cuda"},
+                     "engine": args.engine, "memory": args.memory, "memory_budget_gib": args.memory_budget_gib, "device": "cuda",
+                     "max_grad_norm": getattr(args, "max_grad_norm", 1.0)},
     }, where="honed bench")
 
 
@@ -96,6 +133,7 @@ def run(args) -> int:
     import torch
 
     from honed.engine import select_path
+    from honed.engine.fused import causal_lm_of
     from honed.model.adapters import apply_lora
     from honed.model.load import load_model
     from honed.train.optim import build_optimizer
@@ -111,6 +149,8 @@ def run(args) -> int:
     model, info = load_model(cfg.model, device=device, quantization=cfg.quantization if args.qlora else None)
     model = apply_lora(model, cfg.lora, quantized=info["quantized"], gradient_checkpointing=t.gradient_checkpointing)
     path = select_path(model, cfg, device)
+    if args.fp32_embeddings and hasattr(path, "restore_embeddings"):
+        path.restore_embeddings = False
     model = path.prepare(model)
     model.train()
     optimizer = build_optimizer(model, t)
@@ -120,14 +160,17 @@ def run(args) -> int:
     vocab = model.config.vocab_size
     batches = [torch.randint(10, vocab, (args.batch, args.seq), generator=g) for _ in range(4)]
 
+    order = batch_order(args.warmup, args.steps, len(batches))
+
     def step(i: int) -> float:
-        ids = batches[i % len(batches)].to(device, non_blocking=True)
+        ids = batches[order[i]].to(device, non_blocking=True)
         batch = {"input_ids": ids, "labels": ids}
         with autocast_context("bf16", device):
             loss_sum, n = path.loss_sum(model, batch)
         loss = loss_sum / max(n, 1)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, t.max_grad_norm or float("inf"))
+        if t.max_grad_norm:
+            torch.nn.utils.clip_grad_norm_(params, t.max_grad_norm)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         return loss.detach()
@@ -148,7 +191,8 @@ def run(args) -> int:
     plan = getattr(path, "plan", None)
     res = dict(
         stack="honed", path=path.name, memory=plan.mode if plan else ("checkpoint" if t.gradient_checkpointing else "none"),
-        shape=args.shape, qlora=args.qlora, seq=args.seq, batch=args.batch,
+        shape=args.shape, qlora=args.qlora, seq=args.seq, batch=args.batch, max_grad_norm=t.max_grad_norm,
+        embeddings=str(next(iter(causal_lm_of(model).get_input_embeddings().parameters())).dtype).removeprefix("torch."),
         tokens_per_s=round(tps, 1), step_s=round(dt / args.steps, 4),
         peak_alloc_gib=round(torch.cuda.max_memory_allocated() / 2**30, 2),
         peak_reserved_gib=round(torch.cuda.max_memory_reserved() / 2**30, 2),

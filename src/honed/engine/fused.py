@@ -5,7 +5,9 @@ What it changes against plain transformers, each with a plain-torch reference be
 - RMSNorm and SwiGLU keep less for backward (`engine.layers`);
 - the loss never makes full logits: hidden states → chunked lm_head + cross-entropy (`engine.loss`);
 - activation memory follows a plan (`engine.memory`): no recompute when it fits, recompute as few
-  layers as needed otherwise, and offload the kept layer inputs to CPU when even that does not fit.
+  layers as needed otherwise, and offload the kept layer inputs to CPU when even that does not fit;
+- QLoRA: the frozen embeddings and lm_head go back to the dtype the model was loaded in (bf16), which
+  peft's `prepare_model_for_kbit_training` had upcast to fp32 (`restore_frozen_embeddings`).
 Attention stays transformers' own (SDPA; packed rows through position_ids), as on the plain path.
 
 >>> sorted(COVERED_MODEL_TYPES)
@@ -49,12 +51,60 @@ def covers(model) -> str | None:
     return None
 
 
+def _as_dtype(value) -> torch.dtype | None:
+    if isinstance(value, torch.dtype):
+        return value
+    if isinstance(value, str):
+        found = getattr(torch, value.removeprefix("torch."), None)
+        return found if isinstance(found, torch.dtype) else None
+    return None
+
+
+def restore_frozen_embeddings(model, compute_dtype: torch.dtype | None) -> list[str]:
+    """Cast the frozen input embeddings and lm_head back from fp32 to the dtype the model was loaded in.
+
+    peft's `prepare_model_for_kbit_training` (QLoRA) upcasts every bf16/fp16 weight that is not 4-bit to
+    fp32, the embeddings and lm_head included: for llama-8b that is 2 GiB more weights, an fp32 residual
+    stream (the embedding output is fp32, so every residual add stays fp32 and every norm keeps an fp32
+    input), and a bf16 copy of the head made by the loss every step. On the fused path these weights are
+    frozen and used only in the compute dtype, so when that is the dtype the model was loaded in, the cast
+    back is exact (the values were upcast from it). Norm weights stay as peft left them (tiny).
+    Returns the names of the weights cast.
+    """
+    lm = causal_lm_of(model)
+    loaded = _as_dtype(getattr(getattr(lm, "config", None), "dtype", None))
+    if compute_dtype not in (torch.bfloat16, torch.float16) or loaded != compute_dtype:
+        return []
+    named = [("embed_tokens", lm.get_input_embeddings() if hasattr(lm, "get_input_embeddings") else None), ("lm_head", getattr(lm, "lm_head", None))]
+    cast, seen = [], set()
+    for name, module in named:
+        if not isinstance(module, (torch.nn.Embedding, torch.nn.Linear)):
+            continue  # e.g. peft's ModulesToSaveWrapper: that weight trains
+        w = module.weight
+        if id(w) in seen or w.requires_grad or w.dtype != torch.float32:
+            continue
+        seen.add(id(w))
+        w.data = w.data.to(compute_dtype)  # a tied head shares this Parameter and follows
+        cast.append(name)
+    return cast
+
+
 class FusedPath:
     name = "fused"
+    # False keeps peft's fp32 embeddings/lm_head on QLoRA (`honed bench --fp32-embeddings`, to compare).
+    restore_embeddings = True
 
     def __init__(self, cfg, device: torch.device):
         self.cfg, self.device = cfg, device
         self.plan: MemoryPlan | None = None
+        self.restored: list[str] = []
+
+    def compute_dtype(self) -> torch.dtype | None:
+        """The autocast dtype of `training.precision` on this device (None: no autocast)."""
+        precision = self.cfg.training.precision
+        if precision == "auto":
+            precision = "bf16" if self.device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+        return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
 
     def tokens_per_micro_batch(self) -> int:
         return self.cfg.training.batch_size * self.cfg.data.max_seq_length
@@ -65,6 +115,12 @@ class FusedPath:
             model.gradient_checkpointing_disable()  # the memory plan below decides what recomputes
         n_lora = patch_lora_layers(model)
         n_norm, n_mlp = patch_layers(model)
+        if self.restore_embeddings:
+            self.restored = restore_frozen_embeddings(model, self.compute_dtype())
+            if self.restored:
+                if self.device.type == "cuda":
+                    torch.cuda.empty_cache()  # so the memory plan below sees the fp32 copies' memory as free
+                log.info("fused path: frozen %s back in %s (peft had upcast them to fp32)", " and ".join(self.restored), str(self.compute_dtype()).removeprefix("torch."))
         self.plan = self.memory_plan(model)
         apply_memory_plan(lm.model.layers, self.plan)
         log.info(

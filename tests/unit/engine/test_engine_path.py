@@ -105,3 +105,67 @@ def test_uncovered_architecture_is_named(tiny_model_dir):
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir("gemma2"), dtype=torch.float32)
     assert "gemma2" in covers(model)
+
+
+def kbit_prepared_lora_model(tiny_model_dir, family, dtype=torch.bfloat16):
+    """A tiny model loaded in `dtype` and prepared as honed prepares a QLoRA model (peft's
+    prepare_model_for_kbit_training, which upcasts every bf16 weight to fp32), without the 4-bit part."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir(family), dtype=dtype)
+    loaded = {k: v.clone() for k, v in model.state_dict().items()}
+    return apply_lora(model, LoraSettings(r=4, alpha=8), quantized=True), loaded
+
+
+@pytest.mark.parametrize("family", ["llama3", "qwen2"])
+def test_fused_path_restores_frozen_embeddings_to_the_loaded_dtype(tiny_model_dir, family):
+    model, loaded = kbit_prepared_lora_model(tiny_model_dir, family)
+    lm = model.get_base_model()
+    assert lm.model.embed_tokens.weight.dtype == torch.float32  # what peft leaves
+    fused = FusedPath(cfg_for("none", precision="bf16"), torch.device("cpu"))
+    model = fused.prepare(model)
+    emb, head = lm.model.embed_tokens.weight, lm.lm_head.weight
+    assert emb.dtype == head.dtype == torch.bfloat16
+    assert not emb.requires_grad and not head.requires_grad
+    assert set(fused.restored) <= {"embed_tokens", "lm_head"} and "embed_tokens" in fused.restored
+    assert torch.equal(emb, loaded["model.embed_tokens.weight"])  # exact: they were upcast from bf16
+    if not lm.config.tie_word_embeddings:
+        assert torch.equal(head, loaded["lm_head.weight"])
+    assert lm.model.norm.weight.dtype == torch.float32  # norms stay as peft left them
+    assert all(p.dtype == torch.float32 for p in model.parameters() if p.requires_grad)  # LoRA weights
+
+
+def test_restored_embeddings_give_the_same_loss_and_gradients(tiny_model_dir):
+    """bf16 embeddings (a bf16 residual stream) against peft's fp32 ones, both under bf16 autocast."""
+    ref_model, _ = kbit_prepared_lora_model(tiny_model_dir, "llama3")
+    torch.manual_seed(0)
+    for name, p in ref_model.named_parameters():
+        if "lora_B" in name:
+            p.data.normal_(0, 0.05)
+    new_model = copy.deepcopy(ref_model)
+    ref = FusedPath(cfg_for("none", precision="bf16"), torch.device("cpu"))
+    ref.restore_embeddings = False
+    ref_model = ref.prepare(ref_model)
+    new = FusedPath(cfg_for("none", precision="bf16"), torch.device("cpu"))
+    new_model = new.prepare(new_model)
+    assert ref.restored == [] and new.restored
+    assert ref_model.get_base_model().model.embed_tokens.weight.dtype == torch.float32
+    batch = batch_for(ref_model, packed=False)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        l_ref, _, g_ref = loss_and_grads(ref, ref_model, batch)
+        l_new, _, g_new = loss_and_grads(new, new_model, batch)
+    assert abs(l_new - l_ref) < 1e-2 * abs(l_ref)
+    for k in g_ref:
+        err = float((g_new[k] - g_ref[k]).norm() / g_ref[k].norm().clamp_min(1e-12))
+        assert err < 5e-2, (k, err)
+
+
+def test_embeddings_stay_fp32_when_loaded_in_fp32_or_trained_in_fp32(tiny_model_dir):
+    model, _ = kbit_prepared_lora_model(tiny_model_dir, "llama3", dtype=torch.float32)
+    fused = FusedPath(cfg_for("none", precision="bf16"), torch.device("cpu"))
+    fused.prepare(model)  # loaded in fp32: casting to bf16 would lose bits
+    assert fused.restored == [] and model.get_base_model().model.embed_tokens.weight.dtype == torch.float32
+    model, _ = kbit_prepared_lora_model(tiny_model_dir, "llama3")
+    fused = FusedPath(cfg_for("none", precision="fp32"), torch.device("cpu"))
+    fused.prepare(model)  # no autocast: the model computes in fp32
+    assert fused.restored == [] and model.get_base_model().model.embed_tokens.weight.dtype == torch.float32
