@@ -185,11 +185,12 @@ def train(cfg: TrainConfig, *, stop_after_steps: int | None = None, show_progres
         state = load_checkpoint(resume_from, model, optimizer, scheduler, scaler)
         if state.data_fingerprint and state.data_fingerprint != fingerprint:
             raise ConfigError(f"training.resume: {resume_from} was trained on other data (the data files or data settings changed); resume with the same data, or start a new run")
+        if state.total_steps != total_steps:
+            raise ConfigError(f"training.resume: {resume_from} was planned for {state.total_steps} steps, this config gives {total_steps}; keep the same data/batch/epochs to resume")
+        # Only once the checkpoint is known to fit this run: the abandoned later ones go.
         drop_checkpoints_after(out, state.step)
         epoch_data.load_state_dict(state.data_state)
         log.info("resumed from %s at step %d (epoch %d, micro-batch %d)", resume_from, state.step, state.epoch, state.batch_in_epoch)
-        if state.total_steps != total_steps:
-            raise ConfigError(f"training.resume: {resume_from} was planned for {state.total_steps} steps, this config gives {total_steps}; keep the same data/batch/epochs to resume")
 
     # Rows past the resumed step (or every row, when a run died before its first checkpoint) go.
     metrics = MetricsLog(out, tensorboard=t.tensorboard, resume_step=state.step)
