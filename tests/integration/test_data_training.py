@@ -49,9 +49,9 @@ def test_on_the_fly_augmentation_retokenizes_new_draws_each_epoch(tiny_model_dir
     cfg = make(tiny_model_dir, tmp_path / "x", labelled_file, data={"augment": RECIPE})
     tok = AutoTokenizer.from_pretrained(tiny_model_dir("qwen2"))
     template = get_template("auto", tok, "qwen2")
-    train_set, _, _ = build_datasets(cfg.data, tok, template, seed=3)
-    a = make_epoch_data(cfg, None, train_set, tok, template)
-    b = make_epoch_data(cfg, None, train_set, tok, template)
+    train_set, _, _, convs = build_datasets(cfg.data, tok, template, seed=3)
+    a = make_epoch_data(cfg, convs, train_set, tok, template)
+    b = make_epoch_data(cfg, convs, train_set, tok, template)
     assert isinstance(a, ShapedEpochData)
     ids = lambda d, e: [s.input_ids for s in d.samples(e)]  # noqa: E731
     assert ids(a, 0) == ids(b, 0) and ids(a, 2) == ids(b, 2)

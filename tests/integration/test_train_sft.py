@@ -61,7 +61,7 @@ def test_packed_batch_gives_per_sample_losses_of_single_runs(make_config, tiny_m
         path = tiny_model_dir(family)
         tok = AutoTokenizer.from_pretrained(path)
         model = AutoModelForCausalLM.from_pretrained(path, attn_implementation="sdpa").eval()
-        samples, _, _ = build_datasets(cfg.data, tok, get_template("auto", tok, model.config.model_type), seed=0)
+        samples, _, _, _ = build_datasets(cfg.data, tok, get_template("auto", tok, model.config.model_type), seed=0)
         samples = samples[:4]
         with torch.no_grad():
             packed = collate_packed([samples[:3], samples[3:]], pad_id=0)

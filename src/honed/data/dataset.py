@@ -179,7 +179,10 @@ def data_fingerprint(data: DataConfig) -> str:
 
 
 def build_datasets(data: DataConfig, tokenizer, template, seed: int, enable_thinking=None):
-    """Everything `honed train` needs from the data section: (train, validation, report)."""
+    """Everything `honed train` needs from the data section: (train, validation, report, train_conversations).
+
+    The training Conversations come back too, for strategies that re-draw or re-tokenize them
+    (augmentation on the fly), so nothing reads the files a second time."""
     report = DataReport()
     train_convs, val_convs = load_conversations(data, seed, report)
     train = tokenize_all(train_convs, tokenizer, template, data, report, enable_thinking)
@@ -191,4 +194,4 @@ def build_datasets(data: DataConfig, tokenizer, template, seed: int, enable_thin
         log.warning("skipped %d samples (data.on_bad_record=skip); first: %s: %s", len(report.skipped), *report.skipped[0])
     if report.truncated:
         log.warning("%d samples truncated at max_seq_length=%d", len(report.truncated), data.max_seq_length)
-    return train, validation, report
+    return train, validation, report, train_convs

@@ -189,18 +189,17 @@ def load_recipe(spec, where: str = "data.augment"):
 def make_epoch_data(cfg, conversations, samples: list, tokenizer, template) -> EpochData:
     """The EpochData a training config asks for: plain, or shaped by `data.augment` / `data.sampling`.
 
-    `conversations` are the training Conversations behind `samples` (None: reloaded from the
-    config, which gives the same list for the same seed). Plain configs get plain EpochData.
+    `conversations` are the training Conversations behind `samples` (as `build_datasets` returns
+    them). Plain configs get plain EpochData.
 
-    >>> epoch_data = make_epoch_data(cfg, None, train_set, tokenizer, template)   # doctest: +SKIP
+    >>> train_set, _, _, convs = build_datasets(cfg.data, tokenizer, template, seed)        # doctest: +SKIP
+    >>> epoch_data = make_epoch_data(cfg, convs, train_set, tokenizer, template)            # doctest: +SKIP
     """
     data, seed = cfg.data, cfg.training.seed
     if data.augment is None and data.sampling is None:
         return EpochData(samples, seed=seed)
-    from honed.data.dataset import DataReport, load_conversations, tokenize_all
+    from honed.data.dataset import DataReport, tokenize_all
 
-    if conversations is None:
-        conversations = load_conversations(data, seed, DataReport())[0]
     # Tokenized samples carry their source (file:line); a repeated file maps to the same record.
     meta_of = {c.source: c.meta for c in conversations}
     metas = [meta_of.get(s.source, {}) for s in samples]

@@ -144,7 +144,7 @@ def train(cfg: TrainConfig, *, stop_after_steps: int | None = None, show_progres
     from honed.data.templates import get_template
 
     template = get_template(cfg.model.template, tokenizer, info["model_type"])
-    train_set, val_set, report = build_datasets(cfg.data, tokenizer, template, t.seed, cfg.model.enable_thinking)
+    train_set, val_set, report, train_convs = build_datasets(cfg.data, tokenizer, template, t.seed, cfg.model.enable_thinking)
     log.info("data: %s", report.summary())
 
     # Varlen (flash) attention takes one padding-free row; dense masks are cheaper per row.
@@ -163,7 +163,7 @@ def train(cfg: TrainConfig, *, stop_after_steps: int | None = None, show_progres
     info.update(method=cfg.method, precision=precision, device=str(device), trainable_params=trainable, total_params=total, training_path=path.name)
     log.info("model: %s %s on %s, %s, %.3g M trainable of %.3g M parameters", info["model_type"], cfg.method, device, precision, trainable / 1e6, total / 1e6)
 
-    epoch_data = make_epoch_data(cfg, None, train_set, tokenizer, template)
+    epoch_data = make_epoch_data(cfg, train_convs, train_set, tokenizer, template)
     plan_args = dict(batch_size=t.batch_size, max_seq_length=cfg.data.max_seq_length, packing=cfg.data.packing)
 
     def plan_epoch(epoch: int) -> tuple[list, list]:

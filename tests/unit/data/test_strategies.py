@@ -132,4 +132,4 @@ def test_plain_config_gets_plain_epoch_data():
     from honed.data.epochs import make_epoch_data
 
     cfg = config_from_dict({"model": {"name_or_path": "m"}, "data": {"train": "a.jsonl"}})
-    assert type(make_epoch_data(cfg, None, ["x"], None, None)) is EpochData
+    assert type(make_epoch_data(cfg, [], ["x"], None, None)) is EpochData
