@@ -16,11 +16,10 @@ from typing import Sequence
 import torch
 
 from honed.data.conversation import Conversation, Message
-from honed.data.packing import collate_padded
 from honed.data.tokenize import tokenize_conversation
 from honed.errors import DataError
 from honed.eval.metrics import LossResult, loss_and_perplexity
-from honed.train.losses import model_logits, shifted_token_losses
+from honed.train.losses import sample_loss_sums
 
 
 @torch.no_grad()
@@ -35,16 +34,9 @@ def _summed_losses(bot, conversations: Sequence[Conversation], batch_size: int,
                                                         enable_thinking=enable_thinking)))
         except DataError as err:  # e.g. a role the template cannot render: that sample only
             out[i] = str(err)
-    # Similar lengths together waste less padding; results go back by index.
-    tokenized.sort(key=lambda pair: len(pair[1].input_ids))
-    for start in range(0, len(tokenized), batch_size):
-        chunk = tokenized[start : start + batch_size]
-        batch = collate_padded([s for _, s in chunk], bot.tokenizer.pad_token_id)
-        batch = {k: v.to(bot.device) for k, v in batch.items()}
-        losses, mask = shifted_token_losses(model_logits(bot.model, batch), batch["labels"])
-        sums, counts = losses.sum(dim=1).tolist(), mask.sum(dim=1).tolist()
-        for (i, _), total, count in zip(chunk, sums, counts):
-            out[i] = (float(total), int(count))
+    sums = sample_loss_sums(bot.model, [s for _, s in tokenized], device=bot.device, pad_id=bot.tokenizer.pad_token_id, batch_size=batch_size)
+    for (i, _), result in zip(tokenized, sums):
+        out[i] = result
     return out
 
 

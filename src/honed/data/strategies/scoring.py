@@ -9,36 +9,22 @@ packed with, and in eval mode, so no dropout draw touches the RNG a resumed run 
 
 from __future__ import annotations
 
-import contextlib
-
 import torch
 
 
-@torch.no_grad()
 def score_samples(model, samples, *, device, pad_id: int, batch_size: int = 8, precision: str = "fp32") -> list[float]:
     """Mean trained-token loss of every sample, in the order given (0.0 for a sample with no trained token)."""
-    from honed.data.packing import collate_padded
-    from honed.train.losses import model_logits, per_sample_losses
+    from honed.train.losses import sample_loss_sums
 
     was_training = model.training
     model.eval()
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
-    autocast = torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
-    # Similar lengths together: less padding, and the result is put back in the given order.
-    order = sorted(range(len(samples)), key=lambda i: len(samples[i].input_ids))
-    losses = [0.0] * len(samples)
+    autocast = torch.autocast(device.type, dtype=dtype) if dtype is not None else None
     try:
-        for start in range(0, len(order), batch_size):
-            chunk = order[start:start + batch_size]
-            batch = collate_padded([samples[i] for i in chunk], pad_id=pad_id)
-            batch = {k: v.to(device) for k, v in batch.items()}
-            with autocast:
-                per = per_sample_losses(model_logits(model, batch), batch["labels"], batch["sample_index"])
-            for k, i in enumerate(chunk):
-                losses[i] = per.get(k, 0.0)
+        sums = sample_loss_sums(model, samples, device=device, pad_id=pad_id, batch_size=batch_size, autocast=autocast)
     finally:
         model.train(was_training)
-    return losses
+    return [total / count if count else 0.0 for total, count in sums]
 
 
 def score_with_model(model_cfg, samples, *, device: str = "auto", batch_size: int = 8) -> list[float]:
