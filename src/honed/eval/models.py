@@ -7,16 +7,15 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from honed.errors import ConfigError
 from honed.eval.config import ModelEntry, model_names
 from honed.infer.generate import adapter_base_path
+from honed.train.checkpoint import CHECKPOINTS, checkpoint_step, list_checkpoints
 
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
-_CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 
 
 @dataclass
@@ -108,9 +107,8 @@ def checkpoint_specs(spec: ModelSpec) -> list[ModelSpec]:
     if spec.run_dir is None:
         raise ConfigError(f"fitting.checkpoints=all: {spec.name} ({spec.weights_dir}) is not a `honed train` "
                           "output folder (no metrics.jsonl); point the first model at a run folder")
-    root = Path(spec.run_dir) / "checkpoints"
-    found = sorted((int(m.group(1)), p) for p in (root.iterdir() if root.is_dir() else [])
-                   if (m := _CHECKPOINT.match(p.name)))
+    root = Path(spec.run_dir) / CHECKPOINTS
+    found = [(checkpoint_step(p), p) for p in list_checkpoints(spec.run_dir)]
     if not found:
         raise ConfigError(f"fitting.checkpoints=all: {root} has no checkpoint-N folders "
                           "(training.save_total_limit keeps only the last few; raise it to keep more)")

@@ -97,9 +97,14 @@ def drop_checkpoints_after(out_dir: Path, step: int) -> None:
     """Resuming from an older checkpoint abandons the later ones; they must not be pruned in its
     place nor picked up by a later `resume: true`."""
     for path in list_checkpoints(out_dir):
-        if int(_NAME.match(path.name).group(1)) > step:
+        if checkpoint_step(path) > step:
             log.info("removing %s: training resumed from step %d, before it", path, step)
             shutil.rmtree(path, ignore_errors=True)
+
+
+def checkpoint_step(path: Path) -> int:
+    """The optimizer step a `checkpoint-NNNNNN` folder was saved at."""
+    return int(_NAME.match(Path(path).name).group(1))
 
 
 def list_checkpoints(out_dir: Path) -> list[Path]:

@@ -27,7 +27,7 @@ from honed.data.packing import collate, plan_batches, uses_varlen_attention
 from honed.errors import ConfigError, HonedError
 from honed.model.adapters import apply_lora, count_parameters
 from honed.model.load import load_model, load_tokenizer, pick_device
-from honed.train.checkpoint import TrainState, drop_checkpoints_after, find_resume_checkpoint, load_checkpoint, save_checkpoint
+from honed.train.checkpoint import TrainState, checkpoint_step, drop_checkpoints_after, find_resume_checkpoint, load_checkpoint, save_checkpoint
 from honed.engine import PlainPath, select_path
 from honed.train.losses import count_trained_tokens
 from honed.train.metrics_log import MetricsLog, read_metrics
@@ -265,7 +265,7 @@ def train(cfg: TrainConfig, *, stop_after_steps: int | None = None, show_progres
                 if state.step % save_every == 0 or state.step == total_steps:
                     checkpoint()
                 if stop.received is not None or (stop_after_steps is not None and state.step >= stop_after_steps):
-                    if result.last_checkpoint is None or not result.last_checkpoint.name.endswith(f"{state.step:06d}"):
+                    if result.last_checkpoint is None or checkpoint_step(result.last_checkpoint) != state.step:
                         checkpoint()
                     result.steps, result.interrupted = state.step, True
                     if stop.received is not None:

@@ -55,7 +55,8 @@ def test_base_means_the_adapters_base_and_run_folders_are_found(tmp_path):
     run = _adapter(tmp_path / "run", base)
     (run / "metrics.jsonl").write_text("")
     for step in (20, 5):
-        _adapter(run / "checkpoints" / f"checkpoint-{step:06d}", base)
+        ckpt = _adapter(run / "checkpoints" / f"checkpoint-{step:06d}", base)
+        (ckpt / "trainer_state.json").write_text("{}")  # what marks a checkpoint complete
     specs = resolve_models([ModelEntry(path=str(run)), ModelEntry(path="base")])
     assert [(s.name, s.model_path, s.adapter) for s in specs] == [("run", str(base), str(run)), ("base", str(base), None)]
     assert specs[0].run_dir == str(run) and specs[1].run_dir is None
