@@ -198,7 +198,8 @@ def run_augment(args) -> int:
 def run_filter(args) -> int:
 
     from honed.config import read_yaml_config
-    from honed.data.augment.io import check_writable, read_conversations, write_conversations
+    from honed.data.augment.io import read_conversations, write_conversations
+    from honed.utils.fs import check_writable
     from honed.data.quality import FilterConfig, filter_conversations
     from honed.utils.fs import write_text_atomic
 
@@ -245,7 +246,8 @@ def run_filter(args) -> int:
 
 
 def run_stats(args) -> int:
-    from honed.data.augment.io import check_writable, read_conversations
+    from honed.data.augment.io import read_conversations
+    from honed.utils.fs import check_writable
     from honed.data.stats_report import compute_stats, render_html
     from honed.utils.fs import write_text_atomic
 
@@ -275,7 +277,8 @@ def run_stats(args) -> int:
 def run_split(args) -> int:
     from pathlib import Path
 
-    from honed.data.augment.io import check_writable, read_conversations, write_conversations
+    from honed.data.augment.io import read_conversations, write_conversations
+    from honed.utils.fs import check_writable
     from honed.data.split import parse_ratios, split_conversations
 
     ratios = parse_ratios(args.ratios, args.names)
@@ -297,7 +300,8 @@ def run_split(args) -> int:
 
 def run_synth(args) -> int:
     from honed.data.augment.generator import make_generator
-    from honed.data.augment.io import check_writable, read_conversations, write_conversations
+    from honed.data.augment.io import read_conversations, write_conversations
+    from honed.utils.fs import check_writable
     from honed.data.augment.synthetic import synthesize
     from honed.errors import ConfigError
 

@@ -7,12 +7,11 @@ Each input line is `{"prompt": ...}`, `{"instruction": ..., "input": ...}` or `{
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 from honed.data.conversation import Conversation
 from honed.data.readers import read_records
-from honed.errors import DataError, OutputExistsError
-from honed.utils.fs import write_text_atomic
+from honed.errors import DataError
+from honed.utils.fs import check_writable, write_text_atomic
 
 
 def prompt_conversation(record: dict, where: str, system: str | None = None) -> tuple[Conversation, str | None]:
@@ -51,9 +50,7 @@ def prompt_conversation(record: dict, where: str, system: str | None = None) -> 
 
 def generate_file(bot, input_path, output_path, settings, *, system=None, batch_size=8, overwrite=False) -> int:
     """Answer every record of `input_path` with `bot`; write them with `response` to `output_path`."""
-    output_path = Path(output_path)
-    if output_path.exists() and not overwrite:
-        raise OutputExistsError(f"{output_path} exists; pass --overwrite to replace it")
+    output_path = check_writable(output_path, overwrite)
     records, conversations = [], []
     for where, record in read_records(input_path):
         conv, reference = prompt_conversation(record, where, system)

@@ -83,3 +83,11 @@ def prepare_output_dir(path: str | Path, *, overwrite: bool, resuming: bool) -> 
         shutil.rmtree(path)
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def check_writable(path, overwrite: bool) -> Path:
+    """Refuse to replace an existing file unless asked: outputs are never overwritten silently."""
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise OutputExistsError(f"{path} exists; choose another output path or pass --overwrite")
+    return path

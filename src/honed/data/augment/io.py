@@ -18,32 +18,23 @@ import json
 from pathlib import Path
 
 from honed.data.conversation import Conversation
-from honed.errors import OutputExistsError
-from honed.utils.fs import write_text_atomic
+from honed.utils.fs import check_writable, write_text_atomic
 
 
-def read_conversations(paths, on_bad_record: str = "error", system_prompt: str | None = None) -> list[Conversation]:
-    """Every record of every file (any format honed reads), in file order."""
+def read_conversations(paths, system_prompt: str | None = None) -> list[Conversation]:
+    """Every record of every file (any format honed reads), in file order; a bad record is an error."""
     from honed.config import DataSource
     from honed.data.dataset import DataReport, load_source
 
     paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
     report = DataReport()
-    return [c for p in paths for c in load_source(DataSource(path=str(p)), on_bad_record, report, system_prompt)]
+    return [c for p in paths for c in load_source(DataSource(path=str(p)), "error", report, system_prompt)]
 
 
 def conversation_record(conv: Conversation, keep_meta: bool = True) -> dict:
     """`{**meta, "messages": [...]}`: the OpenAI-messages form honed reads back; private keys (`_…`) dropped."""
     meta = {k: v for k, v in conv.meta.items() if not k.startswith("_")} if keep_meta else {}
     return {**meta, **conv.to_dict()}
-
-
-def check_writable(path, overwrite: bool) -> Path:
-    """Refuse to replace an existing file unless asked: outputs are never overwritten silently."""
-    path = Path(path)
-    if path.exists() and not overwrite:
-        raise OutputExistsError(f"{path} exists; choose another output path or pass --overwrite")
-    return path
 
 
 def write_conversations(path, conversations, *, overwrite: bool = False, keep_meta: bool = True) -> int:

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import yaml
 
-from honed.data.augment.io import check_writable, read_conversations, write_conversations
+from honed.data.augment.io import read_conversations, write_conversations
+from honed.utils.fs import check_writable
 from honed.data.augment.recipe import AugmentStats, Recipe
 from honed.data.conversation import Conversation
 from honed.errors import ConfigError
