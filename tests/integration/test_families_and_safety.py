@@ -113,3 +113,13 @@ def test_interactive_chat_keeps_history(tmp_path, tiny_model_dir, monkeypatch, c
     assert main(["chat", "--model", str(tiny_model_dir("qwen2")), "--max-new-tokens", "4", "--system", "S"]) == 0
     assert seen[0] == ["S", "hello"] and seen[1] == ["S", "again"]  # /reset cleared the first exchange
     assert capsys.readouterr().out.count("bot>") == 2
+
+
+def test_a_missing_model_folder_is_named(tmp_path):
+    from honed.cli import main
+    from honed.model.load import load_model
+
+    missing = tmp_path / "no-such-model"
+    with pytest.raises(ModelError, match=f"model folder not found: {missing}"):
+        load_model(ModelConfig(name_or_path=str(missing)), device=torch.device("cpu"))
+    assert main(["chat", "--model", str(missing), "--prompt", "hi"]) == 2

@@ -1,7 +1,7 @@
 """Load a causal LM and its tokenizer safely: safetensors only, no remote code unless asked.
 
->>> # model, info = load_model(ModelConfig(name_or_path="path/to/model"), device=pick_device())  # doctest: +SKIP
->>> # tokenizer = load_tokenizer(ModelConfig(name_or_path="path/to/model"))                  # doctest: +SKIP
+>>> model, info = load_model(ModelConfig(name_or_path="path/to/model"), device=pick_device())  # doctest: +SKIP
+>>> tokenizer = load_tokenizer(ModelConfig(name_or_path="path/to/model"))                  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -40,6 +40,22 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     return getattr(torch, name)
 
 
+def check_model_source(name: str) -> None:
+    """A name written as a path must exist: otherwise the hub client reports a baffling repo-id error.
+
+    Hub ids are `org/name`; anything absolute, relative (`./`, `../`, `~`) or deeper is a folder.
+
+    >>> check_model_source("Qwen/Qwen2.5-0.5B-Instruct")
+    >>> check_model_source("/no/such/model")
+    Traceback (most recent call last):
+    ...
+    honed.errors.ModelError: model folder not found: /no/such/model (a local folder, or a hub id like org/name where a network exists)
+    """
+    looks_like_path = name.startswith(("/", ".", "~")) or name.count("/") > 1 or "\\" in name
+    if looks_like_path and not Path(name).expanduser().exists():
+        raise ModelError(f"model folder not found: {name} (a local folder, or a hub id like org/name where a network exists)")
+
+
 def check_weights_are_safe(path: str, allow_pickle: bool) -> None:
     """Refuse pickle-only checkpoints unless the user opted in: unpickling can run arbitrary code."""
     folder = Path(path)
@@ -59,6 +75,7 @@ def model_type_of(path: str, cfg: ModelConfig) -> tuple[str, dict | None]:
     """The architecture name and any pre-quantization of a checkpoint (e.g. a `*-bnb-4bit` model)."""
     from transformers import AutoConfig
 
+    check_model_source(path)
     try:
         hf_config = AutoConfig.from_pretrained(path, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
     except OSError as err:
@@ -86,6 +103,7 @@ def load_tokenizer(cfg: ModelConfig):
     """The model's tokenizer, with a pad token (eos, or unk) when it has none."""
     from transformers import AutoTokenizer
 
+    check_model_source(cfg.name_or_path)
     try:
         tok = AutoTokenizer.from_pretrained(cfg.name_or_path, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
     except (OSError, ValueError) as err:
