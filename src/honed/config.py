@@ -104,7 +104,11 @@ class TrainingConfig(_Strict):
     max_grad_norm: float | None = Field(1.0, gt=0)
     optimizer: Literal["adamw", "adamw_8bit"] = "adamw"
     adam_betas: tuple[float, float] = (0.9, 0.999)
-    precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
+    precision: Literal["auto", "bf16", "fp16", "fp32", "fp8"] = Field(
+        "auto",
+        description="auto: bf16 on a GPU that has it, else fp32. fp8: bf16 compute, with the frozen base weights of the LoRA "
+        "projections stored and multiplied in float8 (half their memory; method lora, fused engine, CUDA compute capability >= 8.9)",
+    )
     gradient_checkpointing: bool = False
     engine: Literal["auto", "plain"] = Field("auto", description="auto: honed's fused CUDA path where it covers the model; plain: transformers as it is")
     memory: Literal["auto", "none", "checkpoint", "offload"] = Field(
@@ -137,6 +141,24 @@ class TrainConfig(_Strict):
     quantization: QuantizationSettings = Field(default_factory=QuantizationSettings)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     stages: list[StageConfig] | None = Field(None, description="task decomposition: stages run in order, each from the last one's weights")
+
+    @field_validator("training")
+    @classmethod
+    def _fp8_needs_fused_lora(cls, training: TrainingConfig, info) -> TrainingConfig:
+        # Checked here, before any model loads: a run that cannot do fp8 must not quietly train in bf16.
+        method = info.data.get("method")  # absent when `method` itself was invalid (reported on its own)
+        if training.precision != "fp8" or method is None:
+            return training
+        if method == "qlora":
+            raise ValueError("training.precision=fp8 stores bf16 LoRA base weights in fp8; method qlora's base is already 4-bit (NF4). "
+                             "Use method: lora with fp8, or training.precision: bf16 with qlora")
+        if method == "full":
+            raise ValueError("training.precision=fp8 stores the frozen base weights under LoRA in fp8; method full trains every weight. "
+                             "Use method: lora with fp8, or training.precision: bf16 with full")
+        if training.engine == "plain":
+            raise ValueError("training.precision=fp8 runs only on honed's fused engine; training.engine: plain cannot do it. "
+                             "Set training.engine: auto, or training.precision: bf16")
+        return training
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False, allow_unicode=True)

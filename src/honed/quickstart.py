@@ -4,7 +4,7 @@ Trains a LoRA adapter on the shipped clinical-laboratory consulting data (Englis
 with a scope system prompt and refusal samples), shows the loss curve, then asks the tuned model
 one question from its training data and one out-of-domain question.
 
->>> # result = run_quickstart(output_dir="honed-quickstart")   # doctest: +SKIP
+>>> result = run_quickstart(output_dir="honed-quickstart")  # doctest: +SKIP
 """
 
 from __future__ import annotations

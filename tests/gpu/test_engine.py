@@ -10,7 +10,7 @@ import logging
 import pytest
 import torch
 
-from honed.engine.layers import reference_rms_norm, reference_swiglu, rms_norm, swiglu
+from honed.engine.layers import reference_rms_norm, reference_rope, reference_swiglu, rms_norm, rope, swiglu
 from honed.engine.lora import lora_linear, reference_lora_linear
 from honed.engine.loss import linear_cross_entropy_sum, reference_linear_cross_entropy_sum
 
@@ -115,6 +115,21 @@ def test_swiglu_bf16():
     g = (torch.randn(8192, 4096, device="cuda") * 2).requires_grad_(True)
     u = torch.randn(8192, 4096, device="cuda", requires_grad=True)
     check(swiglu, reference_swiglu, [g, u])
+
+
+def test_rope_bf16():
+    torch.manual_seed(7)
+    q = torch.randn(2, 2048, 32, 128, device="cuda").transpose(1, 2).requires_grad_(True)
+    k = torch.randn(2, 2048, 8, 128, device="cuda").transpose(1, 2).requires_grad_(True)
+    pos = torch.arange(2048, device="cuda", dtype=torch.float32)
+    freqs = pos[:, None] / (500000.0 ** (torch.arange(0, 128, 2, device="cuda") / 128))[None, :]
+    emb = torch.cat([freqs, freqs], dim=-1)[None].expand(2, -1, -1)
+    cos, sin = emb.cos(), emb.sin()
+
+    def both(fn):
+        return lambda q, k: torch.cat([t.flatten() for t in fn(q, k, cos.to(q.dtype), sin.to(q.dtype))])
+
+    check(both(rope), both(reference_rope), [q, k])
 
 
 # ---- the whole path -------------------------------------------------------------------------

@@ -1,15 +1,22 @@
 """`honed bench`: tokens/s, memory and MFU of `honed train`'s training step on one GPU.
 
-Builds the same random-init model shape and the same random token batches as the peer benchmark
-(../shared/bench/peer_bench.py, whose `cmd:` stack runs this with the same arguments), then runs
-honed's own step: load_model → apply_lora → select_path/prepare → build_optimizer → the path's
-loss_sum under autocast, backward, gradient clipping (`--max-grad-norm`, 1.0 as in `honed train`;
-0 or none: no clipping, as the peers), AdamW. Prints one line `RESULT {json}`.
+Builds the same random-init model shape as the peer benchmark (../shared/bench/peer_bench.py, whose
+`cmd:` stack runs this with the same arguments), then runs honed's own step: load_model → apply_lora →
+select_path/prepare → build_optimizer → the path's loss_sum under autocast (`--precision`, as
+`training.precision`), backward, gradient clipping (`--max-grad-norm`, 1.0 as in `honed train`;
+0 or none: no clipping, as the peers), AdamW. Prints one line `RESULT {json}`. Two kinds of data:
 
-The batches follow peer_bench.py's order too (warm-up steps take batches 0, 1, …; the timed steps
-start again from batch 0), so each step's loss compares with the peers' loss of the same step.
+- random shape (the default): `--batch` rows of `--seq` random tokens, peer_bench.py's batches in its
+  order (warm-up steps take batches 0, 1, …; the timed steps start again from batch 0), so each
+  step's loss compares with the peers' loss of the same step;
+- real-data lengths (`--lengths alpaca`): samples of varying length drawn from a shipped distribution
+  (resources/bench/), filled with seeded random tokens and packed by honed's own packing
+  (`data.packing`: `--batch` rows of up to `--seq` tokens a micro-batch), one optimizer step per
+  micro-batch. It reports effective (non-padding) tokens/s. benchmarks/packed_peers.py feeds the
+  same micro-batches to HF+PEFT and Unsloth.
 
     honed bench --shape llama-1b --seq 2048 --batch 4 --steps 10 --warmup 3 [--max-grad-norm 0]
+    honed bench --shape llama-1b --seq 2048 --batch 4 --steps 10 --warmup 3 --lengths alpaca
 """
 
 from __future__ import annotations
@@ -17,6 +24,20 @@ from __future__ import annotations
 import json
 import os
 import time
+
+from honed.commands.bench_data import (
+    DATA_SEED,
+    FIRST_TOKEN_ID,
+    LENGTH_DISTRIBUTIONS,
+    PAD_ID,
+    BenchData,
+    attended_length,
+    bench_data,
+    length_stats,
+    throughput,
+    trained_tokens,
+    weighted_mean_loss,
+)
 
 SHAPES = {  # identical to peer_bench.py's
     "llama-1b": dict(model_type="llama", hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
@@ -50,6 +71,23 @@ def max_grad_norm(text: str) -> float | None:
     return value
 
 
+def positive_int(text: str) -> int:
+    """`--samples`: a whole number above 0.
+
+    >>> positive_int("500")
+    500
+    """
+    import argparse
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1: {text!r}")
+    return value
+
+
 def batch_order(warmup: int, steps: int, n_batches: int = 4) -> list[int]:
     """Which batch each step trains on: peer_bench.py restarts its step count after warm-up.
 
@@ -60,7 +98,8 @@ def batch_order(warmup: int, steps: int, n_batches: int = 4) -> list[int]:
 
 
 def register(sub) -> None:
-    p = sub.add_parser("bench", help="tokens/s, peak memory and MFU of the training step on a random-init model shape")
+    p = sub.add_parser("bench", help="tokens/s, peak memory and MFU of the training step on a random-init model shape "
+                                     "(random rows, or packed real-data lengths)")
     p.add_argument("--shape", default="llama-1b", choices=sorted(SHAPES))
     p.add_argument("--seq", type=int, default=2048)
     p.add_argument("--batch", type=int, default=2)
@@ -74,6 +113,13 @@ def register(sub) -> None:
     p.add_argument("--memory-budget-gib", type=float, default=None, help="training.memory_budget_gib")
     p.add_argument("--max-grad-norm", type=max_grad_norm, default=1.0,
                    help="training.max_grad_norm (default 1.0, as honed train); 0 or none: no clipping (the peers do not clip)")
+    p.add_argument("--precision", default="bf16", choices=["bf16", "fp8"], help="training.precision (default bf16, as the peers)")
+    p.add_argument("--lengths", metavar="NAME|FILE", default=None,
+                   help=f"real-data mode: variable-length samples drawn from a shipped length distribution ({', '.join(LENGTH_DISTRIBUTIONS)}) "
+                        "or a JSON histogram file of the same form, packed as honed train packs them; reports effective (non-padding) tokens/s")
+    p.add_argument("--samples", type=positive_int, default=None,
+                   help="with --lengths: how many samples to draw (default: as many as the warm-up and timed micro-batches take; "
+                        "with fewer, the micro-batches repeat)")
     p.add_argument("--fp32-embeddings", action="store_true",
                    help="QLoRA: keep peft's fp32 embeddings and lm_head on the fused path (the old behaviour, to compare)")
     p.add_argument("--models", default=os.environ.get("BENCH_MODELS", "/tmp/bench_models"), help="where shapes are saved (shared with peer_bench.py)")
@@ -87,8 +133,12 @@ def n_matmul_params(cfg) -> int:
     return layers * (attn + 3 * d * f) + vocab * d
 
 
-def flops_per_token(cfg, seq: int) -> float:
-    """peer_bench.py's estimate: forward + input-gradient backward, attention included, no recompute."""
+def flops_per_token(cfg, seq: float) -> float:
+    """peer_bench.py's estimate: forward + input-gradient backward, attention included, no recompute.
+
+    `seq` is how many keys a token attends to on average: the row length for random rows, and
+    `attended_length` of the samples for packed ones (a token sees only its own sample).
+    """
     return 4 * n_matmul_params(cfg) + 4 * cfg.num_hidden_layers * seq * cfg.hidden_size
 
 
@@ -114,6 +164,46 @@ def build_shape(shape: str, root: str) -> str:
     return out
 
 
+def time_steps(step, warmup_batches: list, timed_batches: list) -> tuple[list, float, float]:
+    """Run the warm-up steps, reset the peak-memory counter, time the rest: (losses, warm-up s, timed s)."""
+    import torch
+
+    losses = []
+    t_warm = time.perf_counter()
+    for batch in warmup_batches:
+        losses.append(step(batch))
+    torch.cuda.synchronize()
+    warmup_s = time.perf_counter() - t_warm
+    torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    for batch in timed_batches:
+        losses.append(step(batch))
+    torch.cuda.synchronize()
+    return [float(x) for x in losses], warmup_s, time.perf_counter() - t0
+
+
+def memory_fields() -> dict:
+    """Peak GPU memory since the last reset (the timed steps), allocated and reserved, in GiB."""
+    import torch
+
+    return {"peak_alloc_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2),
+            "peak_reserved_gib": round(torch.cuda.max_memory_reserved() / 2**30, 2)}
+
+
+def packed_result_fields(data: BenchData, timed_batches: list, timed_losses: list[float], seconds: float, model_config, peak_tflops: float) -> dict:
+    """The RESULT keys of a real-data run, shared with benchmarks/packed_peers.py so every stack counts alike."""
+    flow = throughput(timed_batches, seconds)
+    lengths = data.timed_lengths()
+    flops = flops_per_token(model_config, attended_length(lengths))
+    return dict(
+        lengths_stats=length_stats(lengths), samples=len(lengths), rows=sum(len(mb) for mb in data.timed),
+        micro_batches=len(timed_batches), layout_rows=sum(b["input_ids"].shape[0] for b in timed_batches),
+        drawn=data.drawn, data_sha=data.fingerprint(), **flow, step_s=round(seconds / len(timed_batches), 4), **memory_fields(),
+        mfu_lora_pct=round(100 * flow["effective_tokens_per_s"] * flops / peak_tflops / 1e12, 1),
+        loss_mean=round(weighted_mean_loss(timed_losses, [trained_tokens(b) for b in timed_batches]), 4),
+    )
+
+
 def bench_config(model_dir: str, args):
     from honed.config import config_from_dict
 
@@ -123,7 +213,7 @@ def bench_config(model_dir: str, args):
         "method": "qlora" if args.qlora else "lora",
         "lora": {"r": args.rank, "alpha": args.rank, "dropout": 0.0, "target_modules": TARGETS},
         # peer_bench.py's optimizer: AdamW lr 1e-4, torch's default weight decay 0.01
-        "training": {"batch_size": args.batch, "learning_rate": 1e-4, "weight_decay": 0.01, "precision": "bf16",
+        "training": {"batch_size": args.batch, "learning_rate": 1e-4, "weight_decay": 0.01, "precision": getattr(args, "precision", "bf16"),
                      "engine": args.engine, "memory": args.memory, "memory_budget_gib": args.memory_budget_gib, "device": "cuda",
                      "max_grad_norm": getattr(args, "max_grad_norm", 1.0)},
     }, where="honed bench")
@@ -132,19 +222,26 @@ def bench_config(model_dir: str, args):
 def run(args) -> int:
     import torch
 
-    from honed.engine import select_path
+    from honed.data.packing import collate, uses_varlen_attention
+    from honed.engine import select_path, with_memory_fallback
     from honed.engine.fused import causal_lm_of
     from honed.model.adapters import apply_lora
     from honed.model.load import load_model
     from honed.train.optim import build_optimizer
-    from honed.train.sft import autocast_context
+    from honed.train.sft import autocast_context, resolve_precision
 
     if not torch.cuda.is_available():
         print("error: honed bench needs a CUDA GPU")
         return 2
+    lengths_spec = getattr(args, "lengths", None)
+    data = None
+    if lengths_spec:  # before loading the model, so a wrong --lengths fails at once
+        data = bench_data(lengths_spec, vocab_size=SHAPES[args.shape]["vocab_size"], seq=args.seq, batch=args.batch,
+                          warmup=args.warmup, steps=args.steps, samples=getattr(args, "samples", None))
     cfg = bench_config(build_shape(args.shape, args.models), args)
     t = cfg.training
     device = torch.device("cuda")
+    precision = resolve_precision(t.precision, device)  # as honed train does
     torch.manual_seed(t.seed)
     model, info = load_model(cfg.model, device=device, quantization=cfg.quantization if args.qlora else None)
     model = apply_lora(model, cfg.lora, quantized=info["quantized"], gradient_checkpointing=t.gradient_checkpointing)
@@ -156,49 +253,54 @@ def run(args) -> int:
     optimizer = build_optimizer(model, t)
     params = [p for p in model.parameters() if p.requires_grad]
 
-    g = torch.Generator(device="cpu").manual_seed(1)  # the same batches as peer_bench.py
-    vocab = model.config.vocab_size
-    batches = [torch.randint(10, vocab, (args.batch, args.seq), generator=g) for _ in range(4)]
+    def step(batch: dict):
+        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
 
-    order = batch_order(args.warmup, args.steps, len(batches))
+        def forward_backward():
+            with autocast_context(precision, device):
+                loss_sum, n = path.loss_sum(model, batch)
+            loss = loss_sum / max(n, 1)
+            loss.backward()
+            return loss
 
-    def step(i: int) -> float:
-        ids = batches[order[i]].to(device, non_blocking=True)
-        batch = {"input_ids": ids, "labels": ids}
-        with autocast_context("bf16", device):
-            loss_sum, n = path.loss_sum(model, batch)
-        loss = loss_sum / max(n, 1)
-        loss.backward()
+        loss = with_memory_fallback(path, model, forward_backward)  # as honed train: a leaner plan if this one does not fit
         if t.max_grad_norm:
             torch.nn.utils.clip_grad_norm_(params, t.max_grad_norm)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         return loss.detach()
 
-    losses = []
-    t_warm = time.perf_counter()
-    for i in range(args.warmup):
-        losses.append(step(i))
-    torch.cuda.synchronize()
-    warmup_s = time.perf_counter() - t_warm
-    torch.cuda.reset_peak_memory_stats()
-    t0 = time.perf_counter()
-    for i in range(args.steps):
-        losses.append(step(args.warmup + i))
-    torch.cuda.synchronize()
-    dt = time.perf_counter() - t0
-    tps = args.steps * args.batch * args.seq / dt
-    plan = getattr(path, "plan", None)
     res = dict(
-        stack="honed", path=path.name, memory=plan.mode if plan else ("checkpoint" if t.gradient_checkpointing else "none"),
-        shape=args.shape, qlora=args.qlora, seq=args.seq, batch=args.batch, max_grad_norm=t.max_grad_norm,
+        stack="honed", path=path.name,
+        shape=args.shape, qlora=args.qlora, seq=args.seq, batch=args.batch, precision=t.precision, max_grad_norm=t.max_grad_norm,
         embeddings=str(next(iter(causal_lm_of(model).get_input_embeddings().parameters())).dtype).removeprefix("torch."),
-        tokens_per_s=round(tps, 1), step_s=round(dt / args.steps, 4),
-        peak_alloc_gib=round(torch.cuda.max_memory_allocated() / 2**30, 2),
-        peak_reserved_gib=round(torch.cuda.max_memory_reserved() / 2**30, 2),
-        mfu_lora_pct=round(100 * tps * flops_per_token(model.config, args.seq) / args.peak_tflops / 1e12, 1),
-        loss=round(float(losses[-1]), 3), losses=[round(float(x), 4) for x in losses],
-        warmup_s=round(warmup_s, 1), trainable=sum(p.numel() for p in params),
     )
+    if data is None:
+        g = torch.Generator(device="cpu").manual_seed(DATA_SEED)  # the same batches as peer_bench.py
+        vocab = model.config.vocab_size
+        batches = [torch.randint(FIRST_TOKEN_ID, vocab, (args.batch, args.seq), generator=g) for _ in range(4)]
+        in_order = [{"input_ids": batches[i], "labels": batches[i]} for i in batch_order(args.warmup, args.steps, len(batches))]
+        losses, warmup_s, dt = time_steps(step, in_order[: args.warmup], in_order[args.warmup :])
+        tps = args.steps * args.batch * args.seq / dt
+        res.update(tokens_per_s=round(tps, 1), step_s=round(dt / args.steps, 4), **memory_fields(),
+                   mfu_lora_pct=round(100 * tps * flops_per_token(model.config, args.seq) / args.peak_tflops / 1e12, 1))
+    else:
+        # Padding-free (one row, no padding) where the path's attention takes varlen input, as honed train decides.
+        padding_free = bool(getattr(path, "padding_free", False)) or uses_varlen_attention(causal_lm_of(model))
+
+        def as_batch(micro_batch) -> dict:  # collated before timing, as every stack does; pinned for async copies
+            batch = collate(micro_batch, packing=True, pad_id=PAD_ID, padding_free=padding_free)
+            return {k: v.pin_memory() for k, v in batch.items()}
+
+        warm, timed = [as_batch(mb) for mb in data.warmup], [as_batch(mb) for mb in data.timed]
+        losses, warmup_s, dt = time_steps(step, warm, timed)
+        res.update(lengths=lengths_spec, layout="padding-free" if padding_free else "packed", padding_free=padding_free,
+                   attention=getattr(path, "attention", None) or getattr(model.config, "_attn_implementation", None),
+                   **packed_result_fields(data, timed, losses[args.warmup :], dt, model.config, args.peak_tflops))
+    plan = getattr(path, "plan", None)  # read after the steps: an out-of-memory fallback may have changed it
+    res.update(loss=round(losses[-1], 3), losses=[round(x, 4) for x in losses], warmup_s=round(warmup_s, 1),
+               trainable=sum(p.numel() for p in params),
+               memory=plan.mode if plan else ("checkpoint" if t.gradient_checkpointing else "none"),
+               recomputed_layers=plan.checkpointed if plan else None)
     print("RESULT " + json.dumps(res), flush=True)
     return 0

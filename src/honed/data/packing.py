@@ -11,7 +11,8 @@ samples end to end, up to `max_seq_length` tokens. Two things keep samples apart
 Rows of a micro-batch are padded to the longest; the padding is one more "sample" (own positions,
 no labels). With `padding_free=True` all rows are joined into one row with no padding at all,
 which is what varlen (flash) attention wants; a dense attention mask would cost (B·L)² instead
-of B·L², so that is not the default.
+of B·L², so that is not the default. Unpacked samples (`packing: false`) join the same way when
+padding-free: one row, each sample its own segment.
 
 >>> from honed.data.tokenize import TokenizedSample
 >>> a = TokenizedSample([1, 2, 3], [-100, 2, 3], "a", False, 2)
@@ -95,13 +96,19 @@ def collate_padded(samples, pad_id: int) -> dict[str, torch.Tensor]:
 
 
 def collate(rows, *, packing: bool, pad_id: int, padding_free: bool = False) -> dict[str, torch.Tensor]:
-    """A planned micro-batch (rows of samples) → model inputs."""
-    if packing:
+    """A planned micro-batch (rows of samples) → model inputs.
+
+    Padding-free, unpacked samples are joined like packed ones: the same tokens and targets as the
+    padded batch, since each sample's first label, set to -100 here, was never a target there either
+    (a row's first label is never a target once labels shift by one).
+    """
+    if packing or padding_free:
         return collate_packed(rows, pad_id=pad_id, padding_free=padding_free)
     return collate_padded([s for row in rows for s in row], pad_id)
 
 
 def uses_varlen_attention(model) -> bool:
-    """Flash-attention kernels take packed sequences without padding (boundaries from positions)."""
+    """The model's attention takes packed sequences without padding (boundaries from positions):
+    transformers' flash-attention kernels, or honed's varlen attention (`engine.attention`)."""
     impl = getattr(getattr(model, "config", None), "_attn_implementation", "") or ""
-    return "flash" in impl
+    return "flash" in impl or impl == "honed_varlen"  # engine.attention.VARLEN_ATTENTION (data does not import engine)

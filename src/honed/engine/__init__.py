@@ -5,19 +5,21 @@ where it has them) and computes the summed token loss of a batch. The plain path
 as it is, and is what runs on CPU and on architectures a faster path does not cover. Every path
 logs its name, so a run's log says which one it took.
 
->>> # path = select_path(model, cfg, device); model = path.prepare(model)  # doctest: +SKIP
+>>> path = select_path(model, cfg, device); model = path.prepare(model)  # doctest: +SKIP
 """
 
 from __future__ import annotations
 
+import gc
 import logging
-from typing import Protocol
+from typing import Callable, Protocol, TypeVar
 
 import torch
 
 from honed.train.losses import causal_lm_loss_sum, model_logits
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class TrainingPath(Protocol):
@@ -40,6 +42,34 @@ class PlainPath:
         return causal_lm_loss_sum(model_logits(model, batch), batch["labels"])
 
 
+class OutOfGpuMemory(RuntimeError):
+    """Training ran out of GPU memory and the path had no leaner plan left."""
+
+
+def with_memory_fallback(path: TrainingPath, model, accumulate: Callable[[], T]) -> T:
+    """Run `accumulate()` (the forward and backward passes of one optimizer step). When it runs out of
+    GPU memory and the path can keep less (`recover_from_oom()` is True: it now recomputes more), the
+    partial gradients are dropped and the same micro-batches run again, so the step is as if it had
+    fitted the first time. Each retry is logged by the path; with nothing left to give, it raises
+    `OutOfGpuMemory` saying what to change."""
+    while True:
+        try:
+            return accumulate()
+        except torch.cuda.OutOfMemoryError as err:
+            message = str(err).splitlines()[0][:300]
+        # Outside the except block, so the traceback's frames (and their tensors) are already freed.
+        model.zero_grad(set_to_none=True)
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        recover = getattr(path, "recover_from_oom", None)
+        if recover is None or not recover():
+            raise OutOfGpuMemory(
+                f"out of GPU memory on the {path.name} path ({message}); lower training.batch_size or data.max_seq_length, "
+                "use method: qlora, or set training.memory: offload"
+            )
+
+
 # Faster paths register here as (name, factory(model, cfg, device) -> TrainingPath | None);
 # the first that accepts the model wins.
 PATHS: list = []
@@ -56,9 +86,12 @@ def select_path(model, cfg, device: torch.device) -> TrainingPath:
 
 
 def _register_builtin_paths() -> None:
+    from honed.engine.fp8 import refuse_fp8_off_the_fused_path
     from honed.engine.fused import fused_path_factory
 
     PATHS.append(("fused", fused_path_factory))
+    # After the fused path: fp8 needs it, and a run it declined must stop rather than train in bf16.
+    PATHS.append(("fp8-guard", refuse_fp8_off_the_fused_path))
 
 
 _register_builtin_paths()

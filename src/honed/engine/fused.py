@@ -8,7 +8,9 @@ What it changes against plain transformers, each with a plain-torch reference be
   layers as needed otherwise, and offload the kept layer inputs to CPU when even that does not fit;
 - QLoRA: the frozen embeddings and lm_head go back to the dtype the model was loaded in (bf16), which
   peft's `prepare_model_for_kbit_training` had upcast to fp32 (`restore_frozen_embeddings`).
-Attention stays transformers' own (SDPA; packed rows through position_ids), as on the plain path.
+- attention over packed rows runs without padding or a dense mask (`engine.attention`): torch's flash
+  varlen kernel with the sample boundaries found once per batch, where the GPU and torch have it;
+  otherwise transformers' own (SDPA, a block-diagonal mask from position_ids), as on the plain path.
 
 >>> sorted(COVERED_MODEL_TYPES)
 ['llama', 'mistral', 'qwen2', 'qwen3']
@@ -20,10 +22,21 @@ import logging
 
 import torch
 
-from honed.engine.layers import patch_layers
-from honed.engine.lora import patch_lora_layers
+from honed.engine.attention import (
+    VARLEN_ATTENTION,
+    enable_varlen_attention,
+    probe_native_gqa,
+    torch_varlen,
+    uses_varlen,
+    varlen_batch_inputs,
+    varlen_unavailable_reason,
+)
+from honed.engine.fp8 import prepare_fp8
+from honed.engine.layers import patch_layers, patch_rope
+from honed.engine.lora import count_unfusable_lora_layers, patch_lora_layers
 from honed.engine.loss import linear_cross_entropy_sum, shift_targets
-from honed.engine.memory import MemoryPlan, apply_memory_plan, layer_activation_bytes, plan_memory
+from honed.engine.memory import MemoryPlan, apply_memory_plan, backward_transient_bytes, escalate, layer_activation_bytes, plan_memory
+from honed.errors import HonedError
 
 log = logging.getLogger(__name__)
 
@@ -93,18 +106,25 @@ class FusedPath:
     name = "fused"
     # False keeps peft's fp32 embeddings/lm_head on QLoRA (`honed bench --fp32-embeddings`, to compare).
     restore_embeddings = True
+    # False keeps transformers' SDPA attention for packed rows instead of varlen (to compare).
+    use_varlen_attention = True
 
     def __init__(self, cfg, device: torch.device):
         self.cfg, self.device = cfg, device
         self.plan: MemoryPlan | None = None
+        self.model_prepared = None  # the model `prepare` patched (what an out-of-memory re-plan applies to)
         self.restored: list[str] = []
+        self.attention = "sdpa"  # what `prepare` chose: "varlen", or the model's own attn_implementation
+        # True when every micro-batch may be one row without padding (`collate(..., padding_free=True)`).
+        self.padding_free = False
 
     def compute_dtype(self) -> torch.dtype | None:
-        """The autocast dtype of `training.precision` on this device (None: no autocast)."""
+        """The autocast dtype of `training.precision` on this device (None: no autocast); fp8 computes in
+        bf16 (only the frozen LoRA bases are fp8), as `train.sft.autocast_context` sets it."""
         precision = self.cfg.training.precision
         if precision == "auto":
             precision = "bf16" if self.device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
-        return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+        return {"bf16": torch.bfloat16, "fp8": torch.bfloat16, "fp16": torch.float16}.get(precision)
 
     def tokens_per_micro_batch(self) -> int:
         return self.cfg.training.batch_size * self.cfg.data.max_seq_length
@@ -114,20 +134,53 @@ class FusedPath:
         if getattr(lm, "is_gradient_checkpointing", False):
             model.gradient_checkpointing_disable()  # the memory plan below decides what recomputes
         n_lora = patch_lora_layers(model)
+        unfused = count_unfusable_lora_layers(model)
+        if unfused:
+            log.warning("fused path: %d LoRA projections stay on peft's slower path (lora.dropout > 0, DoRA or a trainable base); lora.dropout: 0 fuses them", unfused)
+        prepare_fp8(model, self.cfg, self.device)  # before the memory plan: it frees the bf16 copies
         n_norm, n_mlp = patch_layers(model)
+        rope_fused = patch_rope(model)
         if self.restore_embeddings:
             self.restored = restore_frozen_embeddings(model, self.compute_dtype())
             if self.restored:
                 if self.device.type == "cuda":
                     torch.cuda.empty_cache()  # so the memory plan below sees the fp32 copies' memory as free
                 log.info("fused path: frozen %s back in %s (peft had upcast them to fp32)", " and ".join(self.restored), str(self.compute_dtype()).removeprefix("torch."))
+        self.choose_attention(lm)
+        self.model_prepared = model
         self.plan = self.memory_plan(model)
         apply_memory_plan(lm.model.layers, self.plan)
         log.info(
-            "fused path: %d LoRA projections, %d RMSNorms, %d SwiGLU MLPs fused; memory %s (%d of %d layers recompute, ~%.1f GiB activations planned)",
-            n_lora, n_norm, n_mlp, self.plan.mode, self.plan.checkpointed, len(lm.model.layers), self.plan.estimate_gib,
+            "fused path: %d LoRA projections, %d RMSNorms, %d SwiGLU MLPs%s fused; memory %s (%d of %d layers recompute, ~%.1f GiB activations planned)",
+            n_lora, n_norm, n_mlp, ", RoPE" if rope_fused else "", self.plan.mode, self.plan.checkpointed, len(lm.model.layers), self.plan.estimate_gib,
         )
         return model
+
+    def choose_attention(self, lm) -> None:
+        """Varlen attention where it runs (CUDA, torch ≥ 2.10, bf16/fp16 compute, a flash head size) and
+        the model is on transformers' default SDPA; otherwise the model's own attention. One log line."""
+        current = getattr(lm.config, "_attn_implementation", None) or "sdpa"
+        if not self.use_varlen_attention:
+            reason = "switched off (FusedPath.use_varlen_attention)"
+        elif current not in ("sdpa", VARLEN_ATTENTION):
+            reason = f"the model asked for attn_implementation={current!r}"  # a user's explicit choice stays
+        else:
+            reason = varlen_unavailable_reason(lm.config, device=self.device, compute_dtype=self.compute_dtype(), max_seq_length=self.cfg.data.max_seq_length)
+        if reason is None:
+            try:
+                enable_varlen_attention(lm)
+            except (HonedError, KeyError, ValueError) as err:
+                reason = f"transformers did not take it: {err}"
+        if reason is None:
+            kv_heads = getattr(lm.config, "num_key_value_heads", None) or lm.config.num_attention_heads
+            grouped = kv_heads != lm.config.num_attention_heads
+            if grouped:
+                probe_native_gqa(torch_varlen(), self.device)
+            self.attention, self.padding_free = "varlen", True
+            log.info("fused path: attention varlen (torch flash varlen_attn, %s); micro-batches run as one row without padding", torch_varlen().describe(grouped))
+        else:
+            self.attention, self.padding_free = current, False
+            log.info("fused path: attention %s (varlen not used: %s)", current, reason)
 
     def memory_plan(self, model) -> MemoryPlan:
         t = self.cfg.training
@@ -150,11 +203,32 @@ class FusedPath:
             hidden_bytes=2 * lm.config.hidden_size,
             budget=budget,
             forced=forced,
+            transient_per_token=backward_transient_bytes(lm.config),
         )
+
+    def recover_from_oom(self) -> bool:
+        """After an out-of-memory error: switch to the next leaner memory plan (more layers recompute,
+        then offload). False when there is none left. Called by `engine.with_memory_fallback`."""
+        lm = causal_lm_of(self.model_prepared) if self.model_prepared is not None else None
+        if lm is None or self.plan is None:
+            return False
+        layers = lm.model.layers
+        leaner = escalate(self.plan, len(layers))
+        if leaner is None:
+            return False
+        log.warning("fused path: out of GPU memory with memory %s (%d of %d layers recompute); retrying the step with %s (%d recompute)%s",
+                    self.plan.mode, self.plan.checkpointed, len(layers), leaner.mode, leaner.checkpointed,
+                    "; set training.memory_budget_gib to plan less from the start" if self.cfg.training.memory == "auto" else "")
+        self.plan = leaner
+        apply_memory_plan(layers, leaner)
+        return True
 
     def loss_sum(self, model, batch):
         lm = causal_lm_of(model)
-        inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids") if k in batch}
+        if uses_varlen(lm):
+            inputs = varlen_batch_inputs(batch)  # sample boundaries found once here, used by every layer
+        else:
+            inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids") if k in batch}
         hidden = lm.model(**inputs, use_cache=False).last_hidden_state
         if torch.is_autocast_enabled(hidden.device.type):
             hidden = hidden.to(torch.get_autocast_dtype(hidden.device.type))

@@ -1,9 +1,11 @@
-"""RMSNorm and SwiGLU with hand-derived backwards that keep less than autograd would.
+"""RMSNorm, SwiGLU and rotary embeddings with hand-derived backwards that keep less than autograd would.
 
 transformers' RMSNorm upcasts to fp32 and autograd keeps the fp32 input, the normalised fp32
 tensor and the bf16 copy (about 10 bytes per element); here only the input and one fp32 scale
 per row are kept and the rest is recomputed in backward. SwiGLU keeps gate and up (autograd
-also keeps silu(gate)).
+also keeps silu(gate)). Rotary embeddings (RoPE) run as one pass over q and one over k, where
+transformers' formula takes five (two products, a negation, a concatenation, a sum); the backward
+is the rotation by the opposite angle and needs only cos and sin.
 
 >>> import torch
 >>> x, w = torch.randn(4, 8), torch.rand(8)
@@ -12,10 +14,14 @@ True
 >>> g, u = torch.randn(4, 8), torch.randn(4, 8)
 >>> torch.allclose(swiglu(g, u), reference_swiglu(g, u), atol=1e-6)
 True
+>>> q, k, cos, sin = torch.randn(1, 4, 3, 8), torch.randn(1, 2, 3, 8), torch.randn(1, 3, 8), torch.randn(1, 3, 8)
+>>> all(torch.allclose(a, b, atol=1e-6) for a, b in zip(rope(q, k, cos, sin), reference_rope(q, k, cos, sin)))
+True
 """
 
 from __future__ import annotations
 
+import sys
 import types
 
 import torch
@@ -33,6 +39,54 @@ def reference_rms_norm(x, weight, eps):
 
 def reference_swiglu(gate, up):
     return F.silu(gate) * up
+
+
+def _rotate_half(x):
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def reference_rope(q, k, cos, sin, unsqueeze_dim=1):
+    """transformers' apply_rotary_pos_emb (Llama, Qwen2/3, Mistral), as written there."""
+    cos, sin = cos.unsqueeze(unsqueeze_dim), sin.unsqueeze(unsqueeze_dim)
+    return q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin
+
+
+@on_cuda_compiled
+def _rope_forward(x, cos, sin):
+    out_dtype = torch.promote_types(x.dtype, cos.dtype)  # what x * cos gives in transformers' formula
+    xf, c, s = x.float(), cos.float(), sin.float()
+    return (xf * c + _rotate_half(xf) * s).to(out_dtype)
+
+
+@on_cuda_compiled
+def _rope_backward(dy, cos, sin):
+    # y = x·cos + R(x)·sin with R(x) = (-x₂, x₁); Rᵀ = -R, so dx = dy·cos - R(dy·sin).
+    g, c, s = dy.float(), cos.float(), sin.float()
+    return g * c - _rotate_half(g * s)
+
+
+class _RoPE(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, cos, sin):
+        ctx.save_for_backward(cos, sin)
+        ctx.dtypes = q.dtype, k.dtype
+        return _rope_forward(q, cos, sin), _rope_forward(k, cos, sin)
+
+    @staticmethod
+    def backward(ctx, dq, dk):
+        cos, sin = ctx.saved_tensors
+        q_dtype, k_dtype = ctx.dtypes
+        grad_q = _rope_backward(dq, cos, sin).to(q_dtype) if dq is not None and ctx.needs_input_grad[0] else None
+        grad_k = _rope_backward(dk, cos, sin).to(k_dtype) if dk is not None and ctx.needs_input_grad[1] else None
+        return grad_q, grad_k, None, None
+
+
+def rope(q, k, cos, sin, unsqueeze_dim=1):
+    """apply_rotary_pos_emb with one fused pass per tensor (see module docstring)."""
+    if cos.requires_grad or sin.requires_grad:  # never so in these models; the plain formula covers it
+        return reference_rope(q, k, cos, sin, unsqueeze_dim)
+    return _RoPE.apply(q, k, cos.unsqueeze(unsqueeze_dim), sin.unsqueeze(unsqueeze_dim))
 
 
 @on_cuda_compiled
@@ -119,6 +173,20 @@ def is_plain_rms_norm(module) -> bool:
 def is_swiglu_mlp(module) -> bool:
     act = getattr(getattr(module, "config", None), "hidden_act", None)
     return all(hasattr(module, n) for n in ("gate_proj", "up_proj", "down_proj")) and act in ("silu", "swish")
+
+
+def patch_rope(model) -> bool:
+    """Point the model's modelling module at `rope`. transformers' attention looks up
+    `apply_rotary_pos_emb` in its module at each call, so the patch holds for every model of that
+    type in this process; `rope` computes the same function, so a plain-path model is unaffected
+    beyond rounding. Returns False where the module has no such function (left as it is)."""
+    from honed.engine.fused import causal_lm_of
+
+    module = sys.modules.get(type(causal_lm_of(model)).__module__)
+    if module is None or not callable(getattr(module, "apply_rotary_pos_emb", None)):
+        return False
+    module.apply_rotary_pos_emb = rope
+    return True
 
 
 def patch_layers(model) -> tuple[int, int]:

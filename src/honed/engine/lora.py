@@ -9,6 +9,8 @@ peft's path runs the base layer and the adapter as separate modules; under autoc
 adapter weights make it cast and keep extra copies of x. Here everything runs in the compute dtype
 (bf16 on a GPU), the adapter's gradients come back in fp32 for the fp32 master weights, and a
 4-bit (NF4) base weight is dequantised on the fly in forward and again in backward, never stored.
+An fp8 base (`training.precision: fp8`, `engine.fp8`) runs its forward matmul in fp8 and is
+dequantised to the compute dtype for backward's dy W.
 
 >>> import torch
 >>> x, w = torch.randn(3, 8), torch.randn(5, 8)
@@ -23,6 +25,8 @@ import types
 
 import torch
 
+from honed.engine.fp8 import FP8_DTYPE, dequantize_weight, fp8_linear, fp8_weight_scale
+
 
 def reference_lora_linear(x, weight, lora_a, lora_b, scale, bias=None):
     """Plain torch, the way peft computes it (no dropout)."""
@@ -30,8 +34,10 @@ def reference_lora_linear(x, weight, lora_a, lora_b, scale, bias=None):
     return y if bias is None else y + bias
 
 
-def _dequantize(weight_param, dtype):
-    """The base weight as a dense matrix of `dtype`; NF4 (bitsandbytes Params4bit) is dequantised."""
+def _dequantize(weight_param, dtype, fp8_scale=None):
+    """The base weight as a dense matrix of `dtype`; NF4 (bitsandbytes Params4bit) and fp8 are dequantised."""
+    if fp8_scale is not None or weight_param.dtype == FP8_DTYPE:  # without its scale: a clear error, not garbage
+        return dequantize_weight(weight_param, fp8_scale, dtype)
     quant_state = getattr(weight_param, "quant_state", None)
     if quant_state is None:
         return weight_param if weight_param.dtype == dtype else weight_param.to(dtype)
@@ -42,17 +48,21 @@ def _dequantize(weight_param, dtype):
 
 class _LoraLinear(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, weight, lora_a, lora_b, scale, bias):
+    def forward(ctx, x, weight, lora_a, lora_b, scale, bias, fp8_scale):
         dtype = x.dtype
-        w = _dequantize(weight, dtype)
         a, b = lora_a.to(dtype), lora_b.to(dtype)
         x2 = x.reshape(-1, x.shape[-1])
         xa = x2 @ a.t()
-        y = torch.addmm(bias.to(dtype), x2, w.t()) if bias is not None else x2 @ w.t()
+        if fp8_scale is not None:  # fp8 base: the base matmul on fp8 tensor cores, no dense copy of W
+            y = fp8_linear(x2, weight, fp8_scale, bias)
+        else:
+            w = _dequantize(weight, dtype)
+            y = torch.addmm(bias.to(dtype), x2, w.t()) if bias is not None else x2 @ w.t()
         y.addmm_(xa, b.t(), alpha=scale)
         ctx.save_for_backward(x2, xa, lora_a, lora_b)
-        ctx.weight, ctx.scale, ctx.has_bias = weight, scale, bias is not None
+        ctx.weight, ctx.fp8_scale, ctx.scale, ctx.has_bias = weight, fp8_scale, scale, bias is not None
         ctx.bias_grad = bias is not None and ctx.needs_input_grad[5]
+        ctx.bias_dtype = None if bias is None else bias.dtype
         return y.view(*x.shape[:-1], y.shape[-1])
 
     @staticmethod
@@ -67,15 +77,17 @@ class _LoraLinear(torch.autograd.Function):
         grad_a = (dxa.t() @ x2).to(lora_a.dtype) if ctx.needs_input_grad[2] else None
         grad_x = None
         if ctx.needs_input_grad[0]:
-            w = _dequantize(ctx.weight, dtype)
+            w = _dequantize(ctx.weight, dtype, ctx.fp8_scale)
             grad_x = (dy2 @ w).addmm_(dxa, a).view(*dy.shape[:-1], x2.shape[-1])
-        grad_bias = dy2.sum(0).to(ctx.weight.dtype) if ctx.bias_grad else None
-        return grad_x, None, grad_a, grad_b, None, grad_bias
+        grad_bias = dy2.sum(0).to(ctx.bias_dtype) if ctx.bias_grad else None
+        return grad_x, None, grad_a, grad_b, None, grad_bias, None
 
 
-def lora_linear(x, weight, lora_a, lora_b, scale, bias=None):
-    """Fused forward/backward of a frozen linear plus a LoRA update (see module docstring)."""
-    return _LoraLinear.apply(x, weight, lora_a, lora_b, float(scale), bias)
+def lora_linear(x, weight, lora_a, lora_b, scale, bias=None, fp8_scale=None):
+    """Fused forward/backward of a frozen linear plus a LoRA update (see module docstring).
+
+    `fp8_scale`: the per-output-channel scale of a float8 e4m3 `weight` (`engine.fp8`), else None."""
+    return _LoraLinear.apply(x, weight, lora_a, lora_b, float(scale), bias, fp8_scale)
 
 
 def _compute_dtype(x: torch.Tensor) -> torch.dtype:
@@ -93,7 +105,7 @@ def _fused_forward(self, x, *args, **kwargs):
         return type(self).forward(self, x, *args, **kwargs)
     base = self.base_layer
     dtype = _compute_dtype(x)
-    return lora_linear(x.to(dtype), base.weight, self.lora_A[name].weight, self.lora_B[name].weight, self.scaling[name], base.bias)
+    return lora_linear(x.to(dtype), base.weight, self.lora_A[name].weight, self.lora_B[name].weight, self.scaling[name], base.bias, fp8_weight_scale(base))
 
 
 def fusable(module) -> bool:
@@ -114,6 +126,16 @@ def fusable(module) -> bool:
     if base.weight.requires_grad or (base.bias is not None and base.bias.requires_grad):
         return False
     return isinstance(base, torch.nn.Linear) or hasattr(base.weight, "quant_state")
+
+
+def count_unfusable_lora_layers(model) -> int:
+    """peft LoRA Linear layers the fused node cannot take (dropout, DoRA, a trainable base): they still
+    train correctly, through peft's own forward, only slower."""
+    try:
+        from peft.tuners.lora.layer import LoraLayer
+    except ImportError:
+        return 0
+    return sum(1 for m in model.modules() if isinstance(m, LoraLayer) and hasattr(m, "base_layer") and not fusable(m))
 
 
 def patch_lora_layers(model) -> int:

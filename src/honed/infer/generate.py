@@ -1,7 +1,7 @@
 """Generation with a base model or base + adapter: batched, left-padded, stopping at end of turn.
 
->>> # bot = ChatModel.load("runs/quickstart", adapter=None)                       # doctest: +SKIP
->>> # bot.reply([Message("user", "What does HbA1c measure?")]).text              # doctest: +SKIP
+>>> bot = ChatModel.load("runs/quickstart", adapter=None)  # doctest: +SKIP
+>>> bot.reply([Message("user", "What does HbA1c measure?")]).text  # doctest: +SKIP
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """LoRA adapters, always in peft's format so they load anywhere in the ecosystem.
 
->>> # model = apply_lora(model, LoraSettings(r=8))  # doctest: +SKIP
+>>> model = apply_lora(model, LoraSettings(r=8))  # doctest: +SKIP
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ One optimizer step = `gradient_accumulation_steps` micro-batches; each micro-bat
 loss is divided by the number of trained tokens in the whole step, so every token weighs the same
 however the samples fell into micro-batches.
 
->>> # result = train(load_config("configs/quickstart.yaml"))  # doctest: +SKIP
+>>> result = train(load_config("configs/quickstart.yaml"))  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from honed.errors import ConfigError, HonedError
 from honed.model.adapters import apply_lora, count_parameters
 from honed.model.load import load_model, load_tokenizer, pick_device
 from honed.train.checkpoint import TrainState, checkpoint_step, drop_checkpoints_after, find_resume_checkpoint, load_checkpoint, save_checkpoint
-from honed.engine import PlainPath, select_path
+from honed.engine import PlainPath, select_path, with_memory_fallback
 from honed.train.losses import count_trained_tokens
 from honed.train.metrics_log import MetricsLog, read_metrics
 from honed.train.optim import build_optimizer, build_scheduler, warmup_steps_for
@@ -57,10 +57,9 @@ class TrainResult:
 
 
 def autocast_context(precision: str, device: torch.device):
-    """Mixed-precision compute for bf16/fp16; nothing for fp32."""
-    if precision in ("bf16", "fp16"):
-        return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
-    return contextlib.nullcontext()
+    """Mixed-precision compute for bf16/fp16, and bf16 for fp8 (only the frozen LoRA bases are fp8); nothing for fp32."""
+    dtype = {"bf16": torch.bfloat16, "fp8": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
 
 
 def training_model_config(cfg: TrainConfig):
@@ -73,7 +72,11 @@ def training_model_config(cfg: TrainConfig):
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
-    """`auto` is bf16 on a GPU that has it, else fp32."""
+    """`auto` is bf16 on a GPU that has it, else fp32. `fp8` is checked against the device here, before the model loads."""
+    if precision == "fp8":
+        from honed.engine.fp8 import check_fp8_device
+
+        check_fp8_device(device)
     if precision == "auto":
         return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
     if precision in ("bf16", "fp16") and device.type == "cpu":
@@ -147,8 +150,6 @@ def train(cfg: TrainConfig, *, stop_after_steps: int | None = None, show_progres
     train_set, val_set, report, train_convs = build_datasets(cfg.data, tokenizer, template, t.seed, cfg.model.enable_thinking)
     log.info("data: %s", report.summary())
 
-    # Varlen (flash) attention takes one padding-free row; dense masks are cheaper per row.
-    padding_free = uses_varlen_attention(model)
     if info["quantized"] and cfg.method == "full":
         raise ConfigError(f"method=full cannot train a 4-bit model ({cfg.model.name_or_path}); use method=qlora")
     if cfg.method in ("lora", "qlora"):
@@ -158,6 +159,9 @@ def train(cfg: TrainConfig, *, stop_after_steps: int | None = None, show_progres
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     path = select_path(model, cfg, device)
     model = path.prepare(model)
+    # Varlen attention (the fused path's, or transformers' flash) takes one padding-free row per
+    # micro-batch; with a dense mask, padded rows are cheaper. Known only once the path has chosen.
+    padding_free = getattr(path, "padding_free", False) or uses_varlen_attention(model)
     model.train()
     trainable, total = count_parameters(model)
     info.update(method=cfg.method, precision=precision, device=str(device), trainable_params=trainable, total_params=total, training_path=path.name)
@@ -216,14 +220,19 @@ def train(cfg: TrainConfig, *, stop_after_steps: int | None = None, show_progres
                     for rows in group
                 ]
                 n_trained = sum(count_trained_tokens(b["labels"]) for b in micro)
-                step_loss = 0.0
-                for batch in micro:
-                    batch = {k: v.to(device) for k, v in batch.items()}
-                    with autocast_context(precision, device):
-                        loss_sum, _ = path.loss_sum(model, batch)
-                    loss = loss_sum / max(n_trained, 1)
-                    (scaler.scale(loss) if scaler else loss).backward()
-                    step_loss += loss.item()
+
+                def accumulate(micro=micro, n_trained=n_trained) -> float:
+                    step_loss = 0.0
+                    for batch in micro:
+                        batch = {k: v.to(device) for k, v in batch.items()}
+                        with autocast_context(precision, device):
+                            loss_sum, _ = path.loss_sum(model, batch)
+                        loss = loss_sum / max(n_trained, 1)
+                        (scaler.scale(loss) if scaler else loss).backward()
+                        step_loss += loss.item()
+                    return step_loss
+
+                step_loss = with_memory_fallback(path, model, accumulate)
                 if scaler:
                     scaler.unscale_(optimizer)
                 grad_norm = torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], t.max_grad_norm or float("inf"))

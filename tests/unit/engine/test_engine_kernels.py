@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from honed.engine.layers import reference_rms_norm, reference_swiglu, rms_norm, swiglu
+from honed.engine.layers import reference_rms_norm, reference_rope, reference_swiglu, rms_norm, rope, swiglu
 from honed.engine.lora import lora_linear, reference_lora_linear
 from honed.engine.loss import linear_cross_entropy_sum, reference_linear_cross_entropy_sum, shift_targets
-from honed.engine.memory import plan_memory
+from honed.engine.memory import MemoryPlan, escalate, plan_memory
 
 
 def rel(a, b):
@@ -94,6 +94,23 @@ def test_swiglu_matches_reference():
     assert all(rel(a, b) < 1e-5 for a, b in zip(g_f, g_r))
 
 
+@pytest.mark.parametrize("unsqueeze_dim", [1, 2])
+def test_rope_matches_transformers_formula(unsqueeze_dim):
+    torch.manual_seed(6)
+    # q and k as the attention makes them: (B, L, H, D) projections viewed as (B, H, L, D)
+    q = torch.randn(2, 5, 4, 8).transpose(1, 2) if unsqueeze_dim == 1 else torch.randn(2, 5, 4, 8)
+    k = torch.randn(2, 5, 2, 8).transpose(1, 2) if unsqueeze_dim == 1 else torch.randn(2, 5, 2, 8)
+    cos, sin = torch.randn(2, 5, 8), torch.randn(2, 5, 8)
+
+    def both(fn):
+        return lambda q, k: torch.cat([t.flatten() for t in fn(q, k, cos, sin, unsqueeze_dim)])
+
+    out_f, g_f = grads(both(rope), q, k)
+    out_r, g_r = grads(both(reference_rope), q, k)
+    assert rel(out_f, out_r) < 1e-6
+    assert all(rel(a, b) < 1e-6 for a, b in zip(g_f, g_r))
+
+
 def test_memory_plan_keeps_everything_when_it_fits_and_recomputes_only_what_does_not():
     kw = dict(layers=16, tokens=8192, per_token_layer=80_000, hidden_bytes=4096)
     assert plan_memory(**kw, budget=1e12).mode == "none"
@@ -102,3 +119,18 @@ def test_memory_plan_keeps_everything_when_it_fits_and_recomputes_only_what_does
     assert plan_memory(**kw, budget=1e8).mode == "offload"
     assert plan_memory(**kw, budget=1e12, forced="offload").checkpointed == 16
     assert plan_memory(**kw, budget=1e12, forced="checkpoint").checkpointed == 16
+
+
+def test_memory_plan_leaves_room_for_the_backward_of_a_layer():
+    kw = dict(layers=16, tokens=8192, per_token_layer=80_000, hidden_bytes=4096)
+    full = 16 * 8192 * 80_000
+    assert plan_memory(**kw, budget=full).mode == "none"
+    assert plan_memory(**kw, budget=full, transient_per_token=1000).mode == "checkpoint"
+
+
+def test_an_out_of_memory_plan_escalates_until_offload():
+    plan, seen = MemoryPlan("none", 0, 0.0), []
+    while plan is not None:
+        seen.append((plan.mode, plan.checkpointed))
+        plan = escalate(plan, 10)
+    assert seen == [("none", 0), ("checkpoint", 3), ("checkpoint", 6), ("checkpoint", 9), ("checkpoint", 10), ("offload", 10)]

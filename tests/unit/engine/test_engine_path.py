@@ -169,3 +169,69 @@ def test_embeddings_stay_fp32_when_loaded_in_fp32_or_trained_in_fp32(tiny_model_
     fused = FusedPath(cfg_for("none", precision="fp32"), torch.device("cpu"))
     fused.prepare(model)  # no autocast: the model computes in fp32
     assert fused.restored == [] and model.get_base_model().model.embed_tokens.weight.dtype == torch.float32
+
+
+class _PathThatCanShrinkOnce:
+    name = "shrinking"
+
+    def __init__(self):
+        self.recoveries = 0
+
+    def recover_from_oom(self) -> bool:
+        self.recoveries += 1
+        return self.recoveries == 1
+
+
+def test_out_of_memory_drops_the_partial_gradients_and_runs_the_step_again():
+    from honed.engine import with_memory_fallback
+
+    model = torch.nn.Linear(3, 1, bias=False)
+    path, runs = _PathThatCanShrinkOnce(), []
+
+    def accumulate():
+        model(torch.ones(1, 3)).sum().backward()  # half the step's gradient is in .grad when memory runs out
+        runs.append(1)
+        if len(runs) == 1:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return 0.5
+
+    assert with_memory_fallback(path, model, accumulate) == 0.5
+    assert len(runs) == 2 and path.recoveries == 1
+    assert torch.equal(model.weight.grad, torch.ones(1, 3))  # one step's gradient, not two
+
+
+def test_out_of_memory_with_no_leaner_plan_says_what_to_change():
+    from honed.engine import OutOfGpuMemory, PlainPath, with_memory_fallback
+
+    def accumulate():
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    with pytest.raises(OutOfGpuMemory, match="plain path.*Tried to allocate 2.00 GiB.*training.batch_size"):
+        with_memory_fallback(PlainPath(), torch.nn.Linear(1, 1), accumulate)
+
+
+def test_fused_path_recovers_from_out_of_memory_with_a_leaner_plan_and_the_same_numbers(tiny_model_dir):
+    plain_model = tiny_lora_model(tiny_model_dir, "llama3")
+    fused_model = copy.deepcopy(plain_model)
+    fused = FusedPath(cfg_for("none"), torch.device("cpu"))
+    fused_model = fused.prepare(fused_model)
+    n_layers = len(fused_model.get_base_model().model.layers)
+    seen = [(fused.plan.mode, fused.plan.checkpointed)]
+    while fused.recover_from_oom():
+        seen.append((fused.plan.mode, fused.plan.checkpointed))
+    assert seen[0] == ("none", 0) and seen[-1] == ("offload", n_layers) and len(seen) >= 3
+    batch = batch_for(plain_model, packed=True)
+    l_ref, _, g_ref = loss_and_grads(PlainPath(), plain_model, batch)
+    l_f, _, g_f = loss_and_grads(fused, fused_model, batch)  # the re-applied plan: every layer once, not wrapped twice
+    assert abs(l_f - l_ref) < 1e-5 * abs(l_ref)
+    assert all(float((g_f[k] - g_ref[k]).norm() / g_ref[k].norm()) < 1e-4 for k in g_ref)
+
+
+def test_fused_path_names_lora_layers_it_cannot_fuse(tiny_model_dir, caplog):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir("qwen2"), dtype=torch.float32)
+    model = apply_lora(model, LoraSettings(r=4, alpha=8, dropout=0.1))
+    with caplog.at_level(logging.WARNING, logger="honed.engine.fused"):
+        FusedPath(cfg_for("none"), torch.device("cpu")).prepare(model)
+    assert "LoRA projections stay on peft's slower path" in caplog.text and "lora.dropout: 0" in caplog.text

@@ -18,7 +18,7 @@ def score_samples(model, samples, *, device, pad_id: int, batch_size: int = 8, p
 
     was_training = model.training
     model.eval()
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    dtype = {"bf16": torch.bfloat16, "fp8": torch.bfloat16, "fp16": torch.float16}.get(precision)  # fp8: bf16 compute
     autocast = torch.autocast(device.type, dtype=dtype) if dtype is not None else None
     try:
         sums = sample_loss_sums(model, samples, device=device, pad_id=pad_id, batch_size=batch_size, autocast=autocast)
