@@ -231,11 +231,17 @@ def varlen_attention_forward(module, query, key, value, attention_mask, dropout:
     else:
         cu, longest = sequence_boundaries((batch, length), kwargs.get("position_ids"), attention_mask)
         cu = cu.to(query.device)
+    causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
+    if causal and longest == length and cu.numel() == batch + 1 and (sliding_window is None or sliding_window >= length):
+        # Every row is one whole sequence (no packing, no padding): plain causal SDPA needs no boundaries,
+        # and on Hopper its kernels (cuDNN/flash) outrun the varlen one at long sequences.
+        from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+        return sdpa_attention_forward(module, query, key, value, None, dropout=dropout, scaling=scaling, is_causal=True)
     q = query.transpose(1, 2).reshape(batch * length, heads, dim)
     k = key.transpose(1, 2).reshape(batch * length, key.shape[1], dim)
     v = value.transpose(1, 2).reshape(batch * length, value.shape[1], dim)
     q, k, v = _compute_dtype(q, k, v)
-    causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
     window = CAUSAL if causal else (-1, -1)
     if sliding_window is not None and sliding_window < longest:
         # transformers' sliding window W: a query sees itself and the W - 1 tokens before it.
