@@ -4,7 +4,6 @@ taking the fused path. Run on the GPU machine with `pytest -m gpu tests/gpu/test
 
 from __future__ import annotations
 
-import json
 import logging
 
 import pytest
@@ -136,18 +135,9 @@ def test_rope_bf16():
 
 
 def lora_model(folder, dtype):
-    from transformers import AutoModelForCausalLM
+    from honed.testing.lora import lora_model as build
 
-    from honed.config import LoraSettings
-    from honed.model.adapters import apply_lora
-
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, attn_implementation="sdpa").cuda()
-    model = apply_lora(model, LoraSettings(r=8, alpha=16))
-    torch.manual_seed(0)
-    for name, p in model.named_parameters():
-        if "lora_B" in name:
-            p.data.normal_(0, 0.02)
-    return model
+    return build(folder, dtype=dtype, r=8, alpha=16, b_std=0.02, device="cuda", attn_implementation="sdpa")
 
 
 @pytest.mark.parametrize("family", ["llama3", "qwen2", "qwen3", "mistral"])
@@ -198,12 +188,11 @@ def test_fused_path_matches_plain_path_on_gpu(tmp_path_factory, family, memory):
 def test_honed_train_takes_the_fused_path_and_learns_like_the_plain_one(tmp_path, caplog):
     from honed.config import config_from_dict
     from honed.testing import build_tiny_model
+    from honed.testing.lora import write_numbered_qa
     from honed.train.sft import train
 
     base = build_tiny_model("qwen2", tmp_path / "base", hidden_size=256, layers=2)
-    data = tmp_path / "qa.jsonl"
-    rows = [{"messages": [{"role": "user", "content": f"What is test {i}?"}, {"role": "assistant", "content": f"Test {i} measures marker {i * 7}."}]} for i in range(32)]
-    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    data = write_numbered_qa(tmp_path / "qa.jsonl")
     losses = {}
     for engine in ("auto", "plain"):
         cfg = config_from_dict({

@@ -17,7 +17,6 @@ Error bounds (relative Frobenius norms):
 
 from __future__ import annotations
 
-import json
 import logging
 
 import pytest
@@ -105,13 +104,9 @@ def test_fp8_lora_linear_matches_fp32_references(with_bias):
 
 
 def lora_model(folder, dtype):
-    from transformers import AutoModelForCausalLM
+    from honed.testing.lora import lora_model as build
 
-    from honed.config import LoraSettings
-    from honed.model.adapters import apply_lora
-
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, attn_implementation="sdpa").cuda()
-    return apply_lora(model, LoraSettings(r=8, alpha=16))
+    return build(folder, dtype=dtype, r=8, alpha=16, b_std=0.0, device="cuda", attn_implementation="sdpa")
 
 
 def test_fused_path_stores_the_lora_bases_in_fp8_and_frees_half_their_memory(tmp_path):
@@ -145,12 +140,11 @@ def test_fused_path_stores_the_lora_bases_in_fp8_and_frees_half_their_memory(tmp
 def test_honed_train_in_fp8_follows_the_bf16_loss_curve(tmp_path, caplog):
     from honed.config import config_from_dict
     from honed.testing import build_tiny_model
+    from honed.testing.lora import write_numbered_qa
     from honed.train.sft import train
 
     base = build_tiny_model("llama3", tmp_path / "base", hidden_size=256, layers=2)
-    data = tmp_path / "qa.jsonl"
-    rows = [{"messages": [{"role": "user", "content": f"What is test {i}?"}, {"role": "assistant", "content": f"Test {i} measures marker {i * 7}."}]} for i in range(32)]
-    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    data = write_numbered_qa(tmp_path / "qa.jsonl")
     losses = {}
     for precision in ("fp8", "bf16"):
         cfg = config_from_dict({

@@ -7,7 +7,6 @@ do alone; and `honed train` taking it. Run on the GPU machine with
 from __future__ import annotations
 
 import inspect
-import json
 import logging
 import types
 
@@ -126,18 +125,9 @@ def test_sliding_window_matches_fp32_reference_bf16():
 
 
 def lora_model(folder, dtype):
-    from transformers import AutoModelForCausalLM
+    from honed.testing.lora import lora_model as build
 
-    from honed.config import LoraSettings
-    from honed.model.adapters import apply_lora
-
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, attn_implementation="sdpa").cuda()
-    model = apply_lora(model, LoraSettings(r=8, alpha=16))
-    torch.manual_seed(0)
-    for name, p in model.named_parameters():
-        if "lora_B" in name:
-            p.data.normal_(0, 0.02)
-    return model
+    return build(folder, dtype=dtype, r=8, alpha=16, b_std=0.02, device="cuda", attn_implementation="sdpa")
 
 
 def config_for(folder, memory="none"):
@@ -278,12 +268,11 @@ def test_a_plain_forward_of_a_padded_batch_on_a_varlen_model_matches_sdpa(tmp_pa
 def test_honed_train_takes_varlen_attention_padding_free(tmp_path, caplog, packing):
     from honed.config import config_from_dict
     from honed.testing import build_tiny_model
+    from honed.testing.lora import write_numbered_qa
     from honed.train.sft import train
 
     base = build_tiny_model("qwen2", tmp_path / "base", hidden_size=256, layers=2)
-    data = tmp_path / "qa.jsonl"
-    rows = [{"messages": [{"role": "user", "content": f"What is test {i}?"}, {"role": "assistant", "content": f"Test {i} measures marker {i * 7}."}]} for i in range(32)]
-    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    data = write_numbered_qa(tmp_path / "qa.jsonl")
     cfg = config_from_dict({
         "model": {"name_or_path": str(base)}, "data": {"train": [str(data)], "max_seq_length": 128, "packing": packing},
         "lora": {"r": 16, "alpha": 32},

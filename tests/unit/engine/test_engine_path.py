@@ -16,18 +16,11 @@ from honed.config import LoraSettings, config_from_dict
 from honed.engine import PlainPath, select_path
 from honed.engine.fused import FusedPath, covers
 from honed.model.adapters import apply_lora
+from honed.testing.lora import lora_model
 
 
 def tiny_lora_model(tiny_model_dir, family):
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir(family), dtype=torch.float32)
-    model = apply_lora(model, LoraSettings(r=4, alpha=8))
-    torch.manual_seed(0)
-    for name, p in model.named_parameters():
-        if "lora_B" in name:  # peft starts B at zero, which would hide wrong gradients of A
-            p.data.normal_(0, 0.05)
-    return model
+    return lora_model(tiny_model_dir(family))
 
 
 def cfg_for(memory="auto", **training):

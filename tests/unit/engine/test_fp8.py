@@ -10,7 +10,7 @@ import copy
 import pytest
 import torch
 
-from honed.config import LoraSettings, TrainingConfig, config_from_dict
+from honed.config import TrainingConfig, config_from_dict
 from honed.engine.fp8 import (
     E4M3_MAX,
     FP8_DTYPE,
@@ -29,7 +29,7 @@ from honed.engine.fp8 import (
 from honed.engine.fused import FusedPath
 from honed.engine.lora import lora_linear, reference_lora_linear
 from honed.errors import ConfigError, ModelError
-from honed.model.adapters import apply_lora
+from honed.testing.lora import lora_model
 from honed.train.sft import autocast_context, resolve_precision
 
 # e4m3 keeps 3 mantissa bits: rounding is at most half a step, 2^-4 of the value, and on Gaussian
@@ -206,15 +206,7 @@ def test_lora_linear_over_an_fp8_base_matches_the_reference_of_its_dequantised_w
 
 
 def tiny_lora_model(tiny_model_dir, dtype=torch.float32):
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir("llama3"), dtype=dtype)
-    model = apply_lora(model, LoraSettings(r=4, alpha=8))
-    torch.manual_seed(0)
-    for name, p in model.named_parameters():
-        if "lora_B" in name:  # peft starts B at zero, which would hide wrong gradients of A
-            p.data.normal_(0, 0.05)
-    return model
+    return lora_model(tiny_model_dir("llama3"), dtype=dtype)
 
 
 def base_layers(model):

@@ -12,7 +12,7 @@ import logging
 import pytest
 import torch
 
-from honed.config import LoraSettings, config_from_dict
+from honed.config import config_from_dict
 from honed.data.packing import collate_packed
 from honed.data.tokenize import TokenizedSample
 from honed.engine import PlainPath
@@ -28,7 +28,7 @@ from honed.engine.attention import (
 )
 from honed.engine.fused import FusedPath
 from honed.errors import HonedError
-from honed.model.adapters import apply_lora
+from honed.testing.lora import lora_model
 
 
 def sample(n, start=1):
@@ -224,15 +224,7 @@ def test_fused_path_on_cpu_keeps_sdpa_and_says_why(tiny_model_dir, caplog):
 
 
 def tiny_lora_model(tiny_model_dir, family):
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir(family), dtype=torch.float32)
-    model = apply_lora(model, LoraSettings(r=4, alpha=8))
-    torch.manual_seed(0)
-    for name, p in model.named_parameters():
-        if "lora_B" in name:  # peft starts B at zero, which would hide wrong gradients of A
-            p.data.normal_(0, 0.05)
-    return model
+    return lora_model(tiny_model_dir(family))
 
 
 def cfg_for(memory):
