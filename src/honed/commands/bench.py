@@ -222,7 +222,7 @@ def bench_config(model_dir: str, args):
 def run(args) -> int:
     import torch
 
-    from honed.data.packing import collate, uses_varlen_attention
+    from honed.data.packing import collate
     from honed.engine import select_path, with_memory_fallback
     from honed.engine.fused import causal_lm_of
     from honed.model.adapters import apply_lora
@@ -286,7 +286,7 @@ def run(args) -> int:
                    mfu_lora_pct=round(100 * tps * flops_per_token(model.config, args.seq) / args.peak_tflops / 1e12, 1))
     else:
         # Padding-free (one row, no padding) where the path's attention takes varlen input, as honed train decides.
-        padding_free = bool(getattr(path, "padding_free", False)) or uses_varlen_attention(causal_lm_of(model))
+        padding_free = path.padding_free
 
         def as_batch(micro_batch) -> dict:  # collated before timing, as every stack does; pinned for async copies
             batch = collate(micro_batch, packing=True, pad_id=PAD_ID, padding_free=padding_free)

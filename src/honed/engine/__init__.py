@@ -16,6 +16,7 @@ from typing import Callable, Protocol, TypeVar
 
 import torch
 
+from honed.data.packing import uses_varlen_attention
 from honed.train.losses import causal_lm_loss_sum, model_logits
 
 log = logging.getLogger(__name__)
@@ -24,6 +25,9 @@ T = TypeVar("T")
 
 class TrainingPath(Protocol):
     name: str
+    # Set by `prepare`: True when the model's attention takes a micro-batch as one row without padding
+    # (sample boundaries from position_ids), so `collate(..., padding_free=True)` is what to feed it.
+    padding_free: bool
 
     def prepare(self, model): ...
 
@@ -34,8 +38,10 @@ class PlainPath:
     """transformers' forward, full logits, cross-entropy summed over trained tokens."""
 
     name = "plain"
+    padding_free = False
 
     def prepare(self, model):
+        self.padding_free = uses_varlen_attention(model)  # transformers' flash attention, when the model asked for it
         return model
 
     def loss_sum(self, model, batch):

@@ -31,6 +31,7 @@ from honed.engine.attention import (
     varlen_batch_inputs,
     varlen_unavailable_reason,
 )
+from honed.data.packing import uses_varlen_attention
 from honed.engine.fp8 import prepare_fp8
 from honed.engine.layers import patch_layers, patch_rope
 from honed.engine.lora import count_unfusable_lora_layers, patch_lora_layers
@@ -112,7 +113,7 @@ class FusedPath:
     def __init__(self, cfg, device: torch.device):
         self.cfg, self.device = cfg, device
         self.plan: MemoryPlan | None = None
-        self.model_prepared = None  # the model `prepare` patched (what an out-of-memory re-plan applies to)
+        self.decoder_layers = None  # the layers `prepare` planned (what an out-of-memory re-plan applies to)
         self.restored: list[str] = []
         self.attention = "sdpa"  # what `prepare` chose: "varlen", or the model's own attn_implementation
         # True when every micro-batch may be one row without padding (`collate(..., padding_free=True)`).
@@ -147,9 +148,9 @@ class FusedPath:
                     torch.cuda.empty_cache()  # so the memory plan below sees the fp32 copies' memory as free
                 log.info("fused path: frozen %s back in %s (peft had upcast them to fp32)", " and ".join(self.restored), str(self.compute_dtype()).removeprefix("torch."))
         self.choose_attention(lm)
-        self.model_prepared = model
+        self.decoder_layers = lm.model.layers
         self.plan = self.memory_plan(model)
-        apply_memory_plan(lm.model.layers, self.plan)
+        apply_memory_plan(self.decoder_layers, self.plan)
         log.info(
             "fused path: %d LoRA projections, %d RMSNorms, %d SwiGLU MLPs%s fused; memory %s (%d of %d layers recompute, ~%.1f GiB activations planned)",
             n_lora, n_norm, n_mlp, ", RoPE" if rope_fused else "", self.plan.mode, self.plan.checkpointed, len(lm.model.layers), self.plan.estimate_gib,
@@ -179,7 +180,8 @@ class FusedPath:
             self.attention, self.padding_free = "varlen", True
             log.info("fused path: attention varlen (torch flash varlen_attn, %s); micro-batches run as one row without padding", torch_varlen().describe(grouped))
         else:
-            self.attention, self.padding_free = current, False
+            # The model's own attention: padding-free only if that is transformers' flash attention.
+            self.attention, self.padding_free = current, uses_varlen_attention(lm)
             log.info("fused path: attention %s (varlen not used: %s)", current, reason)
 
     def memory_plan(self, model) -> MemoryPlan:
@@ -209,10 +211,9 @@ class FusedPath:
     def recover_from_oom(self) -> bool:
         """After an out-of-memory error: switch to the next leaner memory plan (more layers recompute,
         then offload). False when there is none left. Called by `engine.with_memory_fallback`."""
-        lm = causal_lm_of(self.model_prepared) if self.model_prepared is not None else None
-        if lm is None or self.plan is None:
+        layers = self.decoder_layers
+        if layers is None or self.plan is None:
             return False
-        layers = lm.model.layers
         leaner = escalate(self.plan, len(layers))
         if leaner is None:
             return False

@@ -23,7 +23,7 @@ from honed.config import TrainConfig
 from honed.data.dataset import build_datasets, data_fingerprint
 from honed.data.epochs import make_epoch_data
 from honed.data.strategies.scoring import score_samples
-from honed.data.packing import collate, plan_batches, uses_varlen_attention
+from honed.data.packing import collate, plan_batches
 from honed.errors import ConfigError, HonedError
 from honed.model.adapters import apply_lora, count_parameters
 from honed.model.load import load_model, load_tokenizer, pick_device
@@ -161,7 +161,7 @@ def train(cfg: TrainConfig, *, stop_after_steps: int | None = None, show_progres
     model = path.prepare(model)
     # Varlen attention (the fused path's, or transformers' flash) takes one padding-free row per
     # micro-batch; with a dense mask, padded rows are cheaper. Known only once the path has chosen.
-    padding_free = getattr(path, "padding_free", False) or uses_varlen_attention(model)
+    padding_free = path.padding_free
     model.train()
     trainable, total = count_parameters(model)
     info.update(method=cfg.method, precision=precision, device=str(device), trainable_params=trainable, total_params=total, training_path=path.name)

@@ -228,3 +228,12 @@ def test_fused_path_names_lora_layers_it_cannot_fuse(tiny_model_dir, caplog):
     with caplog.at_level(logging.WARNING, logger="honed.engine.fused"):
         FusedPath(cfg_for("none"), torch.device("cpu")).prepare(model)
     assert "LoRA projections stay on peft's slower path" in caplog.text and "lora.dropout: 0" in caplog.text
+
+
+@pytest.mark.parametrize("attn, padding_free", [("sdpa", False), ("eager", False), ("flash_attention_2", True)])
+def test_the_plain_path_feeds_padding_free_rows_only_to_flash_attention(attn, padding_free):
+    model = torch.nn.Linear(1, 1)
+    model.config = type("Config", (), {"_attn_implementation": attn})()
+    path = PlainPath()
+    path.prepare(model)
+    assert path.padding_free is padding_free
