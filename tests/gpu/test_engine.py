@@ -141,15 +141,20 @@ def lora_model(folder, dtype):
 
 
 @pytest.mark.parametrize("family", ["llama3", "qwen2", "qwen3", "mistral"])
-@pytest.mark.parametrize("memory", ["none", "checkpoint", "offload"])
-def test_fused_path_matches_plain_path_on_gpu(tmp_path_factory, family, memory):
+@pytest.mark.parametrize("memory", ["none", "checkpoint", "offload", "offload-chunked"])
+def test_fused_path_matches_plain_path_on_gpu(tmp_path_factory, family, memory, monkeypatch):
     """fp32 on the GPU: fused = plain to rounding. bf16: the fused path strays from the fp32
     reference no further than the plain bf16 path does (a random tiny model's early-layer LoRA
-    gradients are sums of many cancelling terms, so bf16 alone moves them a lot)."""
+    gradients are sums of many cancelling terms, so bf16 alone moves them a lot). "offload-chunked":
+    the recomputed layers' MLP runs 96 tokens at a time (engine.replay), o_proj's outputs offloaded too."""
     from honed.config import config_from_dict
-    from honed.engine import PlainPath
+    from honed.engine import PlainPath, replay
     from honed.engine.fused import FusedPath
     from honed.testing import build_tiny_model
+
+    if memory == "offload-chunked":
+        monkeypatch.setattr(replay, "mlp_chunk_tokens", lambda *a, **k: 96)
+        memory = "offload"
 
     folder = build_tiny_model(family, tmp_path_factory.mktemp(family), hidden_size=256, layers=3)
     cfg = config_from_dict({"model": {"name_or_path": str(folder)}, "data": {"train": ["x"], "max_seq_length": 256},
@@ -166,7 +171,7 @@ def test_fused_path_matches_plain_path_on_gpu(tmp_path_factory, family, memory):
         path = FusedPath(cfg, torch.device("cuda")) if fused else PlainPath()
         model = path.prepare(model)
         if fused:
-            assert path.plan.mode == memory
+            assert path.plan.mode == memory and path.plan.keep_o
         model.train()
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
             s, n = path.loss_sum(model, batch)

@@ -36,7 +36,18 @@ from honed.engine.fp8 import prepare_fp8
 from honed.engine.layers import patch_layers, patch_rope
 from honed.engine.lora import count_unfusable_lora_layers, patch_lora_layers
 from honed.engine.loss import linear_cross_entropy_sum, shift_targets
-from honed.engine.memory import MemoryPlan, apply_memory_plan, backward_transient_bytes, escalate, layer_activation_bytes, plan_memory
+from honed.engine.memory import (
+    MemoryPlan,
+    apply_memory_plan,
+    available_host_bytes,
+    backward_transient_bytes,
+    escalate,
+    layer_activation_bytes,
+    offload_plan,
+    plan_memory,
+    rebuilt_layer_bytes,
+    usable_gpu_bytes,
+)
 from honed.errors import HonedError
 
 log = logging.getLogger(__name__)
@@ -114,6 +125,7 @@ class FusedPath:
         self.cfg, self.device = cfg, device
         self.plan: MemoryPlan | None = None
         self.decoder_layers = None  # the layers `prepare` planned (what an out-of-memory re-plan applies to)
+        self.model_config = None
         self.restored: list[str] = []
         self.attention = "sdpa"  # what `prepare` chose: "varlen", or the model's own attn_implementation
         # True when every micro-batch may be one row without padding (`collate(..., padding_free=True)`).
@@ -148,12 +160,14 @@ class FusedPath:
                     torch.cuda.empty_cache()  # so the memory plan below sees the fp32 copies' memory as free
                 log.info("fused path: frozen %s back in %s (peft had upcast them to fp32)", " and ".join(self.restored), str(self.compute_dtype()).removeprefix("torch."))
         self.choose_attention(lm)
-        self.decoder_layers = lm.model.layers
+        self.decoder_layers, self.model_config = lm.model.layers, lm.config
         self.plan = self.memory_plan(model)
         apply_memory_plan(self.decoder_layers, self.plan)
         log.info(
-            "fused path: %d LoRA projections, %d RMSNorms, %d SwiGLU MLPs%s fused; memory %s (%d of %d layers recompute, ~%.1f GiB activations planned)",
-            n_lora, n_norm, n_mlp, ", RoPE" if rope_fused else "", self.plan.mode, self.plan.checkpointed, len(lm.model.layers), self.plan.estimate_gib,
+            "fused path: %d LoRA projections, %d RMSNorms, %d SwiGLU MLPs%s fused; memory %s (%d of %d layers recompute%s, ~%.1f GiB activations planned)",
+            n_lora, n_norm, n_mlp, ", RoPE" if rope_fused else "", self.plan.mode, self.plan.checkpointed, len(lm.model.layers),
+            "" if not self.plan.checkpointed else ", keeping o_proj's output" if self.plan.keep_o else ", o_proj recomputed: host memory is short",
+            self.plan.estimate_gib,
         )
         return model
 
@@ -193,20 +207,29 @@ class FusedPath:
         if t.memory_budget_gib is not None:
             budget = t.memory_budget_gib * 2**30
         elif self.device.type == "cuda":
-            free, _ = torch.cuda.mem_get_info(self.device)
+            free = usable_gpu_bytes(self.device)
             trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
             budget = free - _RESERVE_BYTES - 16 * trainable  # fp32 grads + AdamW moments
         else:
             budget = float("inf")
-        return plan_memory(
-            layers=len(lm.model.layers),
-            tokens=self.tokens_per_micro_batch(),
+        host = available_host_bytes() if self.device.type == "cuda" else None
+        layers, tokens, hidden_bytes = len(lm.model.layers), self.tokens_per_micro_batch(), 2 * lm.config.hidden_size
+        plan = plan_memory(
+            layers=layers,
+            tokens=tokens,
             per_token_layer=layer_activation_bytes(lm.config),
-            hidden_bytes=2 * lm.config.hidden_size,
+            hidden_bytes=hidden_bytes,
             budget=budget,
             forced=forced,
             transient_per_token=backward_transient_bytes(lm.config),
+            rebuilt_bytes=rebuilt_layer_bytes(lm.config, tokens),
+            host_bytes=host,
         )
+        pinned = layers * tokens * hidden_bytes * (2 if plan.keep_o else 1)
+        if plan.mode == "offload" and host is not None and pinned > 0.9 * host:
+            log.warning("fused path: offloading keeps %.1f GiB in pinned host memory and the host has %.1f GiB available; if it runs out the "
+                        "process is killed: lower data.max_seq_length or training.batch_size", pinned / 2**30, host / 2**30)
+        return plan
 
     def recover_from_oom(self) -> bool:
         """After an out-of-memory error: switch to the next leaner memory plan (more layers recompute,
@@ -217,6 +240,9 @@ class FusedPath:
         leaner = escalate(self.plan, len(layers))
         if leaner is None:
             return False
+        if leaner.mode == "offload":  # whether o_proj's outputs go to the host too depends on its free memory
+            config, tokens = self.model_config, self.tokens_per_micro_batch()
+            leaner = offload_plan(len(layers), tokens, 2 * config.hidden_size, rebuilt_layer_bytes(config, tokens), available_host_bytes())
         log.warning("fused path: out of GPU memory with memory %s (%d of %d layers recompute); retrying the step with %s (%d recompute)%s",
                     self.plan.mode, self.plan.checkpointed, len(layers), leaner.mode, leaner.checkpointed,
                     "; set training.memory_budget_gib to plan less from the start" if self.cfg.training.memory == "auto" else "")

@@ -27,6 +27,7 @@ import types
 import torch
 import torch.nn.functional as F
 
+from honed.engine import replay
 from honed.engine.compile import on_cuda_compiled
 
 
@@ -160,8 +161,19 @@ def _norm_forward(self, x):
     return rms_norm(x, self.weight, self.variance_epsilon)
 
 
-def _mlp_forward(self, x):
+def _run_mlp(self, x):
     return self.down_proj(swiglu(self.gate_proj(x), self.up_proj(x)))
+
+
+def _mlp_forward(self, x):
+    tokens = x.numel() // x.shape[-1]
+    chunk = replay.mlp_chunk_tokens(getattr(self, "intermediate_size", None) or self.config.intermediate_size, tokens)
+    run = types.MethodType(_run_mlp, self)
+    if replay.defers(self):  # inside a recomputed layer's rebuild: the MLP runs in backward only
+        return replay.deferred_mlp(self, x, run, chunk)
+    if not torch.is_grad_enabled() and tokens > chunk:
+        return replay.chunked_without_grad(x, run, chunk)
+    return run(x)
 
 
 def is_plain_rms_norm(module) -> bool:

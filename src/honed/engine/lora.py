@@ -25,7 +25,9 @@ import types
 
 import torch
 
+from honed.engine import replay
 from honed.engine.fp8 import FP8_DTYPE, dequantize_weight, fp8_linear, fp8_weight_scale
+from honed.engine.replay import NOT_NEEDED
 
 
 def reference_lora_linear(x, weight, lora_a, lora_b, scale, bias=None):
@@ -48,17 +50,22 @@ def _dequantize(weight_param, dtype, fp8_scale=None):
 
 class _LoraLinear(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, weight, lora_a, lora_b, scale, bias, fp8_scale):
+    def forward(ctx, x, weight, lora_a, lora_b, scale, bias, fp8_scale, given):
         dtype = x.dtype
         a, b = lora_a.to(dtype), lora_b.to(dtype)
         x2 = x.reshape(-1, x.shape[-1])
         xa = x2 @ a.t()
-        if fp8_scale is not None:  # fp8 base: the base matmul on fp8 tensor cores, no dense copy of W
+        if given is NOT_NEEDED:  # a rebuild that never reads this output (engine.replay): no matmul
+            y = x2.new_zeros(x2.shape[0], lora_b.shape[0])
+        elif given is not None:  # the output of the first forward, handed back bit for bit
+            y = given.reshape(x2.shape[0], -1).to(dtype, copy=True)
+        elif fp8_scale is not None:  # fp8 base: the base matmul on fp8 tensor cores, no dense copy of W
             y = fp8_linear(x2, weight, fp8_scale, bias)
         else:
             w = _dequantize(weight, dtype)
             y = torch.addmm(bias.to(dtype), x2, w.t()) if bias is not None else x2 @ w.t()
-        y.addmm_(xa, b.t(), alpha=scale)
+        if given is None:
+            y.addmm_(xa, b.t(), alpha=scale)
         ctx.save_for_backward(x2, xa, lora_a, lora_b)
         ctx.weight, ctx.fp8_scale, ctx.scale, ctx.has_bias = weight, fp8_scale, scale, bias is not None
         ctx.bias_grad = bias is not None and ctx.needs_input_grad[5]
@@ -80,14 +87,17 @@ class _LoraLinear(torch.autograd.Function):
             w = _dequantize(ctx.weight, dtype, ctx.fp8_scale)
             grad_x = (dy2 @ w).addmm_(dxa, a).view(*dy.shape[:-1], x2.shape[-1])
         grad_bias = dy2.sum(0).to(ctx.bias_dtype) if ctx.bias_grad else None
-        return grad_x, None, grad_a, grad_b, None, grad_bias, None
+        return grad_x, None, grad_a, grad_b, None, grad_bias, None, None
 
 
-def lora_linear(x, weight, lora_a, lora_b, scale, bias=None, fp8_scale=None):
+def lora_linear(x, weight, lora_a, lora_b, scale, bias=None, fp8_scale=None, given=None):
     """Fused forward/backward of a frozen linear plus a LoRA update (see module docstring).
 
-    `fp8_scale`: the per-output-channel scale of a float8 e4m3 `weight` (`engine.fp8`), else None."""
-    return _LoraLinear.apply(x, weight, lora_a, lora_b, float(scale), bias, fp8_scale)
+    `fp8_scale`: the per-output-channel scale of a float8 e4m3 `weight` (`engine.fp8`), else None.
+    `given`: in a recomputed layer's rebuild (`engine.replay`), the output this node computed in the
+    first forward (returned instead of recomputed), or NOT_NEEDED when nothing reads the output (zeros
+    are returned); the backward is the same either way, since it needs only x and x·Aᵀ."""
+    return _LoraLinear.apply(x, weight, lora_a, lora_b, float(scale), bias, fp8_scale, given)
 
 
 def _compute_dtype(x: torch.Tensor) -> torch.dtype:
@@ -105,7 +115,10 @@ def _fused_forward(self, x, *args, **kwargs):
         return type(self).forward(self, x, *args, **kwargs)
     base = self.base_layer
     dtype = _compute_dtype(x)
-    return lora_linear(x.to(dtype), base.weight, self.lora_A[name].weight, self.lora_B[name].weight, self.scaling[name], base.bias, fp8_weight_scale(base))
+    y = lora_linear(x.to(dtype), base.weight, self.lora_A[name].weight, self.lora_B[name].weight, self.scaling[name], base.bias,
+                    fp8_weight_scale(base), replay.output_for(self))
+    replay.offer_output(self, y)
+    return y
 
 
 def fusable(module) -> bool:

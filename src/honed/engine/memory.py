@@ -2,29 +2,38 @@
 
 Per decoder layer, training keeps activations of roughly `layer_activation_bytes` per token. The
 policy keeps all of them when they fit in the budget (no recompute: fastest); otherwise it
-recomputes the fewest layers that make them fit (each such layer keeps only its input); and when
-even that does not fit, it recomputes every layer and moves the kept inputs to pinned CPU memory.
+recomputes the fewest layers that make them fit; and when even that does not fit, it recomputes
+every layer and moves what those layers keep to pinned CPU memory.
+
+A recomputed layer keeps its input and, where the layer allows it, o_proj's output (`keep_o`):
+with that, its rebuild in backward skips o_proj and down_proj and runs the MLP a chunk at a time
+(`engine.replay`). Offloading drops `keep_o` when host memory cannot hold both.
 
 When the plan still runs out of memory (the estimate is an estimate), `escalate` gives the next
 plan to try: a quarter more of the layers recompute, then all of them, then offload.
 
 >>> plan = plan_memory(layers=16, tokens=8192, per_token_layer=80_000, hidden_bytes=4096, budget=6e9)
->>> plan.mode, plan.checkpointed
-('checkpoint', 9)
+>>> plan.mode, plan.checkpointed, plan.keep_o
+('checkpoint', 9, True)
 >>> [(p.mode, p.checkpointed) for p in (escalate(plan, 16), escalate(escalate(plan, 16), 16))]
 [('checkpoint', 13), ('checkpoint', 16)]
 >>> escalate(MemoryPlan("checkpoint", 16, 0.0), 16).mode, escalate(MemoryPlan("offload", 16, 0.0), 16)
 ('offload', None)
+>>> plan_memory(layers=16, tokens=8192, per_token_layer=80_000, hidden_bytes=4096, budget=1e8, host_bytes=1e9).keep_o
+False
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import types
 from dataclasses import dataclass
 
 import torch
+
+from honed.engine import replay
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +43,7 @@ class MemoryPlan:
     mode: str  # none | checkpoint | offload
     checkpointed: int  # how many decoder layers recompute in backward
     estimate_gib: float  # planned activation memory on the GPU
+    keep_o: bool = True  # recomputed layers also keep o_proj's output, so their rebuild is lean (engine.replay)
 
 
 # What layer_activation_bytes counts falls short of what a layer keeps: on an H200, llama-8b QLoRA at
@@ -62,28 +72,74 @@ def backward_transient_bytes(config, dtype_bytes: int = 2) -> int:
     return dtype_bytes * (2 * config.intermediate_size + 4 * config.hidden_size)
 
 
+def rebuilt_layer_bytes(config, tokens: int, dtype_bytes: int = 2) -> int:
+    """What one recomputed layer holds while it is rebuilt and backpropagated: everything it keeps
+    per token, except that its MLP runs a chunk of tokens at a time (`engine.replay`)."""
+    from honed.engine.replay import mlp_chunk_tokens
+
+    f = config.intermediate_size
+    mlp_per_token = int(dtype_bytes * 3 * f * CALIBRATION)
+    return tokens * (layer_activation_bytes(config, dtype_bytes) - mlp_per_token) + mlp_chunk_tokens(f, tokens) * mlp_per_token
+
+
 def plan_memory(*, layers: int, tokens: int, per_token_layer: int, hidden_bytes: int, budget: float, forced: str | None = None,
-                transient_per_token: int = 0) -> MemoryPlan:
+                transient_per_token: int = 0, rebuilt_bytes: int | None = None, host_bytes: float | None = None) -> MemoryPlan:
+    """`hidden_bytes`: one token's hidden state; a recomputed layer keeps two (its input and o_proj's
+    output). `rebuilt_bytes`: one layer during its rebuild (default: all it would keep). `host_bytes`:
+    host memory free for offloading (None: enough)."""
     budget = budget - tokens * transient_per_token  # the backward's working memory is never available to keep activations
     full = layers * tokens * per_token_layer
-    kept_input = tokens * hidden_bytes
+    kept = 2 * tokens * hidden_bytes
     one_layer = tokens * per_token_layer
+    rebuilt = one_layer if rebuilt_bytes is None else rebuilt_bytes
     if forced == "none" or (forced is None and full <= budget):
         return MemoryPlan("none", 0, full / 2**30)
     if forced == "offload":
-        return MemoryPlan("offload", layers, one_layer / 2**30)
-    # recompute n layers: (layers - n) keep everything, n keep their input, one layer is rebuilt at a time
-    saving = one_layer - kept_input
-    n = layers if forced == "checkpoint" else min(layers, math.ceil((full + one_layer - budget) / max(saving, 1)))
-    est = (layers - n) * one_layer + n * kept_input + one_layer
+        return offload_plan(layers, tokens, hidden_bytes, rebuilt, host_bytes)
+    # recompute n layers: (layers - n) keep everything, n keep their input and o, one layer is rebuilt at a time
+    saving = one_layer - kept
+    n = layers if forced == "checkpoint" else min(layers, math.ceil((full + rebuilt - budget) / max(saving, 1)))
+    est = (layers - n) * one_layer + n * kept + rebuilt
     if forced is None and est > budget:
-        return MemoryPlan("offload", layers, one_layer / 2**30)
+        return offload_plan(layers, tokens, hidden_bytes, rebuilt, host_bytes)
     return MemoryPlan("checkpoint", n, est / 2**30)
+
+
+def offload_plan(layers: int, tokens: int, hidden_bytes: int, rebuilt: int, host_bytes: float | None) -> MemoryPlan:
+    """Every layer recomputes and keeps its tensors in host memory: o_proj's output too only when
+    both take at most half of the host's available memory. Pinned memory cannot be swapped out, and
+    a host that runs out kills the process outright; o_proj's output saves one matmul of seven."""
+    keep_o = host_bytes is None or 2 * layers * tokens * hidden_bytes <= 0.5 * host_bytes
+    return MemoryPlan("offload", layers, rebuilt / 2**30, keep_o)
+
+
+def available_host_bytes() -> float | None:
+    """MemAvailable from /proc/meminfo (None where there is no such file)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return float(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def usable_gpu_bytes(device: torch.device) -> int:
+    """What this process may still allocate on `device`: the card's free memory, or less where the
+    process was capped (`torch.cuda.set_per_process_memory_fraction`, e.g. to share a card)."""
+    index = device.index if device.index is not None else torch.cuda.current_device()  # the fraction getter wants an index
+    free, total = torch.cuda.mem_get_info(index)
+    get_fraction = getattr(torch.cuda, "get_per_process_memory_fraction", None)  # torch >= 2.8
+    fraction = get_fraction(index) if get_fraction is not None else 1.0
+    if fraction >= 1.0:
+        return free
+    return max(0, min(free, int(fraction * total) - torch.cuda.memory_reserved(index)))
 
 
 def escalate(plan: MemoryPlan, layers: int) -> MemoryPlan | None:
     """The next plan after `plan` ran out of memory: recompute a quarter more of the layers, then all
-    of them, then offload their inputs too; None when offloading already did not fit."""
+    of them, then offload what they keep too; None when offloading already did not fit."""
     if plan.mode == "offload":
         return None
     if plan.mode == "checkpoint" and plan.checkpointed >= layers:
@@ -93,46 +149,51 @@ def escalate(plan: MemoryPlan, layers: int) -> MemoryPlan | None:
 
 
 class _Offloader:
-    """Moves kept layer inputs to pinned CPU memory on a side stream, and back ahead of need.
+    """Moves what recomputed layers keep (their input, and o_proj's output for `engine.replay`) to
+    pinned CPU memory on a side stream, and back ahead of need.
 
     Forward: the copy to CPU overlaps the next layer's compute. Backward: when layer i is rebuilt,
-    layer i-1's input is already on its way back, so the copy hides behind layer i's backward.
+    layer i-1's tensors are already on their way back, so the copy hides behind layer i's backward.
     Pinned buffers are reused between steps (allocating pinned memory is slow)."""
 
     def __init__(self):
-        self.buffers: dict[int, torch.Tensor] = {}
-        self.pending: dict[int, tuple[torch.Tensor, torch.cuda.Event]] = {}
+        self.buffers: dict[tuple[int, str], torch.Tensor] = {}
+        self.pending: dict[tuple[int, str], tuple[torch.Tensor, torch.cuda.Event]] = {}
         self.stream = None
 
-    def save(self, index: int, hidden: torch.Tensor) -> torch.Tensor:
-        if not hidden.is_cuda:
-            return hidden
-        buf = self.buffers.get(index)
-        if buf is None or buf.shape != hidden.shape or buf.dtype != hidden.dtype:
-            buf = self.buffers[index] = torch.empty(hidden.shape, dtype=hidden.dtype, pin_memory=True)
+    def save(self, key: tuple[int, str], tensor: torch.Tensor) -> torch.Tensor:
+        if not tensor.is_cuda:
+            return tensor
+        buf = self.buffers.get(key)
+        if buf is None or buf.shape != tensor.shape or buf.dtype != tensor.dtype:
+            buf = self.buffers[key] = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
         if self.stream is None:
-            self.stream = torch.cuda.Stream(hidden.device)
-        self.stream.wait_stream(torch.cuda.current_stream(hidden.device))
+            self.stream = torch.cuda.Stream(tensor.device)
+        self.stream.wait_stream(torch.cuda.current_stream(tensor.device))
         with torch.cuda.stream(self.stream):
-            buf.copy_(hidden, non_blocking=True)
-        hidden.record_stream(self.stream)  # its memory is not reused before the copy is done
+            buf.copy_(tensor, non_blocking=True)
+        tensor.record_stream(self.stream)  # its memory is not reused before the copy is done
         return buf
 
     def prefetch(self, index: int, device: torch.device) -> None:
-        buf = self.buffers.get(index)
-        if buf is None or index in self.pending or self.stream is None:
+        """Start bringing back everything layer `index` kept."""
+        if self.stream is None:
             return
-        with torch.cuda.stream(self.stream):
-            gpu = buf.to(device, non_blocking=True)
-            done = torch.cuda.Event()
-            done.record(self.stream)
-        self.pending[index] = (gpu, done)
+        for key, buf in self.buffers.items():
+            if key[0] != index or key in self.pending:
+                continue
+            with torch.cuda.stream(self.stream):
+                gpu = buf.to(device, non_blocking=True)
+                done = torch.cuda.Event()
+                done.record(self.stream)
+            self.pending[key] = (gpu, done)
 
-    def load(self, index: int, kept: torch.Tensor, device: torch.device) -> torch.Tensor:
+    def load(self, key: tuple[int, str], kept: torch.Tensor, device: torch.device) -> torch.Tensor:
         if not kept.is_pinned():
             return kept
-        self.prefetch(index, device)
-        gpu, done = self.pending.pop(index)
+        if key not in self.pending:
+            self.prefetch(key[0], device)
+        gpu, done = self.pending.pop(key)
         current = torch.cuda.current_stream(device)
         current.wait_event(done)
         gpu.record_stream(current)
@@ -140,30 +201,44 @@ class _Offloader:
 
 
 class _Recompute(torch.autograd.Function):
-    """Runs a layer without keeping its activations; backward re-runs it from the kept input."""
+    """Runs a layer without keeping its activations; backward rebuilds it from the kept input (and,
+    with `keep_o`, o_proj's kept output: `engine.replay`) and backpropagates through it."""
 
     @staticmethod
-    def forward(ctx, hidden, run, index, offloader):
-        ctx.run, ctx.device, ctx.index, ctx.offloader = run, hidden.device, index, offloader
-        ctx.kept = offloader.save(index, hidden.detach()) if offloader is not None else hidden.detach()
-        with torch.no_grad():
-            return run(hidden)
+    def forward(ctx, hidden, run, layer, index, offloader, keep_o):
+        ctx.run, ctx.layer, ctx.device, ctx.index, ctx.offloader = run, layer, hidden.device, index, offloader
+        with torch.no_grad(), (replay.capturing(layer) if keep_o else contextlib.nullcontext({"o": None})) as found:
+            out = run(hidden)
+        ctx.kept = ctx.kept_o = None
+        ctx.kept = _keep(ctx, (index, "input"), hidden.detach())
+        if found["o"] is not None:
+            ctx.kept_o = _keep(ctx, (index, "o"), found["o"])
+        return out
 
     @staticmethod
     def backward(ctx, grad_out):
-        off = ctx.offloader
-        hidden = off.load(ctx.index, ctx.kept, ctx.device) if off is not None else ctx.kept
-        if off is not None and ctx.index > 0:
-            off.prefetch(ctx.index - 1, ctx.device)
+        hidden, o = _fetch(ctx, (ctx.index, "input"), ctx.kept), _fetch(ctx, (ctx.index, "o"), ctx.kept_o)
+        if ctx.offloader is not None and ctx.index > 0:
+            ctx.offloader.prefetch(ctx.index - 1, ctx.device)
         hidden = hidden.detach().requires_grad_(True)
-        with torch.enable_grad():
+        with torch.enable_grad(), replay.replaying(ctx.layer, o):
             out = ctx.run(hidden)
         torch.autograd.backward(out, grad_out)
-        ctx.kept = ctx.run = None
-        return hidden.grad, None, None, None
+        ctx.kept = ctx.kept_o = ctx.run = ctx.layer = None
+        return hidden.grad, None, None, None, None, None
 
 
-def _wrap_layer(layer, index: int, offloader: _Offloader | None):
+def _keep(ctx, key, tensor):
+    return ctx.offloader.save(key, tensor) if ctx.offloader is not None else tensor
+
+
+def _fetch(ctx, key, kept):
+    if kept is None or ctx.offloader is None:
+        return kept
+    return ctx.offloader.load(key, kept, ctx.device)
+
+
+def _wrap_layer(layer, index: int, offloader: _Offloader | None, keep_o: bool):
     original = layer._honed_unplanned_forward
 
     def forward(self, hidden_states, *args, **kwargs):
@@ -179,14 +254,14 @@ def _wrap_layer(layer, index: int, offloader: _Offloader | None):
 
         if not hidden_states.requires_grad:  # first layer over frozen embeddings: still backprop into LoRA
             hidden_states = hidden_states.detach().requires_grad_(True)
-        return _Recompute.apply(hidden_states, run, index, offloader)
+        return _Recompute.apply(hidden_states, run, self, index, offloader, keep_o)
 
     layer.forward = types.MethodType(forward, layer)
 
 
 def apply_memory_plan(decoder_layers, plan: MemoryPlan) -> None:
     """Make the last `plan.checkpointed` decoder layers recompute in backward (layers are equally
-    sized, so which ones does not change the peak); offload mode also keeps their inputs on the CPU."""
+    sized, so which ones does not change the peak); offload mode also keeps their tensors on the CPU."""
     offloader = _Offloader() if plan.mode == "offload" else None
     n = len(decoder_layers)
     for i, layer in enumerate(decoder_layers):
@@ -195,4 +270,4 @@ def apply_memory_plan(decoder_layers, plan: MemoryPlan) -> None:
             layer._honed_unplanned_forward = layer.forward
         layer.forward = layer._honed_unplanned_forward
         if i >= n - plan.checkpointed:
-            _wrap_layer(layer, i, offloader)
+            _wrap_layer(layer, i, offloader, plan.keep_o)
