@@ -147,18 +147,17 @@ def test_fused_path_matches_plain_path_on_gpu(tmp_path_factory, family, memory, 
     reference no further than the plain bf16 path does (a random tiny model's early-layer LoRA
     gradients are sums of many cancelling terms, so bf16 alone moves them a lot). "offload-chunked":
     the recomputed layers' MLP runs 96 tokens at a time (engine.replay), o_proj's outputs offloaded too."""
-    from honed.config import config_from_dict
     from honed.engine import PlainPath, replay
     from honed.engine.fused import FusedPath
     from honed.testing import build_tiny_model
+    from honed.testing.lora import path_config
 
     if memory == "offload-chunked":
         monkeypatch.setattr(replay, "mlp_chunk_tokens", lambda *a, **k: 96)
         memory = "offload"
 
     folder = build_tiny_model(family, tmp_path_factory.mktemp(family), hidden_size=256, layers=3)
-    cfg = config_from_dict({"model": {"name_or_path": str(folder)}, "data": {"train": ["x"], "max_seq_length": 256},
-                            "training": {"batch_size": 2, "memory": memory}})
+    cfg = path_config(folder, memory=memory)
     g = torch.Generator().manual_seed(7)
     probe = lora_model(folder, torch.float32)
     ids = torch.randint(5, probe.config.vocab_size, (2, 256), generator=g).cuda()
@@ -191,21 +190,15 @@ def test_fused_path_matches_plain_path_on_gpu(tmp_path_factory, family, memory, 
 
 
 def test_honed_train_takes_the_fused_path_and_learns_like_the_plain_one(tmp_path, caplog):
-    from honed.config import config_from_dict
     from honed.testing import build_tiny_model
-    from honed.testing.lora import write_numbered_qa
+    from honed.testing.lora import train_config, write_numbered_qa
     from honed.train.sft import train
 
     base = build_tiny_model("qwen2", tmp_path / "base", hidden_size=256, layers=2)
     data = write_numbered_qa(tmp_path / "qa.jsonl")
     losses = {}
     for engine in ("auto", "plain"):
-        cfg = config_from_dict({
-            "model": {"name_or_path": str(base)}, "data": {"train": [str(data)], "max_seq_length": 128},
-            "lora": {"r": 16, "alpha": 32},
-            "training": {"output_dir": str(tmp_path / engine), "max_steps": 60, "batch_size": 4, "learning_rate": 3e-3,
-                         "tensorboard": False, "engine": engine, "seed": 1},
-        })
+        cfg = train_config(base, data, tmp_path / engine, max_steps=60, learning_rate=3e-3, engine=engine)
         with caplog.at_level(logging.INFO, logger="honed.engine"):
             losses[engine] = train(cfg, show_progress=False).losses
     assert "training path: fused" in caplog.text

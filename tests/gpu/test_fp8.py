@@ -110,14 +110,13 @@ def lora_model(folder, dtype):
 
 
 def test_fused_path_stores_the_lora_bases_in_fp8_and_frees_half_their_memory(tmp_path):
-    from honed.config import config_from_dict
     from honed.engine.fused import FusedPath
     from honed.testing import build_tiny_model
+    from honed.testing.lora import path_config
 
     # hidden 512, 4 heads of 128, 2 KV heads (k/v: 256), MLP 1024: every dimension a multiple of 16.
     folder = build_tiny_model("llama3", tmp_path / "llama", hidden_size=512, layers=4)
-    cfg = config_from_dict({"model": {"name_or_path": str(folder)}, "data": {"train": ["x"], "max_seq_length": 256},
-                            "training": {"batch_size": 2, "precision": "fp8"}})
+    cfg = path_config(folder, precision="fp8")
     model = lora_model(folder, torch.bfloat16)
     bases = [m.base_layer for m in model.modules() if hasattr(m, "base_layer") and hasattr(m, "lora_A")]
     assert len(bases) == 4 * 7
@@ -138,23 +137,17 @@ def test_fused_path_stores_the_lora_bases_in_fp8_and_frees_half_their_memory(tmp
 
 
 def test_honed_train_in_fp8_follows_the_bf16_loss_curve(tmp_path, caplog):
-    from honed.config import config_from_dict
     from honed.testing import build_tiny_model
-    from honed.testing.lora import write_numbered_qa
+    from honed.testing.lora import train_config, write_numbered_qa
     from honed.train.sft import train
 
     base = build_tiny_model("llama3", tmp_path / "base", hidden_size=256, layers=2)
     data = write_numbered_qa(tmp_path / "qa.jsonl")
     losses = {}
     for precision in ("fp8", "bf16"):
-        cfg = config_from_dict({
-            "model": {"name_or_path": str(base)}, "data": {"train": [str(data)], "max_seq_length": 128},
-            "lora": {"r": 16, "alpha": 32},
-            # lr 1e-3, not test_engine.py's 3e-3: at 3e-3 the bf16 run itself spikes between steps, and the
-            # comparison would measure that chaos rather than fp8 (CPU simulation: up to 4.7% vs 0.2-1%).
-            "training": {"output_dir": str(tmp_path / precision), "max_steps": 30, "batch_size": 4, "learning_rate": 1e-3,
-                         "tensorboard": False, "seed": 1, "precision": precision},
-        })
+        # lr 1e-3, not test_engine.py's 3e-3: at 3e-3 the bf16 run itself spikes between steps, and the
+        # comparison would measure that chaos rather than fp8 (CPU simulation: up to 4.7% vs 0.2-1%).
+        cfg = train_config(base, data, tmp_path / precision, max_steps=30, learning_rate=1e-3, precision=precision)
         with caplog.at_level(logging.INFO, logger="honed.engine"):
             losses[precision] = train(cfg, show_progress=False).losses
     assert "training path: fused" in caplog.text

@@ -131,10 +131,9 @@ def lora_model(folder, dtype):
 
 
 def config_for(folder, memory="none"):
-    from honed.config import config_from_dict
+    from honed.testing.lora import path_config
 
-    return config_from_dict({"model": {"name_or_path": str(folder)}, "data": {"train": ["x"], "max_seq_length": 256},
-                             "training": {"batch_size": 2, "memory": memory, "precision": "bf16"}})
+    return path_config(folder, memory=memory, precision="bf16")
 
 
 def packed_batch(vocab: int, rows: list[list[int]]) -> dict[str, torch.Tensor]:
@@ -266,19 +265,13 @@ def test_a_plain_forward_of_a_padded_batch_on_a_varlen_model_matches_sdpa(tmp_pa
 
 @pytest.mark.parametrize("packing", [True, False])
 def test_honed_train_takes_varlen_attention_padding_free(tmp_path, caplog, packing):
-    from honed.config import config_from_dict
     from honed.testing import build_tiny_model
-    from honed.testing.lora import write_numbered_qa
+    from honed.testing.lora import train_config, write_numbered_qa
     from honed.train.sft import train
 
     base = build_tiny_model("qwen2", tmp_path / "base", hidden_size=256, layers=2)
     data = write_numbered_qa(tmp_path / "qa.jsonl")
-    cfg = config_from_dict({
-        "model": {"name_or_path": str(base)}, "data": {"train": [str(data)], "max_seq_length": 128, "packing": packing},
-        "lora": {"r": 16, "alpha": 32},
-        "training": {"output_dir": str(tmp_path / "out"), "max_steps": 60, "batch_size": 4, "learning_rate": 3e-3,
-                     "tensorboard": False, "seed": 1},
-    })
+    cfg = train_config(base, data, tmp_path / "out", max_steps=60, learning_rate=3e-3, packing=packing)
     with caplog.at_level(logging.INFO, logger="honed.engine"):
         losses = train(cfg, show_progress=False).losses
     assert "fused path: attention varlen" in caplog.text

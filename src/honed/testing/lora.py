@@ -36,3 +36,25 @@ def write_numbered_qa(path: Path, n: int = 32) -> Path:
             for i in range(n)]
     Path(path).write_text("".join(json.dumps(r) + "\n" for r in rows))
     return Path(path)
+
+
+def path_config(folder, **training):
+    """A config for driving a training path directly (`FusedPath(cfg, device)`) over the model in
+    `folder`: rows of 256 tokens, batch 2, `training` keys on top."""
+    from honed.config import config_from_dict
+
+    return config_from_dict({"model": {"name_or_path": str(folder)}, "data": {"train": ["x"], "max_seq_length": 256},
+                             "training": {"batch_size": 2, **training}})
+
+
+def train_config(base, data, output_dir, *, max_steps: int, learning_rate: float, packing: bool | None = None, **training):
+    """A `honed train` config for a tiny model learning `write_numbered_qa` data: LoRA r=16, rows of
+    128 tokens, batch 4, seed 1, no TensorBoard; `training` keys on top."""
+    from honed.config import config_from_dict
+
+    data_settings = {"train": [str(data)], "max_seq_length": 128} | ({} if packing is None else {"packing": packing})
+    return config_from_dict({
+        "model": {"name_or_path": str(base)}, "data": data_settings, "lora": {"r": 16, "alpha": 32},
+        "training": {"output_dir": str(output_dir), "max_steps": max_steps, "batch_size": 4, "learning_rate": learning_rate,
+                     "tensorboard": False, "seed": 1, **training},
+    })
