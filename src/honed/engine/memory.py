@@ -130,7 +130,7 @@ def usable_gpu_bytes(device: torch.device) -> int:
     process was capped (`torch.cuda.set_per_process_memory_fraction`, e.g. to share a card)."""
     index = device.index if device.index is not None else torch.cuda.current_device()  # the fraction getter wants an index
     free, total = torch.cuda.mem_get_info(index)
-    get_fraction = getattr(torch.cuda, "get_per_process_memory_fraction", None)  # torch >= 2.8
+    get_fraction = getattr(torch.cuda, "get_per_process_memory_fraction", None)  # not in older torch
     fraction = get_fraction(index) if get_fraction is not None else 1.0
     if fraction >= 1.0:
         return free
