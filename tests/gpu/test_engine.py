@@ -190,17 +190,10 @@ def test_fused_path_matches_plain_path_on_gpu(tmp_path_factory, family, memory, 
 
 
 def test_honed_train_takes_the_fused_path_and_learns_like_the_plain_one(tmp_path, caplog):
-    from honed.testing import build_tiny_model
-    from honed.testing.lora import train_config, write_numbered_qa
-    from honed.train.sft import train
+    from honed.testing.lora import tiny_train_losses
 
-    base = build_tiny_model("qwen2", tmp_path / "base", hidden_size=256, layers=2)
-    data = write_numbered_qa(tmp_path / "qa.jsonl")
-    losses = {}
-    for engine in ("auto", "plain"):
-        cfg = train_config(base, data, tmp_path / engine, max_steps=60, learning_rate=3e-3, engine=engine)
-        with caplog.at_level(logging.INFO, logger="honed.engine"):
-            losses[engine] = train(cfg, show_progress=False).losses
+    with caplog.at_level(logging.INFO, logger="honed.engine"):
+        losses = tiny_train_losses(tmp_path, "qwen2", {"auto": {"engine": "auto"}, "plain": {"engine": "plain"}}, max_steps=60, learning_rate=3e-3)
     assert "training path: fused" in caplog.text
     fused, plain = losses["auto"], losses["plain"]
     print("fused", [round(x, 3) for x in fused])

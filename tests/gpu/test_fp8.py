@@ -137,19 +137,12 @@ def test_fused_path_stores_the_lora_bases_in_fp8_and_frees_half_their_memory(tmp
 
 
 def test_honed_train_in_fp8_follows_the_bf16_loss_curve(tmp_path, caplog):
-    from honed.testing import build_tiny_model
-    from honed.testing.lora import train_config, write_numbered_qa
-    from honed.train.sft import train
+    from honed.testing.lora import tiny_train_losses
 
-    base = build_tiny_model("llama3", tmp_path / "base", hidden_size=256, layers=2)
-    data = write_numbered_qa(tmp_path / "qa.jsonl")
-    losses = {}
-    for precision in ("fp8", "bf16"):
-        # lr 1e-3, not test_engine.py's 3e-3: at 3e-3 the bf16 run itself spikes between steps, and the
-        # comparison would measure that chaos rather than fp8 (CPU simulation: up to 4.7% vs 0.2-1%).
-        cfg = train_config(base, data, tmp_path / precision, max_steps=30, learning_rate=1e-3, precision=precision)
-        with caplog.at_level(logging.INFO, logger="honed.engine"):
-            losses[precision] = train(cfg, show_progress=False).losses
+    # lr 1e-3, not test_engine.py's 3e-3: at 3e-3 the bf16 run itself spikes between steps, and the
+    # comparison would measure that chaos rather than fp8 (CPU simulation: up to 4.7% vs 0.2-1%).
+    with caplog.at_level(logging.INFO, logger="honed.engine"):
+        losses = tiny_train_losses(tmp_path, "llama3", {"fp8": {"precision": "fp8"}, "bf16": {"precision": "bf16"}}, max_steps=30, learning_rate=1e-3)
     assert "training path: fused" in caplog.text
     assert "fp8: 14 LoRA base projections stored in float8 e4m3" in caplog.text, "FusedPath.prepare did not call prepare_fp8"
     fp8, bf16 = losses["fp8"], losses["bf16"]

@@ -265,15 +265,10 @@ def test_a_plain_forward_of_a_padded_batch_on_a_varlen_model_matches_sdpa(tmp_pa
 
 @pytest.mark.parametrize("packing", [True, False])
 def test_honed_train_takes_varlen_attention_padding_free(tmp_path, caplog, packing):
-    from honed.testing import build_tiny_model
-    from honed.testing.lora import train_config, write_numbered_qa
-    from honed.train.sft import train
+    from honed.testing.lora import tiny_train_losses
 
-    base = build_tiny_model("qwen2", tmp_path / "base", hidden_size=256, layers=2)
-    data = write_numbered_qa(tmp_path / "qa.jsonl")
-    cfg = train_config(base, data, tmp_path / "out", max_steps=60, learning_rate=3e-3, packing=packing)
     with caplog.at_level(logging.INFO, logger="honed.engine"):
-        losses = train(cfg, show_progress=False).losses
+        losses = tiny_train_losses(tmp_path, "qwen2", {"out": {"packing": packing}}, max_steps=60, learning_rate=3e-3)["out"]
     assert "fused path: attention varlen" in caplog.text
     assert all(torch.isfinite(torch.tensor(losses)))
     assert losses[-1] < 0.8 * losses[0], losses

@@ -80,3 +80,15 @@ def test_unknown_family():
 
     with pytest.raises(ConfigError, match="qwen3"):
         build_tiny_model("gpt2", "/nonexistent")
+
+
+def test_tiny_train_losses_runs_each_variant_from_the_same_start(tmp_path):
+    """The GPU tests' comparison helper, on the CPU: same model, data and seed for every variant,
+    so their first losses agree and only the variant's own key makes them differ after that."""
+    from honed.testing.lora import tiny_train_losses
+
+    losses = tiny_train_losses(tmp_path, "qwen2", {"slow": {"learning_rate": 1e-5}, "fast": {}}, max_steps=3, learning_rate=3e-3)
+    assert list(losses) == ["slow", "fast"] and all(len(v) == 3 for v in losses.values())
+    assert losses["slow"][0] == pytest.approx(losses["fast"][0], rel=1e-6)
+    assert losses["slow"][-1] != pytest.approx(losses["fast"][-1], rel=1e-4)
+    assert (tmp_path / "slow").is_dir() and (tmp_path / "fast").is_dir()

@@ -209,8 +209,7 @@ class _Recompute(torch.autograd.Function):
         ctx.run, ctx.layer, ctx.device, ctx.index, ctx.offloader = run, layer, hidden.device, index, offloader
         with torch.no_grad(), (replay.capturing(layer) if keep_o else contextlib.nullcontext({"o": None})) as found:
             out = run(hidden)
-        ctx.kept = ctx.kept_o = None
-        ctx.kept = _keep(ctx, (index, "input"), hidden.detach())
+        ctx.kept, ctx.kept_o = _keep(ctx, (index, "input"), hidden.detach()), None
         if found["o"] is not None:
             ctx.kept_o = _keep(ctx, (index, "o"), found["o"])
         return out

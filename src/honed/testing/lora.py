@@ -58,3 +58,17 @@ def train_config(base, data, output_dir, *, max_steps: int, learning_rate: float
         "training": {"output_dir": str(output_dir), "max_steps": max_steps, "batch_size": 4, "learning_rate": learning_rate,
                      "tensorboard": False, "seed": 1, **training},
     })
+
+
+def tiny_train_losses(folder, family: str, variants: dict[str, dict], **common) -> dict[str, list[float]]:
+    """`honed train` on a tiny `family` model (hidden 256, 2 layers) learning `write_numbered_qa`
+    data, once per variant: `train_config` keys of `common` with the variant's on top, each run in
+    folder/<variant>. The per-step losses by variant, for comparing training paths or precisions."""
+    from honed.testing import build_tiny_model
+    from honed.train.sft import train
+
+    folder = Path(folder)
+    base = build_tiny_model(family, folder / "base", hidden_size=256, layers=2)
+    data = write_numbered_qa(folder / "qa.jsonl")
+    return {name: train(train_config(base, data, folder / name, **(common | overrides)), show_progress=False).losses
+            for name, overrides in variants.items()}
