@@ -1,7 +1,7 @@
 """Fused LoRA linear: frozen W and the low-rank update in one autograd node.
 
 y = x Wᵀ + s · (x Aᵀ) Bᵀ, with a hand-derived backward that keeps only x (which the base matmul
-needs anyway) and the small x Aᵀ (N × r):
+needs anyway), the small x Aᵀ (N × r) and the compute-dtype copies of A and B:
 
     dB = s · dyᵀ (x Aᵀ)      dA = (s · dy B)ᵀ x      dx = dy W + (s · dy B) A
 
@@ -55,9 +55,16 @@ class _LoraLinear(torch.autograd.Function):
         a, b = lora_a.to(dtype), lora_b.to(dtype)
         x2 = x.reshape(-1, x.shape[-1])
         xa = x2 @ a.t()
-        if given is NOT_NEEDED:  # a rebuild that never reads this output (engine.replay): no matmul
-            y = x2.new_zeros(x2.shape[0], lora_b.shape[0])
-        elif given is not None:  # the output of the first forward, handed back bit for bit
+        # The compute-dtype copies of A and B go to backward as they are: casting the fp32 masters again
+        # there is two more kernels per node, and a recomputed layer runs many nodes (engine.replay).
+        ctx.save_for_backward(x2, xa, a, b)
+        ctx.weight, ctx.fp8_scale, ctx.scale, ctx.has_bias = weight, fp8_scale, scale, bias is not None
+        ctx.grad_dtypes = lora_a.dtype, lora_b.dtype
+        ctx.bias_grad = bias is not None and ctx.needs_input_grad[5]
+        ctx.bias_dtype = None if bias is None else bias.dtype
+        if given is NOT_NEEDED:  # a rebuild that never reads this output (engine.replay): no matmul, no memory
+            return x2.new_zeros(()).expand(*x.shape[:-1], lora_b.shape[0])
+        if given is not None:  # the output of the first forward, handed back bit for bit
             y = given.reshape(x2.shape[0], -1).to(dtype, copy=True)
         elif fp8_scale is not None:  # fp8 base: the base matmul on fp8 tensor cores, no dense copy of W
             y = fp8_linear(x2, weight, fp8_scale, bias)
@@ -66,22 +73,18 @@ class _LoraLinear(torch.autograd.Function):
             y = torch.addmm(bias.to(dtype), x2, w.t()) if bias is not None else x2 @ w.t()
         if given is None:
             y.addmm_(xa, b.t(), alpha=scale)
-        ctx.save_for_backward(x2, xa, lora_a, lora_b)
-        ctx.weight, ctx.fp8_scale, ctx.scale, ctx.has_bias = weight, fp8_scale, scale, bias is not None
-        ctx.bias_grad = bias is not None and ctx.needs_input_grad[5]
-        ctx.bias_dtype = None if bias is None else bias.dtype
         return y.view(*x.shape[:-1], y.shape[-1])
 
     @staticmethod
     def backward(ctx, dy):
-        x2, xa, lora_a, lora_b = ctx.saved_tensors
+        x2, xa, a, b = ctx.saved_tensors
         dtype = x2.dtype
+        a_dtype, b_dtype = ctx.grad_dtypes
         dy2 = dy.reshape(-1, dy.shape[-1]).to(dtype)
-        a, b = lora_a.to(dtype), lora_b.to(dtype)
         s = ctx.scale
         dxa = (dy2 @ b) * s  # (N, r)
-        grad_b = (dy2.t() @ xa).mul_(s).to(lora_b.dtype) if ctx.needs_input_grad[3] else None
-        grad_a = (dxa.t() @ x2).to(lora_a.dtype) if ctx.needs_input_grad[2] else None
+        grad_b = (dy2.t() @ xa).mul_(s).to(b_dtype) if ctx.needs_input_grad[3] else None
+        grad_a = (dxa.t() @ x2).to(a_dtype) if ctx.needs_input_grad[2] else None
         grad_x = None
         if ctx.needs_input_grad[0]:
             w = _dequantize(ctx.weight, dtype, ctx.fp8_scale)

@@ -134,7 +134,7 @@ def _output_not_needed(module):
 
 
 class _DeferredMLP(torch.autograd.Function):
-    """Forward: zeros of the output's shape, keeping only the input. Backward: the MLP, chunk by
+    """Forward: zeros of the output's shape (one element, expanded), keeping only the input. Backward: the MLP, chunk by
     chunk, run with grad and backpropagated at once (its LoRA weights get their gradients there)."""
 
     @staticmethod
@@ -143,7 +143,7 @@ class _DeferredMLP(torch.autograd.Function):
         device = x.device.type
         ctx.autocast = torch.is_autocast_enabled(device), torch.get_autocast_dtype(device)
         ctx.save_for_backward(x)
-        return x.new_zeros(x.shape)
+        return x.new_zeros(()).expand(x.shape)  # read once, by the residual add: no memory, no fill kernel
 
     @staticmethod
     def backward(ctx, dy):

@@ -26,6 +26,37 @@ def grads(fn, *inputs):
     return loss.detach(), [x.grad for x in inputs]
 
 
+def test_fused_lora_backward_does_not_cast_the_fp32_adapter_again():
+    """bf16 activations, fp32 A and B (as under autocast): forward casts A and B to bf16 once and
+    backward reuses those copies (it used to cast both again: two kernels a node, many nodes in a
+    rebuilt layer); gradients come back in fp32, as the bf16 reference's."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    torch.manual_seed(0)
+    x, w = torch.randn(6, 16).bfloat16().requires_grad_(True), torch.randn(8, 16).bfloat16()
+    a, b = torch.randn(4, 16).requires_grad_(True), torch.randn(8, 4).requires_grad_(True)
+
+    class AdapterCasts(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.seen = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            if func.overloadpacket is torch.ops.aten._to_copy and args[0].dtype == torch.float32 and kwargs.get("dtype") == torch.bfloat16:
+                self.seen.append(tuple(args[0].shape))
+            return func(*args, **kwargs)
+
+    y = lora_linear(x, w, a, b, 0.5)
+    with AdapterCasts() as casts:
+        y.float().sum().backward()
+    assert tuple(a.shape) not in casts.seen and tuple(b.shape) not in casts.seen
+    assert a.grad.dtype == b.grad.dtype == torch.float32
+    ra, rb = a.detach().clone().requires_grad_(True), b.detach().clone().requires_grad_(True)
+    reference_lora_linear(x.detach(), w, ra.bfloat16(), rb.bfloat16(), 0.5).float().sum().backward()
+    assert rel(a.grad, ra.grad) < 1e-2 and rel(b.grad, rb.grad) < 1e-2
+
+
 @pytest.mark.parametrize("chunk", [1, 3, 64])
 @pytest.mark.parametrize("weight_grad", [False, True])
 def test_chunked_cross_entropy_matches_full_logits(chunk, weight_grad):
