@@ -57,6 +57,8 @@ class _LoraLinear(torch.autograd.Function):
         xa = x2 @ a.t()
         # The compute-dtype copies of A and B go to backward as they are: casting the fp32 masters again
         # there is two more kernels per node, and a recomputed layer runs many nodes (engine.replay).
+        # Where activations are kept, that is r·(in + out) more values per projection until backward
+        # (84 MB for an 8B model at r=16), within the memory plan's calibration margin.
         ctx.save_for_backward(x2, xa, a, b)
         ctx.weight, ctx.fp8_scale, ctx.scale, ctx.has_bias = weight, fp8_scale, scale, bias is not None
         ctx.grad_dtypes = lora_a.dtype, lora_b.dtype

@@ -134,8 +134,9 @@ def _output_not_needed(module):
 
 
 class _DeferredMLP(torch.autograd.Function):
-    """Forward: zeros of the output's shape (one element, expanded), keeping only the input. Backward: the MLP, chunk by
-    chunk, run with grad and backpropagated at once (its LoRA weights get their gradients there)."""
+    """Forward: zeros of the output's shape (one element, expanded), keeping only the input.
+    Backward: the MLP, chunk by chunk, run with grad and backpropagated at once (its LoRA weights
+    get their gradients there)."""
 
     @staticmethod
     def forward(ctx, x, mlp, run_mlp, chunk):
