@@ -205,8 +205,8 @@ def throughput(batches: list, seconds: float) -> dict:
     >>> throughput([{"sample_index": torch.tensor([[0, 0, 1, -1]])}], 1.0)
     {'effective_tokens_per_s': 3.0, 'tokens_per_s': 4.0, 'padding_pct': 25.0}
     """
-    effective = sum(count_tokens(b)[0] for b in batches)
-    total = sum(count_tokens(b)[1] for b in batches)
+    counts = [count_tokens(b) for b in batches]
+    effective, total = sum(e for e, _ in counts), sum(n for _, n in counts)
     return {"effective_tokens_per_s": round(effective / seconds, 1), "tokens_per_s": round(total / seconds, 1),
             "padding_pct": round(100 * (total - effective) / total, 2)}
 

@@ -199,9 +199,8 @@ def run_filter(args) -> int:
 
     from honed.config import read_yaml_config
     from honed.data.augment.io import read_conversations, write_conversations
-    from honed.utils.fs import check_writable
     from honed.data.quality import FilterConfig, filter_conversations
-    from honed.utils.fs import write_text_atomic
+    from honed.utils.fs import check_writable, write_text_atomic
 
     raw = read_yaml_config(args.config, kind="filter config") if args.config else {}
     dedup, rules = raw.setdefault("dedup", {}), raw.setdefault("rules", {})
@@ -247,9 +246,8 @@ def run_filter(args) -> int:
 
 def run_stats(args) -> int:
     from honed.data.augment.io import read_conversations
-    from honed.utils.fs import check_writable
     from honed.data.stats_report import compute_stats, render_html
-    from honed.utils.fs import write_text_atomic
+    from honed.utils.fs import check_writable, write_text_atomic
 
     check_writable(args.output, args.overwrite)
     original = read_conversations(args.inputs)

@@ -34,6 +34,7 @@ import math
 import torch
 
 from honed.errors import HonedError, ModelError
+from honed.utils.precision import compute_dtype_of
 
 log = logging.getLogger(__name__)
 
@@ -202,8 +203,7 @@ def probe_native_gqa(kernel: TorchVarlen, device: torch.device) -> bool:
 def _compute_dtype(q, k, v):
     """q, k, v in one dtype: the autocast dtype when autocast is on (RoPE can leave q and k in fp32
     next to a bf16 v), else q's own."""
-    device_type = q.device.type
-    target = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else q.dtype
+    target = compute_dtype_of(q)
     return q.to(target), k.to(target), v.to(target)
 
 

@@ -29,6 +29,7 @@ import torch
 
 from honed.engine.compile import on_cuda_compiled
 from honed.errors import ConfigError, ModelError
+from honed.utils.precision import compute_dtype_of
 
 log = logging.getLogger(__name__)
 
@@ -133,8 +134,7 @@ def _fp8_base_forward(self, x):
     """The base nn.Linear's forward once its weight is fp8. The fused LoRA node never calls it; peft's
     own forward does (adapters disabled, several adapters active), and nn.Linear's would be wrong there:
     autocast would cast the raw e4m3 values to bf16 without their scale."""
-    dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
-    y = _Fp8FrozenLinear.apply(x.reshape(-1, x.shape[-1]).to(dtype), self.weight, getattr(self, SCALE_NAME), self.bias)
+    y = _Fp8FrozenLinear.apply(x.reshape(-1, x.shape[-1]).to(compute_dtype_of(x)), self.weight, getattr(self, SCALE_NAME), self.bias)
     return y.view(*x.shape[:-1], y.shape[-1])
 
 

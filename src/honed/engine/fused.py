@@ -49,6 +49,7 @@ from honed.engine.memory import (
     usable_gpu_bytes,
 )
 from honed.errors import HonedError
+from honed.utils.precision import autocast_dtype
 
 log = logging.getLogger(__name__)
 
@@ -137,7 +138,7 @@ class FusedPath:
         precision = self.cfg.training.precision
         if precision == "auto":
             precision = "bf16" if self.device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
-        return {"bf16": torch.bfloat16, "fp8": torch.bfloat16, "fp16": torch.float16}.get(precision)
+        return autocast_dtype(precision)
 
     def tokens_per_micro_batch(self) -> int:
         return self.cfg.training.batch_size * self.cfg.data.max_seq_length

@@ -28,6 +28,7 @@ import torch
 from honed.engine import replay
 from honed.engine.fp8 import FP8_DTYPE, dequantize_weight, fp8_linear, fp8_weight_scale
 from honed.engine.replay import NOT_NEEDED
+from honed.utils.precision import compute_dtype_of
 
 
 def reference_lora_linear(x, weight, lora_a, lora_b, scale, bias=None):
@@ -105,12 +106,6 @@ def lora_linear(x, weight, lora_a, lora_b, scale, bias=None, fp8_scale=None, giv
     return _LoraLinear.apply(x, weight, lora_a, lora_b, float(scale), bias, fp8_scale, given)
 
 
-def _compute_dtype(x: torch.Tensor) -> torch.dtype:
-    if torch.is_autocast_enabled(x.device.type):
-        return torch.get_autocast_dtype(x.device.type)
-    return x.dtype
-
-
 def _fused_forward(self, x, *args, **kwargs):
     """Replaces peft's lora.Linear.forward where the fused node computes the same thing."""
     if self.disable_adapters or self.merged or args or kwargs or len(self.active_adapters) != 1:
@@ -119,7 +114,7 @@ def _fused_forward(self, x, *args, **kwargs):
     if name not in self.lora_A:
         return type(self).forward(self, x, *args, **kwargs)
     base = self.base_layer
-    dtype = _compute_dtype(x)
+    dtype = compute_dtype_of(x)
     y = lora_linear(x.to(dtype), base.weight, self.lora_A[name].weight, self.lora_B[name].weight, self.scaling[name], base.bias,
                     fp8_weight_scale(base), replay.output_for(self))
     replay.offer_output(self, y)

@@ -35,6 +35,7 @@ from honed.train.optim import build_optimizer, build_scheduler, warmup_steps_for
 from honed.train.outputs import plot_losses, save_model_files, save_weights_atomic, write_run_record
 from honed.train.progress import TrainProgress
 from honed.utils.fs import prepare_output_dir
+from honed.utils.precision import autocast_dtype
 from honed.utils.seed import set_seed
 
 log = logging.getLogger(__name__)
@@ -58,7 +59,7 @@ class TrainResult:
 
 def autocast_context(precision: str, device: torch.device):
     """Mixed-precision compute for bf16/fp16, and bf16 for fp8 (only the frozen LoRA bases are fp8); nothing for fp32."""
-    dtype = {"bf16": torch.bfloat16, "fp8": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    dtype = autocast_dtype(precision)
     return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
 
 

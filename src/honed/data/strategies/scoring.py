@@ -15,10 +15,11 @@ import torch
 def score_samples(model, samples, *, device, pad_id: int, batch_size: int = 8, precision: str = "fp32") -> list[float]:
     """Mean trained-token loss of every sample, in the order given (0.0 for a sample with no trained token)."""
     from honed.train.losses import sample_loss_sums
+    from honed.utils.precision import autocast_dtype
 
     was_training = model.training
     model.eval()
-    dtype = {"bf16": torch.bfloat16, "fp8": torch.bfloat16, "fp16": torch.float16}.get(precision)  # fp8: bf16 compute
+    dtype = autocast_dtype(precision)
     autocast = torch.autocast(device.type, dtype=dtype) if dtype is not None else None
     try:
         sums = sample_loss_sums(model, samples, device=device, pad_id=pad_id, batch_size=batch_size, autocast=autocast)
