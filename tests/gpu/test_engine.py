@@ -141,19 +141,24 @@ def lora_model(folder, dtype):
 
 
 @pytest.mark.parametrize("family", ["llama3", "qwen2", "qwen3", "mistral"])
-@pytest.mark.parametrize("memory", ["none", "checkpoint", "offload", "offload-chunked"])
+@pytest.mark.parametrize("memory", ["none", "checkpoint", "offload", "offload-chunked", "offload-partial"])
 def test_fused_path_matches_plain_path_on_gpu(tmp_path_factory, family, memory, monkeypatch):
     """fp32 on the GPU: fused = plain to rounding. bf16: the fused path strays from the fp32
     reference no further than the plain bf16 path does (a random tiny model's early-layer LoRA
     gradients are sums of many cancelling terms, so bf16 alone moves them a lot). "offload-chunked":
-    the recomputed layers' MLP runs 96 tokens at a time (engine.replay), o_proj's outputs offloaded too."""
+    the recomputed layers' MLP runs 96 tokens at a time (engine.replay), o_proj's outputs offloaded too.
+    "offload-partial": the first layer keeps everything, the other two recompute from the host."""
     from honed.engine import PlainPath, replay
     from honed.engine.fused import FusedPath
+    from honed.engine.memory import MemoryPlan
     from honed.testing import build_tiny_model
     from honed.testing.lora import path_config
 
     if memory == "offload-chunked":
         monkeypatch.setattr(replay, "mlp_chunk_tokens", lambda *a, **k: 96)
+        memory = "offload"
+    if memory == "offload-partial":  # what memory: auto plans when the host has room and some layers fit whole
+        monkeypatch.setattr(FusedPath, "memory_plan", lambda self, model: MemoryPlan("offload", 2, 0.0))
         memory = "offload"
 
     folder = build_tiny_model(family, tmp_path_factory.mktemp(family), hidden_size=256, layers=3)

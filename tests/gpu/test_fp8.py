@@ -9,8 +9,9 @@ Error bounds (relative Frobenius norms):
 - fp8 LoRA output vs fp32 on its dequantised weights: 4e-2. The input rows are rounded to e4m3 (3
   mantissa bits): half a step is 2^-4 of a value, and on Gaussian rows the RMS error is 2^-3/sqrt(24)
   ≈ 2.6% (measured 2.6% with the plain-torch reference), which a dot product carries over as is.
-- its gradients: 1e-2, as in bf16. Backward uses the bf16-dequantised W and the unrounded input,
-  so no fp8 rounding reaches dx, dA or dB.
+- its gradients: dA and dB 1e-2, as in bf16 (they read the unrounded x and dy); dx 4e-2, since its
+  base part dy W runs in fp8 with the rows of dy·scale rounded to e4m3, as x's are in forward.
+- fp8 dx (`fp8_dgrad`) vs the fp32 reference of the same quantised operands: 1e-2, as for forward.
 - fp8 LoRA output vs the original bf16 weights: 5e-2. x and W are each rounded once: sqrt(2) × 2.6%
   ≈ 3.7% (measured 3.7%).
 """
@@ -22,7 +23,16 @@ import logging
 import pytest
 import torch
 
-from honed.engine.fp8 import FP8_DTYPE, SCALE_NAME, dequantize_weight, fp8_linear, quantize_weight_rowwise, reference_fp8_linear
+from honed.engine.fp8 import (
+    FP8_DTYPE,
+    SCALE_NAME,
+    dequantize_weight,
+    fp8_dgrad,
+    fp8_linear,
+    quantize_weight_rowwise,
+    reference_fp8_dgrad,
+    reference_fp8_linear,
+)
 from honed.engine.lora import lora_linear, reference_lora_linear
 
 pytestmark = [
@@ -66,6 +76,21 @@ def test_scaled_mm_matches_the_plain_torch_fp8_reference(rows, with_bias):
     assert got32.dtype == torch.float32 and rel(got32, want) <= TOL
 
 
+@pytest.mark.parametrize("rows", [4096, 1000])
+def test_fp8_dgrad_matches_the_plain_torch_reference(rows):
+    """dx = dy W on fp8 tensor cores: the scale folded into dy's columns, W passed as the column-major
+    view of its transposed copy. A scale on the wrong axis or an untransposed W misses by far more."""
+    torch.manual_seed(1)
+    w = torch.randn(1024, 2048, device="cuda") * torch.logspace(-2, 0, 1024, device="cuda")[:, None]
+    dy = torch.randn(rows, 1024, device="cuda").bfloat16()
+    w_fp8, scale = quantize_weight_rowwise(w.bfloat16())
+    got = fp8_dgrad(dy, w_fp8, scale)
+    assert got.dtype == torch.bfloat16 and got.shape == (rows, 2048) and torch.isfinite(got).all()
+    assert rel(got, reference_fp8_dgrad(dy, w_fp8, scale)) <= TOL
+    assert rel(got, dy.float() @ dequantize_weight(w_fp8, scale, torch.float32)) <= FP8_FORWARD_TOL
+    assert w_fp8.is_contiguous() and w_fp8.shape == (1024, 2048)  # the stored weight is left as it was
+
+
 @pytest.mark.parametrize("with_bias", [False, True])
 def test_fp8_lora_linear_matches_fp32_references(with_bias):
     torch.manual_seed(2)
@@ -91,8 +116,9 @@ def test_fp8_lora_linear_matches_fp32_references(with_bias):
     ref = reference_lora_linear(rx, dense, ra, rb, 2.0, bias)
     (ref * up).sum().backward()
     assert rel(got, ref) <= FP8_FORWARD_TOL
-    for g, r in ((got_x.grad, rx.grad), (ga.grad, ra.grad), (gb.grad, rb.grad)):
+    for g, r in ((ga.grad, ra.grad), (gb.grad, rb.grad)):
         assert rel(g, r) <= TOL
+    assert rel(got_x.grad, rx.grad) <= FP8_FORWARD_TOL  # dy·scale rounded to e4m3 for the base's dx
 
     # (b) the original weights, before fp8
     with torch.no_grad():

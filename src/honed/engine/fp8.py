@@ -1,12 +1,22 @@
 """`training.precision: fp8`: the frozen base weights of LoRA projections stored and multiplied in fp8.
 
 Each fusable LoRA projection's frozen base weight W (out × in) is stored as float8 e4m3 with one fp32
-scale per output channel (its row's amax / 448), half the bytes of bf16. In forward the input rows are
-quantised to e4m3 with their own scale, every call, and the base matmul runs on fp8 tensor cores
-(`torch._scaled_mm`, rowwise scales, bf16 output). Everything else computes in bf16 under autocast:
-the LoRA A/B matmuls, and backward's dx = dy W, which uses W dequantised to bf16, so gradients carry
-no fp8 rounding of activations. CUDA GPUs of compute capability 8.9 or newer (Ada, Hopper, Blackwell)
-only; anywhere else the same math runs in plain torch (`reference_fp8_linear`), for tests.
+scale per output channel (its row's amax / 448), half the bytes of bf16. Both matmuls with W run on fp8
+tensor cores (`torch._scaled_mm`, rowwise scales, bf16 output):
+
+- forward, y = x Wᵀ: the input rows are quantised to e4m3 with their own scale, every call;
+- backward, dx = dy W (the base is frozen, so that is all it needs): W's per-output-channel scale
+  lies along the contracted axis there, where `_scaled_mm` takes no scale, so it is folded into dy
+  first and the rows of dy·scale are quantised like x's. `_scaled_mm` wants W as a column-major
+  (out × in) operand, which is Wᵀ laid out row-major: a transposed fp8 copy, made per call and
+  dropped after it (a quarter of the bf16 weight's bytes, for one projection at a time).
+
+The LoRA A/B matmuls and the adapter's gradients compute in bf16 from the unrounded x and dy: only
+the dx handed down to earlier layers carries dy's e4m3 rounding, as in rowwise fp8 training recipes.
+`HONED_FP8_BACKWARD=0` runs dx in bf16 instead, from W dequantised (to measure what fp8 dx costs in
+accuracy or gains in speed). CUDA GPUs of compute capability 8.9 or newer (Ada, Hopper, Blackwell)
+only; anywhere else the same math runs in plain torch (`reference_fp8_linear`, `reference_fp8_dgrad`),
+for tests.
 
 Training only: the saved adapter is peft's (LoRA weights only) and applies to the original bf16 base;
 merging an adapter into fp8 bases is refused, since it would bake fp8 rounding into the merged model.
@@ -23,6 +33,7 @@ True
 from __future__ import annotations
 
 import logging
+import os
 import types
 
 import torch
@@ -41,6 +52,7 @@ MIN_CAPABILITY = (8, 9)  # fp8 tensor cores: Ada (8.9), Hopper (9.0), Blackwell 
 # percent faster, less exact on long dot products. Off: loss parity with bf16 comes first.
 FAST_ACCUM = False
 _EPS = 1e-12  # an all-zero row gets a tiny scale instead of a division by zero
+FP8_BACKWARD = os.environ.get("HONED_FP8_BACKWARD", "1") != "0"  # dx = dy W on fp8 tensor cores (module docstring)
 
 
 def _rowwise_quantize(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -61,8 +73,29 @@ def quantize_weight_rowwise(weight: torch.Tensor) -> tuple[torch.Tensor, torch.T
     return w_fp8, scale.squeeze(1)
 
 
-# Activations are quantised every call: on a GPU the amax, the division and the cast fuse into one kernel.
+def _rowwise_quantize_scaled_columns(t: torch.Tensor, column_scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The rows of t · column_scale (one factor per column) quantised as `_rowwise_quantize` does."""
+    return _rowwise_quantize(t.float() * column_scale)
+
+
+def _dequantize_weight_math(w_fp8: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    return (w_fp8.float() * scale[:, None]).to(dtype)  # the product in fp32, so only the final cast rounds
+
+
+# Activations and gradients are quantised every call, and a weight dequantised at every bf16 backward: on
+# a GPU each becomes one or two fused kernels, where eager torch would write fp32 copies of the whole tensor.
 _rowwise_quantize_compiled = on_cuda_compiled(_rowwise_quantize)
+_quantize_scaled_columns_compiled = on_cuda_compiled(_rowwise_quantize_scaled_columns)
+_dequantize_weight_compiled = on_cuda_compiled(_dequantize_weight_math)
+
+
+def _transposed_copy(w: torch.Tensor) -> torch.Tensor:
+    return w.t().contiguous()
+
+
+# torch's own copy moves a transposed fp8 matrix one byte at a time through strided reads (about a
+# tenth of the memory bandwidth on an H100: 48 ms a step for llama-8b); Inductor's copy goes by tiles.
+_transposed_copy_compiled = on_cuda_compiled(_transposed_copy)
 
 
 def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -78,7 +111,7 @@ def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 def dequantize_weight(w_fp8: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """W ≈ W_fp8 · scale, in `dtype` (the product in fp32, so only the final cast rounds)."""
     _check_fp8_weight(w_fp8, scale)
-    return (w_fp8.float() * scale[:, None]).to(dtype)
+    return _dequantize_weight_compiled(w_fp8, scale, dtype)
 
 
 def _check_fp8_weight(w_fp8, scale) -> None:
@@ -117,8 +150,40 @@ def fp8_linear(x2, w_fp8, scale, bias=None):
     return y if x2.dtype == torch.bfloat16 else y.to(x2.dtype)
 
 
+def reference_fp8_dgrad(dy, w_fp8, scale):
+    """Plain torch, fp32 math: dx = dy W with the rows of dy·scale quantised to e4m3 (as the fast path does)."""
+    with torch.autocast(dy.device.type, enabled=False):
+        g_fp8, g_scale = _rowwise_quantize_scaled_columns(dy, scale)
+        return (g_fp8.float() * g_scale) @ w_fp8.float()
+
+
+_unit_scales: dict[tuple[torch.device, int], torch.Tensor] = {}
+
+
+def fp8_dgrad(dy2, w_fp8, scale):
+    """dx = dy W for dy (rows × out) and a frozen fp8 weight W ≈ W_fp8 · scale[:, None] (out × in).
+
+    On CUDA: W's scale is folded into dy and dy's rows quantised (one fused pass), then
+    `torch._scaled_mm(dy_fp8, Wᵀ-row-major viewed as column-major W, …)` with dy's row scales and unit
+    column scales; in bf16 from W dequantised when `FP8_BACKWARD` is off; elsewhere `reference_fp8_dgrad`.
+    The result has dy's dtype."""
+    _check_fp8_weight(w_fp8, scale)
+    if not dy2.is_cuda:
+        return reference_fp8_dgrad(dy2, w_fp8, scale).to(dy2.dtype)
+    if not FP8_BACKWARD:
+        return dy2 @ dequantize_weight(w_fp8, scale, dy2.dtype)
+    g_fp8, g_scale = _quantize_scaled_columns_compiled(dy2.contiguous(), scale)
+    key = (dy2.device, w_fp8.shape[1])
+    ones = _unit_scales.get(key)
+    if ones is None:
+        ones = _unit_scales[key] = torch.ones(1, w_fp8.shape[1], device=dy2.device, dtype=torch.float32)
+    w_columns = _transposed_copy_compiled(w_fp8).t()  # (out × in), column-major: the transposed copy lives for this call only
+    dx = torch._scaled_mm(g_fp8, w_columns, scale_a=g_scale, scale_b=ones, out_dtype=torch.bfloat16, use_fast_accum=FAST_ACCUM)
+    return dx if dy2.dtype == torch.bfloat16 else dx.to(dy2.dtype)
+
+
 class _Fp8FrozenLinear(torch.autograd.Function):
-    """x → x Wᵀ + bias over a frozen fp8 W; backward dx = dy W with W dequantised (no fp8 rounding)."""
+    """x → x Wᵀ + bias over a frozen fp8 W; backward dx = dy W, also in fp8 (`fp8_dgrad`)."""
 
     @staticmethod
     def forward(ctx, x2, w_fp8, scale, bias):
@@ -127,7 +192,7 @@ class _Fp8FrozenLinear(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dy):
-        return dy @ dequantize_weight(ctx.w_fp8, ctx.scale, dy.dtype), None, None, None
+        return fp8_dgrad(dy, ctx.w_fp8, ctx.scale), None, None, None
 
 
 def _fp8_base_forward(self, x):

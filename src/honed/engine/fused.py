@@ -18,6 +18,7 @@ What it changes against plain transformers, each with a plain-torch reference be
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 import torch
@@ -43,7 +44,7 @@ from honed.engine.memory import (
     backward_transient_bytes,
     escalate,
     layer_activation_bytes,
-    offload_plan,
+    offload_keeps_o,
     plan_memory,
     rebuilt_layer_bytes,
     usable_gpu_bytes,
@@ -226,7 +227,7 @@ class FusedPath:
             rebuilt_bytes=rebuilt_layer_bytes(lm.config, tokens),
             host_bytes=host,
         )
-        pinned = layers * tokens * hidden_bytes * (2 if plan.keep_o else 1)
+        pinned = plan.checkpointed * tokens * hidden_bytes * (2 if plan.keep_o else 1)
         if plan.mode == "offload" and host is not None and pinned > 0.9 * host:
             log.warning("fused path: offloading keeps %.1f GiB in pinned host memory and the host has %.1f GiB available; if it runs out the "
                         "process is killed: lower data.max_seq_length or training.batch_size", pinned / 2**30, host / 2**30)
@@ -242,8 +243,8 @@ class FusedPath:
         if leaner is None:
             return False
         if leaner.mode == "offload":  # whether o_proj's outputs go to the host too depends on its free memory
-            config, tokens = self.model_config, self.tokens_per_micro_batch()
-            leaner = offload_plan(len(layers), tokens, 2 * config.hidden_size, rebuilt_layer_bytes(config, tokens), available_host_bytes())
+            keep_o = offload_keeps_o(leaner.checkpointed, self.tokens_per_micro_batch(), 2 * self.model_config.hidden_size, available_host_bytes())
+            leaner = dataclasses.replace(leaner, keep_o=keep_o)
         log.warning("fused path: out of GPU memory with memory %s (%d of %d layers recompute); retrying the step with %s (%d recompute)%s",
                     self.plan.mode, self.plan.checkpointed, len(layers), leaner.mode, leaner.checkpointed,
                     "; set training.memory_budget_gib to plan less from the start" if self.cfg.training.memory == "auto" else "")

@@ -9,8 +9,8 @@ peft's path runs the base layer and the adapter as separate modules; under autoc
 adapter weights make it cast and keep extra copies of x. Here everything runs in the compute dtype
 (bf16 on a GPU), the adapter's gradients come back in fp32 for the fp32 master weights, and a
 4-bit (NF4) base weight is dequantised on the fly in forward and again in backward, never stored.
-An fp8 base (`training.precision: fp8`, `engine.fp8`) runs its forward matmul in fp8 and is
-dequantised to the compute dtype for backward's dy W.
+An fp8 base (`training.precision: fp8`, `engine.fp8`) runs both of its matmuls, x Wᵀ and dy W, on fp8
+tensor cores.
 
 >>> import torch
 >>> x, w = torch.randn(3, 8), torch.randn(5, 8)
@@ -26,7 +26,7 @@ import types
 import torch
 
 from honed.engine import replay
-from honed.engine.fp8 import FP8_DTYPE, dequantize_weight, fp8_linear, fp8_weight_scale
+from honed.engine.fp8 import FP8_DTYPE, dequantize_weight, fp8_dgrad, fp8_linear, fp8_weight_scale
 from honed.engine.replay import NOT_NEEDED
 from honed.utils.precision import compute_dtype_of
 
@@ -37,10 +37,10 @@ def reference_lora_linear(x, weight, lora_a, lora_b, scale, bias=None):
     return y if bias is None else y + bias
 
 
-def _dequantize(weight_param, dtype, fp8_scale=None):
-    """The base weight as a dense matrix of `dtype`; NF4 (bitsandbytes Params4bit) and fp8 are dequantised."""
-    if fp8_scale is not None or weight_param.dtype == FP8_DTYPE:  # without its scale: a clear error, not garbage
-        return dequantize_weight(weight_param, fp8_scale, dtype)
+def _dequantize(weight_param, dtype):
+    """A bf16/fp16/fp32 or NF4 (bitsandbytes Params4bit) base weight as a dense matrix of `dtype`."""
+    if weight_param.dtype == FP8_DTYPE:  # reached only without its scale (fp8 bases go through engine.fp8): a clear error
+        return dequantize_weight(weight_param, None, dtype)
     quant_state = getattr(weight_param, "quant_state", None)
     if quant_state is None:
         return weight_param if weight_param.dtype == dtype else weight_param.to(dtype)
@@ -90,8 +90,11 @@ class _LoraLinear(torch.autograd.Function):
         grad_a = (dxa.t() @ x2).to(a_dtype) if ctx.needs_input_grad[2] else None
         grad_x = None
         if ctx.needs_input_grad[0]:
-            w = _dequantize(ctx.weight, dtype, ctx.fp8_scale)
-            grad_x = (dy2 @ w).addmm_(dxa, a).view(*dy.shape[:-1], x2.shape[-1])
+            if ctx.fp8_scale is not None:
+                base_dx = fp8_dgrad(dy2, ctx.weight, ctx.fp8_scale)
+            else:
+                base_dx = dy2 @ _dequantize(ctx.weight, dtype)
+            grad_x = base_dx.addmm_(dxa, a).view(*dy.shape[:-1], x2.shape[-1])
         grad_bias = dy2.sum(0).to(ctx.bias_dtype) if ctx.bias_grad else None
         return grad_x, None, grad_a, grad_b, None, grad_bias, None, None
 

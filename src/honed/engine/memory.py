@@ -2,8 +2,10 @@
 
 Per decoder layer, training keeps activations of roughly `layer_activation_bytes` per token. The
 policy keeps all of them when they fit in the budget (no recompute: fastest); otherwise it
-recomputes the fewest layers that make them fit; and when even that does not fit, it recomputes
-every layer and moves what those layers keep to pinned CPU memory.
+recomputes the fewest layers that make them fit. What a recomputed layer keeps goes to pinned CPU
+memory when the host has room for it ("offload"): the copies run on a side stream behind the
+compute, and the GPU memory they free holds whole layers that then need no recompute. Without that
+room the recomputed layers keep their tensors on the GPU ("checkpoint").
 
 A recomputed layer keeps its input and, where the layer allows it, o_proj's output (`keep_o`):
 with that, its rebuild in backward skips o_proj and down_proj and runs the MLP a chunk at a time
@@ -12,13 +14,20 @@ with that, its rebuild in backward skips o_proj and down_proj and runs the MLP a
 When the plan still runs out of memory (the estimate is an estimate), `escalate` gives the next
 plan to try: a quarter more of the layers recompute, then all of them, then offload.
 
->>> plan = plan_memory(layers=16, tokens=8192, per_token_layer=80_000, hidden_bytes=4096, budget=6e9)
+Llama-8b-like numbers (4,096 tokens, 6 GB for activations): offloading what 25 recomputed layers keep
+(1.7 GB) lets 7 layers stay whole; on a host without that room, 27 recompute and 5 stay whole.
+
+>>> kw = dict(layers=32, tokens=4096, per_token_layer=170_000, hidden_bytes=8192, budget=6e9, rebuilt_bytes=500_000_000)
+>>> plan = plan_memory(**kw, host_bytes=16e9)
 >>> plan.mode, plan.checkpointed, plan.keep_o
-('checkpoint', 9, True)
->>> [(p.mode, p.checkpointed) for p in (escalate(plan, 16), escalate(escalate(plan, 16), 16))]
-[('checkpoint', 13), ('checkpoint', 16)]
->>> escalate(MemoryPlan("checkpoint", 16, 0.0), 16).mode, escalate(MemoryPlan("offload", 16, 0.0), 16)
-('offload', None)
+('offload', 25, True)
+>>> plan = plan_memory(**kw, host_bytes=3e9)
+>>> plan.mode, plan.checkpointed
+('checkpoint', 27)
+>>> [(p.mode, p.checkpointed) for p in (escalate(plan, 32), escalate(escalate(plan, 32), 32))]
+[('checkpoint', 32), ('offload', 32)]
+>>> escalate(MemoryPlan("offload", 8, 0.0), 16).checkpointed, escalate(MemoryPlan("offload", 16, 0.0), 16)
+(12, None)
 >>> plan_memory(layers=16, tokens=8192, per_token_layer=80_000, hidden_bytes=4096, budget=1e8, host_bytes=1e9).keep_o
 False
 """
@@ -96,6 +105,10 @@ def plan_memory(*, layers: int, tokens: int, per_token_layer: int, hidden_bytes:
         return MemoryPlan("none", 0, full / 2**30)
     if forced == "offload":
         return offload_plan(layers, tokens, hidden_bytes, rebuilt, host_bytes)
+    if forced is None:
+        partial = _partial_offload_plan(layers, one_layer, kept, rebuilt, budget, host_bytes)
+        if partial is not None:
+            return partial
     # recompute n layers: (layers - n) keep everything, n keep their input and o, one layer is rebuilt at a time
     saving = one_layer - kept
     n = layers if forced == "checkpoint" else min(layers, math.ceil((full + rebuilt - budget) / max(saving, 1)))
@@ -105,12 +118,34 @@ def plan_memory(*, layers: int, tokens: int, per_token_layer: int, hidden_bytes:
     return MemoryPlan("checkpoint", n, est / 2**30)
 
 
+def _partial_offload_plan(layers: int, one_layer: int, kept: int, rebuilt: int, budget: float, host_bytes: float | None) -> MemoryPlan | None:
+    """Recompute the fewest layers m whose kept tensors (`kept` each) wait on the host, so that the
+    GPU holds only the other layers, two layers' kept tensors in flight (one copied back for its
+    rebuild, the next prefetched) and the layer being rebuilt. None when every layer would have to
+    recompute (the caller's choice between checkpoint and offload) or the host lacks the room."""
+    in_flight = 2 * kept
+    m = max(1, math.ceil((layers * one_layer + in_flight + rebuilt - budget) / one_layer))
+    if m >= layers or (host_bytes is not None and m * kept > _HOST_SHARE * host_bytes):
+        return None
+    est = (layers - m) * one_layer + in_flight + rebuilt
+    return MemoryPlan("offload", m, est / 2**30) if est <= budget else None
+
+
+# Pinned memory cannot be swapped out, and a host that runs out kills the process outright: offloading
+# takes at most this share of the host's available memory for what it keeps.
+_HOST_SHARE = 0.5
+
+
+def offload_keeps_o(offloaded_layers: int, tokens: int, hidden_bytes: int, host_bytes: float | None) -> bool:
+    """Whether offloaded layers keep o_proj's output beside their input: only when both fit in the
+    host's share; o_proj's output saves one matmul of seven."""
+    return host_bytes is None or 2 * offloaded_layers * tokens * hidden_bytes <= _HOST_SHARE * host_bytes
+
+
 def offload_plan(layers: int, tokens: int, hidden_bytes: int, rebuilt: int, host_bytes: float | None) -> MemoryPlan:
-    """Every layer recomputes and keeps its tensors in host memory: o_proj's output too only when
-    both take at most half of the host's available memory. Pinned memory cannot be swapped out, and
-    a host that runs out kills the process outright; o_proj's output saves one matmul of seven."""
-    keep_o = host_bytes is None or 2 * layers * tokens * hidden_bytes <= 0.5 * host_bytes
-    return MemoryPlan("offload", layers, rebuilt / 2**30, keep_o)
+    """Every layer recomputes and keeps its tensors in host memory (o_proj's output only where
+    `offload_keeps_o`)."""
+    return MemoryPlan("offload", layers, rebuilt / 2**30, offload_keeps_o(layers, tokens, hidden_bytes, host_bytes))
 
 
 def available_host_bytes() -> float | None:
@@ -140,12 +175,12 @@ def usable_gpu_bytes(device: torch.device) -> int:
 def escalate(plan: MemoryPlan, layers: int) -> MemoryPlan | None:
     """The next plan after `plan` ran out of memory: recompute a quarter more of the layers, then all
     of them, then offload what they keep too; None when offloading already did not fit."""
-    if plan.mode == "offload":
+    if plan.mode == "offload" and plan.checkpointed >= layers:
         return None
     if plan.mode == "checkpoint" and plan.checkpointed >= layers:
         return MemoryPlan("offload", layers, plan.estimate_gib)
     more = min(layers, plan.checkpointed + max(1, math.ceil(layers / 4)))
-    return MemoryPlan("checkpoint", more, plan.estimate_gib)
+    return MemoryPlan("offload" if plan.mode == "offload" else "checkpoint", more, plan.estimate_gib, plan.keep_o)
 
 
 class _Offloader:

@@ -145,18 +145,39 @@ def test_rope_matches_transformers_formula(unsqueeze_dim):
 def test_memory_plan_keeps_everything_when_it_fits_and_recomputes_only_what_does_not():
     kw = dict(layers=16, tokens=8192, per_token_layer=80_000, hidden_bytes=4096)
     assert plan_memory(**kw, budget=1e12).mode == "none"
-    part = plan_memory(**kw, budget=6e9)
+    part = plan_memory(**kw, budget=6e9, host_bytes=1e8)  # no host room: the recomputed layers keep on the GPU
     assert part.mode == "checkpoint" and 0 < part.checkpointed < 16 and part.estimate_gib * 2**30 <= 6e9
     assert plan_memory(**kw, budget=1e8).mode == "offload"
     assert plan_memory(**kw, budget=1e12, forced="offload").checkpointed == 16
     assert plan_memory(**kw, budget=1e12, forced="checkpoint").checkpointed == 16
 
 
+def test_with_host_room_recomputed_layers_offload_and_more_layers_stay_whole():
+    """llama-8b at 4,096 tokens: a layer keeps ~0.7 GB, a recomputed one 67 MB (input and o_proj's output).
+    Sending those 67 MB to the host frees room for whole layers: fewer layers recompute than when they
+    stay on the GPU, within the same budget, and only while the host can take what they keep."""
+    kw = dict(layers=32, tokens=4096, per_token_layer=170_000, hidden_bytes=8192, rebuilt_bytes=500_000_000)
+    kept = 2 * 4096 * 8192
+    for budget in (3e9, 6e9, 12e9, 20e9):
+        on_gpu = plan_memory(**kw, budget=budget, host_bytes=0.0)
+        offloaded = plan_memory(**kw, budget=budget, host_bytes=64e9)
+        assert on_gpu.mode == "checkpoint" and offloaded.mode == "offload", budget
+        assert offloaded.checkpointed <= on_gpu.checkpointed - (budget < 15e9), budget  # with many recomputed layers, fewer
+        assert offloaded.estimate_gib * 2**30 <= budget and offloaded.keep_o
+        # and none fewer: one layer less to recompute would not fit
+        assert (32 - offloaded.checkpointed + 1) * 4096 * 170_000 + 2 * kept + 500_000_000 > budget
+    just = plan_memory(**kw, budget=6e9, host_bytes=64e9).checkpointed * kept / 0.5
+    assert plan_memory(**kw, budget=6e9, host_bytes=just).mode == "offload"
+    assert plan_memory(**kw, budget=6e9, host_bytes=0.99 * just).mode == "checkpoint"
+    # When every layer must recompute anyway, the choice is the one it always was.
+    assert plan_memory(**kw, budget=1e9, host_bytes=64e9).checkpointed == 32
+
+
 def test_memory_plan_leaves_room_for_the_backward_of_a_layer():
     kw = dict(layers=16, tokens=8192, per_token_layer=80_000, hidden_bytes=4096)
     full = 16 * 8192 * 80_000
     assert plan_memory(**kw, budget=full).mode == "none"
-    assert plan_memory(**kw, budget=full, transient_per_token=1000).mode == "checkpoint"
+    assert plan_memory(**kw, budget=full, transient_per_token=1000).checkpointed > 0
 
 
 def test_an_out_of_memory_plan_escalates_until_offload():

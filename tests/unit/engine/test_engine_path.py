@@ -220,6 +220,21 @@ def test_fused_path_recovers_from_out_of_memory_with_a_leaner_plan_and_the_same_
     assert all(float((g_f[k] - g_ref[k]).norm() / g_ref[k].norm()) < 1e-4 for k in g_ref)
 
 
+def test_a_partial_offload_plan_escalates_by_offloading_more_layers(tiny_model_dir, monkeypatch):
+    import honed.engine.fused as fused_module
+    from honed.engine.memory import MemoryPlan, apply_memory_plan
+
+    fused = FusedPath(cfg_for("none"), torch.device("cpu"))
+    fused.prepare(tiny_lora_model(tiny_model_dir, "llama3"))
+    fused.plan = MemoryPlan("offload", 1, 0.0)
+    apply_memory_plan(fused.decoder_layers, fused.plan)
+    monkeypatch.setattr(fused_module, "available_host_bytes", lambda: 0.0)  # the host has run short meanwhile
+    assert fused.recover_from_oom()
+    n_layers = len(fused.decoder_layers)
+    assert (fused.plan.mode, fused.plan.checkpointed) == ("offload", min(n_layers, 1 + -(-n_layers // 4)))
+    assert not fused.plan.keep_o  # o_proj's outputs stay off a host without room for them
+
+
 def test_fused_path_names_lora_layers_it_cannot_fuse(tiny_model_dir, caplog):
     from transformers import AutoModelForCausalLM
 

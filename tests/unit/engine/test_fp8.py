@@ -19,10 +19,12 @@ from honed.engine.fp8 import (
     convert_lora_bases_to_fp8,
     dequantize_weight,
     fp8_device_problem,
+    fp8_dgrad,
     fp8_linear,
     prepare_fp8,
     quantize_rows,
     quantize_weight_rowwise,
+    reference_fp8_dgrad,
     reference_fp8_linear,
     refuse_fp8_off_the_fused_path,
 )
@@ -168,6 +170,29 @@ def test_fp8_linear_on_cpu_is_its_reference_and_keeps_the_input_dtype():
     assert fp8_linear(x.bfloat16(), w_fp8, scale, bias.bfloat16()).dtype == torch.bfloat16
 
 
+def test_fp8_dgrad_folds_the_weight_scale_into_the_gradient_rows():
+    """dx = dy W with W ≈ W_fp8 · scale[:, None]: the scale of output channel j multiplies column j of
+    dy before dy's rows are rounded to e4m3. Channels four decades apart would miss by orders of
+    magnitude if it were applied along the other axis, or after the rounding of a row dominated by
+    one large channel."""
+    torch.manual_seed(4)
+    w = torch.randn(48, 32) * torch.logspace(-3, 1, 48)[:, None]
+    dy = torch.randn(10, 48)
+    w_fp8, scale = quantize_weight_rowwise(w)
+    dense = dequantize_weight(w_fp8, scale, torch.float32)
+    got = fp8_dgrad(dy, w_fp8, scale)
+    assert got.dtype == torch.float32 and got.shape == (10, 32)
+    torch.testing.assert_close(got, reference_fp8_dgrad(dy, w_fp8, scale))  # on a CPU it is its reference
+    assert 0 < rel(got, dy @ dense) <= E4M3_RMS_BOUND  # dy·scale rounded once: an e4m3 step, no more
+    # The rounding is of dy·scale, row by row. Rows of dy·scale whose entries are ±2^k with amax 8 scale to
+    # ±448·2^-j, all exact in e4m3, so such a dy passes unrounded; with the scale on the wrong axis it would not.
+    powers = torch.randint(0, 4, (10, 48)).float().exp2() * torch.randint(0, 2, (10, 48)).float().mul(2).sub(1)
+    powers[:, 0] = 8.0
+    exact = powers / scale
+    assert rel(fp8_dgrad(exact, w_fp8, scale), exact @ dense) <= 1e-6
+    assert fp8_dgrad(dy.bfloat16(), w_fp8, scale).dtype == torch.bfloat16
+
+
 def test_an_fp8_weight_that_lost_its_pairing_is_an_error_not_garbage():
     w_fp8, scale = quantize_weight_rowwise(torch.randn(16, 16))
     with pytest.raises(ModelError, match="fp8 base weight lost its pairing"):
@@ -195,11 +220,16 @@ def test_lora_linear_over_an_fp8_base_matches_the_reference_of_its_dequantised_w
     want = reference_lora_linear(xr, dense, ar, br, 2.0, bias)
     (want * up).sum().backward()
 
-    # Forward: only x's rounding to e4m3 differs. Backward uses the dequantised W and the unrounded x,
-    # so in fp32 its gradients are the reference's to float rounding.
+    # Forward: only x's rounding to e4m3 differs. The adapter's gradients read the unrounded x and dy, so
+    # in fp32 they are the reference's to float rounding; dx's base part is dy W with dy·scale rounded to
+    # e4m3 (fp8_dgrad), its LoRA part exact.
     assert rel(got, want) <= E4M3_RMS_BOUND
-    for g, r in ((xs.grad, xr.grad), (as_.grad, ar.grad), (bs.grad, br.grad)):
+    for g, r in ((as_.grad, ar.grad), (bs.grad, br.grad)):
         assert rel(g, r) <= 1e-5
+    dy = up.reshape(-1, 48)
+    lora_part = (2.0 * dy @ b) @ a
+    torch.testing.assert_close(xs.grad.reshape(-1, 64), reference_fp8_dgrad(dy, w_fp8, scale) + lora_part, rtol=1e-5, atol=1e-5)
+    assert 0 < rel(xs.grad, xr.grad) <= E4M3_RMS_BOUND
 
 
 # ---- a tiny model's LoRA bases --------------------------------------------------------------
