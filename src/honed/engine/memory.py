@@ -12,7 +12,8 @@ with that, its rebuild in backward skips o_proj and down_proj and runs the MLP a
 (`engine.replay`). Offloading drops `keep_o` when host memory cannot hold both.
 
 When the plan still runs out of memory (the estimate is an estimate), `escalate` gives the next
-plan to try: a quarter more of the layers recompute, then all of them, then offload.
+plan to try: a quarter more of the layers recompute, then all of them, then offload (a plan that
+already offloads offloads a quarter more of the layers).
 
 Llama-8b-like numbers (4,096 tokens, 6 GB for activations): offloading what 25 recomputed layers keep
 (1.7 GB) lets 7 layers stay whole; on a host without that room, 27 recompute and 5 stay whole.
@@ -173,8 +174,9 @@ def usable_gpu_bytes(device: torch.device) -> int:
 
 
 def escalate(plan: MemoryPlan, layers: int) -> MemoryPlan | None:
-    """The next plan after `plan` ran out of memory: recompute a quarter more of the layers, then all
-    of them, then offload what they keep too; None when offloading already did not fit."""
+    """The next plan after `plan` ran out of memory: recompute a quarter more of the layers (keeping
+    what they keep where they did: GPU or host), then all of them, then offload what they keep too;
+    None when offloading every layer already did not fit."""
     if plan.mode == "offload" and plan.checkpointed >= layers:
         return None
     if plan.mode == "checkpoint" and plan.checkpointed >= layers:
