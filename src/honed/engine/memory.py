@@ -92,6 +92,11 @@ def rebuilt_layer_bytes(config, tokens: int, dtype_bytes: int = 2) -> int:
     return tokens * (layer_activation_bytes(config, dtype_bytes) - mlp_per_token) + mlp_chunk_tokens(f, tokens) * mlp_per_token
 
 
+# Pinned memory cannot be swapped out, and a host that runs out kills the process outright: offloading
+# takes at most this share of the host's available memory for what it keeps.
+_HOST_SHARE = 0.5
+
+
 def plan_memory(*, layers: int, tokens: int, per_token_layer: int, hidden_bytes: int, budget: float, forced: str | None = None,
                 transient_per_token: int = 0, rebuilt_bytes: int | None = None, host_bytes: float | None = None) -> MemoryPlan:
     """`hidden_bytes`: one token's hidden state; a recomputed layer keeps two (its input and o_proj's
@@ -107,7 +112,7 @@ def plan_memory(*, layers: int, tokens: int, per_token_layer: int, hidden_bytes:
     if forced == "offload":
         return offload_plan(layers, tokens, hidden_bytes, rebuilt, host_bytes)
     if forced is None:
-        partial = _partial_offload_plan(layers, one_layer, kept, rebuilt, budget, host_bytes)
+        partial = _partial_offload_plan(layers, tokens, hidden_bytes, one_layer, rebuilt, budget, host_bytes)
         if partial is not None:
             return partial
     # recompute n layers: (layers - n) keep everything, n keep their input and o, one layer is rebuilt at a time
@@ -119,22 +124,19 @@ def plan_memory(*, layers: int, tokens: int, per_token_layer: int, hidden_bytes:
     return MemoryPlan("checkpoint", n, est / 2**30)
 
 
-def _partial_offload_plan(layers: int, one_layer: int, kept: int, rebuilt: int, budget: float, host_bytes: float | None) -> MemoryPlan | None:
-    """Recompute the fewest layers m whose kept tensors (`kept` each) wait on the host, so that the
-    GPU holds only the other layers, two layers' kept tensors in flight (one copied back for its
-    rebuild, the next prefetched) and the layer being rebuilt. None when every layer would have to
-    recompute (the caller's choice between checkpoint and offload) or the host lacks the room."""
-    in_flight = 2 * kept
+def _partial_offload_plan(layers: int, tokens: int, hidden_bytes: int, one_layer: int, rebuilt: int, budget: float,
+                          host_bytes: float | None) -> MemoryPlan | None:
+    """Recompute the fewest layers m whose kept tensors (input and o_proj's output) wait on the host,
+    so that the GPU holds only the other layers, two layers' kept tensors in flight (one copied back
+    for its rebuild, the next prefetched) and the layer being rebuilt. None when every layer would
+    have to recompute (the caller's choice between checkpoint and offload) or the host lacks the room
+    for both kept tensors (`offload_keeps_o`)."""
+    in_flight = 2 * (2 * tokens * hidden_bytes)
     m = max(1, math.ceil((layers * one_layer + in_flight + rebuilt - budget) / one_layer))
-    if m >= layers or (host_bytes is not None and m * kept > _HOST_SHARE * host_bytes):
+    if m >= layers or not offload_keeps_o(m, tokens, hidden_bytes, host_bytes):
         return None
     est = (layers - m) * one_layer + in_flight + rebuilt
     return MemoryPlan("offload", m, est / 2**30) if est <= budget else None
-
-
-# Pinned memory cannot be swapped out, and a host that runs out kills the process outright: offloading
-# takes at most this share of the host's available memory for what it keeps.
-_HOST_SHARE = 0.5
 
 
 def offload_keeps_o(offloaded_layers: int, tokens: int, hidden_bytes: int, host_bytes: float | None) -> bool:
