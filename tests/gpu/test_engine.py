@@ -9,9 +9,26 @@ import logging
 import pytest
 import torch
 
-from honed.engine.layers import reference_rms_norm, reference_rope, reference_swiglu, rms_norm, rope, swiglu
+from honed.engine.fp8 import (
+    dequantize_weight,
+    fp8_device_problem,
+    quantize_weight_rowwise,
+)
+from honed.engine.grouped import DenseBases, Fp8Bases, grouped_lora_linear
+from honed.engine.layers import (
+    packed_swiglu,
+    reference_rms_norm,
+    reference_rope,
+    reference_swiglu,
+    rms_norm,
+    rope,
+    swiglu,
+)
 from honed.engine.lora import lora_linear, reference_lora_linear
-from honed.engine.loss import linear_cross_entropy_sum, reference_linear_cross_entropy_sum
+from honed.engine.loss import (
+    linear_cross_entropy_sum,
+    reference_linear_cross_entropy_sum,
+)
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 TOL = 1e-2
@@ -114,6 +131,76 @@ def test_swiglu_bf16():
     g = (torch.randn(8192, 4096, device="cuda") * 2).requires_grad_(True)
     u = torch.randn(8192, 4096, device="cuda", requires_grad=True)
     check(swiglu, reference_swiglu, [g, u])
+
+
+def test_packed_swiglu_bf16():
+    torch.manual_seed(6)
+    gate_up = (torch.randn(4096, 2 * 3072, device="cuda") * 2).requires_grad_(True)
+    check(packed_swiglu, lambda t: reference_swiglu(t[:, :3072], t[:, 3072:]), [gate_up])
+
+
+def grouped_case(seed, ranks=(16, 16, 8), outs=(2048, 512, 512), scales=(2.0, 2.0, 0.5), width=2048, bias=False):
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    x = torch.randn(2, 1024, width, device="cuda", generator=g)
+    ws = [torch.randn(o, width, device="cuda", generator=g) * 0.02 for o in outs]
+    as_ = [(torch.randn(r, width, device="cuda", generator=g) * 0.02) for r in ranks]
+    bs = [(torch.randn(o, r, device="cuda", generator=g) * 0.02) for o, r in zip(outs, ranks)]
+    biases = [torch.randn(o, device="cuda", generator=g) * 0.02 if bias else None for o in outs]
+    return x, ws, as_, bs, list(scales), biases
+
+
+def grouped_against_fp32_reference(x, bases, dense, as_, bs, scales, biases):
+    """The grouped node in bf16 (fp32 masters) and the separate fp32 reference projections: outputs,
+    dx and every dA / dB."""
+    up = torch.randn(*x.shape[:-1], sum(w.shape[0] for w in dense), device="cuda")
+    got_x = x.bfloat16().requires_grad_(True)
+    got_a = [a.clone().requires_grad_(True) for a in as_]
+    got_b = [b.clone().requires_grad_(True) for b in bs]
+    got = grouped_lora_linear(got_x, bases, got_a, got_b, scales)
+    (got.float() * up).sum().backward()
+    ref_x = x.clone().requires_grad_(True)
+    ref_a = [a.clone().requires_grad_(True) for a in as_]
+    ref_b = [b.clone().requires_grad_(True) for b in bs]
+    ref = torch.cat([reference_lora_linear(ref_x, w, a, b, s, bias) for w, a, b, s, bias in zip(dense, ref_a, ref_b, scales, biases)], -1)
+    (ref * up).sum().backward()
+    assert all(t.grad.dtype == torch.float32 for t in got_a + got_b)
+    return rel(got, ref), rel(got_x.grad, ref_x.grad), [rel(g.grad, r.grad) for g, r in zip(got_a + got_b, ref_a + ref_b)]
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_grouped_lora_over_dense_bases_bf16(bias):
+    x, ws, as_, bs, scales, biases = grouped_case(8, bias=bias)
+    bases = DenseBases([w.bfloat16() for w in ws], [None if b is None else b.bfloat16() for b in biases])
+    out_err, dx_err, adapter_errs = grouped_against_fp32_reference(x, bases, ws, as_, bs, scales, biases)
+    assert out_err <= TOL and dx_err <= TOL and max(adapter_errs) <= TOL, (out_err, dx_err, adapter_errs)
+
+
+def test_grouped_lora_over_nf4_bases():
+    bnb = pytest.importorskip("bitsandbytes")
+    x, ws, as_, bs, scales, biases = grouped_case(9, ranks=(16, 16), outs=(1024, 1024), scales=(1.0, 1.0))
+    quantised = []
+    for w in ws:
+        layer = bnb.nn.Linear4bit(w.shape[1], w.shape[0], bias=False, compute_dtype=torch.bfloat16, quant_type="nf4")
+        layer.weight = bnb.nn.Params4bit(w.cpu(), requires_grad=False, quant_type="nf4")
+        quantised.append(layer.cuda().weight)
+    dense = [bnb.functional.dequantize_4bit(q.data, q.quant_state).float() for q in quantised]
+    out_err, dx_err, adapter_errs = grouped_against_fp32_reference(x, DenseBases(quantised), dense, as_, bs, scales, biases)
+    assert out_err <= TOL and dx_err <= TOL and max(adapter_errs) <= TOL, (out_err, dx_err, adapter_errs)
+
+
+def test_grouped_lora_over_fp8_bases_matches_fp32_references():
+    """q/k/v as one node over one e4m3 matrix: against the separate fp32 projections of the same
+    (dequantised) weights; the output and dx carry the e4m3 rounding of x and of dy, as a single fp8
+    projection's do (tests/gpu/test_fp8.py bounds that at 4e-2), the adapter gradients do not."""
+    if fp8_device_problem(torch.device("cuda")):
+        pytest.skip(fp8_device_problem(torch.device("cuda")))
+    x, ws, as_, bs, scales, biases = grouped_case(10, bias=True)
+    w_fp8, scale = quantize_weight_rowwise(torch.cat(ws).bfloat16())
+    dense = list(dequantize_weight(w_fp8, scale, torch.float32).split([w.shape[0] for w in ws]))
+    bases = Fp8Bases(w_fp8, scale, [b.bfloat16() for b in biases])
+    out_err, dx_err, adapter_errs = grouped_against_fp32_reference(x, bases, dense, as_, bs, scales, biases)
+    assert out_err <= 4e-2 and dx_err <= 4e-2, (out_err, dx_err)
+    assert max(adapter_errs) <= TOL, adapter_errs
 
 
 def test_rope_bf16():

@@ -301,6 +301,6 @@ def run(args) -> int:
     res.update(loss=round(losses[-1], 3), losses=[round(x, 4) for x in losses], warmup_s=round(warmup_s, 1),
                trainable=sum(p.numel() for p in params),
                memory=plan.mode if plan else ("checkpoint" if t.gradient_checkpointing else "none"),
-               recomputed_layers=plan.checkpointed if plan else None)
+               recomputed_layers=plan.checkpointed if plan else None, whole_mlp=bool(plan and plan.whole_mlp))
     print("RESULT " + json.dumps(res), flush=True)
     return 0

@@ -1,7 +1,8 @@
 """The fused CUDA path for Llama-style decoders (Llama, Qwen2/2.5, Qwen3, Mistral).
 
 What it changes against plain transformers, each with a plain-torch reference beside it:
-- LoRA projections run as one autograd node each (`engine.lora`), NF4 bases dequantised on the fly;
+- LoRA projections run as one autograd node each (`engine.lora`), NF4 bases dequantised on the fly,
+  and projections that read the same input (q/k/v, gate/up) as one node per group (`engine.grouped`);
 - RMSNorm and SwiGLU keep less for backward (`engine.layers`);
 - the loss never makes full logits: hidden states → chunked lm_head + cross-entropy (`engine.loss`);
 - activation memory follows a plan (`engine.memory`): no recompute when it fits, recompute as few
@@ -34,6 +35,7 @@ from honed.engine.attention import (
 )
 from honed.data.packing import uses_varlen_attention
 from honed.engine.fp8 import prepare_fp8
+from honed.engine.grouped import group_siblings
 from honed.engine.layers import patch_layers, patch_rope
 from honed.engine.lora import count_unfusable_lora_layers, patch_lora_layers
 from honed.engine.loss import linear_cross_entropy_sum, shift_targets
@@ -153,6 +155,7 @@ class FusedPath:
         if unfused:
             log.warning("fused path: %d LoRA projections stay on peft's slower path (lora.dropout > 0, DoRA or a trainable base); lora.dropout: 0 fuses them", unfused)
         prepare_fp8(model, self.cfg, self.device)  # before the memory plan: it frees the bf16 copies
+        n_groups = group_siblings(model)  # after fp8: it stores each group's fp8 bases as one matrix
         n_norm, n_mlp = patch_layers(model)
         rope_fused = patch_rope(model)
         if self.restore_embeddings:
@@ -166,9 +169,10 @@ class FusedPath:
         self.plan = self.memory_plan(model)
         apply_memory_plan(self.decoder_layers, self.plan)
         log.info(
-            "fused path: %d LoRA projections, %d RMSNorms, %d SwiGLU MLPs%s fused; memory %s (%d of %d layers recompute%s, ~%.1f GiB activations planned)",
-            n_lora, n_norm, n_mlp, ", RoPE" if rope_fused else "", self.plan.mode, self.plan.checkpointed, len(lm.model.layers),
-            "" if not self.plan.checkpointed else ", keeping o_proj's output" if self.plan.keep_o else ", o_proj recomputed: host memory is short",
+            "fused path: %d LoRA projections (%d sibling groups run as one node each), %d RMSNorms, %d SwiGLU MLPs%s fused; memory %s (%d of %d layers recompute%s, ~%.1f GiB activations planned)",
+            n_lora, n_groups, n_norm, n_mlp, ", RoPE" if rope_fused else "", self.plan.mode, self.plan.checkpointed, len(lm.model.layers),
+            ("" if not self.plan.checkpointed else ", keeping o_proj's output" if self.plan.keep_o else ", o_proj recomputed: host memory is short")
+            + (", MLP rebuilt over all tokens at once" if self.plan.whole_mlp else ""),
             self.plan.estimate_gib,
         )
         return model
@@ -225,6 +229,7 @@ class FusedPath:
             forced=forced,
             transient_per_token=backward_transient_bytes(lm.config),
             rebuilt_bytes=rebuilt_layer_bytes(lm.config, tokens),
+            whole_mlp_rebuilt_bytes=rebuilt_layer_bytes(lm.config, tokens, whole_mlp=True),
             host_bytes=host,
         )
         pinned = plan.checkpointed * tokens * hidden_bytes * (2 if plan.keep_o else 1)

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 
 from honed.engine import replay
 from honed.engine.compile import on_cuda_compiled
+from honed.engine.lora import GROUP_ATTR
 
 
 def reference_rms_norm(x, weight, eps):
@@ -104,8 +105,7 @@ def _rms_backward(dy, x, weight, rstd):
     return (rstd * (g - xhat * (g * xhat).mean(-1, keepdim=True))).to(x.dtype)
 
 
-@on_cuda_compiled
-def _swiglu_backward(dh, gate, up):
+def _swiglu_grads(dh, gate, up):
     g = gate.float()
     sig = torch.sigmoid(g)
     dhf = dh.float()
@@ -114,9 +114,23 @@ def _swiglu_backward(dh, gate, up):
     return d_gate, d_up
 
 
+_swiglu_backward = on_cuda_compiled(_swiglu_grads)
+
+
 @on_cuda_compiled
 def _swiglu_forward(gate, up):
     return F.silu(gate) * up
+
+
+@on_cuda_compiled
+def _packed_swiglu_forward(gate_up, width: int):
+    return F.silu(gate_up[..., :width]) * gate_up[..., width:]
+
+
+@on_cuda_compiled
+def _packed_swiglu_backward(dh, gate_up, width: int):
+    # One output tensor, gate's gradient then up's: the joint gate/up node (engine.grouped) takes it as it is.
+    return torch.cat(_swiglu_grads(dh, gate_up[..., :width], gate_up[..., width:]), dim=-1)
 
 
 class _RMSNorm(torch.autograd.Function):
@@ -149,6 +163,26 @@ class _SwiGLU(torch.autograd.Function):
         return _swiglu_backward(dh, gate, up)
 
 
+class _PackedSwiGLU(torch.autograd.Function):
+    """SwiGLU of gate and up stored side by side in one tensor (…, 2·width)."""
+
+    @staticmethod
+    def forward(ctx, gate_up, width):
+        ctx.save_for_backward(gate_up)
+        ctx.width = width
+        return _packed_swiglu_forward(gate_up, width)
+
+    @staticmethod
+    def backward(ctx, dh):
+        (gate_up,) = ctx.saved_tensors
+        return _packed_swiglu_backward(dh, gate_up, ctx.width), None
+
+
+def packed_swiglu(gate_up):
+    """silu(gate) · up for gate and up side by side in the last dimension (the joint gate/up output)."""
+    return _PackedSwiGLU.apply(gate_up, gate_up.shape[-1] // 2)
+
+
 def rms_norm(x, weight, eps):
     return _RMSNorm.apply(x, weight, eps)
 
@@ -162,15 +196,20 @@ def _norm_forward(self, x):
 
 
 def _run_mlp(self, x):
+    group = getattr(self.gate_proj, GROUP_ATTR, None)
+    gate_up = group.joint_output(x) if group is not None and group.members == [self.gate_proj, self.up_proj] else None
+    if gate_up is not None:  # gate and up from one node, side by side (engine.grouped)
+        return self.down_proj(packed_swiglu(gate_up))
     return self.down_proj(swiglu(self.gate_proj(x), self.up_proj(x)))
 
 
 def _mlp_forward(self, x):
     tokens = x.numel() // x.shape[-1]
-    chunk = replay.mlp_chunk_tokens(getattr(self, "intermediate_size", None) or self.config.intermediate_size, tokens)
+    width = getattr(self, "intermediate_size", None) or self.config.intermediate_size
+    chunk = replay.mlp_chunk_tokens(width, tokens)
     run = types.MethodType(_run_mlp, self)
     if replay.defers(self):  # inside a recomputed layer's rebuild: the MLP runs in backward only
-        return replay.deferred_mlp(self, x, run, chunk)
+        return replay.deferred_mlp(self, x, run, replay.deferred_chunk_tokens(self, width, tokens))
     if not torch.is_grad_enabled() and tokens > chunk:
         return replay.chunked_without_grad(x, run, chunk)
     return run(x)

@@ -109,13 +109,28 @@ def lora_linear(x, weight, lora_a, lora_b, scale, bias=None, fp8_scale=None, giv
     return _LoraLinear.apply(x, weight, lora_a, lora_b, float(scale), bias, fp8_scale, given)
 
 
+GROUP_ATTR = "_honed_sibling_group"  # the `engine.grouped.SiblingGroup` a projection belongs to, if any
+
+
+def fused_adapter(module, args=(), kwargs=None) -> str | None:
+    """The adapter the fused node computes for this call of a patched projection, or None where
+    peft's own forward must run (adapters off or merged, several active, extra arguments)."""
+    if module.disable_adapters or module.merged or args or kwargs or len(module.active_adapters) != 1:
+        return None
+    name = module.active_adapters[0]
+    return name if name in module.lora_A else None
+
+
 def _fused_forward(self, x, *args, **kwargs):
     """Replaces peft's lora.Linear.forward where the fused node computes the same thing."""
-    if self.disable_adapters or self.merged or args or kwargs or len(self.active_adapters) != 1:
+    name = fused_adapter(self, args, kwargs)
+    if name is None:
         return type(self).forward(self, x, *args, **kwargs)
-    name = self.active_adapters[0]
-    if name not in self.lora_A:
-        return type(self).forward(self, x, *args, **kwargs)
+    group = getattr(self, GROUP_ATTR, None)
+    if group is not None:  # q/k/v or gate/up run as one node (engine.grouped)
+        y = group.output(self, x, name)
+        if y is not None:
+            return y
     base = self.base_layer
     dtype = compute_dtype_of(x)
     y = lora_linear(x.to(dtype), base.weight, self.lora_A[name].weight, self.lora_B[name].weight, self.scaling[name], base.bias,

@@ -36,6 +36,7 @@ False
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import math
 import types
@@ -54,6 +55,10 @@ class MemoryPlan:
     checkpointed: int  # how many decoder layers recompute in backward
     estimate_gib: float  # planned activation memory on the GPU
     keep_o: bool = True  # recomputed layers also keep o_proj's output, so their rebuild is lean (engine.replay)
+    # A rebuilt layer runs its MLP over all tokens at once instead of chunk by chunk (`engine.replay`):
+    # chosen by `auto` when the budget has room for it after the layers are planned. Each chunk costs
+    # the host a full pass of Python and launches, which a recompute-heavy step waits on.
+    whole_mlp: bool = False
 
 
 # What layer_activation_bytes counts falls short of what a layer keeps: on an H200, llama-8b QLoRA at
@@ -82,14 +87,16 @@ def backward_transient_bytes(config, dtype_bytes: int = 2) -> int:
     return dtype_bytes * (2 * config.intermediate_size + 4 * config.hidden_size)
 
 
-def rebuilt_layer_bytes(config, tokens: int, dtype_bytes: int = 2) -> int:
+def rebuilt_layer_bytes(config, tokens: int, dtype_bytes: int = 2, whole_mlp: bool = False) -> int:
     """What one recomputed layer holds while it is rebuilt and backpropagated: everything it keeps
-    per token, except that its MLP runs a chunk of tokens at a time (`engine.replay`)."""
+    per token, except that its MLP runs a chunk of tokens at a time (`engine.replay`), or over all
+    of them with `whole_mlp`."""
     from honed.engine.replay import mlp_chunk_tokens
 
     f = config.intermediate_size
     mlp_per_token = int(dtype_bytes * 3 * f * CALIBRATION)
-    return tokens * (layer_activation_bytes(config, dtype_bytes) - mlp_per_token) + mlp_chunk_tokens(f, tokens) * mlp_per_token
+    mlp_tokens = tokens if whole_mlp else mlp_chunk_tokens(f, tokens)
+    return tokens * (layer_activation_bytes(config, dtype_bytes) - mlp_per_token) + mlp_tokens * mlp_per_token
 
 
 # Pinned memory cannot be swapped out, and a host that runs out kills the process outright: offloading
@@ -98,11 +105,24 @@ _HOST_SHARE = 0.5
 
 
 def plan_memory(*, layers: int, tokens: int, per_token_layer: int, hidden_bytes: int, budget: float, forced: str | None = None,
-                transient_per_token: int = 0, rebuilt_bytes: int | None = None, host_bytes: float | None = None) -> MemoryPlan:
+                transient_per_token: int = 0, rebuilt_bytes: int | None = None, host_bytes: float | None = None,
+                whole_mlp_rebuilt_bytes: int | None = None) -> MemoryPlan:
     """`hidden_bytes`: one token's hidden state; a recomputed layer keeps two (its input and o_proj's
     output). `rebuilt_bytes`: one layer during its rebuild (default: all it would keep). `host_bytes`:
-    host memory free for offloading (None: enough)."""
+    host memory free for offloading (None: enough). `whole_mlp_rebuilt_bytes`: the same with the MLP
+    over all tokens at once; `auto` takes that (`MemoryPlan.whole_mlp`) where the budget still has room."""
     budget = budget - tokens * transient_per_token  # the backward's working memory is never available to keep activations
+    plan = _plan_layers(layers, tokens, per_token_layer, hidden_bytes, budget, forced, rebuilt_bytes, host_bytes)
+    if forced is None and plan.checkpointed and whole_mlp_rebuilt_bytes is not None:
+        rebuilt = tokens * per_token_layer if rebuilt_bytes is None else rebuilt_bytes
+        whole = plan.estimate_gib * 2**30 + whole_mlp_rebuilt_bytes - rebuilt
+        if whole <= budget:
+            return dataclasses.replace(plan, estimate_gib=whole / 2**30, whole_mlp=True)
+    return plan
+
+
+def _plan_layers(layers, tokens, per_token_layer, hidden_bytes, budget, forced, rebuilt_bytes, host_bytes) -> MemoryPlan:
+    """Which layers recompute and where they keep their tensors (`plan_memory`, after the transient)."""
     full = layers * tokens * per_token_layer
     kept = 2 * tokens * hidden_bytes
     one_layer = tokens * per_token_layer
@@ -184,7 +204,7 @@ def escalate(plan: MemoryPlan, layers: int) -> MemoryPlan | None:
     if plan.mode == "checkpoint" and plan.checkpointed >= layers:
         return MemoryPlan("offload", layers, plan.estimate_gib)
     more = min(layers, plan.checkpointed + max(1, math.ceil(layers / 4)))
-    return MemoryPlan("offload" if plan.mode == "offload" else "checkpoint", more, plan.estimate_gib, plan.keep_o)
+    return MemoryPlan("offload" if plan.mode == "offload" else "checkpoint", more, plan.estimate_gib, plan.keep_o)  # MLP in chunks again
 
 
 class _Offloader:
@@ -307,5 +327,8 @@ def apply_memory_plan(decoder_layers, plan: MemoryPlan) -> None:
         if not hasattr(layer, "_honed_unplanned_forward"):
             layer._honed_unplanned_forward = layer.forward
         layer.forward = layer._honed_unplanned_forward
+        mlp = getattr(layer, "mlp", None)
+        if mlp is not None:
+            replay.set_whole_mlp(mlp, plan.whole_mlp)
         if i >= n - plan.checkpointed:
             _wrap_layer(layer, i, offloader, plan.keep_o)

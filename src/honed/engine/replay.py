@@ -64,6 +64,20 @@ def mlp_chunk_tokens(intermediate_size: int, tokens: int, budget_bytes: int = _M
     return min(tokens, -(-each // 128) * 128)
 
 
+_WHOLE_MLP_ATTR = "_honed_whole_mlp"
+
+
+def set_whole_mlp(mlp, whole: bool) -> None:
+    """Whether this MLP, when deferred in a rebuild, runs over all tokens at once (the memory plan's
+    `whole_mlp`) instead of `mlp_chunk_tokens` at a time."""
+    setattr(mlp, _WHOLE_MLP_ATTR, whole)
+
+
+def deferred_chunk_tokens(mlp, intermediate_size: int, tokens: int) -> int:
+    """Tokens per chunk of this MLP's deferred run (see `set_whole_mlp`)."""
+    return tokens if getattr(mlp, _WHOLE_MLP_ATTR, False) else mlp_chunk_tokens(intermediate_size, tokens)
+
+
 # ---- what the fused nodes ask ------------------------------------------------------------------
 
 

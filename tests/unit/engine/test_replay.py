@@ -12,7 +12,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from honed.engine import PlainPath, replay
 from honed.engine.fused import FusedPath
-from honed.engine.memory import MemoryPlan, apply_memory_plan
+from honed.engine.memory import MemoryPlan, apply_memory_plan, escalate
 from honed.testing.lora import lora_model
 
 from .test_engine_path import batch_for, cfg_for, loss_and_grads
@@ -99,6 +99,46 @@ def test_a_chunked_mlp_gives_the_same_loss_and_gradients(tiny_model_dir, family,
     monkeypatch.setattr(replay, "chunked_without_grad", lambda x, run, chunk: chunks.append(chunk) or original(x, run, chunk))
     assert_same_as_plain(plain, path, model, batch_for(model, packed=True))
     assert chunks and set(chunks) == {10}
+
+
+def test_a_plan_with_whole_mlp_rebuilds_the_mlp_in_one_piece_and_still_matches(tiny_model_dir, monkeypatch):
+    """The plan's `whole_mlp` overrides the chunk size for the deferred MLP of every rebuilt layer."""
+    monkeypatch.setattr(replay, "mlp_chunk_tokens", lambda *a, **k: 10)
+    path, model, plain = prepared(tiny_model_dir, "llama3", "checkpoint")
+    path.plan = MemoryPlan("checkpoint", path.plan.checkpointed, 0.0, whole_mlp=True)
+    apply_memory_plan(path.decoder_layers, path.plan)
+    chunks = []
+    original = replay.deferred_mlp
+    monkeypatch.setattr(replay, "deferred_mlp", lambda mlp, x, run, chunk: chunks.append(chunk) or original(mlp, x, run, chunk))
+    batch = batch_for(model, packed=True)
+    assert_same_as_plain(plain, path, model, batch)
+    assert chunks and set(chunks) == {batch["input_ids"].numel()}
+    apply_memory_plan(path.decoder_layers, MemoryPlan("checkpoint", path.plan.checkpointed, 0.0))  # and back to chunks
+    chunks.clear()
+    model.zero_grad()
+    loss_and_grads(path, model, batch)
+    assert set(chunks) == {10}
+
+
+def test_auto_rebuilds_the_mlp_whole_only_where_the_budget_has_room_and_never_when_forced():
+    from honed.engine.memory import plan_memory
+
+    chunked, whole = 300_000_000, 450_000_000
+    kw = dict(layers=32, tokens=4096, per_token_layer=170_000, hidden_bytes=8192, rebuilt_bytes=chunked,
+              whole_mlp_rebuilt_bytes=whole, host_bytes=64e9)
+    roomy = plan_memory(**kw, budget=9e9)
+    assert roomy.checkpointed and roomy.whole_mlp
+    assert roomy.estimate_gib * 2**30 <= 9e9
+    without = plan_memory(**{**kw, "whole_mlp_rebuilt_bytes": None}, budget=9e9)
+    assert (roomy.mode, roomy.checkpointed) == (without.mode, without.checkpointed)  # the layers are planned first
+    assert abs((roomy.estimate_gib - without.estimate_gib) * 2**30 - (whole - chunked)) < 1e3
+    # just short of room for the difference: chunks
+    tight = without.estimate_gib * 2**30 + (whole - chunked) - 1
+    assert not plan_memory(**kw, budget=tight).whole_mlp
+    assert plan_memory(**kw, budget=tight + 2).whole_mlp
+    assert not plan_memory(**kw, budget=1e12).whole_mlp  # nothing recomputes: no rebuild to speak of
+    assert not plan_memory(**kw, budget=1e12, forced="offload").whole_mlp  # asked for the leanest: chunks
+    assert not escalate(roomy, 32).whole_mlp  # out of memory: back to chunks as well
 
 
 def test_without_o_kept_the_rebuild_computes_o_proj_and_still_matches(tiny_model_dir):
