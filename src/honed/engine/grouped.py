@@ -37,7 +37,6 @@ True
 
 from __future__ import annotations
 
-import logging
 import os
 
 import torch
@@ -46,14 +45,12 @@ from honed.engine import replay
 from honed.engine.fp8 import SCALE_NAME, fp8_dgrad, fp8_linear, fp8_weight_scale
 from honed.engine.lora import (  # noqa: F401 (doctest)
     GROUP_ATTR,
-    _dequantize,
+    dequantize_base,
     fusable,
     fused_adapter,
     reference_lora_linear,
 )
 from honed.utils.precision import compute_dtype_of
-
-log = logging.getLogger(__name__)
 
 ENABLED = os.environ.get("HONED_GROUP_PROJECTIONS", "1") != "0"
 # Projections of one parent module that read the same input, in the order the parent calls them.
@@ -74,7 +71,7 @@ class DenseBases:
     def forward(self, x2: torch.Tensor) -> torch.Tensor:
         y = x2.new_empty(x2.shape[0], self.columns[-1].stop)
         for w, bias, cols in zip(self.weights, self.biases, self.columns):
-            dense = _dequantize(w, x2.dtype)
+            dense = dequantize_base(w, x2.dtype)
             if bias is None:
                 torch.mm(x2, dense.t(), out=y[:, cols])
             else:
@@ -84,7 +81,7 @@ class DenseBases:
     def dgrad(self, dy2: torch.Tensor) -> torch.Tensor:
         dx = None
         for w, cols in zip(self.weights, self.columns):
-            dense = _dequantize(w, dy2.dtype)
+            dense = dequantize_base(w, dy2.dtype)
             dx = dy2[:, cols] @ dense if dx is None else dx.addmm_(dy2[:, cols], dense)
         return dx
 
@@ -274,12 +271,3 @@ def _store_fp8_together(group: SiblingGroup) -> bool:
     group.fp8 = weight, scale
     return True
 
-
-def ungroup(model) -> int:
-    """Drop every sibling group (each projection runs on its own again); returns how many members."""
-    n = 0
-    for module in model.modules():
-        if getattr(module, GROUP_ATTR, None) is not None:
-            delattr(module, GROUP_ATTR)
-            n += 1
-    return n

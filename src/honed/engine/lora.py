@@ -37,7 +37,7 @@ def reference_lora_linear(x, weight, lora_a, lora_b, scale, bias=None):
     return y if bias is None else y + bias
 
 
-def _dequantize(weight_param, dtype):
+def dequantize_base(weight_param, dtype):
     """A bf16/fp16/fp32 or NF4 (bitsandbytes Params4bit) base weight as a dense matrix of `dtype`."""
     if weight_param.dtype == FP8_DTYPE:  # reached only without its scale (fp8 bases go through engine.fp8): a clear error
         return dequantize_weight(weight_param, None, dtype)
@@ -72,7 +72,7 @@ class _LoraLinear(torch.autograd.Function):
         elif fp8_scale is not None:  # fp8 base: the base matmul on fp8 tensor cores, no dense copy of W
             y = fp8_linear(x2, weight, fp8_scale, bias)
         else:
-            w = _dequantize(weight, dtype)
+            w = dequantize_base(weight, dtype)
             y = torch.addmm(bias.to(dtype), x2, w.t()) if bias is not None else x2 @ w.t()
         if given is None:
             y.addmm_(xa, b.t(), alpha=scale)
@@ -93,7 +93,7 @@ class _LoraLinear(torch.autograd.Function):
             if ctx.fp8_scale is not None:
                 base_dx = fp8_dgrad(dy2, ctx.weight, ctx.fp8_scale)
             else:
-                base_dx = dy2 @ _dequantize(ctx.weight, dtype)
+                base_dx = dy2 @ dequantize_base(ctx.weight, dtype)
             grad_x = base_dx.addmm_(dxa, a).view(*dy.shape[:-1], x2.shape[-1])
         grad_bias = dy2.sum(0).to(ctx.bias_dtype) if ctx.bias_grad else None
         return grad_x, None, grad_a, grad_b, None, grad_bias, None, None

@@ -11,11 +11,26 @@ import pytest
 import torch
 
 from honed.engine import grouped
-from honed.engine.fp8 import SCALE_NAME, convert_lora_bases_to_fp8, dequantize_weight, quantize_weight_rowwise
+from honed.engine.fp8 import (
+    SCALE_NAME,
+    convert_lora_bases_to_fp8,
+    dequantize_weight,
+    quantize_weight_rowwise,
+)
 from honed.engine.fused import FusedPath
-from honed.engine.grouped import DenseBases, Fp8Bases, group_siblings, grouped_lora_linear
+from honed.engine.grouped import (
+    DenseBases,
+    Fp8Bases,
+    group_siblings,
+    grouped_lora_linear,
+)
 from honed.engine.layers import packed_swiglu, reference_swiglu
-from honed.engine.lora import GROUP_ATTR, lora_linear, patch_lora_layers, reference_lora_linear
+from honed.engine.lora import (
+    GROUP_ATTR,
+    lora_linear,
+    patch_lora_layers,
+    reference_lora_linear,
+)
 from honed.testing.lora import lora_model
 
 from .test_engine_path import batch_for, cfg_for, loss_and_grads
@@ -156,6 +171,7 @@ def test_fp8_bases_of_a_group_are_stored_as_one_matrix_and_compute_the_same(tiny
     weight, scale = group.fp8
     gate, up = mlp.gate_proj.base_layer, mlp.up_proj.base_layer
     assert gate.weight.untyped_storage().data_ptr() == up.weight.untyped_storage().data_ptr() == weight.untyped_storage().data_ptr()
+    assert getattr(up, SCALE_NAME).untyped_storage().data_ptr() == scale.untyped_storage().data_ptr()
     assert not gate.weight.requires_grad
     for layer, dense in zip((gate, up), separate):
         assert torch.equal(dequantize_weight(layer.weight, getattr(layer, SCALE_NAME), torch.float32), dense)
