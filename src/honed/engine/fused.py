@@ -146,6 +146,10 @@ class FusedPath:
     def tokens_per_micro_batch(self) -> int:
         return self.cfg.training.batch_size * self.cfg.data.max_seq_length
 
+    def hidden_state_bytes(self) -> int:
+        """Bytes of one token's hidden state at 2 bytes a value (bf16/fp16); a recomputed layer keeps two."""
+        return 2 * self.model_config.hidden_size
+
     def prepare(self, model):
         lm = causal_lm_of(model)
         if getattr(lm, "is_gradient_checkpointing", False):
@@ -219,7 +223,7 @@ class FusedPath:
         else:
             budget = float("inf")
         host = available_host_bytes() if self.device.type == "cuda" else None
-        layers, tokens, hidden_bytes = len(lm.model.layers), self.tokens_per_micro_batch(), 2 * lm.config.hidden_size
+        layers, tokens, hidden_bytes = len(lm.model.layers), self.tokens_per_micro_batch(), self.hidden_state_bytes()
         plan = plan_memory(
             layers=layers,
             tokens=tokens,
@@ -248,7 +252,7 @@ class FusedPath:
         if leaner is None:
             return False
         if leaner.mode == "offload":  # whether o_proj's outputs go to the host too depends on its free memory
-            keep_o = offload_keeps_o(leaner.checkpointed, self.tokens_per_micro_batch(), 2 * self.model_config.hidden_size, available_host_bytes())
+            keep_o = offload_keeps_o(leaner.checkpointed, self.tokens_per_micro_batch(), self.hidden_state_bytes(), available_host_bytes())
             leaner = dataclasses.replace(leaner, keep_o=keep_o)
         log.warning("fused path: out of GPU memory with memory %s (%d of %d layers recompute); retrying the step with %s (%d recompute)%s",
                     self.plan.mode, self.plan.checkpointed, len(layers), leaner.mode, leaner.checkpointed,

@@ -206,10 +206,10 @@ def _run_mlp(self, x):
 def _mlp_forward(self, x):
     tokens = x.numel() // x.shape[-1]
     width = getattr(self, "intermediate_size", None) or self.config.intermediate_size
-    chunk = replay.mlp_chunk_tokens(width, tokens)
     run = types.MethodType(_run_mlp, self)
     if replay.defers(self):  # inside a recomputed layer's rebuild: the MLP runs in backward only
-        return replay.deferred_mlp(self, x, run, replay.deferred_chunk_tokens(self, width, tokens))
+        return replay.deferred_mlp(self, x, run, replay.deferred_chunk_tokens(width, tokens, replay.rebuilds_whole(self)))
+    chunk = replay.mlp_chunk_tokens(width, tokens)
     if not torch.is_grad_enabled() and tokens > chunk:
         return replay.chunked_without_grad(x, run, chunk)
     return run(x)

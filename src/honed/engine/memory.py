@@ -91,11 +91,9 @@ def rebuilt_layer_bytes(config, tokens: int, dtype_bytes: int = 2, whole_mlp: bo
     """What one recomputed layer holds while it is rebuilt and backpropagated: everything it keeps
     per token, except that its MLP runs a chunk of tokens at a time (`engine.replay`), or over all
     of them with `whole_mlp`."""
-    from honed.engine.replay import mlp_chunk_tokens
-
     f = config.intermediate_size
     mlp_per_token = int(dtype_bytes * 3 * f * CALIBRATION)
-    mlp_tokens = tokens if whole_mlp else mlp_chunk_tokens(f, tokens)
+    mlp_tokens = replay.deferred_chunk_tokens(f, tokens, whole_mlp)
     return tokens * (layer_activation_bytes(config, dtype_bytes) - mlp_per_token) + mlp_tokens * mlp_per_token
 
 
@@ -112,21 +110,20 @@ def plan_memory(*, layers: int, tokens: int, per_token_layer: int, hidden_bytes:
     host memory free for offloading (None: enough). `whole_mlp_rebuilt_bytes`: the same with the MLP
     over all tokens at once; `auto` takes that (`MemoryPlan.whole_mlp`) where the budget still has room."""
     budget = budget - tokens * transient_per_token  # the backward's working memory is never available to keep activations
-    plan = _plan_layers(layers, tokens, per_token_layer, hidden_bytes, budget, forced, rebuilt_bytes, host_bytes)
+    rebuilt = tokens * per_token_layer if rebuilt_bytes is None else rebuilt_bytes
+    plan = _plan_layers(layers, tokens, per_token_layer, hidden_bytes, budget, forced, rebuilt, host_bytes)
     if forced is None and plan.checkpointed and whole_mlp_rebuilt_bytes is not None:
-        rebuilt = tokens * per_token_layer if rebuilt_bytes is None else rebuilt_bytes
         whole = plan.estimate_gib * 2**30 + whole_mlp_rebuilt_bytes - rebuilt
         if whole <= budget:
             return dataclasses.replace(plan, estimate_gib=whole / 2**30, whole_mlp=True)
     return plan
 
 
-def _plan_layers(layers, tokens, per_token_layer, hidden_bytes, budget, forced, rebuilt_bytes, host_bytes) -> MemoryPlan:
+def _plan_layers(layers, tokens, per_token_layer, hidden_bytes, budget, forced, rebuilt, host_bytes) -> MemoryPlan:
     """Which layers recompute and where they keep their tensors (`plan_memory`, after the transient)."""
     full = layers * tokens * per_token_layer
     kept = 2 * tokens * hidden_bytes
     one_layer = tokens * per_token_layer
-    rebuilt = one_layer if rebuilt_bytes is None else rebuilt_bytes
     if forced == "none" or (forced is None and full <= budget):
         return MemoryPlan("none", 0, full / 2**30)
     if forced == "offload":

@@ -73,9 +73,15 @@ def set_whole_mlp(mlp, whole: bool) -> None:
     setattr(mlp, _WHOLE_MLP_ATTR, whole)
 
 
-def deferred_chunk_tokens(mlp, intermediate_size: int, tokens: int) -> int:
-    """Tokens per chunk of this MLP's deferred run (see `set_whole_mlp`)."""
-    return tokens if getattr(mlp, _WHOLE_MLP_ATTR, False) else mlp_chunk_tokens(intermediate_size, tokens)
+def rebuilds_whole(mlp) -> bool:
+    """What `set_whole_mlp` last set for this MLP (False before any plan)."""
+    return getattr(mlp, _WHOLE_MLP_ATTR, False)
+
+
+def deferred_chunk_tokens(intermediate_size: int, tokens: int, whole: bool) -> int:
+    """Tokens per chunk of a deferred MLP's run: all of them when `whole`, else `mlp_chunk_tokens`.
+    The memory plan counts the rebuilt layer with the same rule."""
+    return tokens if whole else mlp_chunk_tokens(intermediate_size, tokens)
 
 
 # ---- what the fused nodes ask ------------------------------------------------------------------
