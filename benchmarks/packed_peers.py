@@ -39,7 +39,13 @@ import subprocess
 import sys
 import time
 
-from honed.commands.bench import SHAPES, TARGETS, packed_result_fields, time_steps
+from honed.commands.bench import (
+    SHAPES,
+    TARGETS,
+    packed_result_fields,
+    step_spread_fields,
+    time_steps,
+)
 from honed.commands.bench_data import PAD_ID, BenchData, bench_data
 
 # stack → how it lays out a micro-batch (run_hf or run_unsloth runs it; `cmd:` stacks lay out their own)
@@ -146,11 +152,11 @@ def train_and_report(model, args, tag: str, data: BenchData, extra: dict) -> Non
         optimizer.zero_grad(set_to_none=True)
         return out.loss.detach()
 
-    losses, warmup_s, dt = time_steps(step, warm, timed)
+    losses, warmup_s, dt, each = time_steps(step, warm, timed)
     res = dict(stack=tag, layout=layout, shape=args.shape, qlora=args.qlora, seq=args.seq, batch=args.batch, lengths=args.lengths,
                **extra, **packed_result_fields(data, timed, losses[len(warm):], dt, model.config, args.peak_tflops),
                loss=round(losses[-1], 3), losses=[round(x, 4) for x in losses], warmup_s=round(warmup_s, 1),
-               trainable=sum(p.numel() for p in params))
+               **step_spread_fields(each), trainable=sum(p.numel() for p in params))
     print("RESULT " + json.dumps(res), flush=True)
 
 

@@ -4,6 +4,7 @@ taking the fused path. Run on the GPU machine with `pytest -m gpu tests/gpu/test
 
 from __future__ import annotations
 
+import json
 import logging
 
 import pytest
@@ -287,6 +288,8 @@ def test_honed_train_takes_the_fused_path_and_learns_like_the_plain_one(tmp_path
     with caplog.at_level(logging.INFO, logger="honed.engine"):
         losses = tiny_train_losses(tmp_path, "qwen2", {"auto": {"engine": "auto"}, "plain": {"engine": "plain"}}, max_steps=60, learning_rate=3e-3)
     assert "training path: fused" in caplog.text
+    record = json.loads((tmp_path / "auto" / "run_info.json").read_text())["model"]
+    assert record["training_path"] == "fused" and record["memory_plan"]["mode"] == "none"  # a tiny model: everything fits
     fused, plain = losses["auto"], losses["plain"]
     print("fused", [round(x, 3) for x in fused])
     print("plain", [round(x, 3) for x in plain])

@@ -21,8 +21,10 @@ select_path/prepare → build_optimizer → the path's loss_sum under autocast (
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
+import statistics
 import time
 
 from honed.commands.bench_data import (
@@ -164,8 +166,10 @@ def build_shape(shape: str, root: str) -> str:
     return out
 
 
-def time_steps(step, warmup_batches: list, timed_batches: list) -> tuple[list, float, float]:
-    """Run the warm-up steps, reset the peak-memory counter, time the rest: (losses, warm-up s, timed s)."""
+def time_steps(step, warmup_batches: list, timed_batches: list) -> tuple[list, float, float, list[float]]:
+    """Run the warm-up steps, reset the peak-memory counter, time the rest: (losses, warm-up s, timed s,
+    each timed step's seconds). The steps are not synchronised one by one (that would change what is
+    timed): CUDA events at the step boundaries give each step's span on the GPU's timeline."""
     import torch
 
     losses = []
@@ -175,11 +179,30 @@ def time_steps(step, warmup_batches: list, timed_batches: list) -> tuple[list, f
     torch.cuda.synchronize()
     warmup_s = time.perf_counter() - t_warm
     torch.cuda.reset_peak_memory_stats()
+    boundaries = [torch.cuda.Event(enable_timing=True) for _ in range(len(timed_batches) + 1)]
     t0 = time.perf_counter()
-    for batch in timed_batches:
+    boundaries[0].record()
+    for batch, done in zip(timed_batches, boundaries[1:]):
         losses.append(step(batch))
+        done.record()
     torch.cuda.synchronize()
-    return [float(x) for x in losses], warmup_s, time.perf_counter() - t0
+    seconds = time.perf_counter() - t0
+    each = [start.elapsed_time(end) / 1000 for start, end in itertools.pairwise(boundaries)]
+    return [float(x) for x in losses], warmup_s, seconds, each
+
+
+def step_spread_fields(step_seconds: list[float]) -> dict:
+    """RESULT keys for how steady the timed steps were: each step's seconds, their median, and the
+    spread (slowest minus fastest) as a percentage of the median. A step the host cannot launch fast
+    enough (many small kernels, as in a recomputed layer) varies with the machine's CPU, so a mean
+    over few steps can move by more than the difference being measured.
+
+    >>> step_spread_fields([0.4, 0.5, 0.45])
+    {'step_s_each': [0.4, 0.5, 0.45], 'step_s_median': 0.45, 'step_s_spread_pct': 22.2}
+    """
+    median = statistics.median(step_seconds)
+    return {"step_s_each": [round(x, 4) for x in step_seconds], "step_s_median": round(median, 4),
+            "step_s_spread_pct": round(100 * (max(step_seconds) - min(step_seconds)) / median, 1)}
 
 
 def memory_fields() -> dict:
@@ -280,7 +303,7 @@ def run(args) -> int:
         vocab = model.config.vocab_size
         batches = [torch.randint(FIRST_TOKEN_ID, vocab, (args.batch, args.seq), generator=g) for _ in range(4)]
         in_order = [{"input_ids": batches[i], "labels": batches[i]} for i in batch_order(args.warmup, args.steps, len(batches))]
-        losses, warmup_s, dt = time_steps(step, in_order[: args.warmup], in_order[args.warmup :])
+        losses, warmup_s, dt, each = time_steps(step, in_order[: args.warmup], in_order[args.warmup :])
         tps = args.steps * args.batch * args.seq / dt
         res.update(tokens_per_s=round(tps, 1), step_s=round(dt / args.steps, 4), **memory_fields(),
                    mfu_lora_pct=round(100 * tps * flops_per_token(model.config, args.seq) / args.peak_tflops / 1e12, 1))
@@ -293,12 +316,12 @@ def run(args) -> int:
             return {k: v.pin_memory() for k, v in batch.items()}
 
         warm, timed = [as_batch(mb) for mb in data.warmup], [as_batch(mb) for mb in data.timed]
-        losses, warmup_s, dt = time_steps(step, warm, timed)
+        losses, warmup_s, dt, each = time_steps(step, warm, timed)
         res.update(lengths=lengths_spec, layout="padding-free" if padding_free else "packed", padding_free=padding_free,
                    attention=getattr(path, "attention", None) or getattr(model.config, "_attn_implementation", None),
                    **packed_result_fields(data, timed, losses[args.warmup :], dt, model.config, args.peak_tflops))
     plan = getattr(path, "plan", None)  # read after the steps: an out-of-memory fallback may have changed it
-    res.update(loss=round(losses[-1], 3), losses=[round(x, 4) for x in losses], warmup_s=round(warmup_s, 1),
+    res.update(loss=round(losses[-1], 3), losses=[round(x, 4) for x in losses], warmup_s=round(warmup_s, 1), **step_spread_fields(each),
                trainable=sum(p.numel() for p in params),
                memory=plan.mode if plan else ("checkpoint" if t.gradient_checkpointing else "none"),
                recomputed_layers=plan.checkpointed if plan else None, whole_mlp=bool(plan and plan.whole_mlp))

@@ -8,7 +8,8 @@ needs anyway), the small x Aᵀ (N × r) and the compute-dtype copies of A and B
 peft's path runs the base layer and the adapter as separate modules; under autocast its fp32
 adapter weights make it cast and keep extra copies of x. Here everything runs in the compute dtype
 (bf16 on a GPU), the adapter's gradients come back in fp32 for the fp32 master weights, and a
-4-bit (NF4) base weight is dequantised on the fly in forward and again in backward, never stored.
+4-bit (NF4) base weight is dequantised on the fly in forward and again in backward (one Triton kernel,
+`engine.nf4`), never stored.
 An fp8 base (`training.precision: fp8`, `engine.fp8`) runs both of its matmuls, x Wᵀ and dy W, on fp8
 tensor cores.
 
@@ -25,7 +26,7 @@ import types
 
 import torch
 
-from honed.engine import replay
+from honed.engine import nf4, replay
 from honed.engine.fp8 import FP8_DTYPE, dequantize_weight, fp8_dgrad, fp8_linear, fp8_weight_scale
 from honed.engine.replay import NOT_NEEDED
 from honed.utils.precision import compute_dtype_of
@@ -44,6 +45,8 @@ def dequantize_base(weight_param, dtype):
     quant_state = getattr(weight_param, "quant_state", None)
     if quant_state is None:
         return weight_param if weight_param.dtype == dtype else weight_param.to(dtype)
+    if nf4.fusable(weight_param.data, quant_state):
+        return nf4.dequantize_nf4(weight_param.data, quant_state).to(dtype)
     import bitsandbytes.functional as bnbf
 
     return bnbf.dequantize_4bit(weight_param.data, quant_state).to(dtype)

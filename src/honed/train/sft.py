@@ -10,6 +10,7 @@ however the samples fell into micro-batches.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import math
 import signal
@@ -289,6 +290,8 @@ def train(cfg: TrainConfig, *, stop_after_steps: int | None = None, show_progres
 
     # ---- save --------------------------------------------------------------------------
     save_weights_atomic(model, tokenizer, out)
+    if getattr(path, "plan", None) is not None:  # the fused path's memory plan, as it ended (after any out-of-memory retry)
+        info["memory_plan"] = dataclasses.asdict(path.plan)
     write_run_record(out, cfg, fingerprint=fingerprint, info=info, report=report.to_dict(), started=started)
     plot_losses(read_metrics(out / "metrics.jsonl"), out / "loss_curve.png")
     result.steps = state.step

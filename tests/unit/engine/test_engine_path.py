@@ -252,3 +252,20 @@ def test_the_plain_path_feeds_padding_free_rows_only_to_flash_attention(attn, pa
     path = PlainPath()
     path.prepare(model)
     assert path.padding_free is padding_free
+
+
+def test_honed_train_records_the_fused_paths_memory_plan(tmp_path, monkeypatch):
+    """run_info.json says how the fused path kept its activations (engine_parity.py prints it)."""
+    import json
+
+    from honed.testing import build_tiny_model
+    from honed.testing.lora import train_config, write_numbered_qa
+    from honed.train import sft
+
+    monkeypatch.setattr(sft, "select_path", lambda model, cfg, device: FusedPath(cfg, device))  # never chosen on a CPU
+    base = build_tiny_model("qwen2", tmp_path / "base", hidden_size=64, layers=2)
+    cfg = train_config(base, write_numbered_qa(tmp_path / "qa.jsonl"), tmp_path / "out", max_steps=2, learning_rate=1e-3, memory="offload")
+    sft.train(cfg, show_progress=False)
+    record = json.loads((tmp_path / "out" / "run_info.json").read_text())["model"]
+    assert record["training_path"] == "fused"
+    assert record["memory_plan"] | {"estimate_gib": None} == {"mode": "offload", "checkpointed": 2, "estimate_gib": None, "keep_o": True, "whole_mlp": False}
