@@ -246,7 +246,7 @@ def run(args) -> int:
     import torch
 
     from honed.data.packing import collate
-    from honed.engine import select_path, with_memory_fallback
+    from honed.engine import nf4, select_path, with_memory_fallback
     from honed.engine.fused import causal_lm_of
     from honed.model.adapters import apply_lora
     from honed.model.load import load_model
@@ -298,6 +298,8 @@ def run(args) -> int:
         shape=args.shape, qlora=args.qlora, seq=args.seq, batch=args.batch, precision=t.precision, max_grad_norm=t.max_grad_norm,
         embeddings=str(next(iter(causal_lm_of(model).get_input_embeddings().parameters())).dtype).removeprefix("torch."),
     )
+    if args.qlora:  # which code dequantised the NF4 weights (engine.nf4)
+        res["nf4_dequantisation"] = "bitsandbytes" if nf4.kernel_unavailable_reason() else "honed-triton"
     if data is None:
         g = torch.Generator(device="cpu").manual_seed(DATA_SEED)  # the same batches as peer_bench.py
         vocab = model.config.vocab_size

@@ -34,6 +34,7 @@ from honed.engine.attention import (
     varlen_unavailable_reason,
 )
 from honed.data.packing import uses_varlen_attention
+from honed.engine import nf4
 from honed.engine.fp8 import prepare_fp8
 from honed.engine.grouped import group_siblings
 from honed.engine.layers import patch_layers, patch_rope
@@ -168,6 +169,7 @@ class FusedPath:
                 if self.device.type == "cuda":
                     torch.cuda.empty_cache()  # so the memory plan below sees the fp32 copies' memory as free
                 log.info("fused path: frozen %s back in %s (peft had upcast them to fp32)", " and ".join(self.restored), str(self.compute_dtype()).removeprefix("torch."))
+        self.log_nf4_dequantisation(model)
         self.choose_attention(lm)
         self.decoder_layers, self.model_config = lm.model.layers, lm.config
         self.plan = self.memory_plan(model)
@@ -180,6 +182,16 @@ class FusedPath:
             self.plan.estimate_gib,
         )
         return model
+
+    def log_nf4_dequantisation(self, model) -> None:
+        """One log line for a QLoRA model (NF4 weights): which code dequantises them."""
+        if not any(getattr(getattr(p, "quant_state", None), "quant_type", None) == "nf4" for p in model.parameters()):
+            return
+        reason = nf4.kernel_unavailable_reason() if self.device.type == "cuda" else "not a CUDA device"
+        if reason is None:
+            log.info("fused path: NF4 weights dequantised by honed's Triton kernel (engine.nf4)")
+        else:
+            log.info("fused path: NF4 weights dequantised by bitsandbytes (%s)", reason)
 
     def choose_attention(self, lm) -> None:
         """Varlen attention where it runs (CUDA, torch ≥ 2.10, bf16/fp16 compute, a flash head size) and

@@ -57,12 +57,22 @@ def reference_dequantize_nf4(packed: torch.Tensor, quant_state) -> torch.Tensor:
     return values.to(quant_state.dtype).reshape(quant_state.shape)
 
 
+def kernel_unavailable_reason() -> str | None:
+    """Why NF4 weights on a CUDA device go to bitsandbytes' dequantisation instead of the kernel, or
+    None when they take the kernel (the fused path logs it once)."""
+    if not ENABLED:
+        return "HONED_TRITON_NF4=0"
+    if not _triton_installed():
+        return "Triton is not installed"
+    return None
+
+
 def fusable(packed: torch.Tensor, quant_state) -> bool:
     """Whether `dequantize_nf4` takes this weight: NF4 on a CUDA device with Triton installed, packed as
     (bytes, 1) uint8, with an 8-bit nested absmax or none (anything else goes to bitsandbytes)."""
-    if not (ENABLED and packed.is_cuda and packed.dtype == torch.uint8 and packed.dim() == 2 and packed.shape[1] == 1):
+    if kernel_unavailable_reason() is not None:
         return False
-    if not _triton_installed():
+    if not (packed.is_cuda and packed.dtype == torch.uint8 and packed.dim() == 2 and packed.shape[1] == 1):
         return False
     if quant_state.quant_type != "nf4" or quant_state.dtype not in (torch.bfloat16, torch.float16, torch.float32):
         return False

@@ -67,3 +67,31 @@ def test_without_nesting_the_absmax_is_used_as_it_is():
 def test_cpu_tensors_stay_with_bitsandbytes():
     packed, state = nested_state(256, 64, 4)
     assert not fusable(packed, state)
+
+
+@pytest.mark.parametrize("device, enabled, triton, says", [
+    ("cuda", True, True, "dequantised by honed's Triton kernel"),
+    ("cuda", False, True, "dequantised by bitsandbytes (HONED_TRITON_NF4=0)"),
+    ("cuda", True, False, "dequantised by bitsandbytes (Triton is not installed)"),
+    ("cpu", True, True, "dequantised by bitsandbytes (not a CUDA device)"),
+])
+def test_the_fused_path_says_which_code_dequantises_nf4_weights(monkeypatch, caplog, device, enabled, triton, says):
+    import logging
+
+    from honed.config import config_from_dict
+    from honed.engine import nf4
+    from honed.engine.fused import FusedPath
+
+    monkeypatch.setattr(nf4, "ENABLED", enabled)
+    monkeypatch.setattr(nf4, "_triton_installed", lambda: triton)
+    path = FusedPath(config_from_dict({"model": {"name_or_path": "unused"}, "data": {"train": ["unused.jsonl"]}}), torch.device(device))
+    model = torch.nn.Linear(4, 4)
+    with caplog.at_level(logging.INFO, logger="honed.engine.fused"):
+        path.log_nf4_dequantisation(model)
+        assert caplog.text == ""  # no 4-bit weight, nothing to say
+        model.weight.quant_state = types.SimpleNamespace(quant_type="fp4")  # bitsandbytes' other 4-bit type: not this kernel's
+        path.log_nf4_dequantisation(model)
+        assert caplog.text == ""
+        model.weight.quant_state.quant_type = "nf4"
+        path.log_nf4_dequantisation(model)
+    assert says in caplog.text
