@@ -53,7 +53,7 @@ from honed.engine.memory import (
     usable_gpu_bytes,
 )
 from honed.errors import HonedError
-from honed.utils.precision import autocast_dtype
+from honed.utils.precision import autocast_dtype, compute_dtype_of
 
 log = logging.getLogger(__name__)
 
@@ -280,8 +280,7 @@ class FusedPath:
         else:
             inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids") if k in batch}
         hidden = lm.model(**inputs, use_cache=False).last_hidden_state
-        if torch.is_autocast_enabled(hidden.device.type):
-            hidden = hidden.to(torch.get_autocast_dtype(hidden.device.type))
+        hidden = hidden.to(compute_dtype_of(hidden))
         return linear_cross_entropy_sum(hidden, lm.lm_head.weight, shift_targets(batch["labels"]))
 
 
