@@ -115,6 +115,10 @@ class TrainingConfig(_Strict):
         "auto", description="activation memory policy of the fused path: auto recomputes only what does not fit; offload also moves checkpointed layer inputs to CPU"
     )
     memory_budget_gib: float | None = Field(None, gt=0, description="GPU memory the fused path may plan activations into (default: what is free)")
+    cuda_graphs: bool = Field(
+        False, description="fused path on CUDA: replay the decoder stack's forward and backward as CUDA graphs, which takes the host's "
+        "kernel-launch time out of the step; a batch shape is captured the second time it is seen, other shapes run eagerly",
+    )
     logging_steps: int = Field(1, gt=0)
     eval_steps: int | None = Field(None, gt=0, description="evaluate on validation every N steps (None: once per epoch)")
     save_steps: int | None = Field(None, gt=0, description="checkpoint every N steps (None: once per epoch)")

@@ -35,6 +35,8 @@ def on_cuda_compiled(fn):
         try:
             return state["compiled"](*args)
         except Exception as err:  # noqa: BLE001 - any compiler failure falls back to the same math, eager
+            if torch.cuda.is_available() and torch.cuda.is_current_stream_capturing():
+                raise  # a recompile inside a CUDA graph capture: the capture fails (engine.graphs), the compiled code stays
             log.warning("torch.compile of %s failed (%s); running it eagerly", fn.__name__, str(err).splitlines()[0][:200])
             state["failed"] = True
             return fn(*args)

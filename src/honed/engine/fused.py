@@ -36,6 +36,7 @@ from honed.engine.attention import (
 from honed.data.packing import uses_varlen_attention
 from honed.engine import nf4
 from honed.engine.fp8 import prepare_fp8
+from honed.engine.graphs import StackGraphs
 from honed.engine.grouped import group_siblings
 from honed.engine.layers import patch_layers, patch_rope
 from honed.engine.lora import count_unfusable_lora_layers, patch_lora_layers
@@ -50,6 +51,8 @@ from honed.engine.memory import (
     offload_keeps_o,
     plan_memory,
     rebuilt_layer_bytes,
+    join_offload_copies,
+    reset_offload_copies,
     usable_gpu_bytes,
 )
 from honed.errors import HonedError
@@ -125,6 +128,9 @@ class FusedPath:
     restore_embeddings = True
     # False keeps transformers' SDPA attention for packed rows instead of varlen (to compare).
     use_varlen_attention = True
+    # What captures the decoder stack when training.cuda_graphs is on (None: CUDA graphs, on a CUDA
+    # device only); tests set engine.graphs.RerunBackend to check the wiring on a CPU.
+    graph_backend = None
 
     def __init__(self, cfg, device: torch.device):
         self.cfg, self.device = cfg, device
@@ -135,6 +141,7 @@ class FusedPath:
         self.attention = "sdpa"  # what `prepare` chose: "varlen", or the model's own attn_implementation
         # True when every micro-batch may be one row without padding (`collate(..., padding_free=True)`).
         self.padding_free = False
+        self.graphs: StackGraphs | None = None  # training.cuda_graphs: the decoder stack's graphs
 
     def compute_dtype(self) -> torch.dtype | None:
         """The autocast dtype of `training.precision` on this device (None: no autocast); fp8 computes in
@@ -174,6 +181,7 @@ class FusedPath:
         self.decoder_layers, self.model_config = lm.model.layers, lm.config
         self.plan = self.memory_plan(model)
         apply_memory_plan(self.decoder_layers, self.plan)
+        self.graphs = self.stack_graphs(lm)
         log.info(
             "fused path: %d LoRA projections (%d sibling groups run as one node each), %d RMSNorms, %d SwiGLU MLPs%s fused; memory %s (%d of %d layers recompute%s, ~%.1f GiB activations planned)",
             n_lora, n_groups, n_norm, n_mlp, ", RoPE" if rope_fused else "", self.plan.mode, self.plan.checkpointed, len(lm.model.layers),
@@ -182,6 +190,30 @@ class FusedPath:
             self.plan.estimate_gib,
         )
         return model
+
+    def stack_graphs(self, lm) -> StackGraphs | None:
+        """training.cuda_graphs: the decoder stack's graphs, installed on its layers (one log line
+        either way); None when off or where they cannot run."""
+        if not self.cfg.training.cuda_graphs:
+            return None
+        layers = list(lm.model.layers)[: lm.config.num_hidden_layers]
+        kinds = {getattr(layer, "attention_type", "full_attention") for layer in layers}
+        if self.device.type != "cuda" and self.graph_backend is None:
+            reason = "not a CUDA device"
+        elif len(kinds) > 1 and self.attention != "varlen":
+            # The first layer's keyword arguments stand for every layer's: with layers of several
+            # attention kinds (sliding windows) transformers gives each kind its own mask.
+            reason = f"layers of several attention kinds ({', '.join(sorted(kinds))}) and {self.attention} attention"
+        else:
+            reason = None
+        if reason is not None:
+            log.info("fused path: CUDA graphs not used (%s)", reason)
+            return None
+        backend = self.graph_backend() if self.graph_backend is not None else None
+        graphs = StackGraphs(layers, join=lambda: join_offload_copies(layers), reset=lambda: reset_offload_copies(layers), backend=backend)
+        graphs.install()
+        log.info("fused path: CUDA graphs on: the decoder stack's forward and backward replay as two graphs once a batch shape repeats")
+        return graphs
 
     def log_nf4_dequantisation(self, model) -> None:
         """One log line for a QLoRA model (NF4 weights): which code dequantises them."""
@@ -271,6 +303,9 @@ class FusedPath:
                     "; set training.memory_budget_gib to plan less from the start" if self.cfg.training.memory == "auto" else "")
         self.plan = leaner
         apply_memory_plan(layers, leaner)
+        if self.graphs is not None:  # captured with the old plan: capture again, around the new forwards
+            self.graphs.forget()
+            self.graphs.install()
         return True
 
     def loss_sum(self, model, batch):

@@ -215,6 +215,7 @@ class _Offloader:
     def __init__(self):
         self.buffers: dict[tuple[int, str], torch.Tensor] = {}
         self.pending: dict[tuple[int, str], tuple[torch.Tensor, torch.cuda.Event]] = {}
+        self.in_flight: list[tuple[int, torch.Tensor, torch.cuda.Event]] = []  # (layer, source, copy done)
         self.stream = None
 
     def save(self, key: tuple[int, str], tensor: torch.Tensor) -> torch.Tensor:
@@ -225,19 +226,43 @@ class _Offloader:
             buf = self.buffers[key] = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
         if self.stream is None:
             self.stream = torch.cuda.Stream(tensor.device)
-        self.stream.wait_stream(torch.cuda.current_stream(tensor.device))
+        current = torch.cuda.current_stream(tensor.device)
+        self.settle(current, before_layer=key[0])
+        self.stream.wait_stream(current)
         with torch.cuda.stream(self.stream):
             buf.copy_(tensor, non_blocking=True)
-        tensor.record_stream(self.stream)  # its memory is not reused before the copy is done
+            copied = torch.cuda.Event()
+            copied.record(self.stream)
+        # The source stays referenced until the compute stream has waited for its copy (`settle`), so
+        # the allocator cannot hand its memory to a later kernel before the copy has read it. This is
+        # what record_stream would do, except that inside a CUDA graph capture (engine.graphs)
+        # record_stream keeps the memory out of reuse until the capture ends: gigabytes more.
+        self.in_flight.append((key[0], tensor, copied))
         return buf
+
+    def settle(self, stream, before_layer: int | None = None) -> None:
+        """Make `stream` wait for the copies to the host started so far (those of layers other than
+        `before_layer`: the one being saved would make the compute wait for its own copy) and let their
+        sources go. The wait lands behind work already queued, by when the copies are long done."""
+        keep = []
+        for entry in self.in_flight:
+            if entry[0] == before_layer:
+                keep.append(entry)
+            else:
+                stream.wait_event(entry[2])
+        self.in_flight = keep
 
     def prefetch(self, index: int, device: torch.device) -> None:
         """Start bringing back everything layer `index` kept."""
         if self.stream is None:
             return
+        current = torch.cuda.current_stream(device)
         for key, buf in self.buffers.items():
             if key[0] != index or key in self.pending:
                 continue
+            # Fork from the compute stream: inside a CUDA graph capture (engine.graphs) a copy on a
+            # stream that has not joined the capture would run once now instead of at every replay.
+            self.stream.wait_stream(current)
             with torch.cuda.stream(self.stream):
                 gpu = buf.to(device, non_blocking=True)
                 done = torch.cuda.Event()
@@ -251,8 +276,10 @@ class _Offloader:
             self.prefetch(key[0], device)
         gpu, done = self.pending.pop(key)
         current = torch.cuda.current_stream(device)
+        self.settle(current)
         current.wait_event(done)
-        gpu.record_stream(current)
+        # No record_stream: `gpu` came from the side stream's memory, which only the next prefetch
+        # reuses, and every prefetch first waits for the compute stream (above).
         return gpu
 
 
@@ -314,12 +341,37 @@ def _wrap_layer(layer, index: int, offloader: _Offloader | None, keep_o: bool):
     layer.forward = types.MethodType(forward, layer)
 
 
+_OFFLOADER_ATTR = "_honed_offloader"
+
+
+def join_offload_copies(decoder_layers) -> None:
+    """Make the current stream wait for every copy the layers' offloaders started (a CUDA graph
+    capture must join the streams it forked before it ends) and let the copies' sources go."""
+    found = {id(o): o for o in (getattr(layer, _OFFLOADER_ATTR, None) for layer in decoder_layers) if o is not None}
+    for offloader in found.values():
+        if offloader.stream is not None:
+            current = torch.cuda.current_stream(offloader.stream.device)
+            current.wait_stream(offloader.stream)
+            offloader.in_flight.clear()
+
+
+def reset_offload_copies(decoder_layers) -> None:
+    """Forget the copies the layers' offloaders have in flight or prefetched (after a failed CUDA
+    graph capture: the events recorded inside it cannot be waited on outside it)."""
+    for layer in decoder_layers:
+        offloader = getattr(layer, _OFFLOADER_ATTR, None)
+        if offloader is not None:
+            offloader.in_flight.clear()
+            offloader.pending.clear()
+
+
 def apply_memory_plan(decoder_layers, plan: MemoryPlan) -> None:
     """Make the last `plan.checkpointed` decoder layers recompute in backward (layers are equally
     sized, so which ones does not change the peak); offload mode also keeps their tensors on the CPU."""
     offloader = _Offloader() if plan.mode == "offload" else None
     n = len(decoder_layers)
     for i, layer in enumerate(decoder_layers):
+        setattr(layer, _OFFLOADER_ATTR, offloader if i >= n - plan.checkpointed else None)
         # A plan can be applied again (after an out-of-memory escalation): start from the layer's own forward.
         if not hasattr(layer, "_honed_unplanned_forward"):
             layer._honed_unplanned_forward = layer.forward

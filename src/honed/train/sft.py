@@ -232,6 +232,7 @@ def train(cfg: TrainConfig, *, stop_after_steps: int | None = None, show_progres
                         loss = loss_sum / max(n_trained, 1)
                         (scaler.scale(loss) if scaler else loss).backward()
                         step_loss += loss.item()
+                        del loss_sum, loss  # the graph goes now, not during the next forward (engine.graphs needs it gone)
                     return step_loss
 
                 step_loss = with_memory_fallback(path, model, accumulate)
@@ -292,6 +293,9 @@ def train(cfg: TrainConfig, *, stop_after_steps: int | None = None, show_progres
     save_weights_atomic(model, tokenizer, out)
     if getattr(path, "plan", None) is not None:  # the fused path's memory plan, as it ended (after any out-of-memory retry)
         info["memory_plan"] = dataclasses.asdict(path.plan)
+    if getattr(path, "graphs", None) is not None:  # training.cuda_graphs: how often the stack replayed
+        info["cuda_graphs"] = path.graphs.summary()
+        log.info("CUDA graphs: %(captures)d captured, %(replays)d replays, %(eager_runs)d micro-batches eager, %(capture_s).1f s capturing", info["cuda_graphs"])
     write_run_record(out, cfg, fingerprint=fingerprint, info=info, report=report.to_dict(), started=started)
     plot_losses(read_metrics(out / "metrics.jsonl"), out / "loss_curve.png")
     result.steps = state.step
