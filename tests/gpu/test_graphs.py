@@ -13,7 +13,7 @@ pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(),
 
 def train_steps(folder, memory: str, cuda_graphs: bool, steps, quantized: bool = False):
     from honed.engine.fused import FusedPath
-    from honed.testing.lora import lora_model, path_config
+    from honed.testing.lora import lora_model, path_config, train_path_steps
 
     cfg = path_config(folder, memory=memory, cuda_graphs=cuda_graphs)
     torch.manual_seed(0)  # peft draws LoRA A from the global generator: both runs start from the same weights
@@ -32,21 +32,7 @@ def train_steps(folder, memory: str, cuda_graphs: bool, steps, quantized: bool =
         model = lora_model(folder, dtype=torch.bfloat16, r=8, alpha=16, b_std=0.02, device="cuda", attn_implementation="sdpa")
     path = FusedPath(cfg, torch.device("cuda"))
     model = path.prepare(model)
-    model.train()
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=1e-3)
-    losses = []
-    for micro in steps:
-        for batch in micro:
-            with torch.autocast("cuda", dtype=torch.bfloat16):
-                s, n = path.loss_sum(model, batch)
-            (s / n).backward()
-            losses.append(float(s.detach() / n))
-            del s  # as honed train does: a graph kept into the next forward stops the capture (engine.graphs)
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-    weights = {k: p.detach().float().clone() for k, p in model.named_parameters() if p.requires_grad}
+    losses, weights = train_path_steps(path, model, steps, lr=1e-3, autocast_dtype=torch.bfloat16)
     return losses, weights, path
 
 

@@ -1,9 +1,11 @@
 """CUDA graphs for the decoder stack: the forward of every layer as one replay, the backward as another.
 
-A recomputed or offloaded step of an 8B model launches about ten thousand small kernels, and the
-GPU waits on Python for a good part of it (the profile in BENCHMARKS.md: 59% busy on QLoRA
+A recomputed or offloaded step of an 8B model launches about ten thousand small kernels; on a slow
+host the GPU waits on Python for a good part of it (a profile in BENCHMARKS.md: 59% busy on QLoRA
 `offload`). A CUDA graph records those launches once and replays them with one call, so the host
 cost of the decoder stack disappears; the embedding, the loss and the optimizer stay as they are.
+(Measured: 7% off llama-1b's `offload` step, 0.3–2.4% off the 8B ones on a host that kept up, for
+1.0–1.3 GiB more memory: hence off by default, `training.cuda_graphs`.)
 
 How it fits in a training step:
 
@@ -13,15 +15,17 @@ How it fits in a training step:
   boundaries), so what the first layer receives is what all of them would.
 - A stack *signature* is the shapes and dtypes of those inputs and every other value passed (for
   example the longest sequence of a varlen batch). The first time a signature is seen the stack
-  runs eagerly (it warms up torch.compile, Triton and cuBLAS); the second time it is captured;
-  from then on it replays. A batch with another signature runs eagerly, so nothing is ever wrong,
+  runs eagerly; the second time it runs once more eagerly on a side stream under the capture's own
+  conditions (torch.compile, Triton and cuBLAS settle there) and is then captured; from then on it
+  replays. A batch with another signature runs eagerly, so nothing is ever wrong,
   only slower; after `max_captures` captures no more are made (data whose shapes vary per batch).
-- Gradients: the captured backward adds into the LoRA weights' `.grad` tensors in place (both
-  through autograd's edges and through the rebuild's own backward inside recomputed layers), so
-  the graphs own those tensors and put them back as `.grad` before each replay, zeroed when the
-  optimizer had set them to None, as it does after each step.
-- Memory: the graphs keep their own memory pool, the size of one step's activations, which the
-  eager step would also have used at its peak. `held_bytes` says how much it holds.
+- Gradients: the captured backward adds into the LoRA weights' `.grad` tensors in place (one
+  foreach add of what autograd.grad returns, and the rebuild's own backward inside recomputed
+  layers), so the graphs own those tensors and put them back as `.grad` before each replay, zeroed
+  when the optimizer had set them to None, as it does after each step.
+- Memory: the graphs keep their own memory pool for the stack's activations, which the eager loss
+  and optimizer cannot reuse: a step takes more GPU memory than without graphs. `held_bytes` says
+  how much the pool holds.
 
 Only the training forward (grad on, module in training mode) is captured; evaluation runs eagerly.
 On a CPU the backend that replays by running the code again (`RerunBackend`) lets the tests check
@@ -356,7 +360,7 @@ class StackGraphs:
             captured.backward_graph = self.backend.capture(backward)
         except torch.cuda.OutOfMemoryError:
             raise  # the memory fallback (engine.with_memory_fallback) plans leaner and forgets the graphs
-        except Exception as err:  # noqa: BLE001 - any other failure: train on, eagerly, and say why once
+        except Exception as err:  # any other failure: train on, eagerly, and say why once
             self.disabled = f"capture failed ({type(err).__name__}: {str(err).splitlines()[0][:200]})"
             log.warning("CUDA graphs off for this run: %s; the stack runs eagerly", self.disabled)
             log.debug("the capture's failure", exc_info=True)

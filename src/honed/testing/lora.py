@@ -72,3 +72,28 @@ def tiny_train_losses(folder, family: str, variants: dict[str, dict], **common) 
     data = write_numbered_qa(folder / "qa.jsonl")
     return {name: train(train_config(base, data, folder / name, **(common | overrides)), show_progress=False).losses
             for name, overrides in variants.items()}
+
+
+def train_path_steps(path, model, steps, *, lr: float, autocast_dtype=None):
+    """AdamW steps through a training path as `honed train` takes them: each step's micro-batches
+    (`steps` is a list of lists of batches) accumulate gradients, then clip to 1.0, step, and
+    zero_grad to None; each loss is dropped after its backward. Returns (every micro-batch's loss,
+    the trainable weights at the end, as fp32 copies)."""
+    import contextlib
+
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr)
+    losses = []
+    for micro in steps:
+        for batch in micro:
+            device = batch["input_ids"].device.type
+            with torch.autocast(device, dtype=autocast_dtype) if autocast_dtype is not None else contextlib.nullcontext():
+                loss_sum, n = path.loss_sum(model, batch)
+            (loss_sum / n).backward()
+            losses.append(float(loss_sum.detach() / n))
+            del loss_sum  # a graph kept into the next forward would stop a CUDA graph capture (engine.graphs)
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    return losses, {k: p.detach().float().clone() for k, p in model.named_parameters() if p.requires_grad}

@@ -18,7 +18,7 @@ import torch
 from honed.config import config_from_dict
 from honed.engine.fused import FusedPath
 from honed.engine.graphs import RerunBackend, StackGraphs, stack_signature
-from honed.testing.lora import lora_model
+from honed.testing.lora import lora_model, train_path_steps
 
 
 def cfg_for(memory="none", cuda_graphs=True):
@@ -49,20 +49,7 @@ def batches(model, length=24, packed=False, count=2, seed=3):
 
 
 def train(path, model, steps_of_micro_batches):
-    """AdamW steps as honed train takes them (gradients accumulated over micro-batches, zero_grad to None)."""
-    model.train()
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=1e-2)
-    losses = []
-    for micro in steps_of_micro_batches:
-        for batch in micro:
-            loss_sum, n = path.loss_sum(model, batch)
-            (loss_sum / n).backward()
-            losses.append(float(loss_sum.detach() / n))
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-    return losses, {k: p.detach().clone() for k, p in model.named_parameters() if p.requires_grad}
+    return train_path_steps(path, model, steps_of_micro_batches, lr=1e-2)
 
 
 def paths_pair(tiny_model_dir, family, memory):
