@@ -160,6 +160,8 @@ def train(cfg: TrainConfig, *, stop_after_steps: int | None = None, show_progres
         # Non-reentrant checkpointing needs no input grads, so frozen embeddings are fine.
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     path = select_path(model, cfg, device)
+    if t.cuda_graphs and path.name != "fused":
+        log.info("training.cuda_graphs: not used, the %s path has no graphs (only the fused path on CUDA does)", path.name)
     model = path.prepare(model)
     # Varlen attention (the fused path's, or transformers' flash) takes one padding-free row per
     # micro-batch; with a dense mask, padded rows are cheaper. Known only once the path has chosen.

@@ -269,3 +269,44 @@ def test_honed_train_records_the_fused_paths_memory_plan(tmp_path, monkeypatch):
     record = json.loads((tmp_path / "out" / "run_info.json").read_text())["model"]
     assert record["training_path"] == "fused"
     assert record["memory_plan"] | {"estimate_gib": None} == {"mode": "offload", "checkpointed": 2, "estimate_gib": None, "keep_o": True, "whole_mlp": False}
+
+
+def test_honed_train_replays_the_stack_and_records_it(tmp_path, monkeypatch):
+    """training.cuda_graphs through honed train's own loop (RerunBackend standing in for CUDA graphs
+    on a CPU): a repeated shape is captured and replayed, the run is the same as without graphs, and
+    run_info.json says how often each happened."""
+    import json
+
+    from honed.engine.graphs import RerunBackend
+    from honed.testing import build_tiny_model
+    from honed.testing.lora import train_config, write_numbered_qa
+    from honed.train import sft
+
+    monkeypatch.setattr(sft, "select_path", lambda model, cfg, device: FusedPath(cfg, device))
+    monkeypatch.setattr(FusedPath, "graph_backend", RerunBackend)
+    base = build_tiny_model("qwen2", tmp_path / "base", hidden_size=64, layers=2)
+    data = write_numbered_qa(tmp_path / "qa.jsonl")
+    losses = {}
+    for graphs in (False, True):
+        out = tmp_path / f"out-{graphs}"
+        cfg = train_config(base, data, out, max_steps=4, learning_rate=1e-3, memory="checkpoint", cuda_graphs=graphs)
+        losses[graphs] = sft.train(cfg, show_progress=False).losses
+    record = json.loads((tmp_path / "out-True" / "run_info.json").read_text())["model"]
+    # Rows are padded to each batch's longest, so shapes repeat only now and then: every micro-batch
+    # either replayed or ran eagerly, and at least one repeated shape was captured and replayed.
+    summary = record["cuda_graphs"]
+    assert summary["replays"] + summary["eager_runs"] == 4 and summary["captures"] >= 1 and summary["replays"] >= 1, summary
+    assert "cuda_graphs" not in json.loads((tmp_path / "out-False" / "run_info.json").read_text())["model"]
+    assert losses[True] == pytest.approx(losses[False], rel=1e-5)
+
+
+def test_cuda_graphs_off_the_fused_path_are_said(tmp_path, caplog):
+    from honed.testing import build_tiny_model
+    from honed.testing.lora import train_config, write_numbered_qa
+    from honed.train import sft
+
+    base = build_tiny_model("qwen2", tmp_path / "base", hidden_size=64, layers=2)
+    cfg = train_config(base, write_numbered_qa(tmp_path / "qa.jsonl"), tmp_path / "out", max_steps=1, learning_rate=1e-3, cuda_graphs=True)
+    with caplog.at_level(logging.INFO, logger="honed.train"):
+        sft.train(cfg, show_progress=False)
+    assert "training.cuda_graphs: not used, the plain path has no graphs" in caplog.text
