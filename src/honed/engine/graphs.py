@@ -292,6 +292,7 @@ class StackGraphs:
         try:
             key = stack_signature(hidden, kwargs)
         except TypeError:
+            self.eager_runs += 1
             return None
         captured = self.captured.get(key)
         if captured is None:
