@@ -206,20 +206,20 @@ def step_spread_fields(step_seconds: list[float]) -> dict:
             "step_s_spread_pct": round(100 * (max(step_seconds) - min(step_seconds)) / median, 1)}
 
 
-def memory_fields(graph_pool_bytes: int = 0) -> dict:
+def memory_fields(pool_bytes: int = 0) -> dict:
     """Peak GPU memory since the last reset (the timed steps), allocated and reserved, in GiB.
 
     A replayed CUDA graph allocates nothing, so the activations it writes (in its own pool, reserved
-    when it was captured) are not in the allocated peak: `graph_pool_bytes` is added to it, which
+    when it was captured) are not in the allocated peak: `pool_bytes` (`graph_pool_bytes`) is added to it, which
     counts the pool at its full size, fragmentation included (an upper bound)."""
     import torch
 
-    return {"peak_alloc_gib": round((torch.cuda.max_memory_allocated() + graph_pool_bytes) / 2**30, 2),
+    return {"peak_alloc_gib": round((torch.cuda.max_memory_allocated() + pool_bytes) / 2**30, 2),
             "peak_reserved_gib": round(torch.cuda.max_memory_reserved() / 2**30, 2)}
 
 
 def packed_result_fields(data: BenchData, timed_batches: list, timed_losses: list[float], seconds: float, model_config, peak_tflops: float,
-                         graph_pool_bytes: int = 0) -> dict:
+                         pool_bytes: int = 0) -> dict:
     """The RESULT keys of a real-data run, shared with benchmarks/packed_peers.py so every stack counts alike."""
     flow = throughput(timed_batches, seconds)
     lengths = data.timed_lengths()
@@ -227,7 +227,7 @@ def packed_result_fields(data: BenchData, timed_batches: list, timed_losses: lis
     return dict(
         lengths_stats=length_stats(lengths), samples=len(lengths), rows=sum(len(mb) for mb in data.timed),
         micro_batches=len(timed_batches), layout_rows=sum(b["input_ids"].shape[0] for b in timed_batches),
-        drawn=data.drawn, data_sha=data.fingerprint(), **flow, step_s=round(seconds / len(timed_batches), 4), **memory_fields(graph_pool_bytes),
+        drawn=data.drawn, data_sha=data.fingerprint(), **flow, step_s=round(seconds / len(timed_batches), 4), **memory_fields(pool_bytes),
         mfu_lora_pct=round(100 * flow["effective_tokens_per_s"] * flops / peak_tflops / 1e12, 1),
         loss_mean=round(weighted_mean_loss(timed_losses, [trained_tokens(b) for b in timed_batches]), 4),
     )
@@ -319,8 +319,9 @@ def run(args) -> int:
         batches = [torch.randint(FIRST_TOKEN_ID, vocab, (args.batch, args.seq), generator=g) for _ in range(4)]
         in_order = [{"input_ids": batches[i], "labels": batches[i]} for i in batch_order(args.warmup, args.steps, len(batches))]
         losses, warmup_s, dt, each = time_steps(step, in_order[: args.warmup], in_order[args.warmup :])
+        graph_pool = graph_pool_bytes(path)  # a memory snapshot: taken once, after the timed steps
         tps = args.steps * args.batch * args.seq / dt
-        res.update(tokens_per_s=round(tps, 1), step_s=round(dt / args.steps, 4), **memory_fields(graph_pool_bytes(path)),
+        res.update(tokens_per_s=round(tps, 1), step_s=round(dt / args.steps, 4), **memory_fields(graph_pool),
                    mfu_lora_pct=round(100 * tps * flops_per_token(model.config, args.seq) / args.peak_tflops / 1e12, 1))
     else:
         # Padding-free (one row, no padding) where the path's attention takes varlen input, as honed train decides.
@@ -332,13 +333,14 @@ def run(args) -> int:
 
         warm, timed = [as_batch(mb) for mb in data.warmup], [as_batch(mb) for mb in data.timed]
         losses, warmup_s, dt, each = time_steps(step, warm, timed)
+        graph_pool = graph_pool_bytes(path)
         res.update(lengths=lengths_spec, layout="padding-free" if padding_free else "packed", padding_free=padding_free,
                    attention=getattr(path, "attention", None) or getattr(model.config, "_attn_implementation", None),
-                   **packed_result_fields(data, timed, losses[args.warmup :], dt, model.config, args.peak_tflops, graph_pool_bytes(path)))
+                   **packed_result_fields(data, timed, losses[args.warmup :], dt, model.config, args.peak_tflops, graph_pool))
     plan = getattr(path, "plan", None)  # read after the steps: an out-of-memory fallback may have changed it
     graphs = getattr(path, "graphs", None)
     if graphs is not None:
-        res.update(cuda_graphs=graphs.summary(), graph_pool_gib=round(graph_pool_bytes(path) / 2**30, 2))
+        res.update(cuda_graphs=graphs.summary(), graph_pool_gib=round(graph_pool / 2**30, 2))
     res.update(loss=round(losses[-1], 3), losses=[round(x, 4) for x in losses], warmup_s=round(warmup_s, 1), **step_spread_fields(each),
                trainable=sum(p.numel() for p in params),
                memory=plan.mode if plan else ("checkpoint" if t.gradient_checkpointing else "none"),

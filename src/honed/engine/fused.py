@@ -47,11 +47,11 @@ from honed.engine.memory import (
     available_host_bytes,
     backward_transient_bytes,
     escalate,
+    join_offload_copies,
     layer_activation_bytes,
     offload_keeps_o,
     plan_memory,
     rebuilt_layer_bytes,
-    join_offload_copies,
     reset_offload_copies,
     usable_gpu_bytes,
 )

@@ -190,7 +190,6 @@ class _Replay(torch.autograd.Function):
     def backward(ctx, grad):
         stack, captured = ctx.stack, ctx.captured
         captured.grad_output.copy_(grad)
-        stack.bind_gradients()  # an eager step in between may have replaced .grad
         stack.backend.replay(captured.backward_graph)
         grad_hidden = captured.hidden_grad.clone() if ctx.hidden_needs_grad and captured.hidden_grad is not None else None
         return None, None, grad_hidden, None, None

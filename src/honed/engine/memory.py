@@ -344,11 +344,16 @@ def _wrap_layer(layer, index: int, offloader: _Offloader | None, keep_o: bool):
 _OFFLOADER_ATTR = "_honed_offloader"
 
 
+def _offloaders(decoder_layers) -> list[_Offloader]:
+    """The offloaders `apply_memory_plan` gave these layers, each once (one plan shares one)."""
+    found = {id(o): o for o in (getattr(layer, _OFFLOADER_ATTR, None) for layer in decoder_layers) if o is not None}
+    return list(found.values())
+
+
 def join_offload_copies(decoder_layers) -> None:
     """Make the current stream wait for every copy the layers' offloaders started (a CUDA graph
     capture must join the streams it forked before it ends) and let the copies' sources go."""
-    found = {id(o): o for o in (getattr(layer, _OFFLOADER_ATTR, None) for layer in decoder_layers) if o is not None}
-    for offloader in found.values():
+    for offloader in _offloaders(decoder_layers):
         if offloader.stream is not None:
             current = torch.cuda.current_stream(offloader.stream.device)
             current.wait_stream(offloader.stream)
@@ -358,11 +363,9 @@ def join_offload_copies(decoder_layers) -> None:
 def reset_offload_copies(decoder_layers) -> None:
     """Forget the copies the layers' offloaders have in flight or prefetched (after a failed CUDA
     graph capture: the events recorded inside it cannot be waited on outside it)."""
-    for layer in decoder_layers:
-        offloader = getattr(layer, _OFFLOADER_ATTR, None)
-        if offloader is not None:
-            offloader.in_flight.clear()
-            offloader.pending.clear()
+    for offloader in _offloaders(decoder_layers):
+        offloader.in_flight.clear()
+        offloader.pending.clear()
 
 
 def apply_memory_plan(decoder_layers, plan: MemoryPlan) -> None:
