@@ -115,6 +115,11 @@ class TrainingConfig(_Strict):
         "auto", description="activation memory policy of the fused path: auto recomputes only what does not fit; offload also moves checkpointed layer inputs to CPU"
     )
     memory_budget_gib: float | None = Field(None, gt=0, description="GPU memory the fused path may plan activations into (default: what is free)")
+    embeddings_on_host: bool | None = Field(
+        None, description="fused path on CUDA: keep the frozen input embedding table in pinned host memory, the GPU reading the batch's "
+        "rows from there (about 1 GiB less for a 7-8B model; not where the table trains or is tied to lm_head). "
+        "None (default): only when the memory plan recomputes layers; true: always where it can; false: never",
+    )
     cuda_graphs: bool = Field(
         False, description="fused path on CUDA: replay the decoder stack's forward and backward as CUDA graphs, which takes the host's "
         "kernel-launch time out of the step; a batch shape is captured the second time it is seen, other shapes run eagerly",

@@ -114,6 +114,8 @@ def register(sub) -> None:
     p.add_argument("--memory", default="auto", choices=["auto", "none", "checkpoint", "offload"], help="training.memory")
     p.add_argument("--memory-budget-gib", type=float, default=None, help="training.memory_budget_gib")
     p.add_argument("--cuda-graphs", action="store_true", help="training.cuda_graphs: the decoder stack replays as CUDA graphs")
+    p.add_argument("--embeddings-on-host", default="auto", choices=["auto", "yes", "no"],
+                   help="training.embeddings_on_host: auto moves the frozen input embeddings to host memory when layers recompute")
     p.add_argument("--max-grad-norm", type=max_grad_norm, default=1.0,
                    help="training.max_grad_norm (default 1.0, as honed train); 0 or none: no clipping (the peers do not clip)")
     p.add_argument("--precision", default="bf16", choices=["bf16", "fp8"], help="training.precision (default bf16, as the peers)")
@@ -251,6 +253,7 @@ def bench_config(model_dir: str, args):
         "training": {"batch_size": args.batch, "learning_rate": 1e-4, "weight_decay": 0.01, "precision": getattr(args, "precision", "bf16"),
                      "engine": args.engine, "memory": args.memory, "memory_budget_gib": args.memory_budget_gib, "device": "cuda",
                      "cuda_graphs": getattr(args, "cuda_graphs", False),
+                     "embeddings_on_host": {"auto": None, "yes": True, "no": False}[getattr(args, "embeddings_on_host", "auto")],
                      "max_grad_norm": getattr(args, "max_grad_norm", 1.0)},
     }, where="honed bench")
 
@@ -310,6 +313,7 @@ def run(args) -> int:
         stack="honed", path=path.name,
         shape=args.shape, qlora=args.qlora, seq=args.seq, batch=args.batch, precision=t.precision, max_grad_norm=t.max_grad_norm,
         embeddings=str(next(iter(causal_lm_of(model).get_input_embeddings().parameters())).dtype).removeprefix("torch."),
+        embeddings_on_host=bool(getattr(path, "embeddings_on_host", False)),
     )
     if args.qlora:  # which code dequantised the NF4 weights (engine.nf4)
         res["nf4_dequantisation"] = "bitsandbytes" if nf4.kernel_unavailable_reason() else "honed-triton"

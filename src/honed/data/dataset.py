@@ -178,6 +178,19 @@ def data_fingerprint(data: DataConfig) -> str:
     return digest.hexdigest()
 
 
+def check_token_ids(samples, embedding_rows: int, model_name: str) -> None:
+    """Every token id must index the model's input embeddings. An id past them would crash a GPU run
+    with a bare device-side assert (or read zeros, where the table lives in host memory:
+    engine.host_embedding), so it stops here, at the sample that has it."""
+    for sample in samples:
+        top = max(sample.input_ids, default=0)
+        if top >= embedding_rows:
+            raise DataError(
+                f"{sample.source}: token id {top} is past the {embedding_rows:,} input embeddings of {model_name}: the tokenizer "
+                "does not match the model (or adds tokens the model has no embeddings for); use the model's own tokenizer"
+            )
+
+
 def build_datasets(data: DataConfig, tokenizer, template, seed: int, enable_thinking=None):
     """Everything `honed train` needs from the data section: (train, validation, report, train_conversations).
 

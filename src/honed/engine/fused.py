@@ -34,7 +34,7 @@ from honed.engine.attention import (
     varlen_unavailable_reason,
 )
 from honed.data.packing import uses_varlen_attention
-from honed.engine import nf4
+from honed.engine import host_embedding, nf4
 from honed.engine.fp8 import prepare_fp8
 from honed.engine.graphs import StackGraphs
 from honed.engine.grouped import group_siblings
@@ -131,6 +131,9 @@ class FusedPath:
     # What captures the decoder stack when training.cuda_graphs is on (None: CUDA graphs, on a CUDA
     # device only); tests set engine.graphs.RerunBackend to check the wiring on a CPU.
     graph_backend = None
+    # True lets training.embeddings_on_host act off CUDA (where the table is in host memory anyway), so
+    # that tests check its wiring on a CPU.
+    host_embeddings_off_cuda = False
 
     def __init__(self, cfg, device: torch.device):
         self.cfg, self.device = cfg, device
@@ -142,6 +145,7 @@ class FusedPath:
         # True when every micro-batch may be one row without padding (`collate(..., padding_free=True)`).
         self.padding_free = False
         self.graphs: StackGraphs | None = None  # training.cuda_graphs: the decoder stack's graphs
+        self.embeddings_on_host = False  # training.embeddings_on_host: where `prepare` put the input embeddings
 
     def compute_dtype(self) -> torch.dtype | None:
         """The autocast dtype of `training.precision` on this device (None: no autocast); fp8 computes in
@@ -180,6 +184,7 @@ class FusedPath:
         self.choose_attention(lm)
         self.decoder_layers, self.model_config = lm.model.layers, lm.config
         self.plan = self.memory_plan(model)
+        self.embeddings_on_host = self.place_embeddings(lm)  # may plan again, with the table's memory free
         apply_memory_plan(self.decoder_layers, self.plan)
         self.graphs = self.stack_graphs(lm)
         log.info(
@@ -190,6 +195,26 @@ class FusedPath:
             self.plan.estimate_gib,
         )
         return model
+
+    def place_embeddings(self, lm) -> bool:
+        """training.embeddings_on_host: move the frozen input embedding table to pinned host memory
+        (`engine.host_embedding`) when memory is short (the plan recomputes layers) or when asked, then
+        plan again with the memory that freed. True when it moved; a log line says why when it could not."""
+        wanted = self.cfg.training.embeddings_on_host
+        if wanted is False or (wanted is None and not self.plan.checkpointed):
+            return False
+        reason = host_embedding.blocker(lm)
+        if reason is None and not self.host_embeddings_off_cuda:
+            reason = host_embedding.unavailable_reason(self.device)
+        if reason is not None:
+            (log.warning if wanted else log.info)("fused path: the input embeddings stay on the GPU (%s)", reason)
+            return False
+        moved = host_embedding.move_to_host(lm.get_input_embeddings())
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+            self.plan = self.memory_plan(lm)
+        log.info("fused path: the frozen input embeddings (%.2f GiB) live in pinned host memory; the GPU reads each batch's rows from there", moved / 2**30)
+        return True
 
     def stack_graphs(self, lm) -> StackGraphs | None:
         """training.cuda_graphs: the decoder stack's graphs, installed on its layers (one log line

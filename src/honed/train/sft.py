@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from honed.config import TrainConfig
-from honed.data.dataset import build_datasets, data_fingerprint
+from honed.data.dataset import build_datasets, check_token_ids, data_fingerprint
 from honed.data.epochs import make_epoch_data
 from honed.data.strategies.scoring import score_samples
 from honed.data.packing import collate, plan_batches
@@ -151,6 +151,9 @@ def train(cfg: TrainConfig, *, stop_after_steps: int | None = None, show_progres
     template = get_template(cfg.model.template, tokenizer, info["model_type"])
     train_set, val_set, report, train_convs = build_datasets(cfg.data, tokenizer, template, t.seed, cfg.model.enable_thinking)
     log.info("data: %s", report.summary())
+    embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    if isinstance(embeddings, torch.nn.Embedding):
+        check_token_ids([*train_set, *val_set], embeddings.num_embeddings, cfg.model.name_or_path)
 
     if info["quantized"] and cfg.method == "full":
         raise ConfigError(f"method=full cannot train a 4-bit model ({cfg.model.name_or_path}); use method=qlora")
@@ -295,6 +298,8 @@ def train(cfg: TrainConfig, *, stop_after_steps: int | None = None, show_progres
     save_weights_atomic(model, tokenizer, out)
     if getattr(path, "plan", None) is not None:  # the fused path's memory plan, as it ended (after any out-of-memory retry)
         info["memory_plan"] = dataclasses.asdict(path.plan)
+    if hasattr(path, "embeddings_on_host"):  # the fused path: whether the input embeddings were read from host memory
+        info["embeddings_on_host"] = path.embeddings_on_host
     if getattr(path, "graphs", None) is not None:  # training.cuda_graphs: how often the stack replayed
         info["cuda_graphs"] = path.graphs.summary()
         log.info("CUDA graphs: %(captures)d captured, %(replays)d replays, %(eager_runs)d micro-batches eager, %(capture_s).1f s capturing", info["cuda_graphs"])

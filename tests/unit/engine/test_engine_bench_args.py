@@ -65,3 +65,9 @@ def test_bench_config_passes_precision_through_to_training_precision():
     except ConfigError:
         pytest.skip("training.precision does not take fp8 yet (being added)")
     assert cfg.training.precision == "fp8"
+
+
+@pytest.mark.parametrize(("flag", "value"), [(None, None), ("auto", None), ("yes", True), ("no", False)])
+def test_bench_config_maps_embeddings_on_host(flag, value):
+    args = parse(*(["--embeddings-on-host", flag] if flag else []))
+    assert bench.bench_config("/tmp/unused-model", args).training.embeddings_on_host is value
