@@ -185,6 +185,7 @@ class FusedPath:
         self.decoder_layers, self.model_config = lm.model.layers, lm.config
         self.plan = self.memory_plan(model)
         self.embeddings_on_host = self.place_embeddings(lm)  # may plan again, with the table's memory free
+        self.warn_if_host_short()  # for the final plan only
         apply_memory_plan(self.decoder_layers, self.plan)
         self.graphs = self.stack_graphs(lm)
         log.info(
@@ -305,11 +306,17 @@ class FusedPath:
             whole_mlp_rebuilt_bytes=rebuilt_layer_bytes(lm.config, tokens, whole_mlp=True),
             host_bytes=host,
         )
-        pinned = plan.checkpointed * tokens * hidden_bytes * (2 if plan.keep_o else 1)
+        return plan
+
+    def warn_if_host_short(self) -> None:
+        """Warn, once the plan is final, when offloading would pin more than 90% of the host's available
+        memory: a host that runs out kills the process outright."""
+        host = available_host_bytes() if self.device.type == "cuda" else None
+        plan = self.plan
+        pinned = plan.checkpointed * self.tokens_per_micro_batch() * self.hidden_state_bytes() * (2 if plan.keep_o else 1)
         if plan.mode == "offload" and host is not None and pinned > 0.9 * host:
             log.warning("fused path: offloading keeps %.1f GiB in pinned host memory and the host has %.1f GiB available; if it runs out the "
                         "process is killed: lower data.max_seq_length or training.batch_size", pinned / 2**30, host / 2**30)
-        return plan
 
     def recover_from_oom(self) -> bool:
         """After an out-of-memory error: switch to the next leaner memory plan (more layers recompute,

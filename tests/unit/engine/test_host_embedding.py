@@ -159,3 +159,21 @@ def test_token_ids_past_the_embeddings_stop_at_the_sample():
     check_token_ids(samples[:1], 10, "tiny")
     with pytest.raises(DataError, match=r"a\.jsonl:2: token id 99 is past the 10 input embeddings of tiny"):
         check_token_ids(samples, 10, "tiny")
+
+
+def test_the_host_memory_warning_comes_once_for_the_final_plan(tiny_model_dir, monkeypatch, caplog):
+    """Moving the table plans a second time; the warning about pinning most of the host's memory is
+    for the plan the run keeps, said once."""
+    from honed.engine import fused
+    from honed.engine.memory import MemoryPlan
+
+    monkeypatch.setattr(fused, "available_host_bytes", lambda: 1.0)  # any offload plan pins more than this
+    path = FusedPath(cfg_for("offload"), torch.device("cuda"))
+    path.model_config = causal_lm_of(lora_model(tiny_model_dir("llama3"))).config
+    path.plan = MemoryPlan("offload", 2, 0.0)
+    with caplog.at_level(logging.WARNING, logger="honed.engine.fused"):
+        path.warn_if_host_short()
+        path.plan = MemoryPlan("none", 0, 0.0)
+        path.warn_if_host_short()
+    said = [r.getMessage() for r in caplog.records]
+    assert len(said) == 1 and said[0].startswith("fused path: offloading keeps") and "lower data.max_seq_length" in said[0]
