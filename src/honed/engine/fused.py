@@ -24,6 +24,8 @@ import logging
 
 import torch
 
+from honed.data.packing import uses_varlen_attention
+from honed.engine import host_embedding, nf4
 from honed.engine.attention import (
     VARLEN_ATTENTION,
     enable_varlen_attention,
@@ -33,8 +35,6 @@ from honed.engine.attention import (
     varlen_batch_inputs,
     varlen_unavailable_reason,
 )
-from honed.data.packing import uses_varlen_attention
-from honed.engine import host_embedding, nf4
 from honed.engine.fp8 import prepare_fp8
 from honed.engine.graphs import StackGraphs
 from honed.engine.grouped import group_siblings
