@@ -9,7 +9,7 @@ import pytest
 
 from honed.data import Conversation, Message
 from honed.data.augment import Recipe
-from honed.data.augment.generator import GeneratorError, make_generator
+from honed.data.generators import GeneratorError, make_generator
 from honed.data.augment.synthetic import synthesize
 from honed.errors import ConfigError
 
