@@ -17,7 +17,8 @@ import pytest
 SRC = Path(__file__).resolve().parents[2] / "src"
 
 # Lowest first. A module may import modules of its own layer and of layers below it, never above.
-# A module belongs to the layer of the longest prefix listed that matches its name.
+# A module belongs to the layer of the longest prefix listed that matches its name ("honed" itself
+# matches only honed/__init__.py, so a new package must be given its place here).
 LAYERS: list[tuple[str, ...]] = [
     ("honed", "honed.errors", "honed.utils"),  # version, the error tree, small helpers
     ("honed.config", "honed.model.families"),  # typed configs; the family table is plain data every layer reads
@@ -26,6 +27,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("honed.infer",),  # chat and batch generation (used by eval, guard, serve)
     ("honed.engine",),  # the fast training paths
     ("honed.train",),  # training loops, losses, checkpoints
+    ("honed.bench",),  # measuring the training engine
     ("honed.eval",),
     ("honed.guard",),
     ("honed.export",),
@@ -84,7 +86,7 @@ def _graph() -> tuple[dict[str, Path], dict[str, list[tuple[str, int]]]]:
 
 
 def _within(module: str, prefix: str) -> bool:
-    return module == prefix or module.startswith(prefix + ".")
+    return module == prefix or (prefix != "honed" and module.startswith(prefix + "."))
 
 
 def _layer_of(module: str) -> int | None:
@@ -183,3 +185,14 @@ def test_imports_are_read_like_python_resolves_them(tmp_path, source, expected):
                "honed.engine.lora": Path("x"), "honed.errors": Path("x"), "honed.engine.fp8": tmp_path / "fp8.py"}
     (tmp_path / "fp8.py").write_text(source)
     assert _imports("honed.engine.fp8", tmp_path / "fp8.py", modules) == expected
+
+
+def test_cycles_are_found_and_acyclic_graphs_pass():
+    assert _cycles({"a": [("b", 1)], "b": [("c", 1)], "c": [("a", 1)], "d": [("a", 1)]}) == [["a", "b", "c"]]
+    assert _cycles({"a": [("b", 1)], "b": [("c", 1)], "c": [], "d": [("a", 1), ("c", 2)]}) == []
+
+
+def test_layers_are_matched_by_the_longest_prefix():
+    assert _layer_of("honed.model.families") == _layer_of("honed.config") < _layer_of("honed.data") < _layer_of("honed.model.load")
+    assert _layer_of("honed") == _layer_of("honed.errors") == 0
+    assert _layer_of("honed.new_package.module") is None  # unknown packages must be placed, not fall to the bottom
