@@ -9,12 +9,11 @@ import torch
 
 from honed.config import ModelConfig
 from honed.errors import ModelError
+from honed.model.families import FAMILIES
 from honed.train.sft import train
 
-FAMILIES = ["llama3", "qwen2", "qwen3", "mistral", "gemma2", "gemma3", "phi3"]
 
-
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", list(FAMILIES))  # every row of the family table
 def test_each_family_trains_lora_and_answers(family, make_config):
     from honed.data.conversation import Message
     from honed.infer.generate import ChatModel

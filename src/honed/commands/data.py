@@ -31,17 +31,17 @@ def run_inspect(args) -> int:
     from honed.config import load_config
     from honed.data.inspect import inspect_data, trained_spans
     from honed.errors import ConfigError
-    from honed.model.load import load_tokenizer
+    from honed.model.load import load_tokenizer, model_type_of
 
     cfg = load_config(args.config, args.overrides)
-    found = inspect_data(cfg)
+    tokenizer = load_tokenizer(cfg.model)
+    found = inspect_data(cfg, tokenizer, model_type_of(cfg.model.name_or_path, cfg.model)[0])
     if args.json:
         print(json.dumps(found.to_dict(), indent=2, ensure_ascii=False))
         return 0
     console = Console()
     if not 0 <= args.sample < len(found.samples):
         raise ConfigError(f"--sample {args.sample}: there are {len(found.samples)} samples")
-    tokenizer = load_tokenizer(cfg.model)
     sample = found.samples[args.sample]
     rendered = Text()
     # Colour on a terminal; brackets when piped or redirected, where colour is lost.
@@ -297,7 +297,7 @@ def run_split(args) -> int:
 
 
 def run_synth(args) -> int:
-    from honed.data.augment.generator import make_generator
+    from honed.data.generators import make_generator
     from honed.data.augment.io import read_conversations, write_conversations
     from honed.utils.fs import check_writable
     from honed.data.augment.synthetic import synthesize

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import random
 
+from honed.errors import ConfigError
+
 
 class EpochData:
     """The default strategy: every sample once per epoch, shuffled by (seed, epoch)."""
@@ -177,7 +179,6 @@ def load_recipe(spec, where: str = "data.augment"):
     from pathlib import Path
 
     from honed.data.augment import Recipe
-    from honed.errors import ConfigError
 
     if isinstance(spec, (dict, list)):
         return Recipe.from_config(spec, where)
@@ -186,14 +187,17 @@ def load_recipe(spec, where: str = "data.augment"):
     return Recipe.from_yaml(Path(str(spec)).expanduser())
 
 
-def make_epoch_data(cfg, conversations, samples: list, tokenizer, template) -> EpochData:
+def make_epoch_data(cfg, conversations, samples: list, tokenizer, template, *, score_with_model=None) -> EpochData:
     """The EpochData a training config asks for: plain, or shaped by `data.augment` / `data.sampling`.
 
     `conversations` are the training Conversations behind `samples` (as `build_datasets` returns
-    them). Plain configs get plain EpochData.
+    them). Plain configs get plain EpochData. `score_with_model(model_cfg, samples)` → per-sample
+    losses is what `data.sampling.curriculum.measure: loss` scores difficulty with
+    (`honed.train.scoring.score_with_model`; passed in, since running a model is above the data layer).
 
     >>> train_set, _, _, convs = build_datasets(cfg.data, tokenizer, template, seed)        # doctest: +SKIP
-    >>> epoch_data = make_epoch_data(cfg, convs, train_set, tokenizer, template)            # doctest: +SKIP
+    >>> epoch_data = make_epoch_data(cfg, convs, train_set, tokenizer, template,
+    ...                              score_with_model=scoring.score_with_model)              # doctest: +SKIP
     """
     data, seed = cfg.data, cfg.training.seed
     if data.augment is None and data.sampling is None:
@@ -212,8 +216,9 @@ def make_epoch_data(cfg, conversations, samples: list, tokenizer, template) -> E
     loss_scorer = None
     cur = data.sampling.curriculum if data.sampling is not None else None
     if cur is not None and cur.measure == "loss":
-        from honed.data.strategies.scoring import score_with_model
-
+        if score_with_model is None:
+            raise ConfigError("data.sampling.curriculum.measure=loss scores each sample with a model, and none was given: "
+                              "pass score_with_model=honed.train.scoring.score_with_model (as `honed train` does)")
         model_cfg = cfg.model if cur.scorer_model is None else cfg.model.model_copy(update={"name_or_path": cur.scorer_model})
         loss_scorer = lambda s: score_with_model(model_cfg, s, device=cfg.training.device)  # noqa: E731
     return ShapedEpochData(samples, seed=seed, metas=metas, conversations=conversations, tokenize=tokenize,

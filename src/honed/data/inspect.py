@@ -59,13 +59,16 @@ def trained_spans(input_ids: list[int], labels: list[int]) -> list[tuple[list[in
     return spans
 
 
-def inspect_data(cfg: TrainConfig) -> DataInspection:
-    """Load and tokenize the config's data without truncation, to see what training would get."""
-    from honed.data.templates import get_template
-    from honed.model.load import load_tokenizer, model_type_of
+def inspect_data(cfg: TrainConfig, tokenizer, model_type: str | None = None) -> DataInspection:
+    """Load and tokenize the config's data without truncation, to see what training would get.
 
-    tokenizer = load_tokenizer(cfg.model)
-    model_type, _ = model_type_of(cfg.model.name_or_path, cfg.model)
+    `tokenizer` is the config's model's (`honed.model.load.load_tokenizer(cfg.model)`); `model_type`
+    (config.json) picks the built-in template when the tokenizer has none and `model.template` is auto.
+
+    >>> found = inspect_data(cfg, load_tokenizer(cfg.model), "qwen2")  # doctest: +SKIP
+    """
+    from honed.data.templates import get_template
+
     template = get_template(cfg.model.template, tokenizer, model_type)
     report = DataReport()
     train, val = load_conversations(cfg.data, cfg.training.seed, report)

@@ -22,6 +22,7 @@ from typing import Protocol
 from honed.data import chat_jinja
 from honed.data.conversation import Conversation
 from honed.errors import ConfigError, DataError
+from honed.model.families import template_for
 
 log = logging.getLogger(__name__)
 
@@ -200,13 +201,6 @@ BUILTIN: dict[str, ChatFormat] = {f.name: f for f in [
                end_of_turn="</s>", after_turn="\n\n", extra_stops=("### Instruction:",)),
 ]}
 
-# model_type (config.json) → built-in template, for tokenizers that carry no chat_template.
-MODEL_TYPE_TEMPLATES = {
-    "llama": "llama3", "qwen2": "chatml", "qwen3": "qwen3", "mistral": "mistral",
-    "gemma2": "gemma", "gemma3": "gemma", "gemma3_text": "gemma", "phi3": "phi3",
-}
-
-
 def builtin_template_names() -> list[str]:
     """Names accepted by `get_template` besides "auto".
 
@@ -243,8 +237,8 @@ def get_template(name: str, tokenizer=None, model_type: str | None = None) -> Te
             if own.strip() == fmt.jinja.strip():  # our own tokenizers: use the exact segment renderer
                 return _bind_alpaca(tokenizer) if fmt.name == "alpaca" else fmt
         return JinjaTemplate(tokenizer, model_type=model_type)
-    if model_type in MODEL_TYPE_TEMPLATES:
-        return BUILTIN[MODEL_TYPE_TEMPLATES[model_type]]
+    if template_for(model_type) is not None:  # the family table (honed.model.families) names its template
+        return BUILTIN[template_for(model_type)]
     log.warning("no chat_template in the tokenizer and no built-in template for model_type %r; "
                 "using the plain 'alpaca' prompt (set `template:` to one of %s to choose)",
                 model_type, ", ".join(builtin_template_names()))
@@ -271,7 +265,7 @@ class JinjaTemplate:
         self.supports_thinking = "enable_thinking" in source
         # Templates that know nothing of reasoning would drop it; fold it into the answer instead.
         self._fold_reasoning = "reasoning_content" not in source and "<think>" not in source
-        self._suggest = MODEL_TYPE_TEMPLATES.get(model_type or "", " | ".join(builtin_template_names()))
+        self._suggest = template_for(model_type) or " | ".join(builtin_template_names())
         self.end_of_turn = self._probe_end_of_turn()
         self.stop_strings = tuple(dict.fromkeys(s for s in (self.end_of_turn, tokenizer.eos_token) if s))
 

@@ -39,6 +39,7 @@ import types
 import torch
 
 from honed.engine.compile import on_cuda_compiled
+from honed.engine.layout import covers, fusable
 from honed.errors import ConfigError, ModelError
 from honed.utils.precision import compute_dtype_of
 
@@ -226,8 +227,6 @@ def convert_lora_bases_to_fp8(model) -> int:
 
     >>> n = convert_lora_bases_to_fp8(peft_model)  # doctest: +SKIP
     """
-    from honed.engine.lora import fusable
-
     converted, skipped = 0, 0
     for module in model.modules():
         if not fusable(module):
@@ -298,8 +297,6 @@ def prepare_fp8(model, cfg, device: torch.device) -> int:
 
 
 def _frozen_base_bytes(model) -> int:
-    from honed.engine.lora import fusable
-
     total = 0
     for module in model.modules():
         if fusable(module):
@@ -314,7 +311,5 @@ def refuse_fp8_off_the_fused_path(model, cfg, device: torch.device):
     fused path declined the model, which would otherwise train in bf16 under an fp8 label."""
     if getattr(getattr(cfg, "training", None), "precision", None) != "fp8":
         return None
-    from honed.engine.fused import covers
-
     reason = fp8_device_problem(device) or covers(model) or "the fused path declined it"
     raise ConfigError(f"training.precision=fp8 runs only on honed's fused path, which cannot take this run ({reason}); use training.precision: bf16")

@@ -39,6 +39,7 @@ from honed.engine.fp8 import prepare_fp8
 from honed.engine.graphs import StackGraphs
 from honed.engine.grouped import group_siblings
 from honed.engine.layers import patch_layers, patch_rope
+from honed.engine.layout import COVERED_MODEL_TYPES, causal_lm_of, covers  # noqa: F401 (doctest; the engine's users import them here)
 from honed.engine.lora import count_unfusable_lora_layers, patch_lora_layers
 from honed.engine.loss import linear_cross_entropy_sum, shift_targets
 from honed.engine.memory import (
@@ -60,28 +61,7 @@ from honed.utils.precision import autocast_dtype, compute_dtype_of
 
 log = logging.getLogger(__name__)
 
-COVERED_MODEL_TYPES = {"llama", "qwen2", "qwen3", "mistral"}
 _RESERVE_BYTES = 2 * 2**30  # allocator slack, cuBLAS/SDPA workspaces, one chunk of logits
-
-
-def causal_lm_of(model):
-    """The transformers *ForCausalLM inside a peft wrapper (or the model itself)."""
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
-
-
-def covers(model) -> str | None:
-    """None if the fused path covers this model, else the reason it does not."""
-    lm = causal_lm_of(model)
-    config = getattr(lm, "config", None)
-    model_type = getattr(config, "model_type", None)
-    if model_type not in COVERED_MODEL_TYPES:
-        return f"architecture {model_type!r} is not one of {sorted(COVERED_MODEL_TYPES)}"
-    if getattr(config, "final_logit_softcapping", None):
-        return "logit soft-capping"
-    decoder, head = getattr(lm, "model", None), getattr(lm, "lm_head", None)
-    if decoder is None or not hasattr(decoder, "layers") or not isinstance(head, torch.nn.Linear):
-        return "unexpected module layout (no model.layers / plain lm_head)"
-    return None
 
 
 def _as_dtype(value) -> torch.dtype | None:

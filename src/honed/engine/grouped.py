@@ -43,18 +43,11 @@ import torch
 
 from honed.engine import replay
 from honed.engine.fp8 import SCALE_NAME, fp8_dgrad, fp8_linear, fp8_weight_scale
-from honed.engine.lora import (  # noqa: F401 (doctest)
-    GROUP_ATTR,
-    dequantize_base,
-    fusable,
-    fused_adapter,
-    reference_lora_linear,
-)
+from honed.engine.layout import GROUP_ATTR, SIBLINGS, fusable
+from honed.engine.lora import dequantize_base, fused_adapter, reference_lora_linear  # noqa: F401 (doctest)
 from honed.utils.precision import compute_dtype_of
 
 ENABLED = os.environ.get("HONED_GROUP_PROJECTIONS", "1") != "0"
-# Projections of one parent module that read the same input, in the order the parent calls them.
-SIBLINGS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
 
 
 # ---- the base weights of a group ----------------------------------------------------------------

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 from honed.engine import replay
 from honed.engine.compile import on_cuda_compiled
-from honed.engine.lora import GROUP_ATTR
+from honed.engine.layout import GROUP_ATTR, causal_lm_of
 
 
 def reference_rms_norm(x, weight, eps):
@@ -231,8 +231,6 @@ def patch_rope(model) -> bool:
     `apply_rotary_pos_emb` in its module at each call, so the patch holds for every model of that
     type in this process; `rope` computes the same function, so a plain-path model is unaffected
     beyond rounding. Returns False where the module has no such function (left as it is)."""
-    from honed.engine.fused import causal_lm_of
-
     module = sys.modules.get(type(causal_lm_of(model)).__module__)
     if module is None or not callable(getattr(module, "apply_rotary_pos_emb", None)):
         return False

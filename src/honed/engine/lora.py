@@ -28,6 +28,7 @@ import torch
 
 from honed.engine import nf4, replay
 from honed.engine.fp8 import FP8_DTYPE, dequantize_weight, fp8_dgrad, fp8_linear, fp8_weight_scale
+from honed.engine.layout import GROUP_ATTR, fusable
 from honed.engine.replay import NOT_NEEDED
 from honed.utils.precision import compute_dtype_of
 
@@ -112,9 +113,6 @@ def lora_linear(x, weight, lora_a, lora_b, scale, bias=None, fp8_scale=None, giv
     return _LoraLinear.apply(x, weight, lora_a, lora_b, float(scale), bias, fp8_scale, given)
 
 
-GROUP_ATTR = "_honed_sibling_group"  # the `engine.grouped.SiblingGroup` a projection belongs to, if any
-
-
 def fused_adapter(module, args=(), kwargs=None) -> str | None:
     """The adapter the fused node computes for this call of a patched projection, or None where
     peft's own forward must run (adapters off or merged, several active, extra arguments)."""
@@ -140,26 +138,6 @@ def _fused_forward(self, x, *args, **kwargs):
                     fp8_weight_scale(base), replay.output_for(self))
     replay.offer_output(self, y)
     return y
-
-
-def fusable(module) -> bool:
-    """A peft LoRA Linear with a plain (or NF4) base, no dropout, no DoRA/variants, frozen base."""
-    try:
-        from peft.tuners.lora.layer import Linear as LoraLinear
-    except ImportError:
-        return False
-    if type(module) is not LoraLinear and type(module).__name__ not in ("Linear4bit",):
-        return False
-    if not hasattr(module, "lora_A") or not hasattr(module, "base_layer"):
-        return False
-    if getattr(module, "lora_variant", None) or any(getattr(module, "use_dora", {}).values()):
-        return False
-    if any(not isinstance(d, torch.nn.Identity) for d in module.lora_dropout.values()):
-        return False
-    base = module.base_layer
-    if base.weight.requires_grad or (base.bias is not None and base.bias.requires_grad):
-        return False
-    return isinstance(base, torch.nn.Linear) or hasattr(base.weight, "quant_state")
 
 
 def count_unfusable_lora_layers(model) -> int:

@@ -15,24 +15,20 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, model_validator
 
 from honed.config import describe_validation_error, read_yaml_config
 from honed.errors import ConfigError
+from honed.utils.strict import StrictModel
 
 
-class _Strict(BaseModel):
-    # Unknown keys are errors, as in honed.config: a typo must never be silently ignored.
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-
-class ModelEntry(_Strict):
+class ModelEntry(StrictModel):
     path: str = Field(description="model folder/hub id, adapter folder, run folder, or 'base'")
     adapter: str | None = Field(None, description="LoRA adapter folder on top of `path`")
     name: str | None = Field(None, description="name shown in the report (default: from the path)")
 
 
-class EvalData(_Strict):
+class EvalData(StrictModel):
     path: str
     system_prompt: str | None = Field(None, description="scope prompt put first in every conversation")
     system_prompt_file: str | None = None
@@ -48,7 +44,7 @@ class EvalData(_Strict):
         return self
 
 
-class GenerationConfig(_Strict):
+class GenerationConfig(StrictModel):
     max_new_tokens: int = Field(256, gt=0)
     batch_size: int = Field(8, gt=0)
     temperature: float = Field(0.0, ge=0)
@@ -59,7 +55,7 @@ class GenerationConfig(_Strict):
     enable_thinking: bool | None = None
 
 
-class RefusalConfig(_Strict):
+class RefusalConfig(StrictModel):
     phrases: list[str] | None = Field(None, description="refusal substrings (default: honed's English+Chinese list)")
     patterns: list[str] = Field(default_factory=list, description="regular expressions that mark a refusal")
     classifier: str | None = Field(None, description="'module:function' taking an answer, returning bool or a score")
@@ -73,18 +69,18 @@ class RefusalConfig(_Strict):
         return self
 
 
-class StabilityConfig(_Strict):
+class StabilityConfig(StrictModel):
     samples: int = Field(0, ge=0, description="answers sampled per prompt; 0 turns the check off")
     temperature: float = Field(0.8, gt=0)
     prompts: int = Field(10, gt=0, description="how many prompts (the first N) are re-asked")
 
 
-class FittingConfig(_Strict):
+class FittingConfig(StrictModel):
     patience: int = Field(3, gt=0, description="flag over-fitting after validation loss rises this many evaluations in a row")
     checkpoints: Literal["none", "all"] = Field("none", description="all: evaluate every checkpoint of the run too")
 
 
-class JudgeConfig(_Strict):
+class JudgeConfig(StrictModel):
     enabled: bool = False
     base_url: str = Field("http://127.0.0.1:8000/v1", description="OpenAI-compatible endpoint")
     model: str = "judge"
@@ -93,18 +89,18 @@ class JudgeConfig(_Strict):
     timeout_s: float = Field(60.0, gt=0)
 
 
-class GeneralConfig(_Strict):
+class GeneralConfig(StrictModel):
     enabled: bool = False
     max_new_tokens: int = Field(48, gt=0)
 
 
-class LmEvalConfig(_Strict):
+class LmEvalConfig(StrictModel):
     tasks: list[str] = Field(default_factory=list, description="lm-evaluation-harness task names (data must be local)")
     limit: int | None = Field(None, gt=0)
     num_fewshot: int | None = Field(None, ge=0)
 
 
-class EvalConfig(_Strict):
+class EvalConfig(StrictModel):
     models: list[ModelEntry] = Field(min_length=1)
     baseline: str | None = Field(None, description="name of the model deltas are taken against (default: the second)")
     data: EvalData

@@ -15,7 +15,7 @@ import json
 import re
 from typing import Sequence
 
-from honed.data.augment.generator import GeneratorError
+from honed.data.generators import GeneratorError
 from honed.data.conversation import Message
 from honed.eval.config import JudgeConfig
 
@@ -46,7 +46,7 @@ def parse_verdict(text: str) -> dict[str, int] | None:
 
 
 def _ask(cfg: JudgeConfig, question: str, answer: str, reference: str | None) -> str:
-    from honed.data.augment.generator import OpenAIGenerator
+    from honed.data.generators import OpenAIGenerator
 
     judge = OpenAIGenerator(cfg.base_url, cfg.model, api_key_env=cfg.api_key_env, temperature=0, timeout=cfg.timeout_s, retries=0)
     prompt = f"Question:\n{question}\n\nReference answer:\n{reference or '(none)'}\n\nAssistant's answer:\n{answer}"

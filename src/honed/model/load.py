@@ -13,11 +13,10 @@ import torch
 
 from honed.config import ModelConfig, QuantizationSettings
 from honed.errors import ModelError
+from honed.model.families import find_family
 
 log = logging.getLogger(__name__)
 
-# Families honed builds tiny test models for and ships chat templates for (model_type values).
-SUPPORTED_MODEL_TYPES = {"llama", "qwen2", "qwen3", "mistral", "gemma2", "gemma3", "gemma3_text", "phi3"}
 _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
 
 
@@ -124,7 +123,7 @@ def load_model(cfg: ModelConfig, *, device: torch.device, quantization: Quantiza
 
     check_weights_are_safe(cfg.name_or_path, cfg.allow_pickle)
     model_type, prequant = model_type_of(cfg.name_or_path, cfg)
-    if model_type not in SUPPORTED_MODEL_TYPES:
+    if find_family(model_type) is None:
         log.info("architecture %r is not one of honed's tested families; using the plain transformers path", model_type)
     dtype = resolve_dtype(cfg.dtype, device)
     kwargs = dict(

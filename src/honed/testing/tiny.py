@@ -1,8 +1,8 @@
 """Tiny random models of every supported family, with a tokenizer trained here — no hub needed.
 
-Each family is a row of `FAMILIES`: which transformers config builds it, which chat template its
-tokenizer carries, and its special tokens (same strings, and for Gemma/Mistral the same low ids,
-as the real models), so code paths that look at `bos_token`, `pad_token` or end-of-turn ids
+Each family is a row of the family table (`honed.model.families.FAMILIES`): which transformers config
+builds it, which chat template its tokenizer carries, and its special tokens (same strings, and for
+Gemma/Mistral the same low ids, as the real models), so code paths that look at `bos_token`, `pad_token` or end-of-turn ids
 behave as they would on the real checkpoint.
 
 >>> import tempfile
@@ -17,65 +17,13 @@ from __future__ import annotations
 import importlib.resources
 import itertools
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
 from honed.data.conversation import Conversation, Message
 from honed.data.templates import BUILTIN
 from honed.errors import ConfigError
+from honed.model.families import FAMILIES, Family
 
-
-@dataclass(frozen=True)
-class Family:
-    """How to build one family: config class (a transformers name, imported lazily) and tokens."""
-
-    name: str
-    config_class: str
-    template: str
-    special: tuple[str, ...]  # special tokens, in id order (they get ids 0..n-1)
-    bos: str | None
-    eos: str
-    pad: str | None  # None where the official tokenizer has no pad token (Llama 3, Mistral)
-    end_of_turn: tuple[str, ...]  # generation stops at any of these
-    unk: str | None = None
-    plain: tuple[str, ...] = ()  # added tokens that are not special (kept by skip_special_tokens)
-    adds_bos: bool = False  # the tokenizer prepends BOS on its own (like the real one)
-    tie_embeddings: bool = False
-    extra: tuple[tuple[str, object], ...] = ()  # family-specific config kwargs
-
-    @property
-    def special_tokens(self) -> tuple[str, ...]:
-        return self.special + self.plain
-
-
-_QWEN = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
-_GEMMA = ("<pad>", "<eos>", "<bos>", "<unk>", "<start_of_turn>", "<end_of_turn>")
-
-FAMILIES: dict[str, Family] = {f.name: f for f in [
-    Family("llama3", "LlamaConfig", "llama3",
-           ("<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>",
-            "<|finetune_right_pad_id|>"),
-           bos="<|begin_of_text|>", eos="<|eot_id|>", pad=None, end_of_turn=("<|eot_id|>", "<|end_of_text|>"),
-           adds_bos=True),
-    Family("qwen2", "Qwen2Config", "chatml", _QWEN, bos=None, eos="<|im_end|>", pad="<|endoftext|>",
-           end_of_turn=("<|im_end|>", "<|endoftext|>"), plain=("<think>", "</think>"), tie_embeddings=True),
-    Family("qwen3", "Qwen3Config", "qwen3", _QWEN, bos=None, eos="<|im_end|>", pad="<|endoftext|>",
-           end_of_turn=("<|im_end|>", "<|endoftext|>"), plain=("<think>", "</think>"), tie_embeddings=True,
-           extra=(("head_dim", None),)),
-    Family("mistral", "MistralConfig", "mistral", ("<unk>", "<s>", "</s>", "[INST]", "[/INST]"),
-           bos="<s>", eos="</s>", pad=None, unk="<unk>", end_of_turn=("</s>",), adds_bos=True,
-           extra=(("sliding_window", None), ("head_dim", None))),
-    Family("gemma2", "Gemma2Config", "gemma", _GEMMA, bos="<bos>", eos="<eos>", pad="<pad>", unk="<unk>",
-           end_of_turn=("<end_of_turn>", "<eos>"), adds_bos=True, tie_embeddings=True,
-           extra=(("head_dim", None), ("query_pre_attn_scalar", None), ("sliding_window", 256))),
-    Family("gemma3", "Gemma3TextConfig", "gemma", _GEMMA, bos="<bos>", eos="<eos>", pad="<pad>", unk="<unk>",
-           end_of_turn=("<end_of_turn>", "<eos>"), adds_bos=True, tie_embeddings=True,
-           extra=(("head_dim", None), ("query_pre_attn_scalar", None), ("sliding_window", 256))),
-    Family("phi3", "Phi3Config", "phi3",
-           ("<unk>", "<s>", "</s>", "<|endoftext|>", "<|assistant|>", "<|system|>", "<|end|>", "<|user|>"),
-           bos="<s>", eos="<|endoftext|>", pad="<|endoftext|>", unk="<unk>",
-           end_of_turn=("<|end|>", "<|endoftext|>")),
-]}
 
 _EN = (["The patient", "A nurse", "The doctor", "Our lab", "The model", "A student", "The engineer", "This report"],
        ["measures", "reviews", "explains", "records", "checks", "compares", "describes", "repeats"],
@@ -129,7 +77,7 @@ def train_tokenizer(texts: list[str] | None = None, family: str = "llama3", voca
 
     fam = _family(family)
     tok = Tokenizer(models.BPE())
-    qwen = family in ("qwen2", "qwen3")
+    qwen = fam.pretokenizer == "qwen"
     # The real families' split rules. They matter beyond realism: transformers 5 rebuilds a Qwen2
     # tokenizer's normalizer and pre-tokenizer on load, so training with the same ones keeps the
     # loaded tokenizer identical to the trained one.
@@ -176,7 +124,7 @@ def build_tiny_model(family: str, out_dir, *, hidden_size: int = 64, layers: int
     tok = tokenizer if tokenizer is not None else train_tokenizer(family=family)
     heads, head_dim = 4, hidden_size // 4
     ids = {t: tok.convert_tokens_to_ids(t) for t in (fam.bos, fam.eos, fam.pad) if t}
-    extra = {k: (head_dim if v is None and k in ("head_dim", "query_pre_attn_scalar") else v) for k, v in fam.extra}
+    extra = {k: (head_dim if v is None and k in ("head_dim", "query_pre_attn_scalar") else v) for k, v in fam.tiny_config}
     if fam.config_class == "Gemma3TextConfig":  # exercise both attention kinds even with 2 layers
         extra["layer_types"] = ["sliding_attention" if i % 2 == 0 else "full_attention" for i in range(layers)]
     config = getattr(transformers, fam.config_class)(

@@ -23,7 +23,7 @@ import torch
 from honed.config import TrainConfig
 from honed.data.dataset import build_datasets, check_token_ids, data_fingerprint
 from honed.data.epochs import make_epoch_data
-from honed.data.strategies.scoring import score_samples
+from honed.train.scoring import score_samples, score_with_model
 from honed.data.packing import collate, plan_batches
 from honed.errors import ConfigError, HonedError
 from honed.model.adapters import apply_lora, count_parameters
@@ -174,7 +174,7 @@ def train(cfg: TrainConfig, *, stop_after_steps: int | None = None, show_progres
     info.update(method=cfg.method, precision=precision, device=str(device), trainable_params=trainable, total_params=total, training_path=path.name)
     log.info("model: %s %s on %s, %s, %.3g M trainable of %.3g M parameters", info["model_type"], cfg.method, device, precision, trainable / 1e6, total / 1e6)
 
-    epoch_data = make_epoch_data(cfg, train_convs, train_set, tokenizer, template)
+    epoch_data = make_epoch_data(cfg, train_convs, train_set, tokenizer, template, score_with_model=score_with_model)
     plan_args = dict(batch_size=t.batch_size, max_seq_length=cfg.data.max_seq_length, packing=cfg.data.packing)
 
     def plan_epoch(epoch: int) -> tuple[list, list]:

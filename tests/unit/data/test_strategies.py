@@ -133,3 +133,23 @@ def test_plain_config_gets_plain_epoch_data():
 
     cfg = config_from_dict({"model": {"name_or_path": "m"}, "data": {"train": "a.jsonl"}})
     assert type(make_epoch_data(cfg, [], ["x"], None, None)) is EpochData
+
+
+def test_loss_curriculum_scores_with_the_model_it_is_given():
+    from honed.config import config_from_dict
+    from honed.data.epochs import make_epoch_data
+
+    cfg = config_from_dict({"model": {"name_or_path": "base"}, "data": {"train": "a.jsonl", "sampling": {
+        "curriculum": {"measure": "loss", "buckets": 3, "scorer_model": "scorer"}}}})
+    samples = [SimpleNamespace(input_ids=[1] * n, source=f"t.jsonl:{i}") for i, n in enumerate((5, 6, 7))]
+    calls = []
+
+    def score_with_model(model_cfg, scored, device="auto"):
+        calls.append((model_cfg.name_or_path, len(scored), device))
+        return [3.0, 1.0, 2.0]  # sample 1 is the easiest, then 2, then 0
+
+    data = make_epoch_data(cfg, [], samples, None, None, score_with_model=score_with_model)
+    assert data.order(0) == [1, 2, 0]
+    assert calls == [("scorer", 3, "auto")]  # data.sampling.curriculum.scorer_model, scored once
+    with pytest.raises(ConfigError, match="measure=loss scores each sample with a model.*score_with_model"):
+        make_epoch_data(cfg, [], samples, None, None)

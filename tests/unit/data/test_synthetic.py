@@ -9,7 +9,7 @@ import pytest
 
 from honed.data import Conversation, Message
 from honed.data.augment import Recipe
-from honed.data.augment.generator import GeneratorError, make_generator
+from honed.data.generators import GeneratorError, make_generator
 from honed.data.augment.synthetic import synthesize
 from honed.errors import ConfigError
 
@@ -103,7 +103,17 @@ def test_generator_errors_are_clear(stub_server):
             [Message("user", "hi")])
 
 
+def test_local_kind_needs_honed_infer_loaded(monkeypatch):
+    from honed.data import generators
+
+    monkeypatch.delitem(generators._FACTORIES, "local", raising=False)
+    with pytest.raises(ConfigError, match=r"recipe.generator.kind: local runs a model through honed.infer.*import honed.infer"):
+        make_generator({"kind": "local", "path": "m"}, "recipe.generator")
+
+
 def test_a_local_honed_model_can_be_the_generator(tiny_model_dir):
+    import honed.infer  # noqa: F401 (registers the local kind, as the CLI and honed.train do)
+
     gen = make_generator({"kind": "local", "path": str(tiny_model_dir("qwen2")), "max_tokens": 8, "device": "cpu"})
     result = synthesize(EXAMPLES, gen, n=2, seed=0)
     # A random tiny model writes no valid JSON: both calls ran and were rejected with a reason.

@@ -25,24 +25,13 @@ True
 
 from __future__ import annotations
 
-import importlib
-
-from honed.data.augment.base import TRANSFORMS, Transform, Unfit, get_transform, register
+from honed.data.augment.base import FAMILY_MODULES, TRANSFORMS, Transform, Unfit, get_transform, load_all, register
 from honed.data.augment.labelset import LabelSet
 from honed.data.augment.recipe import AugmentStats, Recipe, Step
 
-FAMILY_MODULES = ("labels", "formats", "structure", "negatives", "synthetic", "lexical", "noise", "prompt")
-
-
-def _load_all() -> None:
-    """Import every family module so its transforms register (cheap: stdlib + yaml only)."""
-    for mod in FAMILY_MODULES:
-        importlib.import_module(f"honed.data.augment.{mod}")
-
-
 def available() -> dict[str, str]:
     """Registry name → family, for `honed data augment --list` and error messages."""
-    _load_all()
+    load_all()
     return {name: cls.family for name, cls in sorted(TRANSFORMS.items())}
 
 

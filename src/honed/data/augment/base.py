@@ -16,6 +16,7 @@ samples). It never mutates its input and records what it did in `meta["augmentat
 from __future__ import annotations
 
 import copy
+import importlib
 import random
 import re
 from collections.abc import Iterable
@@ -32,6 +33,18 @@ class Unfit(DataError):
 
     A Recipe catches it and, with `on_unfit: skip`, counts the sample instead of failing.
     """
+
+
+# The modules whose transforms register themselves when imported. They import this module, so it
+# imports them by name at first use (here, not in the package's __init__: this module must not
+# import the package that imports it).
+FAMILY_MODULES = ("labels", "formats", "structure", "negatives", "synthetic", "lexical", "noise", "prompt")
+
+
+def load_all() -> None:
+    """Import every family module so its transforms register (cheap: stdlib + yaml only)."""
+    for mod in FAMILY_MODULES:
+        importlib.import_module(f"honed.data.augment.{mod}")
 
 
 def register(cls: type["Transform"]) -> type["Transform"]:
@@ -51,9 +64,7 @@ def get_transform(name: str, params: dict | None = None, labels=None, where: str
     ...
     honed.errors.ConfigError: name: unknown augmentation 'no_such'; valid: boundary_case, ...
     """
-    from honed.data.augment import _load_all
-
-    _load_all()
+    load_all()
     if name not in TRANSFORMS:
         valid = ", ".join(sorted(TRANSFORMS))
         raise ConfigError(f"{where.rsplit('.', 1)[0] + '.' if '.' in where else ''}name: unknown augmentation {name!r}; valid: {valid}")

@@ -8,7 +8,7 @@ format (when they have one), no copy of an example or of an earlier generation. 
 replies are counted with the reason.
 
 >>> from honed.data import Conversation, Message
->>> from honed.data.augment.generator import make_generator
+>>> from honed.data.generators import make_generator
 >>> ex = [Conversation([Message("user", "很好看"), Message("assistant", "积极")], meta={"label": "positive"})]
 >>> dry = make_generator({"kind": "dry_run"})
 >>> out = synthesize(ex, dry, n=2, seed=0)
@@ -26,7 +26,7 @@ from pathlib import Path
 
 from honed.data.augment.base import (Transform, clone, input_span, protected_spans, record, register, turn_indices)
 from honed.data.augment.formats import FormatError, parse_structured
-from honed.data.augment.generator import make_generator
+from honed.data.generators import make_generator
 from honed.data.conversation import Conversation, Message
 from honed.errors import ConfigError
 
@@ -143,7 +143,7 @@ def synthesize(examples: list[Conversation], generator, n: int, *, seed: int = 0
 class Synthetic(Transform):
     """Recipe step: `n` new samples in the shape of the current one (plus `examples_file` shots).
 
-    `generator` is a mapping (see honed.data.augment.generator) or comes from the recipe's
+    `generator` is a mapping (see honed.data.generators) or comes from the recipe's
     top-level `generator:`; `prompt_template` a file or text; a `dry_run` generator adds nothing.
     """
 

@@ -21,21 +21,18 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator
 
 from honed.data.conversation import Conversation
 from honed.data.quality.minhash import LSHIndex, normalize, shingles
 from honed.data.quality.rules import rule_violation, sample_text
 from honed.errors import ConfigError
+from honed.utils.strict import StrictModel
 
 Part = Literal["all", "prompt", "answer"]
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class DedupConfig(_Strict):
+class DedupConfig(StrictModel):
     exact: bool = True
     near: bool = True
     threshold: float = Field(0.8, gt=0, le=1, description="Jaccard similarity of character 5-grams")
@@ -44,7 +41,7 @@ class DedupConfig(_Strict):
     text: Part = "all"
 
 
-class RulesConfig(_Strict):
+class RulesConfig(StrictModel):
     text: Part = "all"
     min_chars: int | None = Field(None, ge=0)
     max_chars: int | None = Field(None, gt=0)
@@ -65,20 +62,20 @@ class RulesConfig(_Strict):
         return patterns
 
 
-class OverlapConfig(_Strict):
+class OverlapConfig(StrictModel):
     eval: list[str] = Field(default_factory=list, description="evaluation files whose prompts must not be trained on")
     threshold: float = Field(0.8, gt=0, le=1)
     text: Part = "prompt"
 
 
-class JudgeConfig(_Strict):
+class JudgeConfig(StrictModel):
     generator: dict
     threshold: float = Field(0.6, ge=0, le=1, description="keep samples scoring at least this (0–1)")
     template: str | None = None
     on_failure: Literal["keep", "drop"] = "keep"
 
 
-class FilterConfig(_Strict):
+class FilterConfig(StrictModel):
     dedup: DedupConfig = Field(default_factory=DedupConfig)
     rules: RulesConfig = Field(default_factory=RulesConfig)
     overlap: OverlapConfig | None = None
@@ -191,7 +188,7 @@ def filter_conversations(convs: list[Conversation], cfg: FilterConfig, eval_conv
         alive = survivors
 
     if cfg.judge is not None:
-        from honed.data.augment.generator import DryRunGenerator, make_generator
+        from honed.data.generators import DryRunGenerator, make_generator
         from honed.data.quality.judge import judge_scores
 
         judge = judge or make_generator(cfg.judge.generator, "filter.judge.generator")

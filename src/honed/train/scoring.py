@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import torch
 
+from honed.train.losses import sample_loss_sums
+from honed.utils.precision import autocast_dtype
+
 
 def score_samples(model, samples, *, device, pad_id: int, batch_size: int = 8, precision: str = "fp32") -> list[float]:
     """Mean trained-token loss of every sample, in the order given (0.0 for a sample with no trained token)."""
-    from honed.train.losses import sample_loss_sums
-    from honed.utils.precision import autocast_dtype
-
     was_training = model.training
     model.eval()
     dtype = autocast_dtype(precision)
@@ -29,7 +29,8 @@ def score_samples(model, samples, *, device, pad_id: int, batch_size: int = 8, p
 
 
 def score_with_model(model_cfg, samples, *, device: str = "auto", batch_size: int = 8) -> list[float]:
-    """Load a model (a honed ModelConfig), score the samples, free it: difficulty before training starts."""
+    """Load a model (a honed ModelConfig), score the samples, free it: difficulty before training starts
+    (what `make_epoch_data` is given for `data.sampling.curriculum.measure: loss`)."""
     from honed.model.load import load_model, pick_device
 
     dev = pick_device(device)
