@@ -72,7 +72,7 @@ def _fitting(report: dict) -> str:
     f = report.get("fitting")
     parts = []
     if f:
-        cls = "flag" if f.get("overfitting") or f.get("underfitting") else "ok"
+        cls = "ok" if f.get("diagnosis") == "good_fit" else "flag"
         best = f" Best weights: <code>{escape(f['best_checkpoint'])}</code>." if f.get("best_checkpoint") else ""
         parts.append(f"<div class='card {cls}'><b>Verdict.</b> {escape(f['verdict'])}.{best}"
                      f"<br><span class='muted'>run: {escape(f.get('run_dir', ''))}</span></div>")

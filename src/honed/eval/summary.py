@@ -54,7 +54,7 @@ def print_summary(report: dict, console: Console | None = None, output_dir=None)
     console.print(summary_table(report))
     fitting = report.get("fitting")
     if fitting:
-        colour = "red" if fitting.get("overfitting") else "yellow" if fitting.get("underfitting") else "green"
+        colour = {"overfitting": "red", "diverging": "red", "underfitting": "yellow", "good_fit": "green"}.get(fitting.get("diagnosis"), "yellow")
         console.print(f"[{colour}]fitting:[/] {fitting['verdict']}")
     problems = report["data"]["problems"]
     if problems:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 
+import pytest
+
 from honed.eval.fitting import analyse_fitting
 from honed.eval.general import GENERAL_QUESTIONS, answer_is_correct, score_general
 
@@ -13,27 +15,52 @@ def _rows(train, val):
             [{"kind": "eval", "step": s, "loss": v} for s, v in val])
 
 
-def test_rising_validation_with_falling_training_loss_is_flagged():
-    train = [(s, 3.0 - 0.1 * s) for s in range(1, 25)]
-    f = analyse_fitting(_rows(train, [(4, 2.0), (8, 1.6), (12, 1.7), (16, 1.8), (20, 1.9)]), patience=3)
-    assert f["overfitting"] and f["best_step"] == 8 and f["rising_since_step"] == 8
+def _falling(n=24, start=3.0, slope=0.1):
+    return [(s, start - slope * s) for s in range(1, n + 1)]
+
+
+def test_rising_validation_with_falling_training_loss_is_overfitting():
+    f = analyse_fitting(_rows(_falling(), [(4, 2.0), (8, 1.6), (12, 1.7), (16, 1.8), (20, 1.9)]), patience=3)
+    assert (f["diagnosis"], f["best_step"], f["rising_since_step"]) == ("overfitting", 8, 8)
+    assert f["overfitting"] and not f["underfitting"]
     assert "over-fitting" in f["verdict"] and "step 8" in f["verdict"]
-    # Two rises are not enough for patience 3.
-    assert not analyse_fitting(_rows(train, [(4, 2.0), (8, 1.6), (12, 1.7), (16, 1.8)]), patience=3)["overfitting"]
+    # Two rises after the minimum are not enough for patience 3 (and the gap is small): a good fit so far.
+    short = analyse_fitting(_rows(_falling(16, 2.0, 0.01), [(4, 2.0), (8, 1.9), (12, 1.95), (16, 1.96)]), patience=3)
+    assert short["diagnosis"] == "good_fit"
 
 
-def test_validation_rising_together_with_training_loss_is_not_overfitting():
-    train = [(s, 1.0 + 0.1 * s) for s in range(1, 25)]  # diverging, not over-fitting
+def test_validation_rising_together_with_training_loss_is_diverging():
+    train = [(s, 1.0 + 0.1 * s) if s > 4 else (s, 1.5) for s in range(1, 25)]
     f = analyse_fitting(_rows(train, [(4, 2.0), (8, 2.1), (12, 2.2), (16, 2.3)]), patience=2)
-    assert not f["overfitting"]
+    assert f["diagnosis"] == "diverging" and not f["overfitting"]
+    assert "lower the learning rate" in f["verdict"]
 
 
-def test_still_falling_training_loss_is_underfitting_and_no_validation_is_said():
-    train = [(s, 5.0 - 0.2 * s) for s in range(1, 21)]
-    f = analyse_fitting(_rows(train, []))
-    assert f["underfitting"] and f["best_step"] is None and "under-fitting" in f["verdict"]
-    flat = analyse_fitting(_rows([(s, 1.0) for s in range(1, 21)], []))
-    assert not flat["underfitting"] and "no validation metrics" in flat["verdict"]
+def test_validation_still_falling_at_the_end_is_underfitting():
+    train = [(s, 3.0 - 0.05 * s) for s in range(1, 21)]
+    f = analyse_fitting(_rows(train, [(5, 2.9), (10, 2.7), (15, 2.5), (20, 2.3)]))
+    assert f["diagnosis"] == "underfitting" and f["underfitting"] and f["best_step"] == 20
+    assert f["gap"] == pytest.approx(2.3 - (3.0 - 0.05 * 18))  # last validation minus the mean of train steps 16-20
+
+
+def test_flat_validation_near_its_minimum_is_a_good_fit():
+    train = [(s, 1.0) for s in range(1, 21)]
+    f = analyse_fitting(_rows(train, [(5, 1.3), (10, 1.21), (15, 1.2), (20, 1.2)]))
+    assert f["diagnosis"] == "good_fit" and "good fit" in f["verdict"] and f["best_step"] == 15
+
+
+def test_training_far_below_validation_is_memorising():
+    # The case a relative-drop rule called "under-fitting": training loss 0.056, validation flat near 1.0.
+    train = [(s, 0.056) for s in range(1, 21)]
+    f = analyse_fitting(_rows(train, [(5, 1.1), (10, 1.0), (15, 1.0), (20, 1.0)]))
+    assert f["diagnosis"] == "overfitting" and "memorising" in f["verdict"]
+
+
+def test_without_validation_data_nothing_is_claimed():
+    steep = analyse_fitting(_rows([(s, 5.0 - 0.2 * s) for s in range(1, 21)], []))
+    assert steep["diagnosis"] == "no_validation" and not steep["underfitting"] and not steep["overfitting"]
+    assert "cannot tell" in steep["verdict"]
+    assert analyse_fitting([])["diagnosis"] == "no_metrics"
 
 
 def test_general_set_is_bilingual_with_unique_ids_and_checkable_answers():
