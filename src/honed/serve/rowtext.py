@@ -52,8 +52,8 @@ def split_reasoning(text: str, final: bool) -> tuple[str | None, str]:
         reasoning = before.split(THINK_OPEN)[-1].strip("\n")
     elif head.startswith(THINK_OPEN):
         reasoning, answer = head[len(THINK_OPEN):].lstrip("\n"), ""
-        if not final:
-            reasoning = reasoning.rstrip()
+        if not final:  # the end may be the start of </think>
+            reasoning = reasoning[: len(reasoning) - _held_prefix(reasoning, (THINK_CLOSE,))].rstrip()
     elif not final and head and THINK_OPEN.startswith(head):
         return None, ""
     else:

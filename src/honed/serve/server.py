@@ -7,6 +7,8 @@ finish for up to `graceful_shutdown_s`, then runs the app's lifespan shutdown an
 from __future__ import annotations
 
 import logging
+import signal
+import threading
 
 from honed.serve.settings import ServeSettings
 
@@ -40,4 +42,19 @@ def run_server(app, settings: ServeSettings) -> None:
         log.warning(warning)
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level="info", access_log=False,
                             timeout_graceful_shutdown=settings.graceful_shutdown_s)
-    uvicorn.Server(config).run()
+    server = uvicorn.Server(config)
+    if threading.current_thread() is not threading.main_thread():
+        server.run()
+        return
+    # uvicorn handles SIGTERM/SIGINT itself (graceful shutdown), then raises the signal again to the
+    # handler it found; a handler that ignores it makes a completed graceful stop exit 0.
+    previous = {sig: signal.signal(sig, _already_handled) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        server.run()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _already_handled(signum, frame) -> None:
+    log.info("stopped by signal %d after finishing in-flight requests", signum)
