@@ -87,6 +87,13 @@ def build_backend(args):
 
 
 def run_serve(args) -> int:
+    from honed.errors import ConfigError
+
+    try:
+        import fastapi  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError:
+        raise ConfigError("honed serve needs FastAPI and uvicorn: pip install 'honed[serve]'") from None
     from honed.serve.app import create_app
     from honed.serve.backends import model_scope_prompt
     from honed.serve.server import run_server

@@ -89,7 +89,7 @@ class GGUFBackend:
             self.llm.set_seed(s.seed)
         greedy = s.temperature <= 0
         tokens = self.llm.generate(job.prompt_ids, temp=0.0 if greedy else s.temperature, top_p=1.0 if greedy else s.top_p,
-                                   top_k=1 if greedy else (s.top_k or 0), repeat_penalty=s.repetition_penalty, reset=True)
+                                   top_k=1 if greedy else (s.top_k or 0), min_p=0.0, repeat_penalty=s.repetition_penalty, reset=True)
         for token in tokens:
             if job.cancelled.is_set():
                 row.cancel()
