@@ -66,15 +66,19 @@ async def load(base: str, prompts: list[str], args) -> dict:
             tokens.append(r.json()["usage"]["completion_tokens"])
 
     async with httpx.AsyncClient(timeout=args.timeout) as client:
+        before = (await client.get(f"{base}/health")).json()  # the warm-up request is not counted
         started = time.perf_counter()
         await asyncio.gather(*(one(client, i) for i in range(args.requests)))
         wall = time.perf_counter() - started
-        health = (await client.get(f"{base}/health")).json()
+        after = (await client.get(f"{base}/health")).json()
+    batches, rows = after["batches"] - before["batches"], after["rows"] - before["rows"]
+    busy = after["generating_s"] - before["generating_s"]
     return {"requests": args.requests, "ok": len(latencies), "failed": failures, "wall_s": round(wall, 2),
             "requests_per_s": round(len(latencies) / wall, 3), "tokens_per_s": round(sum(tokens) / wall, 1),
             "p50_s": round(statistics.median(latencies), 3) if latencies else None,
             "p95_s": round(percentile(latencies, 95), 3) if latencies else None,
-            "batches": health.get("batches"), "mean_batch": round(health["rows"] / max(1, health["batches"]), 2)}
+            "max_s": round(max(latencies), 3) if latencies else None,
+            "batches": batches, "mean_batch": round(rows / max(1, batches), 2), "mean_batch_s": round(busy / max(1, batches), 3)}
 
 
 def run_one(args, max_batch: int) -> dict:

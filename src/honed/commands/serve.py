@@ -99,7 +99,8 @@ def run_serve(args) -> int:
     from honed.serve.server import run_server
 
     settings, defaults = settings_from_args(args)
-    settings.system_prompt = args.system or model_scope_prompt(args.model, args.adapter)
+    gguf_folder = str(Path(args.gguf).parent) if args.gguf else None  # an export writes scope_prompt.txt beside the file
+    settings.system_prompt = args.system or model_scope_prompt(args.adapter, args.model, gguf_folder)
     gate = kb = None
     if args.guard:
         from honed.serve.domain import load_gate

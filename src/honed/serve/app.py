@@ -149,7 +149,7 @@ def create_app(backend, *, gate=None, kb=None, settings: ServeSettings | None = 
     @app.get("/health")
     async def health():
         return {"status": "ok", "model": settings.model_name, "backend": backend.name, "in_flight": slots.used,
-                "batches": batcher.batches_run, "rows": batcher.rows_run}
+                "batches": batcher.batches_run, "rows": batcher.rows_run, "generating_s": round(batcher.busy_s, 3)}
 
     @app.get("/v1/models")
     async def models(request: Request):

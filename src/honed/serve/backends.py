@@ -130,11 +130,14 @@ class HFBackend:
         return [row.result() for row in rows]
 
 
-def model_scope_prompt(model: str | None, adapter: str | None) -> str | None:
-    """The scope prompt the model was trained with: the adapter's first, then the model folder's."""
+def model_scope_prompt(*folders: str | None) -> str | None:
+    """The scope prompt the model was trained with, from the first folder that holds one.
+
+    Give the adapter before the model: an adapter's prompt is the one its training used.
+    """
     from honed.model.scope import load_scope_prompt
 
-    for folder in (adapter, model):
+    for folder in folders:
         if folder and Path(folder).is_dir():
             prompt = load_scope_prompt(folder)
             if prompt:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import defaultdict
 
 log = logging.getLogger(__name__)
@@ -50,6 +51,7 @@ class Batcher:
         self.window_s = window_s
         self.batches_run = 0
         self.rows_run = 0
+        self.busy_s = 0.0  # time spent inside backend.run
         self._queue: asyncio.Queue | None = None
         self._task: asyncio.Task | None = None
 
@@ -101,11 +103,13 @@ class Batcher:
                 if job not in live and not future.done():
                     future.cancel()
             for group in _group(live):
+                started = time.perf_counter()
                 try:
                     results = await asyncio.to_thread(self.backend.run, group)
                 except Exception as err:  # a failed batch fails its requests, never the worker
                     log.exception("generation failed for a batch of %d", len(group))
                     results = [err] * len(group)
+                self.busy_s += time.perf_counter() - started
                 self.batches_run += 1
                 self.rows_run += len(group)
                 for job, result in zip(group, results):
