@@ -5,24 +5,20 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from honed.commands.infer import add_model_args
+
 
 def register(sub) -> None:
     p = sub.add_parser("serve", help="OpenAI-compatible HTTP server (/v1/chat/completions, /v1/completions)")
-    src = p.add_argument_group("model")
-    src.add_argument("--model", help="model folder or hub id (or a trained adapter/run folder)")
-    src.add_argument("--adapter", help="LoRA adapter folder (peft format)")
+    add_model_args(p)  # --model, --adapter, --template, --device, --dtype, sampling defaults, --system, thinking
+    src = p.add_argument_group("more model sources")
     src.add_argument("--gguf", help="a GGUF file, served through llama.cpp (llama-cpp-python)")
     src.add_argument("--served-model-name", help="the model id clients send (default: the folder or file name)")
-    src.add_argument("--template", default="auto", help="chat template name (default: the tokenizer's own)")
-    src.add_argument("--device", default="auto")
-    src.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float16", "float32"])
-    src.add_argument("--trust-remote-code", action="store_true")
     src.add_argument("--n-ctx", type=int, default=4096, help="GGUF: context length llama.cpp allocates")
     dom = p.add_argument_group("domain")
     dom.add_argument("--guard", help="gate folder (honed guard fit): out-of-domain requests get the refusal")
     dom.add_argument("--kb", help="knowledge-base folder: retrieved passages go into each chat request")
     dom.add_argument("--kb-top-k", type=int, default=4)
-    dom.add_argument("--system", help="system prompt for requests without one (default: the model's scope prompt)")
     net = p.add_argument_group("network")
     net.add_argument("--host", default="127.0.0.1", help="bind address (default: localhost only)")
     net.add_argument("--port", type=int, default=8000)
@@ -35,15 +31,6 @@ def register(sub) -> None:
     lim.add_argument("--request-timeout", type=float, default=300.0, help="seconds before a request gets 504")
     lim.add_argument("--max-batch", type=int, default=8, help="requests merged into one generate() call")
     lim.add_argument("--batch-window-ms", type=float, default=5.0, help="how long a lone request waits for company")
-    gen = p.add_argument_group("defaults for fields a request leaves out")
-    gen.add_argument("--max-new-tokens", type=int, default=256)
-    gen.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
-    gen.add_argument("--top-p", type=float, default=1.0)
-    gen.add_argument("--top-k", type=int, default=0)
-    gen.add_argument("--repetition-penalty", type=float, default=1.0)
-    think = gen.add_mutually_exclusive_group()
-    think.add_argument("--thinking", dest="enable_thinking", action="store_const", const=True, help="Qwen3: thinking on")
-    think.add_argument("--no-thinking", dest="enable_thinking", action="store_const", const=False, help="Qwen3: thinking off")
     p.set_defaults(func=run_serve)
 
 
@@ -65,7 +52,7 @@ def settings_from_args(args):
                              max_prompt_tokens=args.max_prompt_tokens, max_body_bytes=args.max_body_bytes,
                              max_concurrency=args.max_concurrency, request_timeout_s=args.request_timeout,
                              max_batch=args.max_batch, batch_window_ms=args.batch_window_ms, kb_top_k=args.kb_top_k)
-    defaults = GenerationSettings(settings.default_max_tokens, args.temperature, args.top_p, args.top_k, args.repetition_penalty, None, args.enable_thinking)
+    defaults = GenerationSettings(settings.default_max_tokens, args.temperature, args.top_p, args.top_k, args.repetition_penalty, args.seed, args.enable_thinking)
     return settings, defaults
 
 
@@ -83,7 +70,7 @@ def build_backend(args):
     from honed.serve.backends import HFBackend
 
     return HFBackend.load(args.model, adapter=args.adapter, template=args.template, device=args.device, dtype=args.dtype,
-                          trust_remote_code=args.trust_remote_code)
+                          trust_remote_code=args.trust_remote_code, allow_pickle=args.allow_pickle)
 
 
 def run_serve(args) -> int:

@@ -44,6 +44,27 @@ class Slots:
     def give(self) -> None:
         self.used -= 1
 
+    @contextlib.contextmanager
+    def admit(self):
+        """Hold a slot for the handler; `ticket.keep()` hands it to a streaming response instead."""
+        self.take()
+        ticket = _Ticket(self)
+        try:
+            yield ticket
+        finally:
+            if not ticket.kept:
+                self.give()
+
+
+class _Ticket:
+    def __init__(self, slots: Slots):
+        self.slots, self.kept = slots, False
+
+    def keep(self):
+        """The slot now belongs to the caller, who calls the returned function when done."""
+        self.kept = True
+        return self.slots.give
+
 
 def create_app(backend, *, gate=None, kb=None, settings: ServeSettings | None = None, defaults: GenerationSettings | None = None):
     """The server app for `backend`; `gate` and `kb` (see honed.serve.domain) are optional.
@@ -117,7 +138,7 @@ def create_app(backend, *, gate=None, kb=None, settings: ServeSettings | None = 
             raise APIError(504, f"generation took longer than the request timeout of {settings.request_timeout_s:g} s",
                            type="timeout_error", code="timeout") from None
 
-    def stream_job(job: Job, first: dict | None, delta_chunk, final_chunks):
+    def stream_job(job: Job, first: dict | None, delta_chunk, final_chunks, release):
         """SSE events of a job: `first` (if any), one per text delta, then `final_chunks(result)`."""
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue()
@@ -141,7 +162,7 @@ def create_app(backend, *, gate=None, kb=None, settings: ServeSettings | None = 
                 yield sse(error_body(f"internal error: {type(err).__name__}: {err}", "server_error", "internal_error"))
             finally:
                 job.cancelled.set()  # a client that went away stops its row
-                slots.give()
+                release()
             yield "data: [DONE]\n\n"
 
         return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
@@ -159,9 +180,7 @@ def create_app(backend, *, gate=None, kb=None, settings: ServeSettings | None = 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
         body = await read(request, P.ChatRequest)
-        slots.take()
-        streaming = False
-        try:
+        with slots.admit() as ticket:
             messages = [Message("system" if m.role == "developer" else m.role, m.text(f"messages.{i}.content"), m.reasoning_content)
                         for i, m in enumerate(body.messages)]
             if settings.system_prompt and messages[0].role != "system":
@@ -184,8 +203,10 @@ def create_app(backend, *, gate=None, kb=None, settings: ServeSettings | None = 
             cid, created = P.new_id("chatcmpl"), int(time.time())
             if refusal is not None:
                 if body.stream:
-                    streaming = True
-                    return canned_stream(cid, created, refusal, honed)
+                    return stream_static([
+                        P.chat_chunk(cid, settings.model_name, created, {"role": "assistant", "content": ""}, honed=honed),
+                        P.chat_chunk(cid, settings.model_name, created, {"content": refusal}),
+                        P.chat_chunk(cid, settings.model_name, created, {}, "stop")], ticket.keep())
                 return P.chat_completion(cid, settings.model_name, refusal, None, "stop", P.usage(0, 0), honed)
             job = Job(ids, gen, stops, chat=True)
             if not body.stream:
@@ -206,30 +227,12 @@ def create_app(backend, *, gate=None, kb=None, settings: ServeSettings | None = 
                            "choices": [], "usage": P.usage(len(ids), r.new_tokens)}
 
             first = P.chat_chunk(cid, settings.model_name, created, {"role": "assistant", "content": ""}, honed=honed or None)
-            streaming = True
-            return stream_job(job, first, delta, final)
-        finally:
-            if not streaming:
-                slots.give()
-
-    def canned_stream(cid: str, created: int, text: str, honed: dict):
-        async def events():
-            try:
-                yield sse(P.chat_chunk(cid, settings.model_name, created, {"role": "assistant", "content": ""}, honed=honed))
-                yield sse(P.chat_chunk(cid, settings.model_name, created, {"content": text}))
-                yield sse(P.chat_chunk(cid, settings.model_name, created, {}, "stop"))
-                yield "data: [DONE]\n\n"
-            finally:
-                slots.give()
-
-        return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+            return stream_job(job, first, delta, final, ticket.keep())
 
     @app.post("/v1/completions")
     async def completions(request: Request):
         body = await read(request, P.CompletionRequest)
-        slots.take()
-        streaming = False
-        try:
+        with slots.admit() as ticket:
             gen, stops = sampling(body), body.stop_strings()
             prompts = body.prompts()
             cid, created = P.new_id("cmpl"), int(time.time())
@@ -251,9 +254,7 @@ def create_app(backend, *, gate=None, kb=None, settings: ServeSettings | None = 
             if body.stream:
                 if not jobs:
                     text = answers[0][0]
-                    chunks = [P.text_completion(cid, settings.model_name, [(text, "stop")], None, honed)]
-                    streaming = True
-                    return stream_static(chunks)
+                    return stream_static([P.text_completion(cid, settings.model_name, [(text, "stop")], None, honed)], ticket.keep())
                 job, n_prompt = jobs[0]
 
                 def delta(reasoning, text):
@@ -267,8 +268,7 @@ def create_app(backend, *, gate=None, kb=None, settings: ServeSettings | None = 
                         yield {"id": cid, "object": "text_completion", "created": created, "model": settings.model_name,
                                "choices": [], "usage": P.usage(n_prompt, r.new_tokens)}
 
-                streaming = True
-                return stream_job(job, None, delta, final)
+                return stream_job(job, None, delta, final, ticket.keep())
             results = await asyncio.gather(*(generate(job) for job, _ in jobs.values()))
             n_prompt = n_new = 0
             for (i, (job, n)), r in zip(jobs.items(), results):
@@ -276,20 +276,18 @@ def create_app(backend, *, gate=None, kb=None, settings: ServeSettings | None = 
                 n_prompt += n
             n_new = sum(a[2] for a in answers)
             return P.text_completion(cid, settings.model_name, [(a[0], a[1]) for a in answers], P.usage(n_prompt, n_new), honed)
-        finally:
-            if not streaming:
-                slots.give()
 
-    def stream_static(chunks: list[dict]):
+    def stream_static(chunks: list[dict], release):
+        """An SSE response of ready chunks (a refusal), then [DONE]."""
         async def events():
             try:
                 for chunk in chunks:
                     yield sse(chunk)
                 yield "data: [DONE]\n\n"
             finally:
-                slots.give()
+                release()
 
-        return StreamingResponse(events(), media_type="text/event-stream")
+        return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
     return app
 
