@@ -82,6 +82,8 @@ def create_app(backend, *, gate=None, kb=None, settings: ServeSettings | None = 
         log.info("serving %s (%s backend) on http://%s:%d/v1", settings.model_name, backend.name, settings.host, settings.port)
         yield
         await batcher.stop()  # uvicorn has let in-flight requests finish by now
+        if hasattr(backend, "close"):
+            backend.close()
 
     app = FastAPI(title="honed", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)

@@ -45,7 +45,7 @@ class KnowledgeRetriever:
 
     @classmethod
     def open(cls, path: str, k: int = 4) -> "KnowledgeRetriever":
-        """Open the knowledge base built by `honed kb build` in `path`."""
+        """Open the knowledge-base folder at `path` (honed.guard.knowledge)."""
         try:
             from honed.guard.knowledge import KnowledgeBase
         except ImportError as err:

@@ -59,6 +59,10 @@ class GGUFBackend:
             raise ModelError(f"--gguf {path}: no such file")
         return cls(Llama(model_path=str(path), n_ctx=n_ctx, n_gpu_layers=n_gpu_layers, seed=seed, verbose=False))
 
+    def close(self) -> None:
+        """Free llama.cpp's model now (its finalizer fails when run at interpreter exit)."""
+        self.llm.close()
+
     def _token_text(self, token_id) -> str:
         if token_id in (None, ""):
             return ""
