@@ -1,5 +1,6 @@
 """`honed serve` in a real uvicorn process on 127.0.0.1, used through the official openai client:
-chat, streaming, a wrong key, and SIGTERM while a stream is running (it finishes, the process exits 0)."""
+chat, streaming, a wrong key, an oversized body, malformed JSON, and SIGTERM while a stream is
+running (it finishes, the process exits 0)."""
 
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ def server(tmp_path):
     env = {**os.environ, "HONED_API_KEY": "s3cret", "PYTHONPATH": os.pathsep.join(sys.path)}
     log = open(tmp_path / "server.log", "w+")
     proc = subprocess.Popen([sys.executable, "-m", "honed", "serve", "--model", str(model), "--device", "cpu",
-                             "--port", str(port), "--served-model-name", "tiny", "--max-new-tokens", "6"],
+                             "--port", str(port), "--served-model-name", "tiny", "--max-new-tokens", "6", "--max-body-bytes", "20000"],
                             stdout=log, stderr=subprocess.STDOUT, env=env)
     deadline = time.time() + 180
     while time.time() < deadline:
@@ -61,6 +62,15 @@ def test_openai_client_chat_stream_auth_and_graceful_shutdown(server):
 
     with pytest.raises(openai.AuthenticationError):
         openai.OpenAI(base_url=base_url, api_key="wrong", max_retries=0).chat.completions.create(model="tiny", messages=messages)
+    with pytest.raises(openai.APIStatusError) as too_big:
+        client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "x" * 30_000}])
+    assert too_big.value.status_code == 413
+    with pytest.raises(openai.BadRequestError) as too_many:
+        client.chat.completions.create(model="tiny", messages=messages, max_tokens=100_000)
+    assert too_many.value.code == "max_tokens_too_large"
+    malformed = httpx.post(f"{base_url}/chat/completions", content=b'{"model": "tiny", "messages": [',
+                           headers={"Authorization": "Bearer s3cret", "Content-Type": "application/json"})
+    assert (malformed.status_code, malformed.json()["error"]["code"]) == (400, "invalid_json")
 
     # SIGTERM while a stream runs: the stream still ends with all its tokens, then the process exits 0.
     stream = client.chat.completions.create(model="tiny", messages=messages, stream=True, max_tokens=40,
