@@ -43,3 +43,24 @@ def test_streamed_answer_equals_the_answer(backend):
     events = [json.loads(line[6:]) for line in lines if line.startswith("data: {")]
     streamed = "".join(e["choices"][0]["delta"].get("content") or "" for e in events)
     assert whole and streamed == whole
+
+
+def test_a_cancelled_row_stops_while_its_batch_goes_on(backend, monkeypatch):
+    steps = []
+    generate = backend.bot.model.generate
+
+    def counted(*args, **kwargs):
+        out = generate(*args, **kwargs)
+        steps.append(out.shape[1] - kwargs["input_ids"].shape[1])
+        return out
+
+    monkeypatch.setattr(backend.bot.model, "generate", counted)
+    prompts = [backend.chat_prompt([Message("user", q)]) for q in QUESTIONS[:2]]
+    gone = Job(prompts[0], GenerationSettings(max_new_tokens=200))
+    gone.on_delta = lambda reasoning, text: gone.cancelled.set()  # the client leaves after its first text
+    stays = Job(prompts[1], GenerationSettings(max_new_tokens=5))
+    cancelled, finished = backend.run([gone, stays])
+    assert cancelled.finish_reason == "cancelled" and cancelled.new_tokens <= 3
+    alone = backend.bot.reply([Message("user", QUESTIONS[1])], GenerationSettings(max_new_tokens=5))
+    assert (finished.text, finished.new_tokens) == (alone.text, alone.new_tokens)
+    assert steps[0] == 5  # the batch ended with the row that stayed, not after the cancelled row's 200
