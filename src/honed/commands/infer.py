@@ -6,7 +6,7 @@ import argparse
 import sys
 
 
-def _model_args(p: argparse.ArgumentParser) -> None:
+def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="model folder or hub id (or a trained adapter/run folder)")
     p.add_argument("--adapter", help="LoRA adapter folder (peft format)")
     p.add_argument("--template", default="auto", help="chat template name (default: the tokenizer's own)")
@@ -28,13 +28,13 @@ def _model_args(p: argparse.ArgumentParser) -> None:
 
 def register(sub) -> None:
     chat = sub.add_parser("chat", help="talk to a model (interactive, or one answer with --prompt)")
-    _model_args(chat)
+    add_model_args(chat)
     chat.add_argument("--prompt", help="answer this one message and exit")
     chat.add_argument("--show-thinking", action="store_true", help="print the model's reasoning too")
     chat.set_defaults(func=run_chat)
 
     gen = sub.add_parser("generate", help="batch generation: JSONL of prompts in, JSONL of answers out")
-    _model_args(gen)
+    add_model_args(gen)
     gen.add_argument("--input", required=True, help="JSONL: {prompt} or {instruction, input} or {messages}")
     gen.add_argument("--output", required=True, help="JSONL to write (each input record + response)")
     gen.add_argument("--batch-size", type=int, default=8)

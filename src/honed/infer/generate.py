@@ -50,6 +50,30 @@ def adapter_base_path(adapter_dir: str) -> str | None:
     return json.loads(cfg.read_text()).get("base_model_name_or_path")
 
 
+def left_pad(prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token ids and attention mask of prompts padded on the left to the longest one.
+
+    >>> left_pad([[5, 6], [7]], 0)
+    (tensor([[5, 6],
+            [0, 7]]), tensor([[1, 1],
+            [0, 1]]))
+    """
+    width = max(map(len, prompts))
+    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for row, p in enumerate(prompts):
+        ids[row, width - len(p) :] = torch.tensor(p, dtype=torch.long)
+        mask[row, width - len(p) :] = 1
+    return ids, mask
+
+
+def sampling_kwargs(s: GenerationSettings) -> dict:
+    """`model.generate` arguments for `s`: greedy at temperature 0, else sampling with top-p / top-k."""
+    if s.temperature > 0:
+        return dict(do_sample=True, temperature=s.temperature, top_p=s.top_p, top_k=s.top_k or None, repetition_penalty=s.repetition_penalty)
+    return dict(do_sample=False, temperature=None, top_p=None, top_k=None, repetition_penalty=s.repetition_penalty)
+
+
 class ChatModel:
     """A model + tokenizer + chat template, ready to answer conversations."""
 
@@ -114,19 +138,21 @@ class ChatModel:
     def reply(self, messages: list[Message], settings: GenerationSettings | None = None) -> Reply:
         return self.generate([Conversation(messages)], settings)[0]
 
+    @property
+    def stop_ids(self) -> list[int]:
+        """Token ids that end an answer (end of turn, eos)."""
+        return self._stop_ids
+
+    @property
+    def stop_strings(self) -> list[str]:
+        """End-of-turn markers that take several tokens (matched on the decoded text)."""
+        return self._stop_strings
+
     def _generate_batch(self, prompts: list[list[int]], s: GenerationSettings) -> list[Reply]:
         pad = self.tokenizer.pad_token_id
         width = max(map(len, prompts))
-        ids = torch.full((len(prompts), width), pad, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for row, p in enumerate(prompts):
-            ids[row, width - len(p) :] = torch.tensor(p)
-            mask[row, width - len(p) :] = 1
-        kwargs = dict(max_new_tokens=s.max_new_tokens, eos_token_id=self._stop_ids, pad_token_id=pad, repetition_penalty=s.repetition_penalty)
-        if s.temperature > 0:
-            kwargs.update(do_sample=True, temperature=s.temperature, top_p=s.top_p, top_k=s.top_k or None)
-        else:
-            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        ids, mask = left_pad(prompts, pad)
+        kwargs = dict(max_new_tokens=s.max_new_tokens, eos_token_id=self._stop_ids, pad_token_id=pad, **sampling_kwargs(s))
         if self._stop_strings:
             kwargs.update(stop_strings=self._stop_strings, tokenizer=self.tokenizer)
         out = self.model.generate(input_ids=ids.to(self.device), attention_mask=mask.to(self.device), **kwargs)
