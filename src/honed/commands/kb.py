@@ -99,7 +99,7 @@ def run_search(args) -> int:
 
     table = Table("#", "score", "source", "snippet", title=f"top {len(passages)} for {args.query!r}")
     for i, p in enumerate(passages, 1):
-        table.add_row(str(i), f"{p.score:.4f}", p.citation(), _snippet(p.text))
+        table.add_row(str(i), f"{p.score:.4f}", p.citation(full=True), _snippet(p.text))
     _console().print(table)
     return 0
 

@@ -27,7 +27,7 @@ INSTRUCTIONS = {
            "If the context does not contain the answer, say so instead of guessing."),
     "zh": "请只根据下面编号的参考资料回答问题，并用 [1]、[2] 标注所引用的资料。如果资料中没有答案，请直接说明，不要猜测。",
 }
-LABELS = {"en": ("Context:", "Question:"), "zh": ("参考资料：", "问题：")}
+LABELS = {"en": ("Context:", "Question: "), "zh": ("参考资料：", "问题：")}
 NO_ANSWER = {
     "en": "The provided context does not contain the answer to this question.",
     "zh": "所提供的参考资料中没有这个问题的答案。",
@@ -42,7 +42,7 @@ def question_language(text: str) -> str:
 
 
 def format_context(passages: list[Passage]) -> str:
-    """`[n] (source — location)` then the passage text, one block per passage."""
+    """`[n] (file — location)` then the passage text, one block per passage."""
     return "\n\n".join(f"[{i}] ({p.citation()})\n{p.text}" for i, p in enumerate(passages, 1))
 
 
@@ -50,7 +50,7 @@ def rag_user_turn(question: str, passages: list[Passage], language: str | None =
     """The user turn that carries instructions, numbered context and the question."""
     lang = language or question_language(question)
     context_label, question_label = LABELS[lang]
-    return f"{INSTRUCTIONS[lang]}\n\n{context_label}\n{format_context(passages)}\n\n{question_label} {question}"
+    return f"{INSTRUCTIONS[lang]}\n\n{context_label}\n{format_context(passages)}\n\n{question_label}{question}"
 
 
 def build_rag_messages(messages: list, passages: list[Passage], *, language: str | None = None) -> list:
@@ -93,4 +93,4 @@ def retrieval_messages(kb, messages: list, k: int = 5) -> tuple[list, list[Passa
 
 def sources_footer(passages: list[Passage]) -> str:
     """`Sources:` lines for printing under an answer."""
-    return "Sources:\n" + "\n".join(f"  [{i}] {p.citation()}" for i, p in enumerate(passages, 1))
+    return "Sources:\n" + "\n".join(f"  [{i}] {p.citation(full=True)}" for i, p in enumerate(passages, 1))

@@ -41,9 +41,10 @@ class Passage:
     page: int = 0
     chunk_id: str = ""
 
-    def citation(self) -> str:
-        """`file — location`, the way sources are shown to the model and the user."""
-        return f"{self.source} — {self.location}" if self.location else self.source
+    def citation(self, full: bool = False) -> str:
+        """`file — location`: the file's name for the model's prompt, its whole path (`full`) for people."""
+        name = self.source if full else Path(self.source).name
+        return f"{name} — {self.location}" if self.location else name
 
     def to_dict(self) -> dict:
         return {"text": self.text, "source": self.source, "location": self.location, "score": self.score, "page": self.page, "chunk_id": self.chunk_id}
