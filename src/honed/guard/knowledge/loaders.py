@@ -137,9 +137,12 @@ def html_sections(raw: str) -> list[Section]:
 
 def pdf_sections(path: Path) -> list[Section]:
     """One section per page with text (pypdf's text layer; scanned pages have none)."""
+    import logging
+
     from pypdf import PdfReader
     from pypdf.errors import PdfReadError
 
+    logging.getLogger("pypdf").setLevel(logging.ERROR)  # its repair warnings; the skip reason says enough
     try:
         reader = PdfReader(str(path))
         if reader.is_encrypted:

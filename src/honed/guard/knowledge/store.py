@@ -159,25 +159,25 @@ class KnowledgeBase:
         from rich.progress import track
 
         for file in track(files, description="indexing", disable=not progress or len(files) < 2, transient=True):
-            key = str(file.resolve())
+            key, shown = str(file.resolve()), _display(file.resolve())
             try:
                 digest = hashlib.sha256(file.read_bytes()).hexdigest()
             except OSError as err:
-                report.skipped.append((str(file), f"cannot read ({err.strerror})"))
+                report.skipped.append((shown, f"cannot read ({err.strerror})"))
                 continue
             old = docs.get(key)
             if old and old["sha256"] == digest and old["chunking"] == settings.to_dict():
-                report.unchanged.append(str(file))
+                report.unchanged.append(shown)
                 continue
             try:
                 chunks = chunk_sections(load_sections(file), settings, measure)
             except UnreadableDocument as err:
-                report.skipped.append((str(file), str(err)))
+                report.skipped.append((shown, str(err)))
                 continue
-            self._replace_chunks(key, _display(file), digest, chunks)
-            docs[key] = {"source": _display(file), "sha256": digest, "chunks": len(chunks), "chunking": settings.to_dict(),
+            self._replace_chunks(key, shown, digest, chunks)
+            docs[key] = {"source": shown, "sha256": digest, "chunks": len(chunks), "chunking": settings.to_dict(),
                          "kind": document_kind(file), "added": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-            (report.replaced if old else report.added).append((str(file), len(chunks)))
+            (report.replaced if old else report.added).append((shown, len(chunks)))
             self._save_manifest()  # after each file: an interrupted add keeps what it finished
         if report.added or report.replaced:
             self._reindex()
