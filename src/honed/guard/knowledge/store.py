@@ -235,9 +235,11 @@ class KnowledgeBase:
         from lancedb.rerankers import RRFReranker
 
         vector = self.embedder.encode([query])[0].tolist()
-        want = k + len(exclude or ())
+        # The limit applies to each of the two searches before fusion: fuse deeper lists than asked
+        # for, or with k=1 the two top hits tie and fusion decides nothing.
+        depth = max(4 * (k + len(exclude or ())), 20)
         query_builder = (self._table.search(query_type="hybrid", vector_column_name="vector", fts_columns="search_text")
-                         .vector(vector).text(query).distance_type("cosine").rerank(RRFReranker()).limit(want))
+                         .vector(vector).text(query).distance_type("cosine").rerank(RRFReranker()).limit(depth))
         rows = query_builder.to_list()
         passages = [Passage(r["text"], r["source"], r["location"], float(r["_relevance_score"]), int(r["page"]), r["id"])
                     for r in rows if not exclude or r["id"] not in exclude]
