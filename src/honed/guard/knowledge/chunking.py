@@ -6,7 +6,7 @@ size may be counted in a model's tokens; the rule is short: paragraphs are packe
 paragraph too big is cut at sentence ends, a sentence too big at the size; the next chunk starts
 with the last whole pieces of the previous one that fit in `overlap`.
 
->>> [c.text for c in chunk_sections([Section("One. Two.\\n\\nThree four.")], ChunkSettings(size=12, overlap=0))]
+>>> [c.text for c in chunk_sections([Section("One. Two.\\n\\nThree four.")], ChunkSettings(size=16, overlap=0))]
 ['One. Two.', 'Three four.']
 """
 
