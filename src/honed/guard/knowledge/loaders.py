@@ -18,6 +18,18 @@ SUFFIXES = {".txt": "text", ".text": "text", ".md": "markdown", ".markdown": "ma
             ".html": "html", ".htm": "html", ".pdf": "pdf"}
 
 
+def require(module: str, package: str):
+    """Import an optional dependency of the knowledge base, or say how to install it."""
+    import importlib
+
+    from honed.errors import ConfigError
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as err:
+        raise ConfigError(f"the knowledge base needs the package {package}: pip install 'honed[kb]' ({err})") from None
+
+
 class UnreadableDocument(Exception):
     """A document honed cannot take text from; the message is the reason shown to the user."""
 
@@ -93,10 +105,9 @@ _DROP = {"script", "style", "nav", "header", "footer", "noscript", "template", "
 
 def html_sections(raw: str) -> list[Section]:
     """Visible text of an HTML page split at headings; paragraphs (block elements) kept apart."""
-    import lxml.html
-
+    lxml_html = require("lxml.html", "lxml")
     try:
-        root = lxml.html.document_fromstring(raw)
+        root = lxml_html.document_fromstring(raw)
     except Exception as err:  # lxml raises several types for broken or empty markup
         raise UnreadableDocument(f"HTML could not be parsed ({err})") from None
     title = (root.findtext(".//title") or "").strip()
@@ -139,6 +150,7 @@ def pdf_sections(path: Path) -> list[Section]:
     """One section per page with text (pypdf's text layer; scanned pages have none)."""
     import logging
 
+    require("pypdf", "pypdf")
     from pypdf import PdfReader
     from pypdf.errors import PdfReadError
 

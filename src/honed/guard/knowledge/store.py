@@ -22,7 +22,7 @@ from pathlib import Path
 
 from honed.errors import ConfigError, DataError, OutputExistsError
 from honed.guard.knowledge.chunking import ChunkSettings, chunk_sections, length_function
-from honed.guard.knowledge.loaders import UnreadableDocument, document_kind, load_sections
+from honed.guard.knowledge.loaders import UnreadableDocument, document_kind, load_sections, require
 from honed.utils.fs import write_text_atomic
 
 FORMAT = 1
@@ -104,7 +104,7 @@ class KnowledgeBase:
 
     def __init__(self, folder: Path, manifest: dict, embedder):
         self.folder, self.manifest, self.embedder = folder, manifest, embedder
-        import lancedb
+        lancedb = require("lancedb", "lancedb")
 
         self._db = lancedb.connect(str(folder / "lance"))
         self._table = self._db.open_table(TABLE) if TABLE in self._db.list_tables().tables else None
