@@ -88,53 +88,58 @@ def run_add(args) -> int:
     return 0
 
 
+def _emit(args, data, make_table) -> int:
+    """JSON with --json, else the rich table `make_table(Table)` builds."""
+    if args.json:
+        print(json.dumps(data, ensure_ascii=False, indent=1))
+    else:
+        from rich.table import Table
+
+        _console().print(make_table(Table))
+    return 0
+
+
 def run_search(args) -> int:
     from honed.guard.knowledge import KnowledgeBase
 
     passages = KnowledgeBase.open(args.kb, embedder=args.embedder).search(args.query, k=args.k)
-    if args.json:
-        print(json.dumps([p.to_dict() for p in passages], ensure_ascii=False, indent=1))
-        return 0
-    from rich.table import Table
 
-    table = Table("#", "score", "source", "snippet", title=f"top {len(passages)} for {args.query!r}")
-    for i, p in enumerate(passages, 1):
-        table.add_row(str(i), f"{p.score:.4f}", p.citation(full=True), _snippet(p.text))
-    _console().print(table)
-    return 0
+    def table(Table):
+        t = Table("#", "score", "source", "snippet", title=f"top {len(passages)} for {args.query!r}")
+        for i, p in enumerate(passages, 1):
+            t.add_row(str(i), f"{p.score:.4f}", p.citation(full=True), _snippet(p.text))
+        return t
+
+    return _emit(args, [p.to_dict() for p in passages], table)
 
 
 def run_list(args) -> int:
     from honed.guard.knowledge import KnowledgeBase
 
     docs = KnowledgeBase.open(args.kb).documents()
-    if args.json:
-        print(json.dumps(docs, ensure_ascii=False, indent=1))
-        return 0
-    from rich.table import Table
 
-    table = Table("source", "kind", "chunks", "chunking", "added", title=f"{len(docs)} documents in {args.kb}")
-    for d in docs:
-        c = d["chunking"]
-        table.add_row(d["source"], d["kind"], str(d["chunks"]), f"{c['size']}/{c['overlap']} {c['unit']}", d["added"])
-    _console().print(table)
-    return 0
+    def table(Table):
+        t = Table("source", "kind", "chunks", "chunking", "added", title=f"{len(docs)} documents in {args.kb}")
+        for d in docs:
+            c = d["chunking"]
+            t.add_row(d["source"], d["kind"], str(d["chunks"]), f"{c['size']}/{c['overlap']} {c['unit']}", d["added"])
+        return t
+
+    return _emit(args, docs, table)
 
 
 def run_stats(args) -> int:
     from honed.guard.knowledge import KnowledgeBase
 
     stats = KnowledgeBase.open(args.kb).stats()
-    if args.json:
-        print(json.dumps(stats, ensure_ascii=False, indent=1))
-        return 0
-    from rich.table import Table
 
-    table = Table("", "", show_header=False, title=f"knowledge base {args.kb}")
-    for key, value in stats.items():
-        table.add_row(key, ", ".join(f"{k} {v}" for k, v in value.items()) if isinstance(value, dict) else str(value))
-    _console().print(table)
-    return 0
+    def table(Table):
+        t = Table("", "", show_header=False, title=f"knowledge base {args.kb}")
+        for key, value in stats.items():
+            t.add_row(key, ", ".join(f"{k} {v}" for k, v in value.items()) if isinstance(value, dict) else str(value))
+        return t
+
+    return _emit(args, stats, table)
 
 
 def run_remove(args) -> int:

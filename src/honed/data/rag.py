@@ -79,6 +79,17 @@ def _question_answer(conv, where: str) -> tuple[int, int]:
     raise DataError(f"{where}: no user question followed by an assistant answer")
 
 
+def _search_batched(kb, queries: list[str], batch: int = 64) -> list:
+    """The top EXCLUDE_TOP passages of each query, with a progress bar on long inputs."""
+    from rich.progress import track
+
+    starts = range(0, len(queries), batch)
+    found = []
+    for start in track(starts, description="retrieving", disable=len(starts) < 3, transient=True):
+        found += kb.search_many(queries[start : start + batch], k=EXCLUDE_TOP)
+    return found
+
+
 def add_context(kb, input_path, output_path, *, distractors: int = 3, unanswerable_ratio: float = 0.2, support: int = 1,
                 retrieve_by: str = "question+answer", cite_sources: bool = True, seed: int = 0, overwrite: bool = False) -> ContextReport:
     """Write RAG training samples (OpenAI messages JSONL) built from `input_path` and the KnowledgeBase `kb`."""
@@ -97,25 +108,29 @@ def add_context(kb, input_path, output_path, *, distractors: int = 3, unanswerab
         raise DataError(f"{kb.folder}: {len(pool)} chunks; add-context needs at least {support + distractors} (--support + --distractors)")
     rng = random.Random(seed)
     report, lines = ContextReport(), []
-    records = list(read_records(input_path))
-    from rich.progress import track
-
-    for where, record in track(records, description="add-context", disable=len(records) < 50, transient=True):
+    samples = []
+    for where, record in read_records(input_path):
         try:
             conv = to_conversation(record, detect_format(record, where), where)
             u, a = _question_answer(conv, where)
+            if not conv.messages[u].content.strip():
+                raise DataError(f"{where}: the question is empty")
         except DataError as err:
             report.skipped.append((where, str(err)))
             continue
+        samples.append((where, conv, u, a))
+    # Retrieval for all samples first: the embedder runs in batches.
+    questions = [conv.messages[u].content for _, conv, u, _ in samples]
+    near_all = _search_batched(kb, questions)
+    by_answer = _search_batched(kb, [f"{q}\n{conv.messages[a].content}" for q, (_, conv, _, a) in zip(questions, samples)]) if retrieve_by == "question+answer" else near_all
+    for (where, conv, u, a), near, best in zip(samples, near_all, by_answer):
         question, answer = conv.messages[u].content, conv.messages[a].content
         lang = question_language(question)
-        near = kb.search(question, k=EXCLUDE_TOP)
         out_of_domain = conv.meta.get("kind") == "out_of_domain"
         unanswerable = not out_of_domain and rng.random() < unanswerable_ratio
         if out_of_domain:
             chosen, numbers = near[: support + distractors], []
         else:
-            best = kb.search(f"{question}\n{answer}", k=EXCLUDE_TOP) if retrieve_by == "question+answer" else near
             supporting = best[:support]
             if supporting and answer_support(answer, " ".join(p.text for p in supporting)) < 0.3:
                 report.weak_support.append(where)
@@ -126,7 +141,8 @@ def add_context(kb, input_path, output_path, *, distractors: int = 3, unanswerab
             picked = rng.sample(others, min(len(others), distractors + (len(supporting) if unanswerable else 0)))
             chosen = picked if unanswerable else supporting + picked
             rng.shuffle(chosen)
-            numbers = [i for i, p in enumerate(chosen, 1) if not unanswerable and p in supporting]
+            support_ids = {p.chunk_id for p in supporting}
+            numbers = [i for i, p in enumerate(chosen, 1) if not unanswerable and p.chunk_id in support_ids]
         if unanswerable:
             new_answer = NO_ANSWER[lang]
         elif out_of_domain or not cite_sources:

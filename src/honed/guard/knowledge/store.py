@@ -226,24 +226,29 @@ class KnowledgeBase:
 
     # --- reading ---------------------------------------------------------------------------------
 
-    def search(self, query: str, k: int = 5, *, exclude: set[str] | None = None) -> list[Passage]:
+    def search(self, query: str, k: int = 5) -> list[Passage]:
         """The `k` best chunks for `query` by reciprocal-rank fusion of vector and full-text search."""
-        if not query.strip():
-            raise DataError("empty search query")
+        return self.search_many([query], k)[0]
+
+    def search_many(self, queries: list[str], k: int = 5) -> list[list[Passage]]:
+        """`search` for several queries, their embeddings computed in one batch."""
+        for query in queries:
+            if not query.strip():
+                raise DataError("empty search query")
         if self._table is None or k <= 0:
-            return []
+            return [[] for _ in queries]
         from lancedb.rerankers import RRFReranker
 
-        vector = self.embedder.encode([query])[0].tolist()
+        vectors = self.embedder.encode(list(queries))
         # The limit applies to each of the two searches before fusion: fuse deeper lists than asked
         # for, or with k=1 the two top hits tie and fusion decides nothing.
-        depth = max(4 * (k + len(exclude or ())), 20)
-        query_builder = (self._table.search(query_type="hybrid", vector_column_name="vector", fts_columns="search_text")
-                         .vector(vector).text(query).distance_type("cosine").rerank(RRFReranker()).limit(depth))
-        rows = query_builder.to_list()
-        passages = [Passage(r["text"], r["source"], r["location"], float(r["_relevance_score"]), int(r["page"]), r["id"])
-                    for r in rows if not exclude or r["id"] not in exclude]
-        return passages[:k]
+        depth = max(4 * k, 20)
+        results = []
+        for query, vector in zip(queries, vectors):
+            rows = (self._table.search(query_type="hybrid", vector_column_name="vector", fts_columns="search_text")
+                    .vector(vector.tolist()).text(query).distance_type("cosine").rerank(RRFReranker()).limit(depth).to_list())
+            results.append([Passage(r["text"], r["source"], r["location"], float(r["_relevance_score"]), int(r["page"]), r["id"]) for r in rows[:k]])
+        return results
 
     def passages(self) -> list[Passage]:
         """Every chunk (score 0), in file order; for sampling distractors and for listing."""
