@@ -344,6 +344,9 @@ def register_add_context(verbs) -> None:
     p.add_argument("--retrieve-by", choices=["question+answer", "question"], default="question+answer",
                    help="what finds the supporting passage (default question+answer)")
     p.add_argument("--no-cite", action="store_true", help="do not append [n] citations to the answers")
+    p.add_argument("--min-support", type=float, default=0.3, help="share of an answer's words its best passage must hold (default 0.3)")
+    p.add_argument("--unsupported", choices=["keep", "drop", "unanswerable"], default="keep",
+                   help="answers below --min-support: keep them, drop them, or make them unanswerable samples")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=run_add_context)
@@ -356,14 +359,14 @@ def run_add_context(args) -> int:
     kb = KnowledgeBase.open(args.kb)
     report = add_context(kb, args.input, args.output, distractors=args.distractors, unanswerable_ratio=args.unanswerable_ratio,
                          support=args.support, retrieve_by=args.retrieve_by, cite_sources=not args.no_cite, seed=args.seed,
-                         overwrite=args.overwrite)
+                         overwrite=args.overwrite, min_support=args.min_support, unsupported=args.unsupported)
     console = _console()
     counts = report.to_dict()
     console.print(f"wrote {counts['samples']} samples to {args.output}: {counts['answerable']} answerable (cited), "
                   f"{counts['unanswerable']} unanswerable, {counts['out_of_domain']} out-of-domain refusals")
     if report.weak_support:
         console.print(f"[yellow]{len(report.weak_support)} answers share few words with their best passage[/] "
-                      f"(the KB may not cover them; first: {report.weak_support[0]})")
+                      f"(the KB may not cover them; --unsupported {args.unsupported}; first: {report.weak_support[0]})")
     if report.skipped:
         console.print(f"[yellow]{len(report.skipped)} records skipped[/] (first: {report.skipped[0][0]}: {report.skipped[0][1]})")
     return 0

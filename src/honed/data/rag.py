@@ -45,7 +45,8 @@ class ContextReport:
 
 def _words(text: str) -> set[str]:
     """Latin words and Chinese character pairs: enough to tell whether a passage holds an answer."""
-    words = {w for w in re.findall(r"[a-z0-9]+", text.lower()) if len(w) > 2}
+    # Numbers whole (4.0, 150–450 pieces), words of 3+ letters without a plural s.
+    words = {w[:-1] if w.endswith("s") and len(w) > 3 else w for w in re.findall(r"\d+(?:[.,]\d+)*|[a-z]{3,}", text.lower())}
     cjk = re.sub(r"[^\u4e00-\u9fff]", "", text)
     return words | {cjk[i : i + 2] for i in range(len(cjk) - 1)}
 
@@ -91,8 +92,14 @@ def _search_batched(kb, queries: list[str], batch: int = 64) -> list:
 
 
 def add_context(kb, input_path, output_path, *, distractors: int = 3, unanswerable_ratio: float = 0.2, support: int = 1,
-                retrieve_by: str = "question+answer", cite_sources: bool = True, seed: int = 0, overwrite: bool = False) -> ContextReport:
-    """Write RAG training samples (OpenAI messages JSONL) built from `input_path` and the KnowledgeBase `kb`."""
+                retrieve_by: str = "question+answer", cite_sources: bool = True, seed: int = 0, overwrite: bool = False,
+                min_support: float = 0.3, unsupported: str = "keep") -> ContextReport:
+    """Write RAG training samples (OpenAI messages JSONL) built from `input_path` and the KnowledgeBase `kb`.
+
+    An answer sharing less than `min_support` of its words with its best passage is "unsupported"
+    (the KB may not cover it): `unsupported` keeps it as it is, drops it (reported as skipped), or
+    makes it an unanswerable sample.
+    """
     from honed.data.formats import detect_format, to_conversation
     from honed.guard.knowledge.prompt import NO_ANSWER, build_rag_messages, question_language
 
@@ -100,6 +107,8 @@ def add_context(kb, input_path, output_path, *, distractors: int = 3, unanswerab
         raise ConfigError(f"--unanswerable-ratio {unanswerable_ratio}: use a share between 0 and 1")
     if distractors < 0 or support < 1:
         raise ConfigError("--distractors must be >= 0 and --support >= 1")
+    if unsupported not in ("keep", "drop", "unanswerable"):
+        raise ConfigError(f"--unsupported {unsupported!r}: use keep, drop or unanswerable")
     if retrieve_by not in ("question", "question+answer"):
         raise ConfigError(f"--retrieve-by {retrieve_by!r}: use question or question+answer")
     output_path = check_writable(output_path, overwrite)
@@ -132,8 +141,13 @@ def add_context(kb, input_path, output_path, *, distractors: int = 3, unanswerab
             chosen, numbers = near[: support + distractors], []
         else:
             supporting = best[:support]
-            if supporting and answer_support(answer, " ".join(p.text for p in supporting)) < 0.3:
+            share = answer_support(answer, " ".join(p.text for p in supporting))
+            if share < min_support:
                 report.weak_support.append(where)
+                if unsupported == "drop":
+                    report.skipped.append((where, f"answer not found in the knowledge base ({share:.2f} of its words in the best passage)"))
+                    continue
+                unanswerable = unanswerable or unsupported == "unanswerable"
             banned = {p.chunk_id for p in near + best}
             others = [p for p in pool if p.chunk_id not in banned]
             if len(others) < support + distractors:  # a tiny KB: fall back to anything but the supporting chunks

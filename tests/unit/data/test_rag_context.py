@@ -18,6 +18,7 @@ QA = [
     ("en-3", "in_domain", "What does NT-proBNP help with?", "NT-proBNP helps assess heart failure."),
     ("zh-1", "in_domain", "查糖化血红蛋白需要空腹吗？", "不需要空腹，糖化血红蛋白反映近三个月的平均血糖水平。"),
     ("en-4", "out_of_domain", "Who won the World Cup?", "I can only help with clinical laboratory questions."),
+    ("en-5", "in_domain", "What vitamin D level is deficient?", "Below 20 ng/mL is usually called deficient."),  # not in the KB
 ]
 
 
@@ -48,7 +49,8 @@ def _rows(path):
 def test_answerable_samples_cite_their_supporting_passage(kb, qa_file, tmp_path):
     out = tmp_path / "rag.jsonl"
     report = add_context(kb, qa_file, out, distractors=2, unanswerable_ratio=0.0, seed=1)
-    assert report.to_dict() == {"samples": 5, "answerable": 4, "unanswerable": 0, "out_of_domain": 1, "weak_support": 0, "skipped": 1}
+    assert report.to_dict() == {"samples": 6, "answerable": 5, "unanswerable": 0, "out_of_domain": 1, "weak_support": 1, "skipped": 1}
+    assert report.weak_support == [f"{qa_file}:6"]
     assert "no user question followed by an assistant answer" in report.skipped[0][1]
     rows = {r["id"]: r for r in _rows(out)}
     expected_source = {"en-1": "docs/glucose.md — Glucose testing", "en-2": "docs/potassium.html — Potassium > Hemolysis",
@@ -76,13 +78,23 @@ def test_answerable_samples_cite_their_supporting_passage(kb, qa_file, tmp_path)
 def test_unanswerable_samples_lose_their_support_and_say_so(kb, qa_file, tmp_path):
     out = tmp_path / "rag.jsonl"
     report = add_context(kb, qa_file, out, distractors=2, unanswerable_ratio=1.0, seed=0)
-    assert (report.answerable, report.unanswerable, report.out_of_domain) == (0, 4, 1)
+    assert (report.answerable, report.unanswerable, report.out_of_domain) == (0, 5, 1)
     rows = {r["id"]: r for r in _rows(out)}
     assert rows["en-2"]["messages"][-1]["content"] == NO_ANSWER["en"]
     assert rows["zh-1"]["messages"][-1]["content"] == NO_ANSWER["zh"]
     assert not any("Hemolysis" in s for s in rows["en-2"]["rag"]["sources"])
     assert not any("cardiac.pdf" in s for s in rows["en-3"]["rag"]["sources"])
     assert all(len(r["rag"]["sources"]) == 3 for r in rows.values())  # support replaced by another distractor
+
+
+def test_unsupported_answers_can_be_dropped_or_made_unanswerable(kb, qa_file, tmp_path):
+    dropped = add_context(kb, qa_file, tmp_path / "d.jsonl", distractors=2, unanswerable_ratio=0.0, unsupported="drop")
+    assert dropped.samples == 5 and "answer not found in the knowledge base" in dropped.skipped[-1][1]
+    assert "en-5" not in {r["id"] for r in _rows(tmp_path / "d.jsonl")}
+    report = add_context(kb, qa_file, tmp_path / "u.jsonl", distractors=2, unanswerable_ratio=0.0, unsupported="unanswerable")
+    assert (report.answerable, report.unanswerable) == (4, 1)
+    rows = {r["id"]: r for r in _rows(tmp_path / "u.jsonl")}
+    assert rows["en-5"]["messages"][-1]["content"] == NO_ANSWER["en"] and rows["en-1"]["rag"]["answerable"]
 
 
 def test_the_share_and_the_draws_follow_the_seed(kb, qa_file, tmp_path):
