@@ -18,6 +18,7 @@ def register(sub) -> None:
     p.add_argument("--overlap", type=int, default=100, help="units shared by neighbouring chunks (default 100)")
     p.add_argument("--chunk-unit", choices=["chars", "tokens"], default="chars")
     p.add_argument("--tokenizer", help="model folder whose tokenizer counts tokens (default: the embedder's)")
+    p.add_argument("--prune", action="store_true", help="also remove documents under the given folders whose files are gone")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=run_add)
 
@@ -67,9 +68,10 @@ def run_add(args) -> int:
         kb = KnowledgeBase.open(args.kb, embedder=args.embedder)
     else:
         kb = KnowledgeBase.create(args.kb, embedder=args.embedder or "default")
-    report = kb.add(args.docs, settings, progress=not args.json)
+    report = kb.add(args.docs, settings, prune=args.prune, progress=not args.json)
     if args.json:
-        print(json.dumps({"added": report.added, "replaced": report.replaced, "unchanged": report.unchanged, "skipped": report.skipped}, ensure_ascii=False, indent=1))
+        print(json.dumps({"added": report.added, "replaced": report.replaced, "unchanged": report.unchanged, "skipped": report.skipped,
+                          "removed": report.removed}, ensure_ascii=False, indent=1))
         return 0
     from rich.table import Table
 
@@ -82,6 +84,8 @@ def run_add(args) -> int:
         table.add_row(path, "unchanged", "same content and chunking")
     for path, why in report.skipped:
         table.add_row(path, "[yellow]skipped[/]", why)
+    for path in report.removed:
+        table.add_row(path, "[red]removed[/]", "file is gone (--prune)")
     console = _console()
     console.print(table)
     console.print(f"{report.summary()}; {report.chunks} chunks written; {len(kb)} chunks in {args.kb}")

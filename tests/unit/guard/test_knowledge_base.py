@@ -61,6 +61,11 @@ def test_adding_again_skips_unchanged_and_replaces_changed_files(kb_and_docs):
     assert reopened.add([docs / "glucose.md"], ChunkSettings(size=60, overlap=0)).unchanged == ["docs/glucose.md"]
     assert reopened.remove(["docs/glucose.md", "docs/nothing.md"]) == ["docs/glucose.md"]
     assert {p.source for p in reopened.passages()} == {"docs/cardiac.pdf", "docs/potassium.html", "docs/turnaround.txt"}
+    (docs / "turnaround.txt").unlink()
+    pruned = reopened.add([docs], prune=True)
+    assert pruned.removed == ["docs/turnaround.txt"] and pruned.added == [("docs/glucose.md", 3)]
+    assert {d["source"] for d in reopened.documents()} == {"docs/cardiac.pdf", "docs/potassium.html", "docs/glucose.md"}
+    assert {p.source for p in reopened.passages()} == {"docs/cardiac.pdf", "docs/potassium.html", "docs/glucose.md"}
 
 
 def test_a_kb_refuses_another_embedder_and_bad_folders(kb_and_docs, tmp_path):

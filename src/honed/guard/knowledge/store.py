@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,9 +59,11 @@ class AddReport:
     replaced: list[tuple[str, int]] = field(default_factory=list)
     unchanged: list[str] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, why)
+    removed: list[str] = field(default_factory=list)  # pruned: their files are gone
 
     def summary(self) -> str:
-        return f"{len(self.added)} added, {len(self.replaced)} replaced, {len(self.unchanged)} unchanged, {len(self.skipped)} skipped"
+        text = f"{len(self.added)} added, {len(self.replaced)} replaced, {len(self.unchanged)} unchanged, {len(self.skipped)} skipped"
+        return text + (f", {len(self.removed)} removed" if self.removed else "")
 
     @property
     def chunks(self) -> int:
@@ -102,12 +105,19 @@ def expand_paths(paths) -> tuple[list[Path], list[tuple[str, str]]]:
 class KnowledgeBase:
     """Documents chunked and indexed for hybrid search. Use `create` or `open`, then `add`/`search`."""
 
-    def __init__(self, folder: Path, manifest: dict, embedder):
-        self.folder, self.manifest, self.embedder = folder, manifest, embedder
+    def __init__(self, folder: Path, manifest: dict, embedder=None):
+        self.folder, self.manifest, self._embedder = folder, manifest, embedder
         lancedb = require("lancedb", "lancedb")
 
         self._db = lancedb.connect(str(folder / "lance"))
         self._table = self._db.open_table(TABLE) if TABLE in self._db.list_tables().tables else None
+
+    @property
+    def embedder(self):
+        """The embedder the KB was built with, loaded on first use (listing a KB needs no model)."""
+        if self._embedder is None:
+            self._embedder = _embedder_from_name(self.manifest["embedder"])
+        return self._embedder
 
     # --- opening ---------------------------------------------------------------------------------
 
@@ -145,14 +155,18 @@ class KnowledgeBase:
         if emb is not None and emb.name != stored:
             raise ConfigError(f"{folder} was built with embedder {stored!r}, not {emb.name!r}: search it with the same embedder "
                               f"(leave --embedder out), or build a new KB folder with {emb.name!r}")
-        return cls(folder, manifest, emb or _embedder_from_name(stored))
+        return cls(folder, manifest, emb)
 
     # --- adding ----------------------------------------------------------------------------------
 
-    def add(self, paths, settings: ChunkSettings | None = None, *, progress: bool = False) -> AddReport:
-        """Index files and folders; a file already indexed is replaced when its content or chunk settings changed."""
+    def add(self, paths, settings: ChunkSettings | None = None, *, prune: bool = False, progress: bool = False) -> AddReport:
+        """Index files and folders; a file already indexed is replaced when its content or chunk settings changed.
+
+        With `prune`, documents inside the given folders whose files are gone are removed too.
+        """
         settings = settings or ChunkSettings()
-        measure = length_function(settings, getattr(getattr(self.embedder, "model", None), "tokenizer", None))
+        own_tokenizer = settings.unit == "tokens" and not settings.tokenizer
+        measure = length_function(settings, getattr(getattr(self.embedder, "model", None), "tokenizer", None) if own_tokenizer else None)
         files, skipped = expand_paths(paths)
         report = AddReport(skipped=skipped)
         docs = self.manifest["documents"]
@@ -179,7 +193,16 @@ class KnowledgeBase:
                          "kind": document_kind(file), "added": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
             (report.replaced if old else report.added).append((shown, len(chunks)))
             self._save_manifest()  # after each file: an interrupted add keeps what it finished
-        if report.added or report.replaced:
+        if prune:
+            folders = [str(Path(p).resolve()) + os.sep for p in paths if Path(p).is_dir()]
+            present = {str(f.resolve()) for f in files}
+            gone = [key for key in docs if key not in present and any(key.startswith(f) for f in folders)]
+            for key in gone:
+                self._delete(key)
+                report.removed.append(docs.pop(key)["source"])
+            if gone:
+                self._save_manifest()
+        if report.added or report.replaced or report.removed:
             self._reindex()
         return report
 
