@@ -94,3 +94,11 @@ def test_sample_kb_with_the_default_minilm_embedder(tmp_path, capsys):
     assert (Path(top.source).name, top.location) == ("glucose-diabetes.md", "Glucose and diabetes tests > HbA1c")
     top = kb.search("溶血为什么让血钾升高", k=1)[0]
     assert (Path(top.source).name, top.location) == ("blood-chemistry-zh.md", "标本溶血")
+    # Chunks longer than MiniLM's 256-token window are counted; chunking in its tokens avoids them.
+    from honed.guard.knowledge import ChunkSettings
+
+    long = tmp_path / "long.txt"
+    long.write_text(" ".join(["The glucose test measures blood sugar after fasting overnight."] * 40))
+    assert kb.add([long], ChunkSettings(size=2000, overlap=0)).over_window == 1
+    by_tokens = kb.add([long], ChunkSettings(size=200, overlap=20, unit="tokens"))
+    assert by_tokens.replaced == [(str(long.resolve()), 3)] and by_tokens.over_window == 0

@@ -71,7 +71,7 @@ def run_add(args) -> int:
     report = kb.add(args.docs, settings, prune=args.prune, progress=not args.json)
     if args.json:
         print(json.dumps({"added": report.added, "replaced": report.replaced, "unchanged": report.unchanged, "skipped": report.skipped,
-                          "removed": report.removed}, ensure_ascii=False, indent=1))
+                          "removed": report.removed, "over_window": report.over_window}, ensure_ascii=False, indent=1))
         return 0
     from rich.table import Table
 
@@ -89,6 +89,9 @@ def run_add(args) -> int:
     console = _console()
     console.print(table)
     console.print(f"{report.summary()}; {report.chunks} chunks written; {len(kb)} chunks in {args.kb}")
+    if report.over_window:
+        console.print(f"[yellow]{report.over_window} chunks are longer than the embedder's input window[/]: their ends are "
+                      "found by full-text search only; a smaller --chunk-size (or --chunk-unit tokens) avoids it")
     return 0
 
 

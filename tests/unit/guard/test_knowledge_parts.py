@@ -58,7 +58,7 @@ def test_chinese_is_cut_at_its_sentence_ends_and_long_runs_by_size():
 
 def test_token_unit_counts_with_a_tokenizer():
     class WordTokenizer:  # one token per word, so sizes are easy to read
-        def __call__(self, text, add_special_tokens=False):
+        def __call__(self, text, **kwargs):
             return {"input_ids": text.split()}
 
     measure = length_function(ChunkSettings(size=16, overlap=0, unit="tokens"), WordTokenizer())

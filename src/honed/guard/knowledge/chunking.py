@@ -65,7 +65,7 @@ def length_function(settings: ChunkSettings, embedder_tokenizer=None) -> Callabl
             raise ConfigError(f"--tokenizer {settings.tokenizer}: cannot load a tokenizer there ({err})") from None
     if tokenizer is None:
         raise ConfigError("--chunk-unit tokens: this embedder has no tokenizer; pass --tokenizer MODEL_DIR (e.g. the model you train)")
-    return lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])
+    return lambda text: len(tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])
 
 
 def _pieces(text: str, size: int, measure: Callable[[str], int]) -> list[tuple[str, bool]]:

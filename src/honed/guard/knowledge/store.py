@@ -60,6 +60,7 @@ class AddReport:
     unchanged: list[str] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, why)
     removed: list[str] = field(default_factory=list)  # pruned: their files are gone
+    over_window: int = 0  # chunks longer than the embedder reads (full-text search still sees all)
 
     def summary(self) -> str:
         text = f"{len(self.added)} added, {len(self.replaced)} replaced, {len(self.unchanged)} unchanged, {len(self.skipped)} skipped"
@@ -189,6 +190,7 @@ class KnowledgeBase:
                 report.skipped.append((shown, str(err)))
                 continue
             self._replace_chunks(key, shown, digest, chunks)
+            report.over_window += self._over_window([c.text for c in chunks])
             docs[key] = {"source": shown, "sha256": digest, "chunks": len(chunks), "chunking": settings.to_dict(),
                          "kind": document_kind(file), "added": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
             (report.replaced if old else report.added).append((shown, len(chunks)))
@@ -223,6 +225,14 @@ class KnowledgeBase:
     def _delete(self, key: str) -> None:
         if self._table is not None:
             self._table.delete(f"path = '{key.replace(chr(39), chr(39) * 2)}'")
+
+    def _over_window(self, texts: list[str]) -> int:
+        """How many texts are longer than the embedder's input window (their ends are not embedded)."""
+        model = getattr(self.embedder, "model", None)
+        window, tokenizer = getattr(model, "max_seq_length", None), getattr(model, "tokenizer", None)
+        if not window or tokenizer is None:
+            return 0
+        return sum(len(ids) > window for ids in tokenizer(texts, add_special_tokens=True, verbose=False)["input_ids"])
 
     def _replace_chunks(self, key: str, source: str, digest: str, chunks) -> None:
         # Old rows of this path go first, also when the manifest lost them (an interrupted add).
