@@ -85,7 +85,8 @@ def run_add(args) -> int:
     for path, why in report.skipped:
         table.add_row(path, "[yellow]skipped[/]", why)
     for path in report.removed:
-        table.add_row(path, "[red]removed[/]", "file is gone (--prune)")
+        if not any(path == skipped for skipped, _ in report.skipped):
+            table.add_row(path, "[red]removed[/]", "file is gone (--prune)")
     console = _console()
     console.print(table)
     console.print(f"{report.summary()}; {report.chunks} chunks written; {len(kb)} chunks in {args.kb}")

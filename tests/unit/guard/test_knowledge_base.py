@@ -53,19 +53,23 @@ def test_adding_again_skips_unchanged_and_replaces_changed_files(kb_and_docs):
     assert changed.replaced == [("docs/turnaround.txt", 1)]
     texts = [p.text for p in kb.passages() if p.source == "docs/turnaround.txt"]
     assert texts == ["Urgent samples are reported within thirty minutes."]
+    (docs / "potassium.html").write_text("<html><body><script>x()</script></body></html>")
+    emptied = kb.add([docs / "potassium.html"])
+    assert emptied.skipped == [("docs/potassium.html", "no text found; its earlier chunks were removed")]
+    assert emptied.removed == ["docs/potassium.html"] and not any(p.source == "docs/potassium.html" for p in kb.passages())
     rechunked = kb.add([docs / "glucose.md"], ChunkSettings(size=60, overlap=0))
     assert rechunked.replaced[0][0] == "docs/glucose.md" and rechunked.replaced[0][1] > 3
-    assert len(kb) == 1 + 2 + 2 + rechunked.replaced[0][1]
+    assert len(kb) == 1 + 2 + rechunked.replaced[0][1]
     # A reopened KB remembers documents and settings.
     reopened = KnowledgeBase.open(kb.folder)
     assert reopened.add([docs / "glucose.md"], ChunkSettings(size=60, overlap=0)).unchanged == ["docs/glucose.md"]
     assert reopened.remove(["docs/glucose.md", "docs/nothing.md"]) == ["docs/glucose.md"]
-    assert {p.source for p in reopened.passages()} == {"docs/cardiac.pdf", "docs/potassium.html", "docs/turnaround.txt"}
+    assert {p.source for p in reopened.passages()} == {"docs/cardiac.pdf", "docs/turnaround.txt"}
     (docs / "turnaround.txt").unlink()
     pruned = reopened.add([docs], prune=True)
     assert pruned.removed == ["docs/turnaround.txt"] and pruned.added == [("docs/glucose.md", 3)]
-    assert {d["source"] for d in reopened.documents()} == {"docs/cardiac.pdf", "docs/potassium.html", "docs/glucose.md"}
-    assert {p.source for p in reopened.passages()} == {"docs/cardiac.pdf", "docs/potassium.html", "docs/glucose.md"}
+    assert {d["source"] for d in reopened.documents()} == {"docs/cardiac.pdf", "docs/glucose.md"}
+    assert {p.source for p in reopened.passages()} == {"docs/cardiac.pdf", "docs/glucose.md"}
 
 
 def test_a_kb_refuses_another_embedder_and_bad_folders(kb_and_docs, tmp_path):

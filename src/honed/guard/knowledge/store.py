@@ -187,7 +187,14 @@ class KnowledgeBase:
             try:
                 chunks = chunk_sections(load_sections(file), settings, measure)
             except UnreadableDocument as err:
-                report.skipped.append((shown, str(err)))
+                reason = str(err)
+                if old:  # the file changed into something unreadable: its old text no longer stands
+                    self._delete(key)
+                    del docs[key]
+                    self._save_manifest()
+                    report.removed.append(shown)
+                    reason += "; its earlier chunks were removed"
+                report.skipped.append((shown, reason))
                 continue
             self._replace_chunks(key, shown, digest, chunks)
             report.over_window += self._over_window([c.text for c in chunks])
