@@ -353,7 +353,7 @@ def register_add_context(verbs) -> None:
 
 
 def run_add_context(args) -> int:
-    from honed.data.rag import add_context
+    from honed.guard.knowledge.samples import add_context
     from honed.guard.knowledge import KnowledgeBase
 
     kb = KnowledgeBase.open(args.kb)

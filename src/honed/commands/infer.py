@@ -111,6 +111,16 @@ def run_generate(args) -> int:
     from honed.infer.batch import generate_file
 
     bot, settings = _load(args)
-    n = generate_file(bot, args.input, args.output, settings, system=args.system, batch_size=args.batch_size, overwrite=args.overwrite, kb=args.kb, kb_k=args.kb_k)
+    retrieve = None
+    if args.kb:
+        from honed.guard.knowledge import KnowledgeBase, retrieval_messages
+
+        kb = KnowledgeBase.open(args.kb)
+
+        def retrieve(messages):
+            messages, passages = retrieval_messages(kb, messages, args.kb_k)
+            return messages, [p.citation(full=True) for p in passages]
+
+    n = generate_file(bot, args.input, args.output, settings, system=args.system, batch_size=args.batch_size, overwrite=args.overwrite, retrieve=retrieve)
     print(f"wrote {n} answers to {args.output}", file=sys.stderr)
     return 0

@@ -48,10 +48,11 @@ def prompt_conversation(record: dict, where: str, system: str | None = None) -> 
     return inject_system_prompt(conv, system), reference
 
 
-def generate_file(bot, input_path, output_path, settings, *, system=None, batch_size=8, overwrite=False, kb=None, kb_k=4) -> int:
+def generate_file(bot, input_path, output_path, settings, *, system=None, batch_size=8, overwrite=False, retrieve=None) -> int:
     """Answer every record of `input_path` with `bot`; write them with `response` to `output_path`.
 
-    With `kb` (a knowledge base folder), each prompt carries its best passages and the row its `sources`."""
+    `retrieve(messages) -> (messages, sources)`, if given (`--kb`), rewrites each prompt before
+    generation (passages put in) and the row records its `sources`."""
     output_path = check_writable(output_path, overwrite)
     records, conversations = [], []
     for where, record in read_records(input_path):
@@ -61,13 +62,9 @@ def generate_file(bot, input_path, output_path, settings, *, system=None, batch_
     if not conversations:
         raise DataError(f"{input_path}: no prompts")
     sources = [None] * len(conversations)
-    if kb:
-        from honed.guard.knowledge import KnowledgeBase, retrieval_messages
-
-        knowledge = KnowledgeBase.open(kb)
+    if retrieve is not None:
         for i, conv in enumerate(conversations):
-            conv.messages, passages = retrieval_messages(knowledge, conv.messages, kb_k)
-            sources[i] = [p.citation(full=True) for p in passages]
+            conv.messages, sources[i] = retrieve(conv.messages)
     from rich.progress import track
 
     replies = []

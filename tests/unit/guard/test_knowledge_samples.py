@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from honed.data.rag import add_context, answer_support, cite
+from honed.guard.knowledge.samples import add_context, answer_support, cite
 from honed.errors import ConfigError, OutputExistsError
 from honed.guard.knowledge import NO_ANSWER, KnowledgeBase
 from honed.testing.documents import write_sample_documents

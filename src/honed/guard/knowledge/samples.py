@@ -1,5 +1,8 @@
 """`honed data add-context`: Q&A samples into retrieval-augmented training samples.
 
+(It lives beside the knowledge base, not in `honed.data`, because data sits below guard in the
+layers: the training data is shaped here from what the KB retrieves.)
+
 Each in-domain sample gets the knowledge-base passages that support its answer, mixed with
 distractor passages in a shuffled, numbered context (the layout `honed chat --kb` uses), and its
 answer cites the supporting passage as [n]. For a share of samples (`unanswerable_ratio`) the
@@ -22,6 +25,7 @@ from dataclasses import dataclass, field
 from honed.data.conversation import Message
 from honed.data.readers import read_records
 from honed.errors import ConfigError, DataError
+from honed.guard.knowledge.prompt import NO_ANSWER, build_rag_messages, question_language
 from honed.utils.fs import check_writable, write_text_atomic
 
 EXCLUDE_TOP = 10  # best matches never used as distractors
@@ -101,7 +105,6 @@ def add_context(kb, input_path, output_path, *, distractors: int = 3, unanswerab
     makes it an unanswerable sample.
     """
     from honed.data.formats import detect_format, to_conversation
-    from honed.guard.knowledge.prompt import NO_ANSWER, build_rag_messages, question_language
 
     if not 0.0 <= unanswerable_ratio <= 1.0:
         raise ConfigError(f"--unanswerable-ratio {unanswerable_ratio}: use a share between 0 and 1")
