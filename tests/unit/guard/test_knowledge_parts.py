@@ -16,6 +16,8 @@ def test_markdown_splits_at_headings_but_not_inside_code_fences():
     sections = markdown_sections(MARKDOWN)
     assert [s.location for s in sections] == ["Glucose testing", "Glucose testing > HbA1c", "血糖检测"]
     assert "# not a heading: inside a code fence" in sections[1].text
+    setext = markdown_sections("---\ntitle: front matter\n---\nLipids\n======\n\nA lipid panel.\n\nLDL\n---\nLDL is ...\n\n- a list item\n")
+    assert [(s.location, s.text) for s in setext] == [("Lipids", "A lipid panel."), ("Lipids > LDL", "LDL is ...\n\n- a list item")]
 
 
 def test_html_keeps_visible_text_under_its_headings():

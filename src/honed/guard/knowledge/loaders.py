@@ -78,6 +78,9 @@ _FENCE = re.compile(r"^\s*(```|~~~)")
 def markdown_sections(raw: str) -> list[Section]:
     """Split at ATX headings (`#`…`######`), not inside code fences; location is the heading path."""
     raw = re.sub(r"\A---\n.*?\n---\n", "", raw, flags=re.S)  # YAML front matter is metadata, not text
+    # Setext headings (a line underlined with === or ---) become ATX ones, as CommonMark reads them.
+    raw = re.sub(r"^([^\s#>`~|-][^\n]*)\n=+[ \t]*$", r"# \1", raw, flags=re.M)
+    raw = re.sub(r"^([^\s#>`~|-][^\n]*)\n-{2,}[ \t]*$", r"## \1", raw, flags=re.M)
     sections, path, lines, fenced = [], [], [], False
 
     def flush():
