@@ -55,16 +55,23 @@ def _load(args):
     return bot, settings
 
 
-def _with_kb(bot, settings, args):
-    """`ask(history) -> (reply, sources)`: plain, or with --kb the best passages put into the last turn."""
+def _open_kb(args):
+    """The --kb knowledge base, opened before the model loads so a wrong folder fails fast."""
     if not args.kb:
-        return lambda history: (bot.reply(history, settings), "")
-    from honed.guard.knowledge import KnowledgeBase, retrieval_messages, sources_footer
+        return None
+    from honed.guard.knowledge import KnowledgeBase
 
-    kb = KnowledgeBase.open(args.kb)
+    return KnowledgeBase.open(args.kb)
+
+
+def _with_kb(bot, settings, kb, k):
+    """`ask(history) -> (reply, sources)`: plain, or with a KB the best passages put into the last turn."""
+    if kb is None:
+        return lambda history: (bot.reply(history, settings), "")
+    from honed.guard.knowledge import retrieval_messages, sources_footer
 
     def ask(history):
-        messages, passages = retrieval_messages(kb, history, args.kb_k)
+        messages, passages = retrieval_messages(kb, history, k)
         return bot.reply(messages, settings), sources_footer(passages) if passages else ""
 
     return ask
@@ -73,8 +80,9 @@ def _with_kb(bot, settings, args):
 def run_chat(args) -> int:
     from honed.data.conversation import Message
 
+    kb = _open_kb(args)
     bot, settings = _load(args)
-    ask = _with_kb(bot, settings, args)
+    ask = _with_kb(bot, settings, kb, args.kb_k)
     history = [Message("system", args.system)] if args.system else []
     if args.prompt is not None:
         reply, sources = ask([*history, Message("user", args.prompt)])
@@ -110,12 +118,11 @@ def run_chat(args) -> int:
 def run_generate(args) -> int:
     from honed.infer.batch import generate_file
 
+    kb = _open_kb(args)
     bot, settings = _load(args)
     retrieve = None
-    if args.kb:
-        from honed.guard.knowledge import KnowledgeBase, retrieval_messages
-
-        kb = KnowledgeBase.open(args.kb)
+    if kb is not None:
+        from honed.guard.knowledge import retrieval_messages
 
         def retrieve(messages):
             messages, passages = retrieval_messages(kb, messages, args.kb_k)
