@@ -68,7 +68,14 @@ def build_rag_messages(messages: list, passages: list[Passage], *, language: str
         if not isinstance(content, str):  # OpenAI content parts: keep the text parts
             content = "\n".join(part.get("text", "") for part in content if isinstance(part, dict))
         new = rag_user_turn(content, passages, language)
-        out[i] = {**m, "content": new} if isinstance(m, dict) else (replace(m, content=new) if is_dataclass(m) else m)
+        if isinstance(m, dict):
+            out[i] = {**m, "content": new}
+        elif is_dataclass(m):
+            out[i] = replace(m, content=new)
+        elif hasattr(m, "model_copy"):  # a pydantic message (an HTTP request's)
+            out[i] = m.model_copy(update={"content": new})
+        else:
+            raise TypeError(f"build_rag_messages: messages must be dicts, Message or pydantic models, not {type(m).__name__}")
         return out
     raise ValueError("build_rag_messages: the conversation has no user turn to answer")
 
