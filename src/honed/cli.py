@@ -23,6 +23,7 @@ COMMAND_MODULES = [
     "honed.commands.eval",
     "honed.commands.bench",
     "honed.commands.serve",
+    "honed.commands.kb",
 ]
 
 

@@ -1,4 +1,4 @@
-"""`honed data inspect|augment|filter|stats|split|synth`: see and shape training data.
+"""`honed data inspect|augment|filter|stats|split|synth|add-context`: see and shape training data.
 
 The verbs are thin: each parses flags and calls the library function that does the work
 (honed.data.augment.run, honed.data.quality, honed.data.stats_report, honed.data.split,
@@ -20,6 +20,7 @@ def register(sub) -> None:
     p.add_argument("--json", action="store_true", help="print the statistics as JSON")
     p.set_defaults(func=run_inspect)
     register_shaping_verbs(verbs)
+    register_add_context(verbs)
     data.set_defaults(func=lambda args: data.print_help() or 2)
 
 
@@ -327,4 +328,45 @@ def run_synth(args) -> int:
     console.print(f"{len(result.samples)} of {args.n} generations kept → {args.output}")
     for i, why in result.rejected[:10]:
         console.print(f"  rejected call {i}: {why}", highlight=False)
+    return 0
+
+
+# --- add-context (retrieval-augmented samples from a knowledge base) --------------------------------
+
+def register_add_context(verbs) -> None:
+    p = verbs.add_parser("add-context", help="RAG training samples: knowledge-base passages + distractors, some unanswerable")
+    p.add_argument("--kb", required=True, help="knowledge base folder (built with `honed kb add`)")
+    p.add_argument("--in", dest="input", required=True, help="Q&A data file (OpenAI messages, ShareGPT, Alpaca)")
+    p.add_argument("--out", dest="output", required=True, help="JSONL of OpenAI-messages samples to write")
+    p.add_argument("--distractors", type=int, default=3, help="passages per sample that do not hold the answer (default 3)")
+    p.add_argument("--support", type=int, default=1, help="supporting passages per sample (default 1)")
+    p.add_argument("--unanswerable-ratio", type=float, default=0.2, help="share of samples whose support is removed (default 0.2)")
+    p.add_argument("--retrieve-by", choices=["question+answer", "question"], default="question+answer",
+                   help="what finds the supporting passage (default question+answer)")
+    p.add_argument("--no-cite", action="store_true", help="do not append [n] citations to the answers")
+    p.add_argument("--min-support", type=float, default=0.3, help="share of an answer's words its best passage must hold (default 0.3)")
+    p.add_argument("--unsupported", choices=["keep", "drop", "unanswerable"], default="keep",
+                   help="answers below --min-support: keep them, drop them, or make them unanswerable samples")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=run_add_context)
+
+
+def run_add_context(args) -> int:
+    from honed.guard.knowledge.samples import add_context
+    from honed.guard.knowledge import KnowledgeBase
+
+    kb = KnowledgeBase.open(args.kb)
+    report = add_context(kb, args.input, args.output, distractors=args.distractors, unanswerable_ratio=args.unanswerable_ratio,
+                         support=args.support, retrieve_by=args.retrieve_by, cite_sources=not args.no_cite, seed=args.seed,
+                         overwrite=args.overwrite, min_support=args.min_support, unsupported=args.unsupported)
+    console = _console()
+    counts = report.to_dict()
+    console.print(f"wrote {counts['samples']} samples to {args.output}: {counts['answerable']} answerable (cited), "
+                  f"{counts['unanswerable']} unanswerable, {counts['out_of_domain']} out-of-domain refusals")
+    if report.weak_support:
+        console.print(f"[yellow]{len(report.weak_support)} answers share few words with their best passage[/] "
+                      f"(the KB may not cover them; --unsupported {args.unsupported}; first: {report.weak_support[0]})")
+    if report.skipped:
+        console.print(f"[yellow]{len(report.skipped)} records skipped[/] (first: {report.skipped[0][0]}: {report.skipped[0][1]})")
     return 0

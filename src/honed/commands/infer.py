@@ -21,6 +21,8 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--top-k", type=int, default=0)
     p.add_argument("--repetition-penalty", type=float, default=1.0)
     p.add_argument("--seed", type=int)
+    p.add_argument("--kb", help="knowledge base folder: put the best passages into each prompt and cite them")
+    p.add_argument("--kb-k", type=int, default=4, help="passages per question with --kb (default 4)")
     think = p.add_mutually_exclusive_group()
     think.add_argument("--thinking", dest="enable_thinking", action="store_const", const=True, help="Qwen3: thinking on")
     think.add_argument("--no-thinking", dest="enable_thinking", action="store_const", const=False, help="Qwen3: thinking off")
@@ -53,16 +55,42 @@ def _load(args):
     return bot, settings
 
 
+def _open_kb(args):
+    """The --kb knowledge base, opened before the model loads so a wrong folder fails fast."""
+    if not args.kb:
+        return None
+    from honed.guard.knowledge import KnowledgeBase
+
+    return KnowledgeBase.open(args.kb)
+
+
+def _with_kb(bot, settings, kb, k):
+    """`ask(history) -> (reply, sources)`: plain, or with a KB the best passages put into the last turn."""
+    if kb is None:
+        return lambda history: (bot.reply(history, settings), "")
+    from honed.guard.knowledge import retrieval_messages, sources_footer
+
+    def ask(history):
+        messages, passages = retrieval_messages(kb, history, k)
+        return bot.reply(messages, settings), sources_footer(passages) if passages else ""
+
+    return ask
+
+
 def run_chat(args) -> int:
     from honed.data.conversation import Message
 
+    kb = _open_kb(args)
     bot, settings = _load(args)
+    ask = _with_kb(bot, settings, kb, args.kb_k)
     history = [Message("system", args.system)] if args.system else []
     if args.prompt is not None:
-        reply = bot.reply([*history, Message("user", args.prompt)], settings)
+        reply, sources = ask([*history, Message("user", args.prompt)])
         if args.show_thinking and reply.reasoning:
             print(f"<think>\n{reply.reasoning}\n</think>")
         print(reply.text)
+        if sources:
+            print(sources)
         return 0
     print("honed chat — /reset clears the conversation, /exit quits", file=sys.stderr)
     while True:
@@ -78,17 +106,28 @@ def run_chat(args) -> int:
         if not line:
             continue
         history.append(Message("user", line))
-        reply = bot.reply(history, settings)
+        reply, sources = ask(history)
         if args.show_thinking and reply.reasoning:
             print(f"(thinking) {reply.reasoning}")
         print(f"bot> {reply.text}")
+        if sources:
+            print(sources)
         history.append(Message("assistant", reply.text))
 
 
 def run_generate(args) -> int:
     from honed.infer.batch import generate_file
 
+    kb = _open_kb(args)
     bot, settings = _load(args)
-    n = generate_file(bot, args.input, args.output, settings, system=args.system, batch_size=args.batch_size, overwrite=args.overwrite)
+    retrieve = None
+    if kb is not None:
+        from honed.guard.knowledge import retrieval_messages
+
+        def retrieve(messages):
+            messages, passages = retrieval_messages(kb, messages, args.kb_k)
+            return messages, [p.citation(full=True) for p in passages]
+
+    n = generate_file(bot, args.input, args.output, settings, system=args.system, batch_size=args.batch_size, overwrite=args.overwrite, retrieve=retrieve)
     print(f"wrote {n} answers to {args.output}", file=sys.stderr)
     return 0

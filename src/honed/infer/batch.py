@@ -48,8 +48,11 @@ def prompt_conversation(record: dict, where: str, system: str | None = None) -> 
     return inject_system_prompt(conv, system), reference
 
 
-def generate_file(bot, input_path, output_path, settings, *, system=None, batch_size=8, overwrite=False) -> int:
-    """Answer every record of `input_path` with `bot`; write them with `response` to `output_path`."""
+def generate_file(bot, input_path, output_path, settings, *, system=None, batch_size=8, overwrite=False, retrieve=None) -> int:
+    """Answer every record of `input_path` with `bot`; write them with `response` to `output_path`.
+
+    `retrieve(messages) -> (messages, sources)`, if given (`--kb`), rewrites each prompt before
+    generation (passages put in) and the row records its `sources`."""
     output_path = check_writable(output_path, overwrite)
     records, conversations = [], []
     for where, record in read_records(input_path):
@@ -58,6 +61,10 @@ def generate_file(bot, input_path, output_path, settings, *, system=None, batch_
         conversations.append(conv)
     if not conversations:
         raise DataError(f"{input_path}: no prompts")
+    sources = [None] * len(conversations)
+    if retrieve is not None:
+        for i, conv in enumerate(conversations):
+            conv.messages, sources[i] = retrieve(conv.messages)
     from rich.progress import track
 
     replies = []
@@ -65,8 +72,10 @@ def generate_file(bot, input_path, output_path, settings, *, system=None, batch_
     for start in track(chunks, description="generate", disable=len(chunks) < 2, transient=True):
         replies += bot.generate(conversations[start : start + batch_size], settings, batch_size=batch_size)
     lines = []
-    for (record, reference), reply in zip(records, replies):
+    for (record, reference), reply, cited in zip(records, replies, sources):
         row = dict(record, response=reply.text, finished=reply.finished, new_tokens=reply.new_tokens)
+        if cited is not None:
+            row["sources"] = cited
         if reply.reasoning is not None:
             row["reasoning"] = reply.reasoning
         if reference is not None:
