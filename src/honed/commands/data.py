@@ -20,6 +20,9 @@ def register(sub) -> None:
     p.add_argument("--json", action="store_true", help="print the statistics as JSON")
     p.set_defaults(func=run_inspect)
     register_shaping_verbs(verbs)
+    from honed.commands.data_pairs import register_make_pairs
+
+    register_make_pairs(verbs)
     data.set_defaults(func=lambda args: data.print_help() or 2)
 
 
