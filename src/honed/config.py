@@ -146,6 +146,9 @@ class TrainConfig(_Strict):
     model: ModelConfig
     data: DataConfig
     method: Literal["lora", "qlora", "full"] = "lora"
+    objective: Literal["sft", "dpo", "orpo", "kto", "simpo"] = Field(
+        "sft", description="what training optimises: sft (next-token loss on the answers) or a preference objective "
+        "(dpo, orpo, kto, simpo; available once installed: honed.train.objectives). `method` says which weights train")
     lora: LoraSettings = Field(default_factory=LoraSettings)
     quantization: QuantizationSettings = Field(default_factory=QuantizationSettings)
     training: TrainingConfig = Field(default_factory=TrainingConfig)

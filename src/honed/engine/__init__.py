@@ -17,7 +17,7 @@ from typing import Callable, Protocol, TypeVar
 import torch
 
 from honed.data.packing import uses_varlen_attention
-from honed.train.losses import causal_lm_loss_sum, model_logits
+from honed.train.losses import causal_lm_loss_sum, model_logits, shifted_token_losses
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -33,6 +33,11 @@ class TrainingPath(Protocol):
 
     def loss_sum(self, model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]: ...
 
+    def token_logps(self, model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """log p(label t+1 | tokens ≤ t) of every position, fp32, shape [rows, seq_len - 1]; 0 where
+        the shifted label is -100. Per-sample sums come from batch["sample_index"][:, 1:]."""
+        ...
+
 
 class PlainPath:
     """transformers' forward, full logits, cross-entropy summed over trained tokens."""
@@ -46,6 +51,10 @@ class PlainPath:
 
     def loss_sum(self, model, batch):
         return causal_lm_loss_sum(model_logits(model, batch), batch["labels"])
+
+    def token_logps(self, model, batch):
+        losses, _ = shifted_token_losses(model_logits(model, batch), batch["labels"])
+        return -losses
 
 
 class OutOfGpuMemory(RuntimeError):

@@ -40,7 +40,7 @@ from honed.engine.graphs import StackGraphs
 from honed.engine.grouped import group_siblings
 from honed.engine.layers import patch_layers, patch_rope
 from honed.engine.lora import count_unfusable_lora_layers, patch_lora_layers
-from honed.engine.loss import linear_cross_entropy_sum, shift_targets
+from honed.engine.loss import IGNORE, linear_cross_entropy_sum, shift_targets
 from honed.engine.memory import (
     MemoryPlan,
     apply_memory_plan,
@@ -340,15 +340,31 @@ class FusedPath:
             self.graphs.install()
         return True
 
-    def loss_sum(self, model, batch):
+    def hidden_states(self, model, batch):
+        """The decoder's last hidden states in the compute dtype (no logits), and the lm_head's weight."""
         lm = causal_lm_of(model)
         if uses_varlen(lm):
             inputs = varlen_batch_inputs(batch)  # sample boundaries found once here, used by every layer
         else:
             inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids") if k in batch}
         hidden = lm.model(**inputs, use_cache=False).last_hidden_state
-        hidden = hidden.to(compute_dtype_of(hidden))
-        return linear_cross_entropy_sum(hidden, lm.lm_head.weight, shift_targets(batch["labels"]))
+        return hidden.to(compute_dtype_of(hidden)), lm.lm_head.weight
+
+    def loss_sum(self, model, batch):
+        hidden, head = self.hidden_states(model, batch)
+        return linear_cross_entropy_sum(hidden, head, shift_targets(batch["labels"]))
+
+    def token_logps(self, model, batch):
+        """As PlainPath.token_logps, from the chunked linear cross-entropy (no full logits)."""
+        from honed.engine.loss import linear_cross_entropy_per_token  # engine.loss's per-token form (with preference training)
+
+        hidden, head = self.hidden_states(model, batch)
+        targets = shift_targets(batch["labels"])
+        per_token = linear_cross_entropy_per_token(hidden.reshape(-1, hidden.shape[-1]), head, targets.reshape(-1))
+        if per_token.numel() != targets.numel():  # one value per trained position only: put them in place
+            trained = targets.reshape(-1) != IGNORE
+            per_token = torch.zeros(targets.numel(), dtype=per_token.dtype, device=per_token.device).masked_scatter(trained, per_token)
+        return -per_token.view(targets.shape)[:, :-1].float()
 
 
 def fused_path_factory(model, cfg, device: torch.device):

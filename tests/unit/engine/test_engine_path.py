@@ -260,9 +260,9 @@ def test_honed_train_records_the_fused_paths_memory_plan(tmp_path, monkeypatch):
 
     from honed.testing import build_tiny_model
     from honed.testing.lora import train_config, write_numbered_qa
-    from honed.train import sft
+    from honed.train import recipe, sft
 
-    monkeypatch.setattr(sft, "select_path", lambda model, cfg, device: FusedPath(cfg, device))  # never chosen on a CPU
+    monkeypatch.setattr(recipe, "select_path", lambda model, cfg, device: FusedPath(cfg, device))  # never chosen on a CPU
     base = build_tiny_model("qwen2", tmp_path / "base", hidden_size=64, layers=2)
     cfg = train_config(base, write_numbered_qa(tmp_path / "qa.jsonl"), tmp_path / "out", max_steps=2, learning_rate=1e-3, memory="offload")
     sft.train(cfg, show_progress=False)
@@ -280,9 +280,9 @@ def test_honed_train_replays_the_stack_and_records_it(tmp_path, monkeypatch):
     from honed.engine.graphs import RerunBackend
     from honed.testing import build_tiny_model
     from honed.testing.lora import train_config, write_numbered_qa
-    from honed.train import sft
+    from honed.train import recipe, sft
 
-    monkeypatch.setattr(sft, "select_path", lambda model, cfg, device: FusedPath(cfg, device))
+    monkeypatch.setattr(recipe, "select_path", lambda model, cfg, device: FusedPath(cfg, device))
     monkeypatch.setattr(FusedPath, "graph_backend", RerunBackend)
     base = build_tiny_model("qwen2", tmp_path / "base", hidden_size=64, layers=2)
     data = write_numbered_qa(tmp_path / "qa.jsonl")
@@ -303,7 +303,7 @@ def test_honed_train_replays_the_stack_and_records_it(tmp_path, monkeypatch):
 def test_cuda_graphs_off_the_fused_path_are_said(tmp_path, caplog):
     from honed.testing import build_tiny_model
     from honed.testing.lora import train_config, write_numbered_qa
-    from honed.train import sft
+    from honed.train import recipe, sft
 
     base = build_tiny_model("qwen2", tmp_path / "base", hidden_size=64, layers=2)
     cfg = train_config(base, write_numbered_qa(tmp_path / "qa.jsonl"), tmp_path / "out", max_steps=1, learning_rate=1e-3, cuda_graphs=True)

@@ -32,7 +32,8 @@ from honed.engine.fused import FusedPath
 from honed.engine.lora import lora_linear, reference_lora_linear
 from honed.errors import ConfigError, ModelError
 from honed.testing.lora import lora_model
-from honed.train.sft import autocast_context, resolve_precision
+from honed.engine.settings import resolve_precision
+from honed.utils.precision import autocast_context
 
 # e4m3 keeps 3 mantissa bits: rounding is at most half a step, 2^-4 of the value, and on Gaussian
 # values about 2.6% in RMS (2^-3 / sqrt(24)); 3.5% leaves room for the draw.
