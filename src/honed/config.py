@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from honed.data.strategies.settings import SamplingConfig
 from honed.errors import ConfigError
+from honed.train.objectives.preference_config import PreferenceConfig
 
 
 class _Strict(BaseModel):
@@ -149,6 +150,7 @@ class TrainConfig(_Strict):
     objective: Literal["sft", "dpo", "orpo", "kto", "simpo"] = Field(
         "sft", description="what training optimises: sft (next-token loss on the answers) or a preference objective "
         "(dpo, orpo, kto, simpo; available once installed: honed.train.objectives). `method` says which weights train")
+    preference: PreferenceConfig = Field(default_factory=PreferenceConfig, description="settings of objectives dpo, orpo, kto, simpo")
     lora: LoraSettings = Field(default_factory=LoraSettings)
     quantization: QuantizationSettings = Field(default_factory=QuantizationSettings)
     training: TrainingConfig = Field(default_factory=TrainingConfig)

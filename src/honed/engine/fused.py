@@ -156,7 +156,10 @@ class FusedPath:
         return autocast_dtype(precision)
 
     def tokens_per_micro_batch(self) -> int:
-        return self.cfg.training.batch_size * self.cfg.data.max_seq_length
+        # A preference objective's micro-batch row holds a pair (or a KTO sample and its mismatched
+        # sequence): up to two sequences of max_seq_length each, so the plan counts both.
+        sequences = 1 if getattr(self.cfg, "objective", "sft") == "sft" else 2
+        return sequences * self.cfg.training.batch_size * self.cfg.data.max_seq_length
 
     def hidden_state_bytes(self) -> int:
         """Bytes of one token's hidden state at 2 bytes a value (bf16/fp16); a recomputed layer keeps two."""

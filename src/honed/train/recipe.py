@@ -211,6 +211,9 @@ def setup_run(cfg: TrainConfig) -> TrainingRun:
                       scheduler=scheduler, scaler=scaler, params=[p for p in model.parameters() if p.requires_grad], tokenizer=tokenizer,
                       info=info, data=data, schedule=schedule, output_dir=out, fingerprint=data_fingerprint(cfg.data))
     run.state = resume_state(run, resume_from)
+    prepare = getattr(objective, "prepare_reference", None)  # preference objectives: cached reference log-probs
+    if prepare is not None:
+        prepare(run)
     # Rows past the resumed step (or every row, when a run died before its first checkpoint) go.
     run.metrics = MetricsLog(out, tensorboard=t.tensorboard, resume_step=run.state.step)
     return run

@@ -123,8 +123,9 @@ def log_step(run: TrainingRun, step: StepResult, loss: float, seconds: float, re
     result.losses.append(loss)
     progress.update(state.step, loss=loss, lr=step.lr, tokens_per_s=tokens_per_s)
     if state.step % run.cfg.training.logging_steps == 0 or state.step == run.schedule.total_steps:
+        metrics = getattr(run.objective, "step_metrics", dict)(step.metrics)  # preference: sums → means per pair
         run.metrics.write("train", state.step, loss=loss, lr=step.lr, grad_norm=float(step.grad_norm), tokens_per_s=tokens_per_s,
-                          epoch=state.epoch, **step.metrics)
+                          epoch=state.epoch, **metrics)
 
 
 def evaluate_and_keep_best(run: TrainingRun, result: TrainResult, progress: TrainProgress) -> None:

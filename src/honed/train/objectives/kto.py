@@ -48,5 +48,18 @@ class KTOObjective(PairwiseObjective):
         }
         return ObjectiveLoss(loss_sum=losses.sum(), weight=n, metrics=metrics)
 
+    def step_metrics(self, sums: dict[str, float]) -> dict[str, float]:
+        """Rewards as means over the desirable / undesirable samples, kl as the mean over micro-batches' samples."""
+        out = {k: sums[k] for k in ("samples", "desirable", "undesirable") if k in sums}
+        if sums.get("desirable"):
+            out["rewards/chosen"] = sums["rewards/chosen"] / sums["desirable"]
+        if sums.get("undesirable"):
+            out["rewards/rejected"] = sums["rewards/rejected"] / sums["undesirable"]
+        if "rewards/chosen" in out and "rewards/rejected" in out:
+            out["rewards/margin"] = out["rewards/chosen"] - out["rewards/rejected"]
+        if sums.get("samples"):
+            out["kl"] = sums["kl"] / sums["samples"]
+        return out
+
 
 register_objective("kto", KTOObjective)

@@ -130,21 +130,25 @@ class PairwiseObjective:
             sums, _ = sequence_logps(token_logps(path, model, batch), batch, 2 * n)
         return sums.detach()
 
-    def prepare_reference(self, model, path, *, device, pad_id: int, batch_size: int, autocast, output_dir, fingerprint: str,
-                          model_name: str, weights_moved: bool) -> None:
-        """With `reference: cache`, attach each item's reference log-probs before the first step (computed from
-        the model as it is now, or read back from OUTPUT/reference_logps.safetensors on resume)."""
+    def prepare_reference(self, run) -> None:
+        """With `reference: cache`, attach each item's reference log-probs before the first step: computed
+        from the model as it is now (the starting weights), or read back from OUTPUT/reference_logps.safetensors
+        on resume, when the weights have moved (`recipe.setup_run` calls this once the state is known)."""
         if not self.uses_reference or self.reference != "cache" or self.data is None:
             return
         from honed.train.objectives.reference import CACHE_FILE, cache_key, compute_logps, prepare_cache
+        from honed.utils.precision import autocast_context
 
+        model, path = run.model, run.path
         was_training = model.training
         model.eval()
         try:
-            prepare_cache({"train": self.data.train, "validation": self.data.val}, path=Path(output_dir) / CACHE_FILE,
-                          key=cache_key(fingerprint, model_name, self.name), weights_moved=weights_moved,
-                          compute=lambda items: compute_logps(items, lambda b: token_logps(path, model, b), device=device, pad_id=pad_id,
-                                                              padding_free=path.padding_free, batch_size=batch_size, autocast=autocast))
+            prepare_cache({"train": self.data.train, "validation": self.data.val}, path=Path(run.output_dir) / CACHE_FILE,
+                          key=cache_key(run.fingerprint, run.cfg.model.name_or_path, self.name), weights_moved=run.state.step > 0,
+                          compute=lambda items: compute_logps(items, lambda b: token_logps(path, model, b), device=run.device,
+                                                              pad_id=run.tokenizer.pad_token_id, padding_free=path.padding_free,
+                                                              batch_size=run.cfg.training.batch_size,
+                                                              autocast=autocast_context(run.precision, run.device)))
         finally:
             model.train(was_training)
 
@@ -177,6 +181,12 @@ class PairwiseObjective:
             "logps/rejected": float(pr.detach().sum()),
         }
         return ObjectiveLoss(loss_sum=losses.sum(), weight=n, metrics=metrics)
+
+
+    def step_metrics(self, sums: dict[str, float]) -> dict[str, float]:
+        """A step's summed metrics as the per-pair means that metrics.jsonl logs."""
+        n = sums.get("pairs", 0) or 1
+        return {key: (value if key == "pairs" else value / n) for key, value in sums.items()}
 
 
 class DPOObjective(PairwiseObjective):
