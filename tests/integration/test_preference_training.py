@@ -82,6 +82,7 @@ def test_resumed_dpo_run_matches_uninterrupted(tiny_model_dir, tmp_path, pair_fi
 
 def test_full_finetune_uses_the_reference_cache_and_resumes_exactly(tiny_model_dir, tmp_path, pair_files):
     from honed.errors import ConfigError
+    from honed.train.checkpoint import list_checkpoints
     from honed.train.objectives.reference import CACHE_FILE
 
     train_path, _ = pair_files
@@ -96,7 +97,7 @@ def test_full_finetune_uses_the_reference_cache_and_resumes_exactly(tiny_model_d
     assert resumed.losses == pytest.approx(uninterrupted.losses[2:], rel=1e-5, abs=1e-6)
     # Without the cache, a resumed full fine-tune cannot recompute it from moved weights.
     (tmp_path / "b" / CACHE_FILE).unlink()
-    cfg.training.resume = str(sorted((tmp_path / "b").glob("checkpoint-*"))[0])
+    cfg.training.resume = str(list_checkpoints(tmp_path / "b")[0])
     with pytest.raises(ConfigError, match="reference_logps.safetensors is missing"):
         train(cfg, show_progress=False)
     with pytest.raises(ConfigError, match="adapter_off needs a LoRA"):
@@ -121,7 +122,7 @@ def test_kto_trains_on_unpaired_samples(tiny_model_dir, tmp_path, pair_files):
         p = _pair(t)
         rows += [{"prompt": p["prompt"], "completion": p["chosen"], "label": True}, {"prompt": p["prompt"], "completion": p["rejected"], "label": False}]
     kto_path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    result = train(_cfg(tiny_model_dir, tmp_path, kto_path, objective="kto", training={"epochs": 4}), show_progress=False)
+    result = train(_cfg(tiny_model_dir, tmp_path, kto_path, objective="kto", training={"epochs": 4, "batch_size": 8}), show_progress=False)
     assert result.losses[0] == pytest.approx(0.5, abs=1e-5)  # policy = reference: 1 - σ(0) for every sample
     assert result.losses[-1] < 0.45
     assert _held_out_accuracy(result.output_dir, held_out)["accuracy"] == 1.0
