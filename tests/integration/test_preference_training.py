@@ -128,3 +128,28 @@ def test_kto_trains_on_unpaired_samples(tiny_model_dir, tmp_path, pair_files):
     assert _held_out_accuracy(result.output_dir, held_out)["accuracy"] == 1.0
     last = [json.loads(line) for line in (result.output_dir / "metrics.jsonl").read_text().splitlines() if '"train"' in line][-1]
     assert last["rewards/chosen"] > last["rewards/rejected"]
+
+
+def test_cli_trains_dpo_and_eval_reports_preference(tiny_model_dir, tmp_path, pair_files, capsys):
+    import yaml
+
+    from honed.cli import main
+
+    train_path, held_out = pair_files
+    cfg = _cfg(tiny_model_dir, tmp_path, train_path, "cli", training={"max_steps": 2})
+    config_file = tmp_path / "dpo.yaml"
+    config_file.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+    assert main(["train", str(config_file), "--no-progress"]) == 0
+    out = tmp_path / "cli"
+    assert (out / "adapter_model.safetensors").is_file() and (out / "metrics.jsonl").is_file()
+    # A pairs file under objective kto is an error naming the line, not a traceback.
+    assert main(["train", str(config_file), "objective=kto", f"training.output_dir={tmp_path / 'kto'}", "--no-progress"]) == 2
+    assert f"{train_path}:1: this objective trains on prompt/completion/label records" in capsys.readouterr().err
+    eval_data = tmp_path / "eval.jsonl"
+    eval_data.write_text(json.dumps({"prompt": "What does TSH measure?", "reference": "A hormone."}) + "\n")
+    assert main(["eval", "--model", str(out), "--baseline", "base", "--data", str(eval_data), "--preference", str(held_out),
+                 "--max-new-tokens", "4", "--output", str(tmp_path / "report"), "--no-progress"]) == 0
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert report["models"][1]["metrics"]["preference"]["accuracy"] == 0.0  # the base, as measured before training above
+    assert report["models"][0]["metrics"]["preference"]["n_pairs"] == 4
+    assert "preference_accuracy" in report["deltas"]["cli"]

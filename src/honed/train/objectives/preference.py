@@ -51,6 +51,12 @@ def adapter_off(model):
     return disable()
 
 
+def _model_identity(cfg) -> str:
+    """What the reference log-probs depend on besides the data: the model, how text is rendered, the adapter started from."""
+    m = cfg.model
+    return f"{m.name_or_path}|{m.revision}|{m.template}|{m.enable_thinking}|{cfg.method}|{cfg.lora.init_from}"
+
+
 def n_items(batch) -> int:
     """Pairs (or KTO samples) in a micro-batch: two sequences each, numbered 0..2n-1 in sample_index."""
     return (int(batch["sample_index"].max()) + 1) // 2
@@ -144,7 +150,7 @@ class PairwiseObjective:
         model.eval()
         try:
             prepare_cache({"train": self.data.train, "validation": self.data.val}, path=Path(run.output_dir) / CACHE_FILE,
-                          key=cache_key(run.fingerprint, run.cfg.model.name_or_path, self.name), weights_moved=run.state.step > 0,
+                          key=cache_key(run.fingerprint, _model_identity(run.cfg), self.name), weights_moved=run.state.step > 0,
                           compute=lambda items: compute_logps(items, lambda b: token_logps(path, model, b), device=run.device,
                                                               pad_id=run.tokenizer.pad_token_id, padding_free=path.padding_free,
                                                               batch_size=run.cfg.training.batch_size,
