@@ -29,7 +29,7 @@ import torch
 
 from honed.config import DataConfig, DataSource
 from honed.data.conversation import Conversation
-from honed.data.dataset import DataReport, inject_system_prompt, scope_prompt, weighted
+from honed.data.dataset import DataReport, carve_validation, inject_system_prompt, scope_prompt, weighted
 from honed.data.packing import collate
 from honed.data.preference import KTO_FORMAT, KTOSample, PreferencePair, detect_preference_format, to_kto_sample, to_preference_pair
 from honed.data.readers import read_records
@@ -105,16 +105,7 @@ def load_preference_items(data: DataConfig, seed: int, report: DataReport, *, kt
     per_source = [(src, load_preference_source(src, data.on_bad_record, report, prompt, kto)) for src in data.train]
     validation = [x for src in data.validation for x in load_preference_source(src, data.on_bad_record, report, prompt, kto)]
     if not validation and data.val_ratio > 0:
-        carved = []
-        for src, items in per_source:
-            order = list(range(len(items)))
-            rng.shuffle(order)
-            n_val = max(1, round(data.val_ratio * len(items)))
-            if n_val >= len(items):
-                raise DataError(f"{src.path}: data.val_ratio={data.val_ratio} leaves no training records")
-            validation += [items[j] for j in sorted(order[:n_val])]
-            carved.append((src, [items[j] for j in sorted(order[n_val:])]))
-        per_source = carved
+        per_source, validation = carve_validation(per_source, data.val_ratio, rng)
     train = [x for src, items in per_source for x in weighted(src, items, rng)]
     return train, validation
 
