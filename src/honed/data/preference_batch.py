@@ -102,8 +102,12 @@ def load_preference_items(data: DataConfig, seed: int, report: DataReport, *, kt
     """Train and validation items of a data config (validation carved per file, before weighting)."""
     rng = random.Random(seed)
     prompt = scope_prompt(data)
-    per_source = [(src, load_preference_source(src, data.on_bad_record, report, prompt, kto)) for src in data.train]
-    validation = [x for src in data.validation for x in load_preference_source(src, data.on_bad_record, report, prompt, kto)]
+
+    def own_prompt(src: DataSource) -> str | None:  # a file's own system_prompt wins, as in SFT
+        return src.system_prompt if src.system_prompt is not None else prompt
+
+    per_source = [(src, load_preference_source(src, data.on_bad_record, report, own_prompt(src), kto)) for src in data.train]
+    validation = [x for src in data.validation for x in load_preference_source(src, data.on_bad_record, report, own_prompt(src), kto)]
     if not validation and data.val_ratio > 0:
         per_source, validation = carve_validation(per_source, data.val_ratio, rng)
     train = [x for src, items in per_source for x in weighted(src, items, rng)]

@@ -140,6 +140,21 @@ def _weighted_logit_grad(logits, targets, lse, grad_rows):
     return grad.to(logits.dtype)
 
 
+def _per_token_losses(hidden, weight, rows, targets, chunk_rows):
+    """(loss of every row of `hidden`, 0 where not in `rows`; log-sum-exp of each of `rows`), chunk by chunk."""
+    out_dtype = torch.float64 if hidden.dtype == torch.float64 else torch.float32
+    out = torch.zeros(hidden.shape[0], dtype=out_dtype, device=hidden.device)
+    lse = torch.empty(rows.numel(), dtype=out_dtype, device=hidden.device)
+    w = weight if weight.dtype == hidden.dtype else weight.to(hidden.dtype)
+    for start in range(0, rows.numel(), chunk_rows):
+        idx, tgt = rows[start : start + chunk_rows], targets[start : start + chunk_rows]
+        z = _upcast(hidden.index_select(0, idx) @ w.t())
+        lse_c = torch.logsumexp(z, dim=-1)
+        lse[start : start + chunk_rows] = lse_c
+        out.index_copy_(0, idx, lse_c - z.gather(1, tgt[:, None]).squeeze(1))
+    return out, lse
+
+
 class _LinearCrossEntropyPerToken(torch.autograd.Function):
     """Unlike the summed loss, the upstream gradient differs per row (a preference loss weights each
     sequence by its own sigmoid), so it is not known in forward: backward recomputes each chunk's
@@ -147,16 +162,7 @@ class _LinearCrossEntropyPerToken(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, hidden, weight, rows, targets, chunk_rows):
-        out_dtype = torch.float64 if hidden.dtype == torch.float64 else torch.float32
-        out = torch.zeros(hidden.shape[0], dtype=out_dtype, device=hidden.device)
-        lse = torch.empty(rows.numel(), dtype=out_dtype, device=hidden.device)
-        w = weight if weight.dtype == hidden.dtype else weight.to(hidden.dtype)
-        for start in range(0, rows.numel(), chunk_rows):
-            idx, tgt = rows[start : start + chunk_rows], targets[start : start + chunk_rows]
-            z = _upcast(hidden.index_select(0, idx) @ w.t())
-            lse_c = torch.logsumexp(z, dim=-1)
-            lse[start : start + chunk_rows] = lse_c
-            out.index_copy_(0, idx, lse_c - z.gather(1, tgt[:, None]).squeeze(1))
+        out, lse = _per_token_losses(hidden, weight, rows, targets, chunk_rows)
         ctx.save_for_backward(hidden, weight, rows, targets, lse)
         ctx.chunk_rows = chunk_rows
         return out
@@ -196,4 +202,6 @@ def linear_cross_entropy_per_token(hidden: torch.Tensor, weight: torch.Tensor, t
     targets = targets.reshape(-1)
     rows = (targets != IGNORE).nonzero().squeeze(1)
     chunk = chunk_rows or default_chunk_rows(weight.shape[0])
+    if not (torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad)):
+        return _per_token_losses(hidden, weight, rows, targets.index_select(0, rows), chunk)[0]  # a reference pass: nothing kept
     return _LinearCrossEntropyPerToken.apply(hidden, weight, rows, targets.index_select(0, rows), chunk)

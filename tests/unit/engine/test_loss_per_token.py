@@ -48,3 +48,11 @@ def test_frozen_head_gets_no_gradient():
     h = hidden.requires_grad_(True)
     linear_cross_entropy_per_token(h, weight, targets, chunk_rows=4).sum().backward()
     assert weight.grad is None and h.grad[1].abs().sum().item() == 0.0
+
+
+def test_no_grad_pass_gives_the_same_values():
+    hidden, weight, targets = _case(torch.float32)
+    with torch.no_grad():
+        got = linear_cross_entropy_per_token(hidden.requires_grad_(True), weight, targets, chunk_rows=3)
+    assert not got.requires_grad
+    torch.testing.assert_close(got, reference_linear_cross_entropy_per_token(hidden.detach(), weight, targets), atol=1e-5, rtol=1e-5)
