@@ -122,3 +122,15 @@ def test_kto_mismatched_sequences(tiny_tokenizer):
     assert "question 0" in tok.decode(items[0].mismatched.input_ids) and "answer number 2" in tok.decode(items[0].mismatched.input_ids)
     batch = collate_pairs([items], pad_id=0, packing=True)
     assert batch["desirable"].tolist() == [True, False, True]
+
+
+def test_data_inspect_shows_both_sequences_of_each_pair(tiny_model_dir, tmp_path):
+    from honed.config import config_from_dict
+    from honed.data.inspect import inspect_data
+
+    path = tmp_path / "pairs.jsonl"
+    path.write_text("".join(json.dumps(RECORDS[f]) + "\n" for f in ("pairs", "openai_pairs")))
+    cfg = config_from_dict({"model": {"name_or_path": str(tiny_model_dir("qwen2"))}, "data": {"train": [str(path)]}, "objective": "dpo"})
+    found = inspect_data(cfg)
+    assert found.n_train == 2 and len(found.samples) == 4 and found.formats == {str(path): "pairs"}
+    assert found.samples[0].input_ids[:5] == found.samples[1].input_ids[:5]  # chosen and rejected share the prompt
