@@ -27,6 +27,7 @@ from honed.engine.layers import (
 )
 from honed.engine.lora import lora_linear, reference_lora_linear
 from honed.engine.loss import (
+from honed.engine.settings import resolve_engine_settings
     linear_cross_entropy_sum,
     reference_linear_cross_entropy_sum,
 )
@@ -260,7 +261,7 @@ def test_fused_path_matches_plain_path_on_gpu(tmp_path_factory, family, memory, 
 
     def run_path(dtype, fused):
         model = lora_model(folder, dtype)
-        path = FusedPath(cfg, torch.device("cuda")) if fused else PlainPath()
+        path = FusedPath(resolve_engine_settings(cfg, torch.device("cuda"))) if fused else PlainPath()
         model = path.prepare(model)
         if fused:
             assert path.plan.mode == memory and path.plan.keep_o

@@ -1,3 +1,4 @@
+from honed.engine.settings import resolve_engine_settings
 """CUDA graphs of the decoder stack (engine.graphs, training.cuda_graphs) against the eager stack on
 the GPU: the same losses and LoRA weights over AdamW steps in bf16, under each memory plan, with
 varlen attention, offload copies on their side stream and QLoRA's NF4 bases. Run on the GPU machine
@@ -30,7 +31,7 @@ def train_steps(folder, memory: str, cuda_graphs: bool, steps, quantized: bool =
                 p.data.normal_(0, 0.02)
     else:
         model = lora_model(folder, dtype=torch.bfloat16, r=8, alpha=16, b_std=0.02, device="cuda", attn_implementation="sdpa")
-    path = FusedPath(cfg, torch.device("cuda"))
+    path = FusedPath(resolve_engine_settings(cfg, torch.device("cuda")))
     model = path.prepare(model)
     losses, weights = train_path_steps(path, model, steps, lr=1e-3, autocast_dtype=torch.bfloat16)
     return losses, weights, path

@@ -1,3 +1,4 @@
+from honed.engine.settings import resolve_engine_settings
 """training.embeddings_on_host on the GPU (engine.host_embedding): the kernel that reads rows of a
 pinned host table against F.embedding on the GPU, bit for bit, and the fused path training with its
 table in host memory against the same path with the table on the GPU. Run on the GPU machine with
@@ -78,7 +79,7 @@ def train(folder, steps, *, on_host: bool, memory: str, quantized: bool = False,
     for name, p in model.named_parameters():
         if "lora_B" in name:
             p.data.normal_(0, 0.02)
-    path = FusedPath(path_config(folder, memory=memory, embeddings_on_host=on_host, cuda_graphs=cuda_graphs), torch.device("cuda"))
+    path = FusedPath(resolve_engine_settings(path_config(folder, memory=memory, embeddings_on_host=on_host, cuda_graphs=cuda_graphs), torch.device("cuda")))
     torch.cuda.empty_cache()
     before = torch.cuda.memory_allocated()
     model = path.prepare(model)

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from honed.engine.attention import (
+from honed.engine.settings import resolve_engine_settings
     probe_native_gqa,
     sequence_boundaries,
     torch_varlen,
@@ -168,7 +169,7 @@ def test_fused_path_with_varlen_matches_plain_path_on_packed_batch(tmp_path_fact
 
     def run_path(dtype, fused, batch):
         model = lora_model(folder, dtype)
-        path = FusedPath(config_for(folder, memory), torch.device("cuda")) if fused else PlainPath()
+        path = FusedPath(resolve_engine_settings(config_for(folder, memory), torch.device("cuda"))) if fused else PlainPath()
         model = path.prepare(model)
         if fused:
             assert path.attention == "varlen" and path.padding_free
@@ -209,7 +210,7 @@ def test_packed_samples_score_as_they_do_one_per_row(tmp_path_factory, family):
 
     folder = build_tiny_model(family, tmp_path_factory.mktemp(family), hidden_size=256, layers=3)
     model = lora_model(folder, torch.bfloat16)
-    path = FusedPath(config_for(folder), torch.device("cuda"))
+    path = FusedPath(resolve_engine_settings(config_for(folder), torch.device("cuda")))
     model = path.prepare(model)
     assert path.attention == "varlen"
     model.eval()

@@ -37,7 +37,7 @@ from honed.train.metrics_log import MetricsLog
 from honed.train.objectives import ObjectiveData, get_objective
 from honed.train.optim import build_optimizer, build_scheduler, warmup_steps_for
 from honed.utils.fs import prepare_output_dir
-from honed.engine.settings import resolve_precision
+from honed.engine.settings import EngineSettings, resolve_engine_settings
 from honed.utils.precision import autocast_context
 from honed.utils.seed import set_seed
 
@@ -59,8 +59,7 @@ class TrainingRun:
     """Everything one training run holds. `honed bench` fills only the step's part (no data, no outputs)."""
 
     cfg: TrainConfig
-    device: torch.device
-    precision: str  # resolved: bf16 / fp16 / fp32 / fp8
+    settings: EngineSettings  # device, resolved precision, memory policy ... (what the engine reads)
     model: torch.nn.Module
     path: object  # honed.engine.TrainingPath
     objective: object  # honed.train.objectives.Objective
@@ -128,10 +127,10 @@ class _TokenIds:
     source: str
 
 
-def prepare_training_path(model, cfg: TrainConfig, device: torch.device, path=None):
+def prepare_training_path(model, settings: EngineSettings, path=None):
     """(path, model): the training path `select_path` picks (or `path`), with the model it prepared."""
-    path = path if path is not None else select_path(model, cfg, device)
-    if cfg.training.cuda_graphs and path.name != "fused":
+    path = path if path is not None else select_path(model, settings)
+    if settings.cuda_graphs and path.name != "fused":
         log.info("training.cuda_graphs: not used, the %s path has no graphs (only the fused path on CUDA does)", path.name)
     model = path.prepare(model)
     model.train()
@@ -148,13 +147,13 @@ def plan_schedule(cfg: TrainConfig, objective, data: ObjectiveData) -> Schedule:
                     save_every=t.save_steps or steps_per_epoch)
 
 
-def build_optimization(model, cfg: TrainConfig, precision: str, device: torch.device, total_steps: int):
+def build_optimization(model, cfg: TrainConfig, settings: EngineSettings, total_steps: int):
     """(optimizer, scheduler, scaler): AdamW over the trainable weights, the LR schedule, and a
     gradient scaler for fp16 only."""
     t = cfg.training
     optimizer = build_optimizer(model, t)
     scheduler = build_scheduler(optimizer, t.lr_scheduler, warmup_steps=warmup_steps_for(t, total_steps), total_steps=total_steps)
-    scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
+    scaler = torch.amp.GradScaler(settings.device.type) if settings.precision == "fp16" else None
     return optimizer, scheduler, scaler
 
 
@@ -186,8 +185,8 @@ def setup_run(cfg: TrainConfig) -> TrainingRun:
     resume_from = ckpt.find_resume_checkpoint(t.resume, out)
     prepare_output_dir(out, overwrite=t.overwrite and not t.resume, resuming=bool(t.resume))
     set_seed(t.seed)
-    device = pick_device(t.device)
-    precision = resolve_precision(t.precision, device)
+    settings = resolve_engine_settings(cfg, pick_device(t.device))  # precision resolved (and fp8 checked) here, once
+    device, precision = settings.device, settings.precision
     check_method_precision(cfg, precision)
 
     tokenizer = load_tokenizer(cfg.model)
@@ -199,15 +198,15 @@ def setup_run(cfg: TrainConfig) -> TrainingRun:
     log.info("data: %s", data.report.summary())
     check_data_fits_model(model, objective, data, cfg.model.name_or_path)
     model, info = finish_training_model(model, info, cfg)
-    path, model = prepare_training_path(model, cfg, device)
+    path, model = prepare_training_path(model, settings)
     trainable, total = count_parameters(model)
     info.update(method=cfg.method, objective=objective.name, precision=precision, device=str(device), trainable_params=trainable,
                 total_params=total, training_path=path.name)
     log.info("model: %s %s on %s, %s, %.3g M trainable of %.3g M parameters", info["model_type"], cfg.method, device, precision, trainable / 1e6, total / 1e6)
 
     schedule = plan_schedule(cfg, objective, data)
-    optimizer, scheduler, scaler = build_optimization(model, cfg, precision, device, schedule.total_steps)
-    run = TrainingRun(cfg=cfg, device=device, precision=precision, model=model, path=path, objective=objective, optimizer=optimizer,
+    optimizer, scheduler, scaler = build_optimization(model, cfg, settings, schedule.total_steps)
+    run = TrainingRun(cfg=cfg, settings=settings, model=model, path=path, objective=objective, optimizer=optimizer,
                       scheduler=scheduler, scaler=scaler, params=[p for p in model.parameters() if p.requires_grad], tokenizer=tokenizer,
                       info=info, data=data, schedule=schedule, output_dir=out, fingerprint=data_fingerprint(cfg.data))
     run.state = resume_state(run, resume_from)
@@ -274,8 +273,8 @@ def accumulate_gradients(run: TrainingRun, micro_batches: list, total_weight: in
     Returns (each micro-batch's detached loss, the objective's metrics summed)."""
     losses, metrics = [], {}
     for batch in micro_batches:
-        batch = {k: v.to(run.device, non_blocking=True) for k, v in batch.items()}
-        with autocast_context(run.precision, run.device):
+        batch = {k: v.to(run.settings.device, non_blocking=True) for k, v in batch.items()}
+        with autocast_context(run.settings.precision, run.settings.device):
             out = run.objective.loss(run.path, run.model, batch)
         loss = out.loss_sum / max(total_weight, 1)
         (run.scaler.scale(loss) if run.scaler else loss).backward()
@@ -320,8 +319,8 @@ def evaluate(run: TrainingRun, samples: list | None = None) -> float:
     lengths = [run.objective.sample_length(s) for s in samples]
     for rows in plan_batches(lengths, batch_size=cfg.training.batch_size, max_seq_length=cfg.data.max_seq_length, packing=cfg.data.packing):
         batch = run.objective.collate(samples, rows, pad_id=run.tokenizer.pad_token_id, packing=cfg.data.packing, padding_free=run.path.padding_free)
-        batch = {k: v.to(run.device) for k, v in batch.items()}
-        with autocast_context(run.precision, run.device):
+        batch = {k: v.to(run.settings.device) for k, v in batch.items()}
+        with autocast_context(run.settings.precision, run.settings.device):
             out = run.objective.loss(run.path, model, batch)
         total, count = total + float(out.loss_sum), count + out.weight
     model.train()

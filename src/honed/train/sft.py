@@ -10,7 +10,6 @@ micro-batches, weighted by the objective (trained tokens for SFT).
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import functools
 import logging
 import signal
@@ -157,7 +156,7 @@ def stop_with_checkpoint(run: TrainingRun, result: TrainResult, *, signalled: bo
 def end_epoch(run: TrainingRun) -> None:
     """Let the epoch strategy learn from the finished epoch (hard mining scores it), then the next."""
     state = run.state
-    scorer = functools.partial(score_samples, run.model, device=run.device, pad_id=run.tokenizer.pad_token_id, precision=run.precision)
+    scorer = functools.partial(score_samples, run.model, device=run.settings.device, pad_id=run.tokenizer.pad_token_id, precision=run.settings.precision)
     run.data.epochs.end_epoch(state.epoch, scorer)
     state.epoch, state.batch_in_epoch = state.epoch + 1, 0
 
@@ -172,14 +171,9 @@ def finish_run(run: TrainingRun, started: float) -> None:
 
 
 def path_record(path) -> dict:
-    """What the training path did, for run_info.json: the fused path's memory plan as it ended (after
-    any out-of-memory retry), where its input embeddings were, and how often CUDA graphs replayed."""
-    record = {}
-    if getattr(path, "plan", None) is not None:
-        record["memory_plan"] = dataclasses.asdict(path.plan)
-    if hasattr(path, "embeddings_on_host"):
-        record["embeddings_on_host"] = path.embeddings_on_host
-    if getattr(path, "graphs", None) is not None:
-        record["cuda_graphs"] = path.graphs.summary()
+    """What the training path did, for run_info.json (beside `training_path`): its own summary, the
+    keys it has a value for (the fused path: memory_plan as it ended, embeddings_on_host, cuda_graphs)."""
+    record = {k: v for k, v in path.describe().items() if k != "name" and v is not None}
+    if "cuda_graphs" in record:
         log.info("CUDA graphs: %(captures)d captured, %(replays)d replays, %(eager_runs)d micro-batches eager, %(capture_s).1f s capturing", record["cuda_graphs"])
     return record

@@ -12,6 +12,7 @@ from honed.engine import PlainPath
 from honed.errors import ConfigError
 from honed.train.objectives import base, get_objective
 from honed.train.objectives.sft import SFTObjective
+from honed.engine.settings import resolve_engine_settings
 
 
 def cfg(**top):
@@ -97,7 +98,7 @@ def test_fused_token_logps_equal_the_plain_paths(tiny_model_dir, monkeypatch, st
     labels[:, :5] = -100
     batch = {"input_ids": ids, "labels": labels}
     plain = PlainPath().token_logps(model, batch)
-    fused_path = FusedPath(path_config("unused", memory="none", device="cpu"), torch.device("cpu"))
+    fused_path = FusedPath(resolve_engine_settings(path_config("unused", memory="none", device="cpu"), torch.device("cpu")))
     fused = fused_path.token_logps(fused_path.prepare(model), batch)
     assert fused.shape == plain.shape == (2, 15)
     assert (fused[:, :4] == 0).all()

@@ -151,10 +151,10 @@ class PairwiseObjective:
         try:
             prepare_cache({"train": self.data.train, "validation": self.data.val}, path=Path(run.output_dir) / CACHE_FILE,
                           key=cache_key(run.fingerprint, _model_identity(run.cfg), self.name), weights_moved=run.state.step > 0,
-                          compute=lambda items: compute_logps(items, lambda b: token_logps(path, model, b), device=run.device,
+                          compute=lambda items: compute_logps(items, lambda b: token_logps(path, model, b), device=run.settings.device,
                                                               pad_id=run.tokenizer.pad_token_id, padding_free=path.padding_free,
                                                               batch_size=run.cfg.training.batch_size,
-                                                              autocast=autocast_context(run.precision, run.device)))
+                                                              autocast=autocast_context(run.settings.precision, run.settings.device)))
         finally:
             model.train(was_training)
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 
 from honed.data.packing import collate
-from honed.train.losses import count_trained_tokens
+from honed.model.lm_loss import count_trained_tokens
 from honed.train.objectives.base import ObjectiveData, ObjectiveLoss, register_objective
 
 log = logging.getLogger(__name__)
