@@ -122,3 +122,11 @@ def test_reference_choice_and_config_errors():
         cfg(objective="dpo", preference={"loss_type": "ipo", "label_smoothing": 0.1})
     with pytest.raises(ConfigError, match="preference.bta"):
         cfg(objective="dpo", preference={"bta": 0.1})
+
+
+def test_memory_plan_counts_both_sequences_of_a_pair():
+    from honed.engine.settings import resolve_engine_settings
+
+    sft = resolve_engine_settings(cfg(training={"batch_size": 3}), torch.device("cpu"))
+    dpo = resolve_engine_settings(cfg(objective="dpo", training={"batch_size": 3}), torch.device("cpu"))
+    assert (sft.tokens_per_micro_batch, dpo.tokens_per_micro_batch) == (3 * 1024, 2 * 3 * 1024)
