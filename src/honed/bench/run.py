@@ -47,6 +47,7 @@ def bench_config(model_dir: str, args):
         "model": {"name_or_path": model_dir},
         "data": {"train": ["<random tokens>"], "max_seq_length": args.seq, "packing": True},
         "method": "qlora" if args.qlora else "lora",
+        "objective": getattr(args, "objective", "sft"),
         "lora": {"r": args.rank, "alpha": args.rank, "dropout": 0.0, "target_modules": TARGETS},
         "training": {"batch_size": args.batch, "learning_rate": 1e-4, "weight_decay": 0.01, "lr_scheduler": "constant", "warmup_ratio": 0.0,
                      "precision": getattr(args, "precision", "bf16"),
@@ -64,7 +65,7 @@ def build_bench_run(cfg, *, total_steps: int, fp32_embeddings: bool = False, dev
 
     from honed.engine import select_path
     from honed.engine.settings import resolve_engine_settings
-    from honed.train.objectives.sft import SFTObjective
+    from honed.train.objectives import get_objective
     from honed.train.recipe import TrainingRun, build_optimization, finish_training_model, load_base_model, prepare_training_path
     from honed.utils.seed import set_seed
 
@@ -76,7 +77,10 @@ def build_bench_run(cfg, *, total_steps: int, fp32_embeddings: bool = False, dev
         path.restore_embeddings = False
     path, model = prepare_training_path(model, settings, path)
     optimizer, scheduler, scaler = build_optimization(model, cfg, settings, total_steps)
-    return TrainingRun(cfg=cfg, settings=settings, model=model, path=path, objective=SFTObjective(), optimizer=optimizer, scheduler=scheduler,
+    objective = get_objective(cfg)
+    if hasattr(objective, "configure"):  # preference objectives read the `preference:` section (reference: adapter off)
+        objective.configure(cfg)
+    return TrainingRun(cfg=cfg, settings=settings, model=model, path=path, objective=objective, optimizer=optimizer, scheduler=scheduler,
                        scaler=scaler, params=[p for p in model.parameters() if p.requires_grad], measure_grad_norm=False, info=info)
 
 
@@ -102,9 +106,12 @@ def run_bench(args) -> dict:
     from honed.engine import nf4
     from honed.engine.fused import causal_lm_of
 
+    lengths_spec = getattr(args, "lengths", None)
+    objective = getattr(args, "objective", "sft")
+    if objective != "sft" and lengths_spec:
+        raise HonedError("--lengths times SFT on real-data lengths; with --objective dpo/orpo/simpo/kto leave it out (random pairs of --seq tokens)")
     if not torch.cuda.is_available():
         raise HonedError("honed bench needs a CUDA GPU")
-    lengths_spec = getattr(args, "lengths", None)
     data = None
     if lengths_spec:  # before loading the model, so a wrong --lengths fails at once
         data = bench_data(lengths_spec, vocab_size=SHAPES[args.shape]["vocab_size"], seq=args.seq, batch=args.batch,
@@ -123,7 +130,22 @@ def run_bench(args) -> dict:
     )
     if args.qlora:  # which code dequantised the NF4 weights (engine.nf4)
         res["nf4_dequantisation"] = "bitsandbytes" if nf4.kernel_unavailable_reason() else "honed-triton"
-    if data is None:
+    if objective != "sft":
+        # `--batch` pairs a micro-batch, each two sequences of `--seq` tokens sharing a prompt of seq/2 (bench.preference);
+        # a step is the policy forward of both, the reference forward with the adapter off (DPO, KTO) and one backward.
+        from honed.bench.preference import random_pair_batches
+
+        batches = random_pair_batches(vocab_size=model.config.vocab_size, first_token_id=FIRST_TOKEN_ID, seq=args.seq, batch=args.batch,
+                                      n_batches=4, pad_id=PAD_ID, padding_free=path.padding_free, kto=objective == "kto")
+        in_order = [batches[i] for i in batch_order(args.warmup, args.steps, len(batches))]
+        losses, warmup_s, dt, each = time_steps(step, in_order[: args.warmup], in_order[args.warmup :])
+        described = path.describe()
+        graph_pool = described.get("cuda_graph_pool_bytes", 0)
+        tps = args.steps * 2 * args.batch * args.seq / dt  # both sequences of every pair
+        res.update(objective=objective, reference=getattr(run.objective, "reference", None) if run.objective.uses_reference else None,
+                   pairs_per_s=round(args.steps * args.batch / dt, 2), tokens_per_s=round(tps, 1), step_s=round(dt / args.steps, 4),
+                   **memory_fields(graph_pool))
+    elif data is None:
         g = torch.Generator(device="cpu").manual_seed(DATA_SEED)  # the same batches as peer_bench.py
         vocab = model.config.vocab_size
         batches = [torch.randint(FIRST_TOKEN_ID, vocab, (args.batch, args.seq), generator=g) for _ in range(4)]

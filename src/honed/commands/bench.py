@@ -72,6 +72,9 @@ def register(sub) -> None:
     p.add_argument("--max-grad-norm", type=max_grad_norm, default=1.0,
                    help="training.max_grad_norm (default 1.0, as honed train); 0 or none: no clipping (the peers do not clip)")
     p.add_argument("--precision", default="bf16", choices=["bf16", "fp8"], help="training.precision (default bf16, as the peers)")
+    p.add_argument("--objective", default="sft", choices=["sft", "dpo", "orpo", "simpo", "kto"],
+                   help="what a step trains: sft, or a preference objective on --batch random pairs of two --seq-token sequences "
+                        "(DPO/KTO: reference forward with the LoRA adapter off)")
     p.add_argument("--lengths", metavar="NAME|FILE", default=None,
                    help=f"real-data mode: variable-length samples drawn from a shipped length distribution ({', '.join(LENGTH_DISTRIBUTIONS)}) "
                         "or a JSON histogram file of the same form, packed as honed train packs them; reports effective (non-padding) tokens/s")
