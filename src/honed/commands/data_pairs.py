@@ -19,6 +19,7 @@ def register_make_pairs(verbs) -> None:
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--device", default="auto")
+    p.add_argument("--kto", action="store_true", help="write unpaired KTO records (prompt/completion/label) instead of pairs")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     p.set_defaults(func=run_make_pairs)
@@ -30,7 +31,7 @@ def run_make_pairs(args) -> int:
     from rich.console import Console
 
     from honed.data.dataset import inject_system_prompt
-    from honed.data.make_pairs import make_pairs, write_pairs
+    from honed.data.make_pairs import as_kto, make_pairs, write_pairs
     from honed.data.readers import read_records
     from honed.eval.metrics.refusal import RefusalDetector
     from honed.utils.fs import check_writable
@@ -49,9 +50,10 @@ def run_make_pairs(args) -> int:
 
     pairs, counts = make_pairs(read_records(args.input), split_field=args.split_field, answer=answer,
                                is_refusal=RefusalDetector().is_refusal, seed=args.seed)
-    write_pairs(pairs, args.output, overwrite=args.overwrite)
+    write_pairs(as_kto(pairs) if args.kto else pairs, args.output, overwrite=args.overwrite)
     console = Console()
-    console.print(f"wrote {len(pairs)} pairs to {args.output}: {counts['refusal']} refusal, {counts['hard_negative']} hard-negative")
+    what = f"{2 * len(pairs)} KTO records from {len(pairs)} pairs" if args.kto else f"{len(pairs)} pairs"
+    console.print(f"wrote {what} to {args.output}: {counts['refusal']} refusal, {counts['hard_negative']} hard-negative")
     if counts["model_also_refused"]:
         console.print(f"{counts['model_also_refused']} out-of-domain prompts made no pair: the model already refused them")
     if counts["refusal_without_model"]:

@@ -88,6 +88,19 @@ def make_pairs(records, *, split_field: str = "kind", answer: Callable[[list[Con
     return pairs, counts
 
 
+def as_kto(pairs: list[dict]) -> list[dict]:
+    """Each pair as two unpaired KTO records: the chosen answer desirable, the rejected one not.
+
+    >>> as_kto([{"prompt": [], "chosen": ["a"], "rejected": ["b"], "kind": "refusal"}])[1]["label"]
+    False
+    """
+    out = []
+    for p in pairs:
+        rest = {k: v for k, v in p.items() if k not in ("chosen", "rejected")}
+        out += [{**rest, "completion": p["chosen"], "label": True}, {**rest, "completion": p["rejected"], "label": False}]
+    return out
+
+
 def write_pairs(pairs: list[dict], path, *, overwrite: bool = False) -> None:
     """JSONL, written atomically; an existing file is kept unless `overwrite`."""
     from honed.utils.fs import check_writable, write_text_atomic

@@ -57,3 +57,17 @@ def test_without_a_model_only_hard_negatives(tmp_path):
 def test_record_without_answer_is_an_error():
     with pytest.raises(DataError, match="f:9: the record has no answer"):
         make_pairs([("f:9", {"kind": "in_domain", "messages": [{"role": "user", "content": "q"}]})])
+
+
+def test_cli_writes_kto_records_that_read_back(tmp_path):
+    from honed.cli import main
+    from honed.data.preference import to_kto_sample
+
+    src = tmp_path / "sft.jsonl"
+    src.write_text("".join(json.dumps(r) + "\n" for _, r in RECORDS))
+    out = tmp_path / "kto.jsonl"
+    assert main(["data", "make-pairs", str(src), "-o", str(out), "--kto"]) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["label"] for r in rows] == [True, False, True, False]  # two hard negatives, no model: no refusal pairs
+    assert to_kto_sample(rows[1], "kto:2").completion[0].content in ("I only answer lab questions.", "I cannot give treatment advice.")
+    assert main(["data", "make-pairs", str(src), "-o", str(out)]) == 2  # an existing output is kept unless --overwrite
