@@ -143,8 +143,8 @@ def mismatch(prompt_of: TokenizedSample, answer_of: TokenizedSample, max_seq_len
 def tokenize_preference_items(items: list, tokenizer, template, data: DataConfig, report: DataReport, enable_thinking=None) -> list:
     """Tokenize pairs (or KTO samples); records with nothing to score are errors or counted skips.
 
-    A KTO sample's mismatched sequence takes the answer of the sample before it (the last takes the
-    first's), a fixed pairing so cached reference log-probs stay valid on resume."""
+    A KTO sample's mismatched sequence takes the answer of the nearest sample before it with another
+    prompt (wrapping around), a fixed pairing so cached reference log-probs stay valid on resume."""
     out = []
     for item in items:
         try:
@@ -162,8 +162,11 @@ def tokenize_preference_items(items: list, tokenizer, template, data: DataConfig
         if any(s.truncated for s in out[-1].sequences):
             report.truncated.append(item.source)
     kto = [x for x in out if isinstance(x, TokenizedKTO)]
+    prompts = [tuple(x.sample.input_ids[: _prompt_length(x.sample)]) for x in kto]
     for i, x in enumerate(kto):
-        x.mismatched = mismatch(x.sample, kto[i - 1].sample, data.max_seq_length)
+        # The nearest earlier sample with another prompt (files often hold both answers of a prompt side by side).
+        j = next((i - k for k in range(1, len(kto)) if prompts[i - k] != prompts[i]), i - 1)
+        x.mismatched = mismatch(x.sample, kto[j].sample, data.max_seq_length)
     return out
 
 

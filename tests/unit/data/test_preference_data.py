@@ -122,6 +122,13 @@ def test_kto_mismatched_sequences(tiny_tokenizer):
     assert "question 0" in tok.decode(items[0].mismatched.input_ids) and "answer number 2" in tok.decode(items[0].mismatched.input_ids)
     batch = collate_pairs([items], pad_id=0, packing=True)
     assert batch["desirable"].tolist() == [True, False, True]
+    # Both answers of one prompt side by side: the mismatched answer comes from another prompt.
+    same = [to_kto_sample({"prompt": p, "completion": c, "label": lab}, "k:1")
+            for p, c, lab in (("question A", "good A", True), ("question A", "bad A", False), ("question B", "good B", True))]
+    items = tokenize_preference_items(same, tok, get_template("chatml"), DataConfig(train=["x"]), DataReport())
+    texts = [tok.decode(x.mismatched.input_ids) for x in items]
+    assert "question A" in texts[1] and "good B" in texts[1]  # not "good A": same prompt, skipped
+    assert "question B" in texts[2] and "bad A" in texts[2]
 
 
 def test_data_inspect_shows_both_sequences_of_each_pair(tiny_model_dir, tmp_path):
