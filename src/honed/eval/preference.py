@@ -60,7 +60,7 @@ def summarise(rows: list[tuple[float, float, int, int]], skipped: list) -> dict:
     """accuracy, mean_margin, length_normalised_accuracy over scored pairs (None when none were scored).
 
     >>> summarise([(-1.0, -3.0, 2, 2), (-4.0, -2.0, 4, 1)], [])
-    {'n_pairs': 2, 'accuracy': 0.5, 'mean_margin': 0.0, 'length_normalised_accuracy': 0.5, 'skipped': 0}
+    {'n_pairs': 2, 'accuracy': 0.5, 'mean_margin': 0.0, 'length_normalised_accuracy': 1.0, 'skipped': 0}
     """
     n = len(rows)
     if not n:
