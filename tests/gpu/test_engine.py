@@ -27,7 +27,6 @@ from honed.engine.layers import (
 )
 from honed.engine.lora import lora_linear, reference_lora_linear
 from honed.engine.loss import (
-from honed.engine.settings import resolve_engine_settings
     linear_cross_entropy_sum,
     reference_linear_cross_entropy_sum,
 )
@@ -239,6 +238,7 @@ def test_fused_path_matches_plain_path_on_gpu(tmp_path_factory, family, memory, 
     "offload-partial": the first layer keeps everything, the other two recompute from the host."""
     from honed.engine import PlainPath, replay
     from honed.engine.fused import FusedPath
+    from honed.engine.settings import resolve_engine_settings
     from honed.engine.memory import MemoryPlan
     from honed.testing import build_tiny_model
     from honed.testing.lora import path_config

@@ -1,4 +1,3 @@
-from honed.engine.settings import resolve_engine_settings
 """CUDA graphs of the decoder stack (engine.graphs, training.cuda_graphs) against the eager stack on
 the GPU: the same losses and LoRA weights over AdamW steps in bf16, under each memory plan, with
 varlen attention, offload copies on their side stream and QLoRA's NF4 bases. Run on the GPU machine
@@ -14,6 +13,7 @@ pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(),
 
 def train_steps(folder, memory: str, cuda_graphs: bool, steps, quantized: bool = False):
     from honed.engine.fused import FusedPath
+    from honed.engine.settings import resolve_engine_settings
     from honed.testing.lora import lora_model, path_config, train_path_steps
 
     cfg = path_config(folder, memory=memory, cuda_graphs=cuda_graphs)

@@ -1,4 +1,3 @@
-from honed.engine.settings import resolve_engine_settings
 """training.embeddings_on_host on the GPU (engine.host_embedding): the kernel that reads rows of a
 pinned host table against F.embedding on the GPU, bit for bit, and the fused path training with its
 table in host memory against the same path with the table on the GPU. Run on the GPU machine with
@@ -63,6 +62,7 @@ def test_an_id_past_the_table_reads_zeros_not_host_memory():
 
 def train(folder, steps, *, on_host: bool, memory: str, quantized: bool = False, cuda_graphs: bool = False):
     from honed.engine.fused import FusedPath, causal_lm_of
+    from honed.engine.settings import resolve_engine_settings
     from honed.testing.lora import lora_model, path_config, train_path_steps
 
     torch.manual_seed(0)

@@ -14,7 +14,6 @@ import pytest
 import torch
 
 from honed.engine.attention import (
-from honed.engine.settings import resolve_engine_settings
     probe_native_gqa,
     sequence_boundaries,
     torch_varlen,
@@ -160,6 +159,7 @@ def test_fused_path_with_varlen_matches_plain_path_on_packed_batch(tmp_path_fact
     does — the same bound as tests/gpu/test_engine.py's fused-vs-plain test."""
     from honed.engine import PlainPath
     from honed.engine.fused import FusedPath
+    from honed.engine.settings import resolve_engine_settings
     from honed.testing import build_tiny_model
 
     folder = build_tiny_model(family, tmp_path_factory.mktemp(family), hidden_size=256, layers=3)
@@ -206,6 +206,7 @@ def test_packed_samples_score_as_they_do_one_per_row(tmp_path_factory, family):
     same row with positions that never restart (samples attending to each other) shows how far
     contamination moves the hidden states, so the bound is known to be tight enough to catch it."""
     from honed.engine.fused import FusedPath
+    from honed.engine.settings import resolve_engine_settings
     from honed.testing import build_tiny_model
 
     folder = build_tiny_model(family, tmp_path_factory.mktemp(family), hidden_size=256, layers=3)

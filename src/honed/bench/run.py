@@ -16,7 +16,9 @@ learning rate is constant (peer_bench.py's AdamW lr 1e-4 has no schedule). Two k
   (`data.packing`: `--batch` rows of up to `--seq` tokens a micro-batch), one optimizer step per
   micro-batch. It reports effective (non-padding) tokens/s.
 
->>> result = run_bench(args)  # doctest: +SKIP   (args as `honed bench` parses them; needs a CUDA GPU)
+`args` are the flags as `honed bench` parses them; a CUDA GPU is needed.
+
+>>> result = run_bench(args)  # doctest: +SKIP
 """
 
 from __future__ import annotations

@@ -8,8 +8,8 @@ loads (method and engine are checked when the config is validated, in honed.conf
 >>> from honed.config import config_from_dict
 >>> cfg = config_from_dict({"model": {"name_or_path": "m"}, "data": {"train": ["a.jsonl"]}})
 >>> s = resolve_engine_settings(cfg, torch.device("cpu"))
->>> s.precision, s.compute_dtype, s.tokens_per_micro_batch
-('fp32', None, 2048)
+>>> s.precision, s.compute_dtype, s.tokens_per_micro_batch  # batch_size 4 × max_seq_length 1024
+('fp32', None, 4096)
 """
 
 from __future__ import annotations

@@ -36,6 +36,7 @@ from honed.train.checkpoint import TrainState
 from honed.train.metrics_log import MetricsLog
 from honed.train.objectives import ObjectiveData, get_objective
 from honed.train.optim import build_optimizer, build_scheduler, warmup_steps_for
+from honed.train.outputs import save_model_files
 from honed.utils.fs import prepare_output_dir
 from honed.engine.settings import EngineSettings, resolve_engine_settings
 from honed.utils.precision import autocast_context
@@ -109,8 +110,28 @@ def training_model_config(cfg: TrainConfig):
 
 
 def check_method_precision(cfg: TrainConfig, precision: str) -> None:
+    """fp16 cannot hold full fine-tuning's master weights (bf16 and fp32 can)."""
     if precision == "fp16" and cfg.method == "full":
         raise ConfigError("training.precision=fp16 with method=full would update fp16 master weights; use bf16 or fp32")
+
+
+def load_base_model(cfg: TrainConfig, device: torch.device):
+    """(model, info): the base model as `method` loads it (4-bit for qlora, fp32 master weights for
+    full fine-tuning); `finish_training_model` adds the adapters."""
+    return load_model(training_model_config(cfg), device=device, quantization=cfg.quantization if cfg.method == "qlora" else None)
+
+
+def finish_training_model(model, info: dict, cfg: TrainConfig):
+    """Adapters (LoRA/QLoRA) and gradient checkpointing on a loaded base, as `method` asks."""
+    t = cfg.training
+    if info["quantized"] and cfg.method == "full":
+        raise ConfigError(f"method=full cannot train a 4-bit model ({cfg.model.name_or_path}); use method=qlora")
+    if cfg.method in ("lora", "qlora"):
+        model = apply_lora(model, cfg.lora, quantized=info["quantized"], gradient_checkpointing=t.gradient_checkpointing)
+    if t.gradient_checkpointing:
+        # Non-reentrant checkpointing needs no input grads, so frozen embeddings are fine.
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return model, info
 
 
 def check_data_fits_model(model, objective, data: ObjectiveData, model_name: str) -> None:
@@ -218,25 +239,6 @@ def setup_run(cfg: TrainConfig) -> TrainingRun:
     return run
 
 
-def load_base_model(cfg: TrainConfig, device: torch.device):
-    """(model, info): the base model as `method` loads it (4-bit for qlora, fp32 master weights for
-    full fine-tuning); `finish_training_model` adds the adapters."""
-    return load_model(training_model_config(cfg), device=device, quantization=cfg.quantization if cfg.method == "qlora" else None)
-
-
-def finish_training_model(model, info: dict, cfg: TrainConfig):
-    """Adapters (LoRA/QLoRA) and gradient checkpointing on a loaded base, as `method` asks."""
-    t = cfg.training
-    if info["quantized"] and cfg.method == "full":
-        raise ConfigError(f"method=full cannot train a 4-bit model ({cfg.model.name_or_path}); use method=qlora")
-    if cfg.method in ("lora", "qlora"):
-        model = apply_lora(model, cfg.lora, quantized=info["quantized"], gradient_checkpointing=t.gradient_checkpointing)
-    if t.gradient_checkpointing:
-        # Non-reentrant checkpointing needs no input grads, so frozen embeddings are fine.
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    return model, info
-
-
 # ---- data for the steps -------------------------------------------------------------------------
 
 
@@ -250,6 +252,7 @@ def plan_epoch(cfg: TrainConfig, objective, data: ObjectiveData, epoch: int) -> 
 
 
 def epoch_batches(run: TrainingRun, epoch: int) -> tuple[list, list]:
+    """`plan_epoch` of this run's objective and data."""
     return plan_epoch(run.cfg, run.objective, run.data, epoch)
 
 
@@ -332,17 +335,12 @@ def save_checkpoint(run: TrainingRun) -> Path:
     run.state.data_state = run.data.epochs.state_dict()
     save_files = None
     if run.cfg.method != "full":
-        save_files = functools.partial(_save_adapter_files, run.model)
+        save_files = functools.partial(save_model_files, run.model, None)  # the adapter, loadable by peft
     run.last_checkpoint = ckpt.save_checkpoint(run.output_dir, run.model, run.optimizer, run.scheduler, run.state, scaler=run.scaler,
                                                save_model_files=save_files, keep=run.cfg.training.save_total_limit)
     return run.last_checkpoint
 
 
-def _save_adapter_files(model, folder: Path) -> None:
-    from honed.train.outputs import save_model_files
-
-    save_model_files(model, None, folder)
-
-
 def checkpoint_is_current(run: TrainingRun) -> bool:
+    """True when the last checkpoint saved is of the step the run is at."""
     return run.last_checkpoint is not None and ckpt.checkpoint_step(run.last_checkpoint) == run.state.step

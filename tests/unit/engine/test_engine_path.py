@@ -15,9 +15,9 @@ import torch
 from honed.config import LoraSettings, config_from_dict
 from honed.engine import PlainPath, select_path
 from honed.engine.fused import FusedPath, covers
+from honed.engine.settings import resolve_engine_settings
 from honed.model.adapters import apply_lora
 from honed.testing.lora import lora_model
-from honed.engine.settings import resolve_engine_settings
 
 
 def tiny_lora_model(tiny_model_dir, family):

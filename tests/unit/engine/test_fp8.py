@@ -30,10 +30,10 @@ from honed.engine.fp8 import (
 )
 from honed.engine.fused import FusedPath
 from honed.engine.lora import lora_linear, reference_lora_linear
+from honed.engine.settings import EngineSettings, resolve_engine_settings, resolve_precision
 from honed.errors import ConfigError, ModelError
 from honed.testing.lora import lora_model
 from honed.utils.precision import autocast_context
-from honed.engine.settings import EngineSettings, resolve_engine_settings, resolve_precision
 
 # e4m3 keeps 3 mantissa bits: rounding is at most half a step, 2^-4 of the value, and on Gaussian
 # values about 2.6% in RMS (2^-3 / sqrt(24)); 3.5% leaves room for the draw.

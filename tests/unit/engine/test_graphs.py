@@ -18,8 +18,8 @@ import torch
 from honed.config import config_from_dict
 from honed.engine.fused import FusedPath
 from honed.engine.graphs import RerunBackend, StackGraphs, stack_signature
-from honed.testing.lora import lora_model, train_path_steps
 from honed.engine.settings import resolve_engine_settings
+from honed.testing.lora import lora_model, train_path_steps
 
 
 def cfg_for(memory="none", cuda_graphs=True):

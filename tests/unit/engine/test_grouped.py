@@ -31,8 +31,8 @@ from honed.engine.lora import (
     patch_lora_layers,
     reference_lora_linear,
 )
-from honed.testing.lora import lora_model
 from honed.engine.settings import resolve_engine_settings
+from honed.testing.lora import lora_model
 
 from .test_engine_path import batch_for, cfg_for, loss_and_grads
 

@@ -19,9 +19,9 @@ from honed.data.dataset import check_token_ids
 from honed.data.tokenize import TokenizedSample
 from honed.engine import host_embedding
 from honed.engine.fused import FusedPath, causal_lm_of
+from honed.engine.settings import resolve_engine_settings
 from honed.errors import DataError
 from honed.testing.lora import lora_model, train_path_steps
-from honed.engine.settings import resolve_engine_settings
 
 
 class AnywherePath(FusedPath):

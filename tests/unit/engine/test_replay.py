@@ -13,8 +13,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from honed.engine import PlainPath, replay
 from honed.engine.fused import FusedPath
 from honed.engine.memory import MemoryPlan, apply_memory_plan, escalate
-from honed.testing.lora import lora_model
 from honed.engine.settings import resolve_engine_settings
+from honed.testing.lora import lora_model
 
 from .test_engine_path import batch_for, cfg_for, loss_and_grads
 

@@ -27,9 +27,9 @@ from honed.engine.attention import (
     varlen_unavailable_reason,
 )
 from honed.engine.fused import FusedPath
+from honed.engine.settings import resolve_engine_settings
 from honed.errors import HonedError
 from honed.testing.lora import lora_model
-from honed.engine.settings import resolve_engine_settings
 
 
 def sample(n, start=1):

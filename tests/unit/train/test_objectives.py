@@ -9,10 +9,10 @@ import torch
 
 from honed.config import config_from_dict
 from honed.engine import PlainPath
+from honed.engine.settings import resolve_engine_settings
 from honed.errors import ConfigError
 from honed.train.objectives import base, get_objective
 from honed.train.objectives.sft import SFTObjective
-from honed.engine.settings import resolve_engine_settings
 
 
 def cfg(**top):
