@@ -3,7 +3,7 @@
 Every stack trains the same random-init model shape (honed bench's SHAPES, saved by its build_shape,
 as ../shared/bench/peer_bench.py does) on the same micro-batches: sample lengths drawn from a shipped
 distribution (`--lengths alpaca`), seeded random tokens, packed by honed's own packing into `--batch`
-rows of up to `--seq` tokens (honed.commands.bench_data). Each stack lays a micro-batch out the way
+rows of up to `--seq` tokens (honed.bench.data). Each stack lays a micro-batch out the way
 it trains best while keeping samples apart, and reports effective (non-padding) tokens/s:
 
   hf              transformers + peft, sdpa, gradient checkpointing: packed rows, position_ids restart
@@ -39,14 +39,11 @@ import subprocess
 import sys
 import time
 
-from honed.commands.bench import (
-    SHAPES,
-    TARGETS,
-    packed_result_fields,
-    step_spread_fields,
-    time_steps,
-)
-from honed.commands.bench_data import PAD_ID, BenchData, bench_data
+from honed.bench.results import packed_result_fields
+from honed.bench.run import default_models_dir
+from honed.bench.shapes import SHAPES, TARGETS
+from honed.bench.timing import step_spread_fields, time_steps
+from honed.bench.data import PAD_ID, BenchData, bench_data
 
 # stack → how it lays out a micro-batch (run_hf or run_unsloth runs it; `cmd:` stacks lay out their own)
 STACKS = {
@@ -318,8 +315,8 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--peak-tflops", type=float, default=790.0, help="bf16 matmul ceiling for the MFU estimate")
     ap.add_argument("--stacks", default="hf,unsloth,cmd:python3 -m honed bench", help="comma-separated: " + ", ".join(STACKS) + ", cmd:COMMAND")
     ap.add_argument("--timeout", type=int, default=600, help="seconds allowed per stack")
-    ap.add_argument("--models", default=os.environ.get("BENCH_MODELS", "/tmp/bench_models"),
-                    help="where the shapes are saved (shared with peer_bench.py)")
+    ap.add_argument("--models", default=default_models_dir(),
+                    help="where the shapes are saved (default: $BENCH_MODELS, shared with peer_bench.py, else ./bench_models)")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     return ap
 
@@ -334,7 +331,7 @@ def main(argv: list[str] | None = None) -> int:
 
     for stack in args.stacks.split(","):
         stack_command(stack, [])  # an unknown stack fails before anything runs
-    subprocess.run([sys.executable, "-c", "import sys; from honed.commands.bench import build_shape; build_shape(sys.argv[1], sys.argv[2])",
+    subprocess.run([sys.executable, "-c", "import sys; from honed.bench.shapes import build_shape; build_shape(sys.argv[1], sys.argv[2])",
                     args.shape, args.models], check=True)
     base = ["--shape", args.shape, "--seq", str(args.seq), "--batch", str(args.batch), "--steps", str(args.steps), "--warmup", str(args.warmup),
             "--rank", str(args.rank), "--peak-tflops", str(args.peak_tflops), "--lengths", args.lengths, "--models", args.models]

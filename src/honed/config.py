@@ -179,6 +179,38 @@ class TrainingConfig(_Strict):
     device: str = Field("auto", description="auto, cpu, cuda, cuda:1")
 
 
+class PreferenceConfig(_Strict):
+    """The `preference:` section (objectives dpo, orpo, simpo, kto)."""
+
+    beta: float = Field(0.1, gt=0, description="DPO/KTO: strength of the pull towards the reference (β); ORPO: weight λ of the "
+                                               "odds-ratio term; SimPO: reward scale β (the SimPO paper uses 2.0-2.5)")
+    loss_type: Literal["sigmoid", "ipo", "robust"] = Field("sigmoid", description="DPO variant: sigmoid (DPO), ipo, robust")
+    label_smoothing: float = Field(0.0, ge=0.0, lt=0.5, description="DPO sigmoid/robust and SimPO: assumed share of flipped labels (ε)")
+    rpo_alpha: float | None = Field(None, ge=0, description="add α × the chosen answer's mean token NLL to each pair's loss (RPO)")
+    reference: Literal["auto", "adapter_off", "cache"] = Field(
+        "auto", description="DPO/KTO reference model: adapter_off = the base with the LoRA adapter switched off (no second copy); "
+        "cache = log-probs of the starting model computed once before training and kept in OUTPUT/reference_logps.safetensors; "
+        "auto = adapter_off for a fresh LoRA/QLoRA adapter, cache for method full or lora.init_from")
+    simpo_gamma: float = Field(0.5, ge=0, description="SimPO target reward margin γ")
+    kto_desirable_weight: float = Field(1.0, gt=0, description="KTO weight of desirable samples")
+    kto_undesirable_weight: float = Field(1.0, gt=0, description="KTO weight of undesirable samples")
+
+    @model_validator(mode="after")
+    def _smoothing_fits_the_loss(self) -> "PreferenceConfig":
+        if self.loss_type == "ipo" and self.label_smoothing:
+            raise ValueError("preference.label_smoothing does not apply to loss_type ipo; set it to 0 or use sigmoid/robust")
+        return self
+
+    def resolved_reference(self, method: str, init_from: str | None) -> str:
+        """adapter_off or cache, for a run's `method` and `lora.init_from` (refusing what cannot work)."""
+        if self.reference == "auto":
+            return "cache" if method == "full" or init_from else "adapter_off"
+        if self.reference == "adapter_off" and method == "full":
+            raise ConfigError("preference.reference: adapter_off needs a LoRA/QLoRA adapter to switch off; method full trains the "
+                              "weights themselves. Use preference.reference: cache (or auto)")
+        return self.reference
+
+
 class StageConfig(_Strict):
     """One stage of a staged run: its own data/training keys over the top-level ones (honed.train.stages)."""
 
@@ -191,6 +223,10 @@ class TrainConfig(_Strict):
     model: ModelConfig
     data: DataConfig
     method: Literal["lora", "qlora", "full"] = "lora"
+    objective: Literal["sft", "dpo", "orpo", "kto", "simpo"] = Field(
+        "sft", description="what training optimises: sft (next-token loss on the answers) or a preference objective "
+        "(dpo, orpo, kto, simpo; available once installed: honed.train.objectives). `method` says which weights train")
+    preference: PreferenceConfig = Field(default_factory=PreferenceConfig, description="settings of objectives dpo, orpo, kto, simpo")
     lora: LoraSettings = Field(default_factory=LoraSettings)
     quantization: QuantizationSettings = Field(default_factory=QuantizationSettings)
     training: TrainingConfig = Field(default_factory=TrainingConfig)

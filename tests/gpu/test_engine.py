@@ -238,6 +238,7 @@ def test_fused_path_matches_plain_path_on_gpu(tmp_path_factory, family, memory, 
     "offload-partial": the first layer keeps everything, the other two recompute from the host."""
     from honed.engine import PlainPath, replay
     from honed.engine.fused import FusedPath
+    from honed.engine.settings import resolve_engine_settings
     from honed.engine.memory import MemoryPlan
     from honed.testing import build_tiny_model
     from honed.testing.lora import path_config
@@ -260,7 +261,7 @@ def test_fused_path_matches_plain_path_on_gpu(tmp_path_factory, family, memory, 
 
     def run_path(dtype, fused):
         model = lora_model(folder, dtype)
-        path = FusedPath(cfg, torch.device("cuda")) if fused else PlainPath()
+        path = FusedPath(resolve_engine_settings(cfg, torch.device("cuda"))) if fused else PlainPath()
         model = path.prepare(model)
         if fused:
             assert path.plan.mode == memory and path.plan.keep_o

@@ -34,6 +34,7 @@ from honed.engine.fp8 import (
     reference_fp8_linear,
 )
 from honed.engine.lora import lora_linear, reference_lora_linear
+from honed.engine.settings import resolve_engine_settings
 
 pytestmark = [
     pytest.mark.gpu,
@@ -150,7 +151,7 @@ def test_fused_path_stores_the_lora_bases_in_fp8_and_frees_half_their_memory(tmp
     torch.cuda.synchronize()
     allocated_before = torch.cuda.memory_allocated()
 
-    model = FusedPath(cfg, torch.device("cuda")).prepare(model)
+    model = FusedPath(resolve_engine_settings(cfg, torch.device("cuda"))).prepare(model)
 
     assert all(b.weight.dtype == FP8_DTYPE for b in bases), "FusedPath.prepare did not call honed.engine.fp8.prepare_fp8"
     fp8_bytes = sum(b.weight.numel() * b.weight.element_size() for b in bases)

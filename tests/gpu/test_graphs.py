@@ -13,6 +13,7 @@ pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(),
 
 def train_steps(folder, memory: str, cuda_graphs: bool, steps, quantized: bool = False):
     from honed.engine.fused import FusedPath
+    from honed.engine.settings import resolve_engine_settings
     from honed.testing.lora import lora_model, path_config, train_path_steps
 
     cfg = path_config(folder, memory=memory, cuda_graphs=cuda_graphs)
@@ -30,7 +31,7 @@ def train_steps(folder, memory: str, cuda_graphs: bool, steps, quantized: bool =
                 p.data.normal_(0, 0.02)
     else:
         model = lora_model(folder, dtype=torch.bfloat16, r=8, alpha=16, b_std=0.02, device="cuda", attn_implementation="sdpa")
-    path = FusedPath(cfg, torch.device("cuda"))
+    path = FusedPath(resolve_engine_settings(cfg, torch.device("cuda")))
     model = path.prepare(model)
     losses, weights = train_path_steps(path, model, steps, lr=1e-3, autocast_dtype=torch.bfloat16)
     return losses, weights, path

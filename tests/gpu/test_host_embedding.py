@@ -62,6 +62,7 @@ def test_an_id_past_the_table_reads_zeros_not_host_memory():
 
 def train(folder, steps, *, on_host: bool, memory: str, quantized: bool = False, cuda_graphs: bool = False):
     from honed.engine.fused import FusedPath, causal_lm_of
+    from honed.engine.settings import resolve_engine_settings
     from honed.testing.lora import lora_model, path_config, train_path_steps
 
     torch.manual_seed(0)
@@ -78,7 +79,7 @@ def train(folder, steps, *, on_host: bool, memory: str, quantized: bool = False,
     for name, p in model.named_parameters():
         if "lora_B" in name:
             p.data.normal_(0, 0.02)
-    path = FusedPath(path_config(folder, memory=memory, embeddings_on_host=on_host, cuda_graphs=cuda_graphs), torch.device("cuda"))
+    path = FusedPath(resolve_engine_settings(path_config(folder, memory=memory, embeddings_on_host=on_host, cuda_graphs=cuda_graphs), torch.device("cuda")))
     torch.cuda.empty_cache()
     before = torch.cuda.memory_allocated()
     model = path.prepare(model)

@@ -159,6 +159,7 @@ def test_fused_path_with_varlen_matches_plain_path_on_packed_batch(tmp_path_fact
     does — the same bound as tests/gpu/test_engine.py's fused-vs-plain test."""
     from honed.engine import PlainPath
     from honed.engine.fused import FusedPath
+    from honed.engine.settings import resolve_engine_settings
     from honed.testing import build_tiny_model
 
     folder = build_tiny_model(family, tmp_path_factory.mktemp(family), hidden_size=256, layers=3)
@@ -168,7 +169,7 @@ def test_fused_path_with_varlen_matches_plain_path_on_packed_batch(tmp_path_fact
 
     def run_path(dtype, fused, batch):
         model = lora_model(folder, dtype)
-        path = FusedPath(config_for(folder, memory), torch.device("cuda")) if fused else PlainPath()
+        path = FusedPath(resolve_engine_settings(config_for(folder, memory), torch.device("cuda"))) if fused else PlainPath()
         model = path.prepare(model)
         if fused:
             assert path.attention == "varlen" and path.padding_free
@@ -205,11 +206,12 @@ def test_packed_samples_score_as_they_do_one_per_row(tmp_path_factory, family):
     same row with positions that never restart (samples attending to each other) shows how far
     contamination moves the hidden states, so the bound is known to be tight enough to catch it."""
     from honed.engine.fused import FusedPath
+    from honed.engine.settings import resolve_engine_settings
     from honed.testing import build_tiny_model
 
     folder = build_tiny_model(family, tmp_path_factory.mktemp(family), hidden_size=256, layers=3)
     model = lora_model(folder, torch.bfloat16)
-    path = FusedPath(config_for(folder), torch.device("cuda"))
+    path = FusedPath(resolve_engine_settings(config_for(folder), torch.device("cuda")))
     model = path.prepare(model)
     assert path.attention == "varlen"
     model.eval()

@@ -54,7 +54,8 @@ def test_packed_batch_gives_per_sample_losses_of_single_runs(make_config, tiny_m
     from honed.data.dataset import build_datasets
     from honed.data.packing import collate_packed, collate_padded
     from honed.data.templates import get_template
-    from honed.train.losses import model_logits, per_sample_losses
+    from honed.model.lm_loss import model_logits
+    from honed.train.losses import per_sample_losses
 
     for family in ("qwen2", "llama3", "gemma3"):
         cfg = make_config(family)

@@ -39,9 +39,7 @@ LAYERS: list[tuple[str, ...]] = [
 ]
 
 # Upward edges tolerated for now, each with who removes it.
-ALLOWED_UPWARD = {
-    ("honed.engine", "honed.train.losses"),  # removed by h-loop's branch
-}
+ALLOWED_UPWARD: set[tuple[str, str]] = set()
 
 
 def _module_files() -> dict[str, Path]:

@@ -21,6 +21,9 @@ def register(sub) -> None:
     p.set_defaults(func=run_inspect)
     register_shaping_verbs(verbs)
     register_add_context(verbs)
+    from honed.commands.data_pairs import register_make_pairs
+
+    register_make_pairs(verbs)
     data.set_defaults(func=lambda args: data.print_help() or 2)
 
 

@@ -22,6 +22,7 @@ def register(sub) -> None:
     p.add_argument("--baseline", action="append", default=None, metavar="MODEL_OR_RUN",
                    help="compare against this model (repeatable); `base` = the adapter's base model")
     p.add_argument("--data", help="evaluation file (JSONL/JSON/CSV/Parquet; prompt + reference per record)")
+    p.add_argument("--preference", metavar="PAIRS", help="preference pairs file: report preference accuracy and margin per model")
     p.add_argument("--output", help="report folder (default: eval-report)")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty report folder")
     p.add_argument("--system-prompt", help="scope prompt put first in every conversation")
@@ -57,6 +58,8 @@ def _flags_as_dict(args) -> dict:
                               "system_prompt_file": args.system_prompt_file, "max_samples": args.max_samples}.items() if v is not None}
     if data:
         raw["data"] = data
+    if args.preference:
+        raw["preference"] = {"path": args.preference}
     generation = {k: v for k, v in {"max_new_tokens": args.max_new_tokens, "batch_size": args.batch_size}.items() if v is not None}
     if generation:
         raw["generation"] = generation

@@ -17,8 +17,6 @@ def register(sub) -> None:
     src.add_argument("--n-ctx", type=int, default=4096, help="GGUF: context length llama.cpp allocates")
     dom = p.add_argument_group("domain")
     dom.add_argument("--guard", help="gate folder (honed guard fit): out-of-domain requests get the refusal")
-    dom.add_argument("--kb", help="knowledge-base folder: retrieved passages go into each chat request")
-    dom.add_argument("--kb-top-k", type=int, default=4)
     net = p.add_argument_group("network")
     net.add_argument("--host", default="127.0.0.1", help="bind address (default: localhost only)")
     net.add_argument("--port", type=int, default=8000)
@@ -51,7 +49,7 @@ def settings_from_args(args):
                              max_tokens_limit=args.max_tokens_limit, default_max_tokens=min(args.max_new_tokens, args.max_tokens_limit),
                              max_prompt_tokens=args.max_prompt_tokens, max_body_bytes=args.max_body_bytes,
                              max_concurrency=args.max_concurrency, request_timeout_s=args.request_timeout,
-                             max_batch=args.max_batch, batch_window_ms=args.batch_window_ms, kb_top_k=args.kb_top_k)
+                             max_batch=args.max_batch, batch_window_ms=args.batch_window_ms, kb_top_k=args.kb_k)
     defaults = GenerationSettings(settings.default_max_tokens, args.temperature, args.top_p, args.top_k, args.repetition_penalty, args.seed, args.enable_thinking)
     return settings, defaults
 
@@ -96,7 +94,7 @@ def run_serve(args) -> int:
     if args.kb:
         from honed.serve.domain import KnowledgeRetriever
 
-        kb = KnowledgeRetriever.open(args.kb, args.kb_top_k)
+        kb = KnowledgeRetriever.open(args.kb, args.kb_k)
     backend = build_backend(args)
     run_server(create_app(backend, gate=gate, kb=kb, settings=settings, defaults=defaults), settings)
     return 0

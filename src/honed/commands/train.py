@@ -4,7 +4,7 @@ from __future__ import annotations
 
 
 def register(sub) -> None:
-    p = sub.add_parser("train", help="fine-tune a model (SFT; LoRA, QLoRA or full) from a YAML config")
+    p = sub.add_parser("train", help="fine-tune a model (SFT, or DPO/ORPO/SimPO/KTO with objective:; LoRA, QLoRA or full) from a YAML config")
     p.add_argument("config", help="YAML config file (see configs/)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="override config keys, e.g. training.learning_rate=1e-4")
     p.add_argument("--no-progress", action="store_true", help="log lines instead of a progress bar")

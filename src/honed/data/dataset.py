@@ -123,19 +123,24 @@ def load_conversations(data: DataConfig, seed: int, report: DataReport) -> tuple
     if validation and data.val_ratio > 0:
         log.warning("data.val_ratio=%s is ignored: data.validation files are given", data.val_ratio)
     if not validation and data.val_ratio > 0:
-        # Split each file before weighting so a repeated sample never lands on both sides.
-        carved = []
-        for i, (src, convs) in enumerate(per_source):
-            order = list(range(len(convs)))
-            rng.shuffle(order)
-            n_val = max(1, round(data.val_ratio * len(convs)))
-            if n_val >= len(convs):
-                raise DataError(f"{src.path}: data.val_ratio={data.val_ratio} leaves no training samples")
-            validation += [convs[j] for j in sorted(order[:n_val])]
-            carved.append((src, [convs[j] for j in sorted(order[n_val:])]))
-        per_source = carved
+        per_source, validation = carve_validation(per_source, data.val_ratio, rng)
     train = [c for src, convs in per_source for c in weighted(src, convs, rng)]
     return train, validation
+
+
+def carve_validation(per_source: list[tuple[DataSource, list]], val_ratio: float, rng: random.Random) -> tuple[list, list]:
+    """(per-source training items, validation items): a seeded share of each file, split before weighting
+    so a repeated item never lands on both sides."""
+    carved, validation = [], []
+    for src, items in per_source:
+        order = list(range(len(items)))
+        rng.shuffle(order)
+        n_val = max(1, round(val_ratio * len(items)))
+        if n_val >= len(items):
+            raise DataError(f"{src.path}: data.val_ratio={val_ratio} leaves no training samples")
+        validation += [items[j] for j in sorted(order[:n_val])]
+        carved.append((src, [items[j] for j in sorted(order[n_val:])]))
+    return carved, validation
 
 
 def tokenize_all(conversations, tokenizer, template, data: DataConfig, report: DataReport, enable_thinking=None):

@@ -71,9 +71,16 @@ def inspect_data(cfg: TrainConfig, tokenizer, model_type: str | None = None) -> 
 
     template = get_template(cfg.model.template, tokenizer, model_type)
     report = DataReport()
-    train, val = load_conversations(cfg.data, cfg.training.seed, report)
     untruncated = cfg.data.model_copy(update={"max_seq_length": 10**9})
-    samples = tokenize_all(train + val, tokenizer, template, untruncated, report, cfg.model.enable_thinking)
+    if getattr(cfg, "objective", "sft") == "sft":
+        train, val = load_conversations(cfg.data, cfg.training.seed, report)
+        samples = tokenize_all(train + val, tokenizer, template, untruncated, report, cfg.model.enable_thinking)
+    else:  # preference data: each pair (or KTO sample) shows as its two sequences, sample 2k and 2k+1
+        from honed.data.preference_batch import load_preference_items, tokenize_preference_items
+
+        train, val = load_preference_items(cfg.data, cfg.training.seed, report, kto=cfg.objective == "kto")
+        items = tokenize_preference_items(train + val, tokenizer, template, untruncated, report, cfg.model.enable_thinking)
+        samples = [s for item in items for s in item.sequences]
     lengths = [len(s.input_ids) for s in samples]
     return DataInspection(
         formats=report.formats,

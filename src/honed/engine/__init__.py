@@ -5,7 +5,7 @@ where it has them) and computes the summed token loss of a batch. The plain path
 as it is, and is what runs on CPU and on architectures a faster path does not cover. Every path
 logs its name, so a run's log says which one it took.
 
->>> path = select_path(model, cfg, device); model = path.prepare(model)  # doctest: +SKIP
+>>> path = select_path(model, resolve_engine_settings(cfg, device)); model = path.prepare(model)  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ from typing import Callable, Protocol, TypeVar
 import torch
 
 from honed.data.packing import uses_varlen_attention
-from honed.train.losses import causal_lm_loss_sum, model_logits
+from honed.engine.settings import EngineSettings, resolve_engine_settings  # noqa: F401  (the engine's input)
+from honed.model.lm_loss import causal_lm_loss_sum, model_logits, shifted_token_losses
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -31,7 +32,17 @@ class TrainingPath(Protocol):
 
     def prepare(self, model): ...
 
+    def describe(self) -> dict:
+        """One summary of what the path did (name, padding_free, and what else it has: memory plan,
+        embeddings_on_host, cuda_graphs ...); run_info.json and `honed bench` report it."""
+        ...
+
     def loss_sum(self, model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]: ...
+
+    def token_logps(self, model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """log p(label t+1 | tokens ≤ t) of every position, fp32, shape [rows, seq_len - 1]; 0 where
+        the shifted label is -100. Per-sample sums come from batch["sample_index"][:, 1:]."""
+        ...
 
 
 class PlainPath:
@@ -46,6 +57,13 @@ class PlainPath:
 
     def loss_sum(self, model, batch):
         return causal_lm_loss_sum(model_logits(model, batch), batch["labels"])
+
+    def token_logps(self, model, batch):
+        losses, _ = shifted_token_losses(model_logits(model, batch), batch["labels"])
+        return -losses
+
+    def describe(self) -> dict:
+        return {"name": self.name, "padding_free": self.padding_free}
 
 
 class OutOfGpuMemory(RuntimeError):
@@ -76,14 +94,16 @@ def with_memory_fallback(path: TrainingPath, model, accumulate: Callable[[], T])
             )
 
 
-# Faster paths register here as (name, factory(model, cfg, device) -> TrainingPath | None);
+# Faster paths register here as (name, factory(model, settings) -> TrainingPath | None);
 # the first that accepts the model wins.
 PATHS: list = []
 
 
-def select_path(model, cfg, device: torch.device) -> TrainingPath:
+def select_path(model, settings: EngineSettings) -> TrainingPath:
+    """The first registered path that takes `model` under `settings`, else the plain path."""
+    device = settings.device
     for name, factory in PATHS:
-        path = factory(model, cfg, device)
+        path = factory(model, settings)
         if path is not None:
             log.info("training path: %s", name)
             return path

@@ -273,16 +273,17 @@ def check_fp8_device(device: torch.device) -> None:
         raise ConfigError(f"training.precision=fp8: {problem}. Use training.precision: bf16 (or auto) on this machine.")
 
 
-def prepare_fp8(model, cfg, device: torch.device) -> int:
+def prepare_fp8(model, settings) -> int:
     """On the fused path, after `patch_lora_layers`: when `training.precision` is fp8, check the device,
     convert the LoRA bases and hand the freed bf16 memory back; returns how many were converted (0 when
     precision is not fp8). method lora and the fused engine are checked when the config is validated.
 
-    >>> n_fp8 = prepare_fp8(model, cfg, torch.device("cuda"))  # doctest: +SKIP
+    >>> n_fp8 = prepare_fp8(model, resolve_engine_settings(cfg, torch.device("cuda")))  # doctest: +SKIP
     """
-    if cfg.training.precision != "fp8":
+    if not settings.fp8:
         return 0
-    check_fp8_device(device)
+    device = settings.device
+    check_fp8_device(device)  # settings made by hand (tests, bench) were not resolved
     before = _frozen_base_bytes(model)
     n = convert_lora_bases_to_fp8(model)
     if n == 0:
@@ -306,10 +307,10 @@ def _frozen_base_bytes(model) -> int:
     return total
 
 
-def refuse_fp8_off_the_fused_path(model, cfg, device: torch.device):
+def refuse_fp8_off_the_fused_path(model, settings):
     """A training-path factory registered after the fused one: reached with precision fp8 only when the
     fused path declined the model, which would otherwise train in bf16 under an fp8 label."""
-    if getattr(getattr(cfg, "training", None), "precision", None) != "fp8":
+    if not settings.fp8:
         return None
-    reason = fp8_device_problem(device) or covers(model) or "the fused path declined it"
+    reason = fp8_device_problem(settings.device) or covers(model) or "the fused path declined it"
     raise ConfigError(f"training.precision=fp8 runs only on honed's fused path, which cannot take this run ({reason}); use training.precision: bf16")

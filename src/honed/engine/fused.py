@@ -41,7 +41,7 @@ from honed.engine.grouped import group_siblings
 from honed.engine.layers import patch_layers, patch_rope
 from honed.engine.layout import COVERED_MODEL_TYPES, causal_lm_of, covers  # noqa: F401 (doctest; the engine's users import them here)
 from honed.engine.lora import count_unfusable_lora_layers, patch_lora_layers
-from honed.engine.loss import linear_cross_entropy_sum, shift_targets
+from honed.engine.loss import IGNORE, linear_cross_entropy_sum, shift_targets
 from honed.engine.memory import (
     MemoryPlan,
     apply_memory_plan,
@@ -57,7 +57,8 @@ from honed.engine.memory import (
     usable_gpu_bytes,
 )
 from honed.errors import HonedError
-from honed.utils.precision import autocast_dtype, compute_dtype_of
+from honed.engine.settings import EngineSettings
+from honed.utils.precision import compute_dtype_of
 
 log = logging.getLogger(__name__)
 
@@ -115,8 +116,8 @@ class FusedPath:
     # that tests check its wiring on a CPU.
     host_embeddings_off_cuda = False
 
-    def __init__(self, cfg, device: torch.device):
-        self.cfg, self.device = cfg, device
+    def __init__(self, settings: EngineSettings):
+        self.settings, self.device = settings, settings.device
         self.plan: MemoryPlan | None = None
         self.decoder_layers = None  # the layers `prepare` planned (what an out-of-memory re-plan applies to)
         self.model_config = None
@@ -128,15 +129,11 @@ class FusedPath:
         self.embeddings_on_host = False  # training.embeddings_on_host: where `prepare` put the input embeddings
 
     def compute_dtype(self) -> torch.dtype | None:
-        """The autocast dtype of `training.precision` on this device (None: no autocast); fp8 computes in
-        bf16 (only the frozen LoRA bases are fp8), as `train.sft.autocast_context` sets it."""
-        precision = self.cfg.training.precision
-        if precision == "auto":
-            precision = "bf16" if self.device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
-        return autocast_dtype(precision)
+        """The autocast dtype the run computes in (None: no autocast), as `utils.precision.autocast_context` sets it."""
+        return self.settings.compute_dtype
 
     def tokens_per_micro_batch(self) -> int:
-        return self.cfg.training.batch_size * self.cfg.data.max_seq_length
+        return self.settings.tokens_per_micro_batch
 
     def hidden_state_bytes(self) -> int:
         """Bytes of one token's hidden state at 2 bytes a value (bf16/fp16); a recomputed layer keeps two."""
@@ -150,7 +147,7 @@ class FusedPath:
         unfused = count_unfusable_lora_layers(model)
         if unfused:
             log.warning("fused path: %d LoRA projections stay on peft's slower path (lora.dropout > 0, DoRA or a trainable base); lora.dropout: 0 fuses them", unfused)
-        prepare_fp8(model, self.cfg, self.device)  # before the memory plan: it frees the bf16 copies
+        prepare_fp8(model, self.settings)  # before the memory plan: it frees the bf16 copies
         n_groups = group_siblings(model)  # after fp8: it stores each group's fp8 bases as one matrix
         n_norm, n_mlp = patch_layers(model)
         rope_fused = patch_rope(model)
@@ -181,7 +178,7 @@ class FusedPath:
         """training.embeddings_on_host: move the frozen input embedding table to pinned host memory
         (`engine.host_embedding`) when memory is short (the plan recomputes layers) or when asked, then
         plan again with the memory that freed. True when it moved; a log line says why when it could not."""
-        wanted = self.cfg.training.embeddings_on_host
+        wanted = self.settings.embeddings_on_host
         if wanted is False or (wanted is None and not self.plan.checkpointed):
             return False
         reason = host_embedding.blocker(lm)
@@ -200,7 +197,7 @@ class FusedPath:
     def stack_graphs(self, lm) -> StackGraphs | None:
         """training.cuda_graphs: the decoder stack's graphs, installed on its layers (one log line
         either way); None when off or where they cannot run."""
-        if not self.cfg.training.cuda_graphs:
+        if not self.settings.cuda_graphs:
             return None
         layers = list(lm.model.layers)[: lm.config.num_hidden_layers]
         kinds = {getattr(layer, "attention_type", "full_attention") for layer in layers}
@@ -240,7 +237,7 @@ class FusedPath:
         elif current not in ("sdpa", VARLEN_ATTENTION):
             reason = f"the model asked for attn_implementation={current!r}"  # a user's explicit choice stays
         else:
-            reason = varlen_unavailable_reason(lm.config, device=self.device, compute_dtype=self.compute_dtype(), max_seq_length=self.cfg.data.max_seq_length)
+            reason = varlen_unavailable_reason(lm.config, device=self.device, compute_dtype=self.compute_dtype(), max_seq_length=self.settings.max_seq_length)
         if reason is None:
             try:
                 enable_varlen_attention(lm)
@@ -259,13 +256,11 @@ class FusedPath:
             log.info("fused path: attention %s (varlen not used: %s)", current, reason)
 
     def memory_plan(self, model) -> MemoryPlan:
-        t = self.cfg.training
+        s = self.settings
         lm = causal_lm_of(model)
-        forced = None if t.memory == "auto" else t.memory
-        if forced is None and t.gradient_checkpointing:
-            forced = "checkpoint"  # the user asked for recompute explicitly
-        if t.memory_budget_gib is not None:
-            budget = t.memory_budget_gib * 2**30
+        forced = s.forced_memory
+        if s.memory_budget_gib is not None:
+            budget = s.memory_budget_gib * 2**30
         elif self.device.type == "cuda":
             free = usable_gpu_bytes(self.device)
             trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -312,7 +307,7 @@ class FusedPath:
             leaner = dataclasses.replace(leaner, keep_o=keep_o)
         log.warning("fused path: out of GPU memory with memory %s (%d of %d layers recompute); retrying the step with %s (%d recompute)%s",
                     self.plan.mode, self.plan.checkpointed, len(layers), leaner.mode, leaner.checkpointed,
-                    "; set training.memory_budget_gib to plan less from the start" if self.cfg.training.memory == "auto" else "")
+                    "; set training.memory_budget_gib to plan less from the start" if self.settings.memory == "auto" else "")
         self.plan = leaner
         apply_memory_plan(layers, leaner)
         if self.graphs is not None:  # captured with the old plan: capture again, around the new forwards
@@ -320,26 +315,57 @@ class FusedPath:
             self.graphs.install()
         return True
 
-    def loss_sum(self, model, batch):
+    def describe(self) -> dict:
+        """What this path did, in one summary (run_info.json and `honed bench` report it): its memory
+        plan as it is now (after any out-of-memory retry), attention, where the input embeddings are,
+        and the CUDA graphs' counts and pool (None when off)."""
+        return {
+            "name": self.name,
+            "padding_free": self.padding_free,
+            "attention": self.attention,
+            "memory_plan": dataclasses.asdict(self.plan) if self.plan is not None else None,
+            "embeddings_on_host": self.embeddings_on_host,
+            "restored_embeddings": list(self.restored),
+            "cuda_graphs": self.graphs.summary() if self.graphs is not None else None,
+            "cuda_graph_pool_bytes": self.graphs.held_bytes() if self.graphs is not None else 0,
+        }
+
+    def hidden_states(self, model, batch):
+        """The decoder's last hidden states in the compute dtype (no logits), and the lm_head's weight."""
         lm = causal_lm_of(model)
         if uses_varlen(lm):
             inputs = varlen_batch_inputs(batch)  # sample boundaries found once here, used by every layer
         else:
             inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids") if k in batch}
         hidden = lm.model(**inputs, use_cache=False).last_hidden_state
-        hidden = hidden.to(compute_dtype_of(hidden))
-        return linear_cross_entropy_sum(hidden, lm.lm_head.weight, shift_targets(batch["labels"]))
+        return hidden.to(compute_dtype_of(hidden)), lm.lm_head.weight
+
+    def loss_sum(self, model, batch):
+        hidden, head = self.hidden_states(model, batch)
+        return linear_cross_entropy_sum(hidden, head, shift_targets(batch["labels"]))
+
+    def token_logps(self, model, batch):
+        """As PlainPath.token_logps, from the chunked linear cross-entropy (no full logits)."""
+        from honed.engine.loss import linear_cross_entropy_per_token  # engine.loss's per-token form (with preference training)
+
+        hidden, head = self.hidden_states(model, batch)
+        targets = shift_targets(batch["labels"])
+        per_token = linear_cross_entropy_per_token(hidden.reshape(-1, hidden.shape[-1]), head, targets.reshape(-1))
+        if per_token.numel() != targets.numel():  # one value per trained position only: put them in place
+            trained = targets.reshape(-1) != IGNORE
+            per_token = torch.zeros(targets.numel(), dtype=per_token.dtype, device=per_token.device).masked_scatter(trained, per_token)
+        return -per_token.view(targets.shape)[:, :-1].float()
 
 
-def fused_path_factory(model, cfg, device: torch.device):
+def fused_path_factory(model, settings: EngineSettings):
     """The fused path where it applies (CUDA, covered architecture, engine not forced plain)."""
-    if getattr(getattr(cfg, "training", None), "engine", "auto") == "plain":
+    if settings.engine == "plain":
         log.info("training.engine=plain: fused path not used")
         return None
-    if device.type != "cuda":
+    if settings.device.type != "cuda":
         return None
     reason = covers(model)
     if reason:
         log.info("fused path does not cover this model (%s)", reason)
         return None
-    return FusedPath(cfg, device)
+    return FusedPath(settings)

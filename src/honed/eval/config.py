@@ -100,6 +100,11 @@ class LmEvalConfig(StrictModel):
     num_fewshot: int | None = Field(None, ge=0)
 
 
+class PreferenceEvalData(StrictModel):
+    path: str = Field(description="preference pairs (prompt/chosen/rejected, any layout `honed train` reads)")
+    max_pairs: int | None = Field(None, gt=0, description="score only the first N pairs")
+
+
 class EvalConfig(StrictModel):
     models: list[ModelEntry] = Field(min_length=1)
     baseline: str | None = Field(None, description="name of the model deltas are taken against (default: the second)")
@@ -119,6 +124,7 @@ class EvalConfig(StrictModel):
     judge: JudgeConfig = Field(default_factory=JudgeConfig)
     general: GeneralConfig = Field(default_factory=GeneralConfig)
     lm_eval: LmEvalConfig = Field(default_factory=LmEvalConfig)
+    preference: PreferenceEvalData | None = Field(None, description="preference accuracy and margin on these pairs (honed.eval.preference)")
 
     def baseline_name(self) -> str | None:
         """The baseline's display name: `baseline`, else the second model's name."""
@@ -183,6 +189,8 @@ def _resolve(cfg: EvalConfig, base: Path) -> EvalConfig:
 
     cfg.data.path = fix(cfg.data.path)
     cfg.data.system_prompt_file = fix(cfg.data.system_prompt_file)
+    if cfg.preference is not None:
+        cfg.preference.path = fix(cfg.preference.path)
     for entry in cfg.models:
         entry.path, entry.adapter = fix(entry.path), fix(entry.adapter)
     return cfg

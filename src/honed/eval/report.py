@@ -43,6 +43,8 @@ METRICS: tuple[tuple[str, str, bool, tuple], ...] = (
     ("refusal_precision", "refusal precision", True, ("domain", "refusal_precision")),
     ("refusal_recall", "refusal recall", True, ("domain", "refusal_recall")),
     ("false_refusal_rate", "false-refusal rate", False, ("domain", "false_refusal_rate")),
+    ("preference_accuracy", "preference accuracy", True, ("preference", "accuracy")),
+    ("preference_margin", "preference margin", True, ("preference", "mean_margin")),
     ("decision_agreement", "decision agreement", True, ("stability", "decision_agreement")),
     ("pairwise_rouge_l", "pairwise ROUGE-L", True, ("stability", "mean_pairwise_rouge_l")),
     ("greedy_identical_rate", "greedy identical", True, ("stability", "greedy_identical_rate")),

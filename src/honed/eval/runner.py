@@ -161,7 +161,7 @@ def _judge(cfg: EvalConfig, samples: list[EvalSample], run: ModelRun) -> dict | 
 
 
 def evaluate_model(spec: ModelSpec, role: str, cfg: EvalConfig, samples: list[EvalSample], scorer: Scorer,
-                   progress=None) -> ModelRun:
+                   progress=None, pairs: list | None = None) -> ModelRun:
     """Load one model, measure everything the config asks for, and free it again."""
     from honed.infer.generate import ChatModel
     from honed.model.load import pick_device
@@ -200,6 +200,11 @@ def evaluate_model(spec: ModelSpec, role: str, cfg: EvalConfig, samples: list[Ev
             m["loss"] = {"mean_loss": loss.mean_loss, "perplexity": loss.perplexity, "n_tokens": loss.n_tokens}
         for index, value in per_sample_loss.items():
             run.per_sample[index]["loss"] = value
+    m["preference"] = None
+    if cfg.preference is not None:
+        from honed.eval.preference import preference_metrics
+
+        m["preference"] = preference_metrics(bot, pairs, batch_size=g.batch_size, enable_thinking=g.enable_thinking)
     memory.sample()
     m["stability"] = _stability(bot, cfg, samples, run.answers, scorer.detector)
     m["general"] = _general(bot, cfg, run, scorer.detector)
@@ -264,12 +269,18 @@ def evaluate(cfg: EvalConfig, *, show_progress: bool = True, write: bool = True)
         specs += checkpoint_specs(specs[0])
     synonyms = SynonymTable([*DEFAULT_GROUPS, *cfg.meteor_synonyms]) if cfg.meteor_synonyms else default_synonyms()
     scorer = Scorer(build_detector(cfg.refusal), cfg.labels, synonyms, cfg.refusal.threshold)
+    pairs = None
+    if cfg.preference is not None:  # read before any model loads: a bad record stops the run at once
+        from honed.data.dataset import scope_prompt
+        from honed.eval.preference import load_eval_pairs
+
+        pairs = load_eval_pairs(cfg.preference.path, system_prompt=scope_prompt(cfg.data), max_pairs=cfg.preference.max_pairs)
     runs = []
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     with Progress(*columns, transient=True, disable=not show_progress) as progress:
         for spec, role in zip(specs, _roles(specs, cfg)):
             log.info("evaluating %s (%s)", spec.name, spec.describe())
-            runs.append(evaluate_model(spec, role, cfg, samples, scorer, progress))
+            runs.append(evaluate_model(spec, role, cfg, samples, scorer, progress, pairs))
     fitting = run_fitting(specs[0].run_dir, cfg.fitting.patience) if specs[0].run_dir else None
     report = build_report(cfg, samples, runs, fitting)
     result = EvalResult(report, runs)

@@ -65,7 +65,7 @@ def _normal_split(value) -> tuple[str | None, str | None]:
 
 
 def _conversation(record: dict, where: str, system: str | None) -> tuple[Conversation, str | None]:
-    from honed.infer.batch import prompt_conversation
+    from honed.data.prompts import prompt_conversation
 
     conv, reference = prompt_conversation(record, where, system)
     if record.get("reference") is not None and reference is None:

@@ -39,7 +39,7 @@ def write_numbered_qa(path: Path, n: int = 32) -> Path:
 
 
 def path_config(folder, **training):
-    """A config for driving a training path directly (`FusedPath(cfg, device)`) over the model in
+    """A config for driving a training path directly (`FusedPath(resolve_engine_settings(cfg, device))`) over the model in
     `folder`: rows of 256 tokens, batch 2, `training` keys on top."""
     from honed.config import config_from_dict
 

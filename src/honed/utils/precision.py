@@ -23,3 +23,11 @@ def compute_dtype_of(t: torch.Tensor) -> torch.dtype:
     """The autocast dtype where autocast is on for `t`'s device, else `t`'s own dtype."""
     device_type = t.device.type
     return torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else t.dtype
+
+
+def autocast_context(precision: str, device: torch.device):
+    """Mixed-precision compute for bf16/fp16, and bf16 for fp8 (only the frozen LoRA bases are fp8); nothing for fp32."""
+    import contextlib
+
+    dtype = autocast_dtype(precision)
+    return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()

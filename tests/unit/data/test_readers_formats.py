@@ -113,7 +113,7 @@ def test_csv_keeps_json_looking_answers_as_text(tmp_path):
 
 
 def test_generation_prompts_keep_what_training_kept():
-    from honed.infer.batch import prompt_conversation
+    from honed.data.prompts import prompt_conversation
 
     sharegpt = {"system": "Own rules.", "conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "hello"}]}
     conv, ref = prompt_conversation(sharegpt, "x:1", system="Scope.")

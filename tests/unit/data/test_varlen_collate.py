@@ -9,7 +9,8 @@ import torch
 from honed.data.packing import collate
 from honed.data.tokenize import TokenizedSample
 from honed.engine import PlainPath
-from honed.train.losses import count_trained_tokens, model_logits, per_sample_losses
+from honed.model.lm_loss import count_trained_tokens, model_logits
+from honed.train.losses import per_sample_losses
 
 
 def sample(ids, prompt):

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from honed.commands.bench_data import (
+from honed.bench.data import (
     IGNORE,
     bench_data,
     count_tokens,

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from honed.commands.bench_data import bench_data, count_tokens, trained_tokens
+from honed.bench.data import bench_data, count_tokens, trained_tokens
 
 SEQ = 640  # rows of several alpaca-like samples
 SCRIPT = Path(__file__).resolve().parents[3] / "benchmarks" / "packed_peers.py"

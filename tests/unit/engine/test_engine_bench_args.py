@@ -6,6 +6,8 @@ import argparse
 
 import pytest
 
+from honed.bench import run as bench_run
+from honed.bench.timing import batch_order
 from honed.commands import bench
 
 
@@ -27,12 +29,12 @@ def test_max_grad_norm_defaults_to_honed_trains_and_turns_off_with_zero_or_none(
 @pytest.mark.parametrize("value", [None, 0.5])
 def test_bench_config_carries_max_grad_norm(value):
     args = parse("--max-grad-norm", str(value or 0))
-    assert bench.bench_config("/tmp/unused-model", args).training.max_grad_norm == value
+    assert bench_run.bench_config("/tmp/unused-model", args).training.max_grad_norm == value
 
 
 def test_timed_steps_restart_from_the_first_batch_as_in_peer_bench():
-    assert bench.batch_order(3, 10) == [0, 1, 2] + [0, 1, 2, 3, 0, 1, 2, 3, 0, 1]
-    assert bench.batch_order(2, 4) == [0, 1, 0, 1, 2, 3]
+    assert batch_order(3, 10) == [0, 1, 2] + [0, 1, 2, 3, 0, 1, 2, 3, 0, 1]
+    assert batch_order(2, 4) == [0, 1, 0, 1, 2, 3]
 
 
 def test_help_shows_the_real_data_and_precision_flags(capsys):
@@ -57,11 +59,11 @@ def test_real_data_flags_parse_and_default_to_the_random_shape():
 
 
 def test_bench_config_passes_precision_through_to_training_precision():
-    assert bench.bench_config("/tmp/unused-model", parse()).training.precision == "bf16"
+    assert bench_run.bench_config("/tmp/unused-model", parse()).training.precision == "bf16"
     from honed.errors import ConfigError
 
     try:
-        cfg = bench.bench_config("/tmp/unused-model", parse("--precision", "fp8"))
+        cfg = bench_run.bench_config("/tmp/unused-model", parse("--precision", "fp8"))
     except ConfigError:
         pytest.skip("training.precision does not take fp8 yet (being added)")
     assert cfg.training.precision == "fp8"
@@ -70,4 +72,4 @@ def test_bench_config_passes_precision_through_to_training_precision():
 @pytest.mark.parametrize(("flag", "value"), [(None, None), ("auto", None), ("yes", True), ("no", False)])
 def test_bench_config_maps_embeddings_on_host(flag, value):
     args = parse(*(["--embeddings-on-host", flag] if flag else []))
-    assert bench.bench_config("/tmp/unused-model", args).training.embeddings_on_host is value
+    assert bench_run.bench_config("/tmp/unused-model", args).training.embeddings_on_host is value

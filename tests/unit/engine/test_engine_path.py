@@ -15,6 +15,7 @@ import torch
 from honed.config import LoraSettings, config_from_dict
 from honed.engine import PlainPath, select_path
 from honed.engine.fused import FusedPath, covers
+from honed.engine.settings import resolve_engine_settings
 from honed.model.adapters import apply_lora
 from honed.testing.lora import lora_model
 
@@ -56,7 +57,7 @@ def test_fused_path_matches_plain_path(tiny_model_dir, family, memory):
     plain_model = tiny_lora_model(tiny_model_dir, family)
     fused_model = copy.deepcopy(plain_model)
     assert covers(fused_model) is None
-    fused = FusedPath(cfg_for(memory), torch.device("cpu"))
+    fused = FusedPath(resolve_engine_settings(cfg_for(memory), torch.device("cpu")))
     fused_model = fused.prepare(fused_model)
     assert fused.plan.mode == memory
     for packed in (False, True):
@@ -77,7 +78,7 @@ def test_fused_path_evaluates_without_gradients(tiny_model_dir):
     model = tiny_lora_model(tiny_model_dir, "llama3")
     batch = batch_for(model, packed=False)
     ref, _ = PlainPath().loss_sum(model, batch)
-    fused = FusedPath(cfg_for("checkpoint"), torch.device("cpu"))
+    fused = FusedPath(resolve_engine_settings(cfg_for("checkpoint"), torch.device("cpu")))
     model = fused.prepare(model)
     model.eval()
     with torch.no_grad():
@@ -88,8 +89,8 @@ def test_fused_path_evaluates_without_gradients(tiny_model_dir):
 def test_cpu_and_engine_plain_take_the_plain_path_and_say_so(tiny_model_dir, caplog):
     model = tiny_lora_model(tiny_model_dir, "llama3")
     with caplog.at_level(logging.INFO, logger="honed.engine"):
-        assert select_path(model, cfg_for(), torch.device("cpu")).name == "plain"
-        assert select_path(model, cfg_for(engine="plain"), torch.device("cuda")).name == "plain"
+        assert select_path(model, resolve_engine_settings(cfg_for(), torch.device("cpu"))).name == "plain"
+        assert select_path(model, resolve_engine_settings(cfg_for(engine="plain"), torch.device("cuda"))).name == "plain"
     assert "training path: plain" in caplog.text
 
 
@@ -115,7 +116,7 @@ def test_fused_path_restores_frozen_embeddings_to_the_loaded_dtype(tiny_model_di
     model, loaded = kbit_prepared_lora_model(tiny_model_dir, family)
     lm = model.get_base_model()
     assert lm.model.embed_tokens.weight.dtype == torch.float32  # what peft leaves
-    fused = FusedPath(cfg_for("none", precision="bf16"), torch.device("cpu"))
+    fused = FusedPath(resolve_engine_settings(cfg_for("none", precision="bf16"), torch.device("cpu")))
     model = fused.prepare(model)
     emb, head = lm.model.embed_tokens.weight, lm.lm_head.weight
     assert emb.dtype == head.dtype == torch.bfloat16
@@ -136,10 +137,10 @@ def test_restored_embeddings_give_the_same_loss_and_gradients(tiny_model_dir):
         if "lora_B" in name:
             p.data.normal_(0, 0.05)
     new_model = copy.deepcopy(ref_model)
-    ref = FusedPath(cfg_for("none", precision="bf16"), torch.device("cpu"))
+    ref = FusedPath(resolve_engine_settings(cfg_for("none", precision="bf16"), torch.device("cpu")))
     ref.restore_embeddings = False
     ref_model = ref.prepare(ref_model)
-    new = FusedPath(cfg_for("none", precision="bf16"), torch.device("cpu"))
+    new = FusedPath(resolve_engine_settings(cfg_for("none", precision="bf16"), torch.device("cpu")))
     new_model = new.prepare(new_model)
     assert ref.restored == [] and new.restored
     assert ref_model.get_base_model().model.embed_tokens.weight.dtype == torch.float32
@@ -155,11 +156,11 @@ def test_restored_embeddings_give_the_same_loss_and_gradients(tiny_model_dir):
 
 def test_embeddings_stay_fp32_when_loaded_in_fp32_or_trained_in_fp32(tiny_model_dir):
     model, _ = kbit_prepared_lora_model(tiny_model_dir, "llama3", dtype=torch.float32)
-    fused = FusedPath(cfg_for("none", precision="bf16"), torch.device("cpu"))
+    fused = FusedPath(resolve_engine_settings(cfg_for("none", precision="bf16"), torch.device("cpu")))
     fused.prepare(model)  # loaded in fp32: casting to bf16 would lose bits
     assert fused.restored == [] and model.get_base_model().model.embed_tokens.weight.dtype == torch.float32
     model, _ = kbit_prepared_lora_model(tiny_model_dir, "llama3")
-    fused = FusedPath(cfg_for("none", precision="fp32"), torch.device("cpu"))
+    fused = FusedPath(resolve_engine_settings(cfg_for("none", precision="fp32"), torch.device("cpu")))
     fused.prepare(model)  # no autocast: the model computes in fp32
     assert fused.restored == [] and model.get_base_model().model.embed_tokens.weight.dtype == torch.float32
 
@@ -206,7 +207,7 @@ def test_out_of_memory_with_no_leaner_plan_says_what_to_change():
 def test_fused_path_recovers_from_out_of_memory_with_a_leaner_plan_and_the_same_numbers(tiny_model_dir):
     plain_model = tiny_lora_model(tiny_model_dir, "llama3")
     fused_model = copy.deepcopy(plain_model)
-    fused = FusedPath(cfg_for("none"), torch.device("cpu"))
+    fused = FusedPath(resolve_engine_settings(cfg_for("none"), torch.device("cpu")))
     fused_model = fused.prepare(fused_model)
     n_layers = len(fused_model.get_base_model().model.layers)
     seen = [(fused.plan.mode, fused.plan.checkpointed)]
@@ -224,7 +225,7 @@ def test_a_partial_offload_plan_escalates_by_offloading_more_layers(tiny_model_d
     import honed.engine.fused as fused_module
     from honed.engine.memory import MemoryPlan, apply_memory_plan
 
-    fused = FusedPath(cfg_for("none"), torch.device("cpu"))
+    fused = FusedPath(resolve_engine_settings(cfg_for("none"), torch.device("cpu")))
     fused.prepare(tiny_lora_model(tiny_model_dir, "llama3"))
     fused.plan = MemoryPlan("offload", 1, 0.0)
     apply_memory_plan(fused.decoder_layers, fused.plan)
@@ -241,7 +242,7 @@ def test_fused_path_names_lora_layers_it_cannot_fuse(tiny_model_dir, caplog):
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir("qwen2"), dtype=torch.float32)
     model = apply_lora(model, LoraSettings(r=4, alpha=8, dropout=0.1))
     with caplog.at_level(logging.WARNING, logger="honed.engine.fused"):
-        FusedPath(cfg_for("none"), torch.device("cpu")).prepare(model)
+        FusedPath(resolve_engine_settings(cfg_for("none"), torch.device("cpu"))).prepare(model)
     assert "LoRA projections stay on peft's slower path" in caplog.text and "lora.dropout: 0" in caplog.text
 
 
@@ -260,9 +261,9 @@ def test_honed_train_records_the_fused_paths_memory_plan(tmp_path, monkeypatch):
 
     from honed.testing import build_tiny_model
     from honed.testing.lora import train_config, write_numbered_qa
-    from honed.train import sft
+    from honed.train import recipe, sft
 
-    monkeypatch.setattr(sft, "select_path", lambda model, cfg, device: FusedPath(cfg, device))  # never chosen on a CPU
+    monkeypatch.setattr(recipe, "select_path", lambda model, settings: FusedPath(settings))  # never chosen on a CPU
     base = build_tiny_model("qwen2", tmp_path / "base", hidden_size=64, layers=2)
     cfg = train_config(base, write_numbered_qa(tmp_path / "qa.jsonl"), tmp_path / "out", max_steps=2, learning_rate=1e-3, memory="offload")
     sft.train(cfg, show_progress=False)
@@ -280,9 +281,9 @@ def test_honed_train_replays_the_stack_and_records_it(tmp_path, monkeypatch):
     from honed.engine.graphs import RerunBackend
     from honed.testing import build_tiny_model
     from honed.testing.lora import train_config, write_numbered_qa
-    from honed.train import sft
+    from honed.train import recipe, sft
 
-    monkeypatch.setattr(sft, "select_path", lambda model, cfg, device: FusedPath(cfg, device))
+    monkeypatch.setattr(recipe, "select_path", lambda model, settings: FusedPath(settings))
     monkeypatch.setattr(FusedPath, "graph_backend", RerunBackend)
     base = build_tiny_model("qwen2", tmp_path / "base", hidden_size=64, layers=2)
     data = write_numbered_qa(tmp_path / "qa.jsonl")
@@ -303,7 +304,7 @@ def test_honed_train_replays_the_stack_and_records_it(tmp_path, monkeypatch):
 def test_cuda_graphs_off_the_fused_path_are_said(tmp_path, caplog):
     from honed.testing import build_tiny_model
     from honed.testing.lora import train_config, write_numbered_qa
-    from honed.train import sft
+    from honed.train import recipe, sft
 
     base = build_tiny_model("qwen2", tmp_path / "base", hidden_size=64, layers=2)
     cfg = train_config(base, write_numbered_qa(tmp_path / "qa.jsonl"), tmp_path / "out", max_steps=1, learning_rate=1e-3, cuda_graphs=True)

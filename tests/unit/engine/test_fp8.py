@@ -30,9 +30,10 @@ from honed.engine.fp8 import (
 )
 from honed.engine.fused import FusedPath
 from honed.engine.lora import lora_linear, reference_lora_linear
+from honed.engine.settings import EngineSettings, resolve_engine_settings, resolve_precision
 from honed.errors import ConfigError, ModelError
 from honed.testing.lora import lora_model
-from honed.train.sft import autocast_context, resolve_precision
+from honed.utils.precision import autocast_context
 
 # e4m3 keeps 3 mantissa bits: rounding is at most half a step, 2^-4 of the value, and on Gaussian
 # values about 2.6% in RMS (2^-3 / sqrt(24)); 3.5% leaves room for the draw.
@@ -111,9 +112,9 @@ def test_a_path_that_is_not_fused_refuses_fp8(tiny_model_dir):
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir("gemma2"), dtype=torch.float32)
-    assert refuse_fp8_off_the_fused_path(model, cfg_with(), torch.device("cpu")) is None  # not fp8: not its business
+    assert refuse_fp8_off_the_fused_path(model, EngineSettings(torch.device("cpu"), precision="bf16")) is None  # not fp8: not its business
     with pytest.raises(ConfigError, match=r"training\.precision=fp8 runs only on honed's fused path.*on cpu"):
-        refuse_fp8_off_the_fused_path(model, cfg_with(training={"precision": "fp8"}), torch.device("cpu"))
+        refuse_fp8_off_the_fused_path(model, EngineSettings(torch.device("cpu"), precision="fp8"))
 
 
 # ---- quantisation ---------------------------------------------------------------------------
@@ -278,7 +279,7 @@ def test_the_fused_path_over_fp8_bases_trains_like_the_bf16_one(tiny_model_dir):
     cfg = cfg_with()
     results = []
     for model, convert in ((ref_model, False), (fp8_model, True)):
-        path = FusedPath(cfg, torch.device("cpu"))
+        path = FusedPath(resolve_engine_settings(cfg, torch.device("cpu")))
         model = path.prepare(model)
         if convert:
             assert convert_lora_bases_to_fp8(model) == 14
@@ -308,10 +309,10 @@ def test_peft_s_own_forward_over_fp8_bases_is_right_under_autocast(tiny_model_di
 
 def test_prepare_fp8_does_nothing_unless_asked_and_refuses_a_cpu(tiny_model_dir):
     model = tiny_lora_model(tiny_model_dir)
-    assert prepare_fp8(model, cfg_with(training={"precision": "bf16"}), torch.device("cpu")) == 0
+    assert prepare_fp8(model, EngineSettings(torch.device("cpu"), precision="bf16")) == 0
     assert all(b.weight.dtype == torch.float32 for b in base_layers(model))
     with pytest.raises(ConfigError, match=r"training\.precision=fp8"):
-        prepare_fp8(model, cfg_with(training={"precision": "fp8"}), torch.device("cpu"))
+        prepare_fp8(model, EngineSettings(torch.device("cpu"), precision="fp8"))
 
 
 def test_layers_whose_features_are_not_multiples_of_16_stay_as_they_are():

@@ -18,6 +18,7 @@ import torch
 from honed.config import config_from_dict
 from honed.engine.fused import FusedPath
 from honed.engine.graphs import RerunBackend, StackGraphs, stack_signature
+from honed.engine.settings import resolve_engine_settings
 from honed.testing.lora import lora_model, train_path_steps
 
 
@@ -55,8 +56,8 @@ def train(path, model, steps_of_micro_batches):
 def paths_pair(tiny_model_dir, family, memory):
     base = lora_model(tiny_model_dir(family))
     eager_model, graph_model = base, copy.deepcopy(base)
-    eager = FusedPath(cfg_for(memory, cuda_graphs=False), torch.device("cpu"))
-    graphed = RerunFusedPath(cfg_for(memory), torch.device("cpu"))
+    eager = FusedPath(resolve_engine_settings(cfg_for(memory, cuda_graphs=False), torch.device("cpu")))
+    graphed = RerunFusedPath(resolve_engine_settings(cfg_for(memory), torch.device("cpu")))
     return eager, eager.prepare(eager_model), graphed, graphed.prepare(graph_model)
 
 
@@ -151,7 +152,7 @@ def test_signature_names_what_must_match_and_refuses_what_a_graph_cannot_hold():
 
 
 def test_cuda_graphs_on_a_cpu_are_declined_and_said(tiny_model_dir, caplog):
-    path = FusedPath(cfg_for("none"), torch.device("cpu"))
+    path = FusedPath(resolve_engine_settings(cfg_for("none"), torch.device("cpu")))
     with caplog.at_level(logging.INFO, logger="honed.engine"):
         path.prepare(lora_model(tiny_model_dir("llama3")))
     assert path.graphs is None

@@ -31,6 +31,7 @@ from honed.engine.lora import (
     patch_lora_layers,
     reference_lora_linear,
 )
+from honed.engine.settings import resolve_engine_settings
 from honed.testing.lora import lora_model
 
 from .test_engine_path import batch_for, cfg_for, loss_and_grads
@@ -114,7 +115,7 @@ def count_grouped_calls(monkeypatch):
 def test_fused_path_runs_qkv_and_gate_up_as_one_node_with_the_same_gradients(tiny_model_dir, family, memory, monkeypatch):
     model = lora_model(tiny_model_dir(family))
     separate = copy.deepcopy(model)
-    path = FusedPath(cfg_for(memory), torch.device("cpu"))
+    path = FusedPath(resolve_engine_settings(cfg_for(memory), torch.device("cpu")))
     path.prepare(model)
     layers = model.config.num_hidden_layers
     assert sum(getattr(m, GROUP_ATTR, None) is not None for m in model.modules()) == 5 * layers
@@ -126,7 +127,7 @@ def test_fused_path_runs_qkv_and_gate_up_as_one_node_with_the_same_gradients(tin
 
     monkeypatch.setattr(grouped, "ENABLED", False)
     calls["forward"] = 0
-    separate_path = FusedPath(cfg_for(memory), torch.device("cpu"))
+    separate_path = FusedPath(resolve_engine_settings(cfg_for(memory), torch.device("cpu")))
     separate_path.prepare(separate)
     ref_loss, _, ref_grads = loss_and_grads(separate_path, separate, batch)
     assert calls["forward"] == 0
@@ -137,7 +138,7 @@ def test_fused_path_runs_qkv_and_gate_up_as_one_node_with_the_same_gradients(tin
 
 def test_a_group_steps_aside_when_its_members_cannot_run_together(tiny_model_dir, monkeypatch):
     model = lora_model(tiny_model_dir("llama3"))
-    FusedPath(cfg_for("none"), torch.device("cpu")).prepare(model)
+    FusedPath(resolve_engine_settings(cfg_for("none"), torch.device("cpu"))).prepare(model)
     attn = model.base_model.model.model.layers[0].self_attn
     calls = count_grouped_calls(monkeypatch)
     x = torch.randn(1, 3, model.config.hidden_size)

@@ -19,6 +19,7 @@ from honed.data.dataset import check_token_ids
 from honed.data.tokenize import TokenizedSample
 from honed.engine import host_embedding
 from honed.engine.fused import FusedPath, causal_lm_of
+from honed.engine.settings import resolve_engine_settings
 from honed.errors import DataError
 from honed.testing.lora import lora_model, train_path_steps
 
@@ -59,7 +60,7 @@ def embeddings_of(model):
 ])
 def test_the_table_moves_when_layers_recompute_or_when_asked(tiny_model_dir, memory, wanted, moves):
     model = lora_model(tiny_model_dir("llama3"))
-    path = AnywherePath(cfg_for(memory, wanted), torch.device("cpu"))
+    path = AnywherePath(resolve_engine_settings(cfg_for(memory, wanted), torch.device("cpu")))
     path.prepare(model)
     assert path.embeddings_on_host is moves
     assert host_embedding.on_host(embeddings_of(model)) is moves
@@ -70,8 +71,8 @@ def test_a_moved_table_trains_as_the_table_in_place(tiny_model_dir, monkeypatch)
     through engine.host_embedding.gather_rows."""
     base = lora_model(tiny_model_dir("llama3"))
     kept_model, moved_model = base, copy.deepcopy(base)
-    kept = FusedPath(cfg_for("offload", embeddings_on_host=False), torch.device("cpu"))
-    moved = AnywherePath(cfg_for("offload"), torch.device("cpu"))
+    kept = FusedPath(resolve_engine_settings(cfg_for("offload", embeddings_on_host=False), torch.device("cpu")))
+    moved = AnywherePath(resolve_engine_settings(cfg_for("offload"), torch.device("cpu")))
     kept.prepare(kept_model)
     moved.prepare(moved_model)
     weight = embeddings_of(moved_model).weight
@@ -122,7 +123,7 @@ def test_what_cannot_move_is_named(tiny_model_dir):
 @pytest.mark.parametrize(("wanted", "level"), [(True, logging.WARNING), (None, logging.INFO)])
 def test_a_table_that_stays_says_why(tiny_model_dir, caplog, wanted, level):
     model = lora_model(tiny_model_dir("qwen2"))
-    path = AnywherePath(cfg_for("offload", wanted), torch.device("cpu"))
+    path = AnywherePath(resolve_engine_settings(cfg_for("offload", wanted), torch.device("cpu")))
     with caplog.at_level(logging.INFO, logger="honed.engine.fused"):
         path.prepare(model)
     assert not path.embeddings_on_host
@@ -132,7 +133,7 @@ def test_a_table_that_stays_says_why(tiny_model_dir, caplog, wanted, level):
 
 def test_off_cuda_the_path_leaves_the_table_alone(tiny_model_dir, caplog):
     model = lora_model(tiny_model_dir("llama3"))
-    path = FusedPath(cfg_for("offload", embeddings_on_host=True), torch.device("cpu"))
+    path = FusedPath(resolve_engine_settings(cfg_for("offload", embeddings_on_host=True), torch.device("cpu")))
     with caplog.at_level(logging.INFO, logger="honed.engine.fused"):
         path.prepare(model)
     assert not path.embeddings_on_host and "(not a CUDA device)" in caplog.text
@@ -141,9 +142,9 @@ def test_off_cuda_the_path_leaves_the_table_alone(tiny_model_dir, caplog):
 def test_honed_train_records_where_the_embeddings_were(tmp_path, monkeypatch):
     from honed.testing import build_tiny_model
     from honed.testing.lora import train_config, write_numbered_qa
-    from honed.train import sft
+    from honed.train import recipe, sft
 
-    monkeypatch.setattr(sft, "select_path", lambda model, cfg, device: AnywherePath(cfg, device))
+    monkeypatch.setattr(recipe, "select_path", lambda model, settings: AnywherePath(settings))
     base = build_tiny_model("llama3", tmp_path / "base", hidden_size=64, layers=2)
     data = write_numbered_qa(tmp_path / "qa.jsonl")
     losses = {}
@@ -168,7 +169,7 @@ def test_the_host_memory_warning_comes_once_for_the_final_plan(tiny_model_dir, m
     from honed.engine.memory import MemoryPlan
 
     monkeypatch.setattr(fused, "available_host_bytes", lambda: 1.0)  # any offload plan pins more than this
-    path = FusedPath(cfg_for("offload"), torch.device("cuda"))
+    path = FusedPath(resolve_engine_settings(cfg_for("offload"), torch.device("cuda")))
     path.model_config = causal_lm_of(lora_model(tiny_model_dir("llama3"))).config
     path.plan = MemoryPlan("offload", 2, 0.0)
     with caplog.at_level(logging.WARNING, logger="honed.engine.fused"):

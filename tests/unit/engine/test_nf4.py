@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from honed.engine.nf4 import fusable, reference_dequantize_nf4
+from honed.engine.settings import resolve_engine_settings
 
 
 def nested_state(count: int, blocksize: int, inner_blocksize: int, dtype=torch.bfloat16, seed: int = 0):
@@ -84,7 +85,7 @@ def test_the_fused_path_says_which_code_dequantises_nf4_weights(monkeypatch, cap
 
     monkeypatch.setattr(nf4, "ENABLED", enabled)
     monkeypatch.setattr(nf4, "_triton_installed", lambda: triton)
-    path = FusedPath(config_from_dict({"model": {"name_or_path": "unused"}, "data": {"train": ["unused.jsonl"]}}), torch.device(device))
+    path = FusedPath(resolve_engine_settings(config_from_dict({"model": {"name_or_path": "unused"}, "data": {"train": ["unused.jsonl"]}}), torch.device(device)))
     model = torch.nn.Linear(4, 4)
     with caplog.at_level(logging.INFO, logger="honed.engine.fused"):
         path.log_nf4_dequantisation(model)

@@ -13,6 +13,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from honed.engine import PlainPath, replay
 from honed.engine.fused import FusedPath
 from honed.engine.memory import MemoryPlan, apply_memory_plan, escalate
+from honed.engine.settings import resolve_engine_settings
 from honed.testing.lora import lora_model
 
 from .test_engine_path import batch_for, cfg_for, loss_and_grads
@@ -22,7 +23,7 @@ def prepared(tiny_model_dir, family, memory):
     """(fused path, its model, an unpatched copy of the same model for the plain path)"""
     model = lora_model(tiny_model_dir(family))
     plain = copy.deepcopy(model)
-    path = FusedPath(cfg_for(memory), torch.device("cpu"))
+    path = FusedPath(resolve_engine_settings(cfg_for(memory), torch.device("cpu")))
     return path, path.prepare(model), plain
 
 

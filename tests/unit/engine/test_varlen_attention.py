@@ -27,6 +27,7 @@ from honed.engine.attention import (
     varlen_unavailable_reason,
 )
 from honed.engine.fused import FusedPath
+from honed.engine.settings import resolve_engine_settings
 from honed.errors import HonedError
 from honed.testing.lora import lora_model
 
@@ -213,7 +214,7 @@ def test_reasons_varlen_is_not_used():
 
 def test_fused_path_on_cpu_keeps_sdpa_and_says_why(tiny_model_dir, caplog):
     model = tiny_lora_model(tiny_model_dir, "qwen2")
-    path = FusedPath(cfg_for("none"), torch.device("cpu"))
+    path = FusedPath(resolve_engine_settings(cfg_for("none"), torch.device("cpu")))
     with caplog.at_level(logging.INFO, logger="honed.engine"):
         path.prepare(model)
     assert path.attention == "sdpa" and path.padding_free is False
@@ -259,7 +260,7 @@ def loss_and_grads(path, model, batch):
 def test_fused_path_with_varlen_attention_matches_the_plain_path(tiny_model_dir, family, memory):
     plain_model = tiny_lora_model(tiny_model_dir, family)
     varlen_model = copy.deepcopy(plain_model)
-    path = FusedPath(cfg_for(memory), torch.device("cpu"))
+    path = FusedPath(resolve_engine_settings(cfg_for(memory), torch.device("cpu")))
     varlen_model = path.prepare(varlen_model)
     lm = varlen_model.get_base_model()
     enable_varlen_attention(lm)  # prepare does this on a GPU only

@@ -1,0 +1,109 @@
+"""Preference pairs for keeping a model in its domain, built from SFT data with in/out-of-domain marks.
+
+Two kinds of pair (the record's `kind` field, as in the shipped sample data, says which applies):
+
+- `refusal` (out_of_domain / near_domain records): chosen = the record's refusal, rejected = what a
+  model (usually the base) actually answers — an off-scope answer. A model answer that is itself a
+  refusal makes no pair (counted).
+- `hard_negative` (in_domain records): chosen = the record's answer, rejected = a wrong refusal,
+  drawn (seeded) from the file's own refusals in the same language (built-in ones when it has none).
+
+DPO on both lowers out-of-domain answering without teaching the model to refuse what it should answer.
+
+>>> recs = [("f:1", {"kind": "in_domain", "messages": [{"role": "user", "content": "What is TSH?"},
+...                                                     {"role": "assistant", "content": "A hormone."}]})]
+>>> pairs, report = make_pairs(recs)
+>>> pairs[0]["chosen"][0]["content"], pairs[0]["kind"], report["hard_negative"]
+('A hormone.', 'hard_negative', 1)
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from typing import Callable
+
+from honed.data.conversation import Conversation
+from honed.errors import DataError
+
+REFUSAL_SPLITS = ("out_of_domain", "near_domain")
+FALLBACK_REFUSALS = {
+    "en": "Sorry, that is outside my scope, so I can't answer it.",
+    "zh": "抱歉，这个问题超出了我的范围，我无法回答。",
+}
+
+
+def _lang(text: str) -> str:
+    return "zh" if any("\u4e00" <= ch <= "\u9fff" for ch in text) else "en"
+
+
+def _split(record: dict, split_field: str) -> str:
+    return str(record.get(split_field, "in_domain")).strip().lower().replace("-", "_")
+
+
+def make_pairs(records, *, split_field: str = "kind", answer: Callable[[list[Conversation]], list[str]] | None = None,
+               is_refusal: Callable[[str], bool] | None = None, seed: int = 0) -> tuple[list[dict], dict]:
+    """(pair records in the OpenAI-messages layout, counts). `records` yields (location, record);
+    `answer` answers prompt conversations (e.g. the base model's greedy replies); without it no
+    refusal pairs are made (counted as `refusal_without_model`)."""
+    from honed.data.prompts import prompt_conversation
+
+    rng = random.Random(seed)
+    prompts, references, kinds, wheres, records_kept = [], [], [], [], []
+    for where, record in records:
+        conv, reference = prompt_conversation(record, where)
+        if not reference or not str(reference).strip():
+            raise DataError(f"{where}: the record has no answer to build a pair from (its last turn must be the assistant's)")
+        prompts.append(conv)
+        references.append(str(reference))
+        kinds.append("refusal" if _split(record, split_field) in REFUSAL_SPLITS else "hard_negative")
+        wheres.append(where)
+        records_kept.append(record)
+    refusals: dict[str, list[str]] = {}
+    for ref, kind in zip(references, kinds):
+        if kind == "refusal":
+            refusals.setdefault(_lang(ref), []).append(ref)
+    counts = {"hard_negative": 0, "refusal": 0, "model_also_refused": 0, "refusal_without_model": 0}
+    refusal_idx = [i for i, k in enumerate(kinds) if k == "refusal"]
+    replies = dict(zip(refusal_idx, answer([prompts[i] for i in refusal_idx]))) if answer is not None and refusal_idx else {}
+    pairs = []
+    for i, (conv, reference, kind) in enumerate(zip(prompts, references, kinds)):
+        if kind == "refusal":
+            if answer is None:
+                counts["refusal_without_model"] += 1
+                continue
+            reply = replies[i].strip()
+            if not reply or (is_refusal is not None and is_refusal(reply)):
+                counts["model_also_refused"] += 1
+                continue
+            chosen, rejected = reference, reply
+        else:
+            lang = records_kept[i].get("lang") or _lang(conv.messages[-1].content)
+            pool = refusals.get(lang) or [FALLBACK_REFUSALS.get(lang, FALLBACK_REFUSALS["en"])]
+            chosen, rejected = reference, rng.choice(pool)
+        counts[kind] += 1
+        extra = {k: records_kept[i][k] for k in ("id", "lang") if k in records_kept[i]}
+        pairs.append({"prompt": conv.to_dict()["messages"], "chosen": [{"role": "assistant", "content": chosen}],
+                      "rejected": [{"role": "assistant", "content": rejected}], "kind": kind, "source": wheres[i], **extra})
+    return pairs, counts
+
+
+def as_kto(pairs: list[dict]) -> list[dict]:
+    """Each pair as two unpaired KTO records: the chosen answer desirable, the rejected one not.
+
+    >>> as_kto([{"prompt": [], "chosen": ["a"], "rejected": ["b"], "kind": "refusal"}])[1]["label"]
+    False
+    """
+    out = []
+    for p in pairs:
+        rest = {k: v for k, v in p.items() if k not in ("chosen", "rejected")}
+        out += [{**rest, "completion": p["chosen"], "label": True}, {**rest, "completion": p["rejected"], "label": False}]
+    return out
+
+
+def write_pairs(pairs: list[dict], path, *, overwrite: bool = False) -> None:
+    """JSONL, written atomically; an existing file is kept unless `overwrite`."""
+    from honed.utils.fs import check_writable, write_text_atomic
+
+    check_writable(path, overwrite)
+    write_text_atomic(path, "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in pairs))

@@ -1,0 +1,346 @@
+"""The parts of a training run, each with a name: set-up, one optimizer step, evaluation, checkpoint.
+
+`honed.train.sft.train` wires them into the loop a reader follows top to bottom; `honed bench`
+builds a run from the same set-up parts and times the same `train_step`.
+
+    run = setup_run(cfg)                                    # model, path, objective, data, optimizer, state
+    samples, batches = epoch_batches(run, run.state.epoch)
+    step = train_step(run, collate_group(run, samples, batches[:k]))   # ONE optimizer step
+    val_loss = evaluate(run)
+    save_checkpoint(run)
+
+One optimizer step = `gradient_accumulation_steps` micro-batches; each micro-batch's summed loss is
+divided by the step's total weight (trained tokens for SFT: every token weighs the same however the
+samples fell into micro-batches).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from honed.config import TrainConfig
+from honed.data.dataset import check_token_ids, data_fingerprint
+from honed.data.packing import plan_batches
+from honed.engine import select_path, with_memory_fallback
+from honed.errors import ConfigError
+from honed.model.adapters import apply_lora, count_parameters
+from honed.model.load import load_model, load_tokenizer, pick_device
+from honed.train import checkpoint as ckpt
+from honed.train.checkpoint import TrainState
+from honed.train.metrics_log import MetricsLog
+from honed.train.objectives import ObjectiveData, get_objective
+from honed.train.optim import build_optimizer, build_scheduler, warmup_steps_for
+from honed.train.outputs import save_model_files
+from honed.utils.fs import prepare_output_dir
+from honed.engine.settings import EngineSettings, resolve_engine_settings
+from honed.utils.precision import autocast_context
+from honed.utils.seed import set_seed
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Schedule:
+    """How many optimizer steps the run takes, and how often it evaluates and saves."""
+
+    total_steps: int
+    steps_per_epoch: int
+    eval_every: int
+    save_every: int
+
+
+@dataclass
+class TrainingRun:
+    """Everything one training run holds. `honed bench` fills only the step's part (no data, no outputs)."""
+
+    cfg: TrainConfig
+    settings: EngineSettings  # device, resolved precision, memory policy ... (what the engine reads)
+    model: torch.nn.Module
+    path: object  # honed.engine.TrainingPath
+    objective: object  # honed.train.objectives.Objective
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler | None = None
+    params: list = field(default_factory=list)  # the trainable parameters (what is clipped)
+    measure_grad_norm: bool = True  # False skips the norm when nothing is clipped (bench: the peers do not compute it)
+    tokenizer: object = None
+    info: dict = field(default_factory=dict)  # what run_info.json says about the model
+    data: ObjectiveData | None = None
+    schedule: Schedule | None = None
+    state: TrainState | None = None
+    metrics: MetricsLog | None = None
+    output_dir: Path | None = None
+    fingerprint: str | None = None
+    last_checkpoint: Path | None = None
+
+
+@dataclass
+class StepResult:
+    """One optimizer step's numbers. The losses stay on the device until read (no sync per step)."""
+
+    micro_losses: list[torch.Tensor]  # each micro-batch's share of the step loss, detached
+    grad_norm: torch.Tensor | None
+    lr: float
+    tokens: int  # real (non-padding) tokens the step trained on
+    weight: int  # the divisor: trained tokens (SFT) or pairs (preference)
+    metrics: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def loss(self) -> float:
+        """The step's loss: sum(loss_sum) / sum(weight) over its micro-batches."""
+        return sum((x.item() for x in self.micro_losses), 0.0)
+
+
+# ---- set-up -------------------------------------------------------------------------------------
+
+
+def training_model_config(cfg: TrainConfig):
+    """The model settings training loads with: full fine-tuning keeps fp32 master weights when the
+    dtype is `auto` (compute still runs in bf16 under autocast), since AdamW updates applied to
+    bf16 weights round away — at lr 5e-5, most of them."""
+    if cfg.method == "full" and cfg.model.dtype == "auto":
+        return cfg.model.model_copy(update={"dtype": "float32"})
+    return cfg.model
+
+
+def check_method_precision(cfg: TrainConfig, precision: str) -> None:
+    """fp16 cannot hold full fine-tuning's master weights (bf16 and fp32 can)."""
+    if precision == "fp16" and cfg.method == "full":
+        raise ConfigError("training.precision=fp16 with method=full would update fp16 master weights; use bf16 or fp32")
+
+
+def load_base_model(cfg: TrainConfig, device: torch.device):
+    """(model, info): the base model as `method` loads it (4-bit for qlora, fp32 master weights for
+    full fine-tuning); `finish_training_model` adds the adapters."""
+    return load_model(training_model_config(cfg), device=device, quantization=cfg.quantization if cfg.method == "qlora" else None)
+
+
+def finish_training_model(model, info: dict, cfg: TrainConfig):
+    """Adapters (LoRA/QLoRA) and gradient checkpointing on a loaded base, as `method` asks."""
+    t = cfg.training
+    if info["quantized"] and cfg.method == "full":
+        raise ConfigError(f"method=full cannot train a 4-bit model ({cfg.model.name_or_path}); use method=qlora")
+    if cfg.method in ("lora", "qlora"):
+        model = apply_lora(model, cfg.lora, quantized=info["quantized"], gradient_checkpointing=t.gradient_checkpointing)
+    if t.gradient_checkpointing:
+        # Non-reentrant checkpointing needs no input grads, so frozen embeddings are fine.
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return model, info
+
+
+def check_data_fits_model(model, objective, data: ObjectiveData, model_name: str) -> None:
+    """Every token id of the data must index the model's input embeddings (see check_token_ids)."""
+    embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    if isinstance(embeddings, torch.nn.Embedding):
+        token_samples = [_TokenIds(objective.token_ids(s), getattr(s, "source", "?")) for s in (*data.train, *data.val)]
+        check_token_ids(token_samples, embeddings.num_embeddings, model_name)
+
+
+@dataclass
+class _TokenIds:
+    input_ids: list[int]
+    source: str
+
+
+def prepare_training_path(model, settings: EngineSettings, path=None):
+    """(path, model): the training path `select_path` picks (or `path`), with the model it prepared."""
+    path = path if path is not None else select_path(model, settings)
+    if settings.cuda_graphs and path.name != "fused":
+        log.info("training.cuda_graphs: not used, the %s path has no graphs (only the fused path on CUDA does)", path.name)
+    model = path.prepare(model)
+    model.train()
+    return path, model
+
+
+def plan_schedule(cfg: TrainConfig, objective, data: ObjectiveData) -> Schedule:
+    """Steps per epoch from the first epoch's micro-batches; the run's total from epochs or max_steps."""
+    t = cfg.training
+    micro_per_epoch = len(plan_epoch(cfg, objective, data, 0)[1])
+    steps_per_epoch = math.ceil(micro_per_epoch / t.gradient_accumulation_steps)
+    total_steps = t.max_steps or max(1, math.ceil(t.epochs * steps_per_epoch))
+    return Schedule(total_steps=total_steps, steps_per_epoch=steps_per_epoch, eval_every=t.eval_steps or steps_per_epoch,
+                    save_every=t.save_steps or steps_per_epoch)
+
+
+def build_optimization(model, cfg: TrainConfig, settings: EngineSettings, total_steps: int):
+    """(optimizer, scheduler, scaler): AdamW over the trainable weights, the LR schedule, and a
+    gradient scaler for fp16 only."""
+    t = cfg.training
+    optimizer = build_optimizer(model, t)
+    scheduler = build_scheduler(optimizer, t.lr_scheduler, warmup_steps=warmup_steps_for(t, total_steps), total_steps=total_steps)
+    scaler = torch.amp.GradScaler(settings.device.type) if settings.precision == "fp16" else None
+    return optimizer, scheduler, scaler
+
+
+def resume_state(run: TrainingRun, resume_from: Path | None) -> TrainState:
+    """A fresh TrainState, or the one of the checkpoint to resume (checked against this run)."""
+    state = TrainState(total_steps=run.schedule.total_steps, data_fingerprint=run.fingerprint)
+    if resume_from is None:
+        return state
+    state = ckpt.load_checkpoint(resume_from, run.model, run.optimizer, run.scheduler, run.scaler)
+    if state.data_fingerprint and state.data_fingerprint != run.fingerprint:
+        raise ConfigError(f"training.resume: {resume_from} was trained on other data (the data files or data settings changed); resume with the same data, or start a new run")
+    if state.total_steps != run.schedule.total_steps:
+        raise ConfigError(f"training.resume: {resume_from} was planned for {state.total_steps} steps, this config gives {run.schedule.total_steps}; keep the same data/batch/epochs to resume")
+    # Only once the checkpoint is known to fit this run: the abandoned later ones go.
+    ckpt.drop_checkpoints_after(run.output_dir, state.step)
+    run.data.epochs.load_state_dict(state.data_state)
+    log.info("resumed from %s at step %d (epoch %d, micro-batch %d)", resume_from, state.step, state.epoch, state.batch_in_epoch)
+    return state
+
+
+def setup_run(cfg: TrainConfig) -> TrainingRun:
+    """Everything before the first step: output folder, seed, device and precision, model and
+    training path, the objective's data, optimizer and schedule, and the state to start (or resume) from."""
+    if cfg.stages:
+        raise ConfigError("stages: a staged config trains through honed.train.stages.run_stages (as `honed train` does); train() alone would train only the top level")
+    objective = get_objective(cfg)  # first: an objective this install lacks stops before anything is written
+    t = cfg.training
+    out = Path(t.output_dir)
+    resume_from = ckpt.find_resume_checkpoint(t.resume, out)
+    prepare_output_dir(out, overwrite=t.overwrite and not t.resume, resuming=bool(t.resume))
+    set_seed(t.seed)
+    settings = resolve_engine_settings(cfg, pick_device(t.device))  # precision resolved (and fp8 checked) here, once
+    device, precision = settings.device, settings.precision
+    check_method_precision(cfg, precision)
+
+    tokenizer = load_tokenizer(cfg.model)
+    model, info = load_base_model(cfg, device)
+    from honed.data.templates import get_template
+
+    template = get_template(cfg.model.template, tokenizer, info["model_type"])
+    data = objective.build_data(cfg, tokenizer, template)
+    log.info("data: %s", data.report.summary())
+    check_data_fits_model(model, objective, data, cfg.model.name_or_path)
+    model, info = finish_training_model(model, info, cfg)
+    path, model = prepare_training_path(model, settings)
+    trainable, total = count_parameters(model)
+    info.update(method=cfg.method, objective=objective.name, precision=precision, device=str(device), trainable_params=trainable,
+                total_params=total, training_path=path.name)
+    log.info("model: %s %s on %s, %s, %.3g M trainable of %.3g M parameters", info["model_type"], cfg.method, device, precision, trainable / 1e6, total / 1e6)
+
+    schedule = plan_schedule(cfg, objective, data)
+    optimizer, scheduler, scaler = build_optimization(model, cfg, settings, schedule.total_steps)
+    run = TrainingRun(cfg=cfg, settings=settings, model=model, path=path, objective=objective, optimizer=optimizer,
+                      scheduler=scheduler, scaler=scaler, params=[p for p in model.parameters() if p.requires_grad], tokenizer=tokenizer,
+                      info=info, data=data, schedule=schedule, output_dir=out, fingerprint=data_fingerprint(cfg.data))
+    run.state = resume_state(run, resume_from)
+    prepare = getattr(objective, "prepare_reference", None)  # preference objectives: cached reference log-probs
+    if prepare is not None:
+        prepare(run)
+    # Rows past the resumed step (or every row, when a run died before its first checkpoint) go.
+    run.metrics = MetricsLog(out, tensorboard=t.tensorboard, resume_step=run.state.step)
+    return run
+
+
+# ---- data for the steps -------------------------------------------------------------------------
+
+
+def plan_epoch(cfg: TrainConfig, objective, data: ObjectiveData, epoch: int) -> tuple[list, list]:
+    """(samples, micro-batches) of an epoch: each micro-batch lists rows of sample indices."""
+    samples = data.epochs.samples(epoch)
+    lengths = [objective.sample_length(s) for s in samples]
+    batches = plan_batches(lengths, order=data.epochs.order(epoch), batch_size=cfg.training.batch_size,
+                           max_seq_length=cfg.data.max_seq_length, packing=cfg.data.packing)
+    return samples, batches
+
+
+def epoch_batches(run: TrainingRun, epoch: int) -> tuple[list, list]:
+    """`plan_epoch` of this run's objective and data."""
+    return plan_epoch(run.cfg, run.objective, run.data, epoch)
+
+
+def collate_group(run: TrainingRun, samples: list, group: list) -> list[dict[str, torch.Tensor]]:
+    """The micro-batches of one optimizer step, laid out as the path takes them (padding-free or not)."""
+    return [run.objective.collate(samples, rows, pad_id=run.tokenizer.pad_token_id, packing=run.cfg.data.packing,
+                                  padding_free=run.path.padding_free) for rows in group]
+
+
+# ---- one optimizer step -------------------------------------------------------------------------
+
+
+def real_tokens(batch: dict[str, torch.Tensor]) -> int:
+    """Tokens that are not padding (every token where the batch has no sample_index)."""
+    owner = batch.get("sample_index")
+    return int((owner >= 0).sum()) if owner is not None else batch["input_ids"].numel()
+
+
+def accumulate_gradients(run: TrainingRun, micro_batches: list, total_weight: int) -> tuple[list, dict]:
+    """Forward and backward of every micro-batch, each loss divided by the step's total weight.
+    Returns (each micro-batch's detached loss, the objective's metrics summed)."""
+    losses, metrics = [], {}
+    for batch in micro_batches:
+        batch = {k: v.to(run.settings.device, non_blocking=True) for k, v in batch.items()}
+        with autocast_context(run.settings.precision, run.settings.device):
+            out = run.objective.loss(run.path, run.model, batch)
+        loss = out.loss_sum / max(total_weight, 1)
+        (run.scaler.scale(loss) if run.scaler else loss).backward()
+        losses.append(loss.detach())
+        for key, value in out.metrics.items():
+            metrics[key] = metrics.get(key, 0.0) + float(value)
+        del out, loss  # the graph goes now, not during the next forward (engine.graphs needs it gone)
+    return losses, metrics
+
+
+def train_step(run: TrainingRun, micro_batches: list[dict[str, torch.Tensor]]) -> StepResult:
+    """ONE optimizer step over `micro_batches`: accumulate (again with a leaner memory plan when the
+    GPU runs out), unscale (fp16), clip to training.max_grad_norm, step, schedule, zero the gradients."""
+    total_weight = sum(run.objective.weight(b) for b in micro_batches)
+    losses, metrics = with_memory_fallback(run.path, run.model, functools.partial(accumulate_gradients, run, micro_batches, total_weight))
+    if run.scaler:
+        run.scaler.unscale_(run.optimizer)
+    clip = run.cfg.training.max_grad_norm
+    grad_norm = torch.nn.utils.clip_grad_norm_(run.params, clip or float("inf")) if clip or run.measure_grad_norm else None
+    lr = run.scheduler.get_last_lr()[0]
+    if run.scaler:
+        run.scaler.step(run.optimizer)
+        run.scaler.update()
+    else:
+        run.optimizer.step()
+    run.scheduler.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    tokens = sum(real_tokens(b) for b in micro_batches)
+    return StepResult(micro_losses=losses, grad_norm=grad_norm, lr=lr, tokens=tokens, weight=total_weight, metrics=metrics)
+
+
+# ---- evaluation and checkpoints -----------------------------------------------------------------
+
+
+@torch.no_grad()
+def evaluate(run: TrainingRun, samples: list | None = None) -> float:
+    """The objective's mean loss over the validation samples (or `samples`): sum(loss_sum) / sum(weight)."""
+    samples = run.data.val if samples is None else samples
+    model, cfg = run.model, run.cfg
+    model.eval()
+    total, count = 0.0, 0
+    lengths = [run.objective.sample_length(s) for s in samples]
+    for rows in plan_batches(lengths, batch_size=cfg.training.batch_size, max_seq_length=cfg.data.max_seq_length, packing=cfg.data.packing):
+        batch = run.objective.collate(samples, rows, pad_id=run.tokenizer.pad_token_id, packing=cfg.data.packing, padding_free=run.path.padding_free)
+        batch = {k: v.to(run.settings.device) for k, v in batch.items()}
+        with autocast_context(run.settings.precision, run.settings.device):
+            out = run.objective.loss(run.path, model, batch)
+        total, count = total + float(out.loss_sum), count + out.weight
+    model.train()
+    return total / max(count, 1)
+
+
+def save_checkpoint(run: TrainingRun) -> Path:
+    """A resumable checkpoint of the run as it is now (weights, optimizer, scheduler, RNG, data position)."""
+    run.state.data_state = run.data.epochs.state_dict()
+    save_files = None
+    if run.cfg.method != "full":
+        save_files = functools.partial(save_model_files, run.model, None)  # the adapter, loadable by peft
+    run.last_checkpoint = ckpt.save_checkpoint(run.output_dir, run.model, run.optimizer, run.scheduler, run.state, scaler=run.scaler,
+                                               save_model_files=save_files, keep=run.cfg.training.save_total_limit)
+    return run.last_checkpoint
+
+
+def checkpoint_is_current(run: TrainingRun) -> bool:
+    """True when the last checkpoint saved is of the step the run is at."""
+    return run.last_checkpoint is not None and ckpt.checkpoint_step(run.last_checkpoint) == run.state.step
