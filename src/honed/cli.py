@@ -22,6 +22,7 @@ COMMAND_MODULES = [
     "honed.commands.infer",
     "honed.commands.eval",
     "honed.commands.bench",
+    "honed.commands.guard",
 ]
 
 

@@ -48,8 +48,11 @@ def prompt_conversation(record: dict, where: str, system: str | None = None) -> 
     return inject_system_prompt(conv, system), reference
 
 
-def generate_file(bot, input_path, output_path, settings, *, system=None, batch_size=8, overwrite=False) -> int:
-    """Answer every record of `input_path` with `bot`; write them with `response` to `output_path`."""
+def generate_file(bot, input_path, output_path, settings, *, system=None, batch_size=8, overwrite=False, gate=None, query_log=None) -> int:
+    """Answer every record of `input_path` with `bot`; write them with `response` to `output_path`.
+
+    With a `gate`, records whose question it refuses get the gate's refusal (and a `gate` field
+    with score and threshold) without reaching `bot`."""
     output_path = check_writable(output_path, overwrite)
     records, conversations = [], []
     for where, record in read_records(input_path):
@@ -60,15 +63,28 @@ def generate_file(bot, input_path, output_path, settings, *, system=None, batch_
         raise DataError(f"{input_path}: no prompts")
     from rich.progress import track
 
-    replies = []
-    chunks = range(0, len(conversations), batch_size)
+    decisions = None
+    if gate is not None:
+        from honed.infer.gating import gate_conversations, last_user_text
+
+        decisions = gate_conversations(gate, conversations, query_log, source="generate")
+    passed = [i for i in range(len(conversations)) if decisions is None or decisions[i].in_domain]
+    replies = [None] * len(conversations)
+    chunks = range(0, len(passed), batch_size)
     for start in track(chunks, description="generate", disable=len(chunks) < 2, transient=True):
-        replies += bot.generate(conversations[start : start + batch_size], settings, batch_size=batch_size)
+        rows = passed[start : start + batch_size]
+        for i, reply in zip(rows, bot.generate([conversations[i] for i in rows], settings, batch_size=batch_size)):
+            replies[i] = reply
     lines = []
-    for (record, reference), reply in zip(records, replies):
-        row = dict(record, response=reply.text, finished=reply.finished, new_tokens=reply.new_tokens)
-        if reply.reasoning is not None:
-            row["reasoning"] = reply.reasoning
+    for i, ((record, reference), reply) in enumerate(zip(records, replies)):
+        if reply is None:  # refused by the gate: its refusal, in the question's language
+            row = dict(record, response=gate.refusal_for(last_user_text(conversations[i])), finished=True, new_tokens=0)
+        else:
+            row = dict(record, response=reply.text, finished=reply.finished, new_tokens=reply.new_tokens)
+            if reply.reasoning is not None:
+                row["reasoning"] = reply.reasoning
+        if decisions is not None:
+            row["gate"] = decisions[i].as_dict()
         if reference is not None:
             row["reference"] = reference
         lines.append(json.dumps(row, ensure_ascii=False))

@@ -2,7 +2,9 @@
 
 - LoRA: adapter_config.json + adapter_model.safetensors (peft's format) and the tokenizer;
 - full: the whole model as HF safetensors and the tokenizer;
-- always: config.yaml (resolved), run_info.json (versions, data fingerprint, path taken).
+- always: config.yaml (resolved), run_info.json (versions, data fingerprint, path taken);
+- the scope prompt the model was trained with (scope_prompt.txt), so chat/generate/eval ask it the
+  same way by default.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import time
 from importlib import metadata
 from pathlib import Path
 
+from honed.model.scope import save_scope_prompt
 from honed.utils.fs import atomic_dir, move_contents_atomic, write_text_atomic
 
 
@@ -26,17 +29,18 @@ def package_versions() -> dict[str, str]:
     return out
 
 
-def save_model_files(model, tokenizer, folder: Path) -> None:
-    """Weights (+ tokenizer) in the ecosystem's formats; safetensors only."""
+def save_model_files(model, tokenizer, folder: Path, scope_prompt: str | None = None) -> None:
+    """Weights (+ tokenizer, + the scope prompt) in the ecosystem's formats; safetensors only."""
     model.save_pretrained(str(folder), safe_serialization=True)
     if tokenizer is not None:
         tokenizer.save_pretrained(str(folder))
+    save_scope_prompt(folder, scope_prompt)
 
 
-def save_weights_atomic(model, tokenizer, target: Path) -> None:
+def save_weights_atomic(model, tokenizer, target: Path, scope_prompt: str | None = None) -> None:
     """Save into a sibling temp folder, then move each file into `target` (other files there stay)."""
     with atomic_dir(target.with_name(f".{target.name}-staging")) as tmp:
-        save_model_files(model, tokenizer, tmp)
+        save_model_files(model, tokenizer, tmp, scope_prompt)
     staging = target.with_name(f".{target.name}-staging")
     move_contents_atomic(staging, target)
     staging.rmdir()

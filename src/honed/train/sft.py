@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from honed.config import TrainConfig
-from honed.data.dataset import build_datasets, check_token_ids, data_fingerprint
+from honed.data.dataset import build_datasets, check_token_ids, data_fingerprint, scope_prompt
 from honed.data.epochs import make_epoch_data
 from honed.data.strategies.scoring import score_samples
 from honed.data.packing import collate, plan_batches
@@ -206,7 +206,8 @@ def train(cfg: TrainConfig, *, stop_after_steps: int | None = None, show_progres
     # Rows past the resumed step (or every row, when a run died before its first checkpoint) go.
     metrics = MetricsLog(out, tensorboard=t.tensorboard, resume_step=state.step)
     result = TrainResult(output_dir=out, steps=state.step, best_step=state.best_step)
-    save_adapter = (lambda folder: save_model_files(model, None, folder)) if cfg.method != "full" else None
+    scope = scope_prompt(cfg.data)  # travels with every adapter, checkpoint and final model
+    save_adapter = (lambda folder: save_model_files(model, None, folder, scope)) if cfg.method != "full" else None
 
     def checkpoint() -> Path:
         state.data_state = epoch_data.state_dict()
@@ -270,7 +271,7 @@ def train(cfg: TrainConfig, *, stop_after_steps: int | None = None, show_progres
                     progress.note(f"step {state.step}: validation loss {val_loss:.4f}")
                     if state.best_val_loss is None or val_loss < state.best_val_loss:
                         state.best_val_loss, state.best_step, state.evals_without_improvement = val_loss, state.step, 0
-                        save_weights_atomic(model, tokenizer, out / "best")
+                        save_weights_atomic(model, tokenizer, out / "best", scope)
                         result.best_step = state.step
                     else:
                         state.evals_without_improvement += 1
@@ -295,7 +296,7 @@ def train(cfg: TrainConfig, *, stop_after_steps: int | None = None, show_progres
                 state.epoch, state.batch_in_epoch = state.epoch + 1, 0
 
     # ---- save --------------------------------------------------------------------------
-    save_weights_atomic(model, tokenizer, out)
+    save_weights_atomic(model, tokenizer, out, scope)
     if getattr(path, "plan", None) is not None:  # the fused path's memory plan, as it ended (after any out-of-memory retry)
         info["memory_plan"] = dataclasses.asdict(path.plan)
     if hasattr(path, "embeddings_on_host"):  # the fused path: whether the input embeddings were read from host memory
