@@ -141,18 +141,22 @@ def read_gate_config(folder: str | Path) -> dict:
     return config
 
 
+def embedder_name(spec: str) -> str:
+    """The name an embedder asked for as `spec` will carry, without loading it."""
+    if spec in ("default", "minilm", "auto"):
+        return "minilm" if spec != "auto" else "auto"
+    if spec.startswith("char-ngram"):
+        return spec if ":" in spec else "char-ngram:4096"
+    if spec.startswith("llm:"):
+        return f"llm:{Path(spec[4:]).resolve()}"
+    return f"st:{Path(spec).resolve()}"
+
+
 def check_embedder(config: dict, folder: Path, asked: str | None) -> None:
     """Refuse a gate fitted with another embedder than the one asked for."""
-    if asked is None:
+    if asked is None or embedder_name(asked) == config["embedder"]:
         return
-    stored = config["embedder"]
-    if asked == stored or (stored != "auto" and embedder_spec(stored) in (asked, str(Path(asked).resolve()))):
-        return
-    if stored != "auto" and asked in ("default", "minilm") and stored == "minilm":
-        return
-    if stored != "auto" and asked == "char-ngram" and stored.startswith("char-ngram"):
-        return
-    raise GateMismatchError(f"{folder}: the gate was fitted with embedder {stored!r}, not {asked!r}; "
+    raise GateMismatchError(f"{folder}: the gate was fitted with embedder {config['embedder']!r}, not {asked!r}; "
                             f"drop --embedder to use the gate's own, or fit a new gate with --embedder {asked}")
 
 
