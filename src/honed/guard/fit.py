@@ -9,6 +9,7 @@ a failure (a missing model, an empty file, an interrupt) leaves nothing half-wri
 from __future__ import annotations
 
 import json
+import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +25,7 @@ from honed.guard.routing import script_of
 from honed.utils.fs import atomic_dir
 
 EMBED_BATCH = 1024
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -45,12 +47,21 @@ class FitReport:
     parts: list[PartReport] = field(default_factory=list)
 
 
-def _group(texts: list[str], embedder: str) -> dict[str, list[str]]:
+MIN_ROUTE_QUESTIONS = 5  # fewer in-domain questions in a script cannot calibrate a route of their own
+
+
+def _group(texts: list[str], embedder: str, merge_small: bool = True) -> dict[str, list[str]]:
+    """`auto`: questions by script; a script with too few questions joins the biggest route."""
     if embedder != "auto":
         return {"all": texts}
     groups: dict[str, list[str]] = {}
     for t in texts:
         groups.setdefault(script_of(t), []).append(t)
+    if merge_small and len(groups) > 1:
+        biggest = max(groups, key=lambda r: len(set(groups[r])))
+        for route in [r for r in groups if r != biggest and len(set(groups[r])) < MIN_ROUTE_QUESTIONS]:
+            log.warning("only %d %s in-domain question(s): they join the %s route (no route of their own)", len(set(groups[route])), route, biggest)
+            groups[biggest] += groups.pop(route)
     return groups
 
 
@@ -83,7 +94,10 @@ def fit_gate(in_domain: list[str], out: str | Path, *, embedder: str = "auto", s
     splits = {route: split_for_calibration(texts, calibration_fraction, seed, f"{source} ({route})") for route, texts in groups.items()}
     names = {route: (AUTO_EMBEDDERS[route] if embedder == "auto" else embedder) for route in groups}
     embedders = {spec: load_embedder(spec, device=device) for spec in set(names.values())}  # a missing model fails before writing
-    ood_groups = _group(out_of_domain or [], embedder) if out_of_domain else {}
+    ood_groups = _group(out_of_domain or [], embedder, merge_small=False) if out_of_domain else {}
+    if embedder == "auto":  # out-of-domain questions of a script without a route go where the gate sends them
+        for route in [r for r in ood_groups if r not in groups]:
+            ood_groups.setdefault(next(iter(groups)), []).extend(ood_groups.pop(route))
     report = FitReport(out)
     config = {"version": GATE_VERSION, "embedder": embedder if embedder == "auto" else embedders[embedder].name, "score": score, "k": k,
               "target_tpr": target_tpr, "refusals": _refusals(refusal, refusal_zh), "created": time.strftime("%Y-%m-%dT%H:%M:%S"),

@@ -152,3 +152,10 @@ def test_missing_and_damaged_gates_are_clear_errors(gate_dir, tmp_path):
         f.write_bytes(b"garbage")
     with pytest.raises(GateIndexError, match="search failed"):
         load_gate(bad_data).check("What is TSH?")
+
+
+def test_auto_gate_gives_a_script_with_few_questions_no_route_of_its_own(tmp_path):
+    report = fit_gate(LAB + ["血常规查什么？", "血糖需要空腹吗？"], tmp_path / "g", embedder="auto", out_of_domain=["比特币还会涨吗？", *OFF])
+    assert [(p.route, p.embedder, p.indexed + p.held_out, p.ood) for p in report.parts] == [("latin", "minilm", 14, 5)]
+    gate = load_gate(tmp_path / "g", embedder="auto")
+    assert gate.check("比特币还会涨吗？").route == "latin"
