@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from honed.errors import DataError
+from honed.utils.fs import save_figure_atomic
 
 
 @dataclass
@@ -78,7 +79,6 @@ def plot_histogram(scores, threshold: float, path: Path, title: str, xlabel: str
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    path.parent.mkdir(parents=True, exist_ok=True)
     fig, ax = plt.subplots(figsize=(6, 3.5))
     ax.hist(scores, bins=30, color="#4c72b0", alpha=0.85)
     ax.axvline(threshold, color="#c44e52", linestyle="--", label=f"threshold {threshold:.3f}")
@@ -86,9 +86,4 @@ def plot_histogram(scores, threshold: float, path: Path, title: str, xlabel: str
     ax.set_xlabel(xlabel)
     ax.set_ylabel("questions")
     ax.legend()
-    fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    return save_figure_atomic(fig, path)

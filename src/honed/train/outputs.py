@@ -16,7 +16,7 @@ from importlib import metadata
 from pathlib import Path
 
 from honed.model.scope import save_scope_prompt
-from honed.utils.fs import atomic_dir, move_contents_atomic, write_text_atomic
+from honed.utils.fs import atomic_dir, move_contents_atomic, save_figure_atomic, write_text_atomic
 
 
 def package_versions() -> dict[str, str]:
@@ -79,9 +79,4 @@ def plot_losses(metrics: list[dict], path: Path) -> Path | None:
     ax.set_ylabel("loss (nats/token)")
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    return save_figure_atomic(fig, path, dpi=110)
