@@ -23,17 +23,19 @@ from honed.errors import ConfigError, DataError
 
 SCORE_KINDS = ("knn", "centroid", "mahalanobis")
 MAHALANOBIS_MAX_ROWS = 200_000  # the covariance is fit on at most this many vectors (memory)
+MAX_HELD_OUT = 10_000  # enough to place a 95% threshold to ~0.2 points; the rest is worth more in the index
 
 
 def split_for_calibration(texts: list[str], fraction: float, seed: int, where: str) -> tuple[list[str], list[str]]:
-    """Distinct texts shuffled with `seed`, `fraction` of them held out (at least 1) for calibration."""
+    """Distinct texts shuffled with `seed`, `fraction` of them (at least 1, at most `MAX_HELD_OUT`)
+    held out for calibration."""
     if not 0 < fraction < 1:
         raise ConfigError(f"--calibration-fraction={fraction}: give a fraction between 0 and 1 (e.g. 0.2)")
     distinct = list(dict.fromkeys(t.strip() for t in texts if t.strip()))
     if len(distinct) < 2:
         raise DataError(f"{where}: {len(distinct)} distinct in-domain question(s); the gate needs at least 2 (some to index, some held out to calibrate)")
     random.Random(seed).shuffle(distinct)
-    held = max(1, round(len(distinct) * fraction))
+    held = min(MAX_HELD_OUT, max(1, round(len(distinct) * fraction)))
     return distinct[held:], distinct[:held]
 
 

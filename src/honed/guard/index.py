@@ -27,6 +27,7 @@ from honed.errors import HonedError
 log = logging.getLogger(__name__)
 
 ANN_MIN_ROWS = 100_000
+SEARCH_BATCH = 1024  # queries per LanceDB call: bounds the memory of one batched search
 
 
 class GateError(HonedError):
@@ -101,21 +102,21 @@ class VectorIndex:
         k = min(k, self.rows)
         sims = np.full((len(queries), k), -1.0, dtype=np.float32)
         texts: list[list[str]] = [[] for _ in range(len(queries))]
-        if len(queries) == 0:
-            return sims, texts
+        for start in range(0, len(queries), SEARCH_BATCH):
+            self._search_into(queries[start : start + SEARCH_BATCH], k, sims[start:], texts[start:])
+        return sims, texts
+
+    def _search_into(self, queries: np.ndarray, k: int, sims: np.ndarray, texts: list[list[str]]) -> None:
         query = self.table.search(queries if len(queries) > 1 else queries[0]).distance_type("cosine").limit(k).select(["text", "_distance"])
         if self.has_ann:
             query = query.nprobes(20).refine_factor(10)
         try:
             result = query.to_arrow()
-        except Exception as err:
+        except Exception as err:  # lance raises several kinds (IO, schema, value) for a damaged table
             raise GateIndexError(f"{self.folder / self.name}.lance: search failed ({type(err).__name__}: {err}); fit the gate again") from None
         which = result.column("query_index").to_numpy() if "query_index" in result.column_names else np.zeros(result.num_rows, dtype=int)
-        dist = result.column("_distance").to_numpy()
-        found = result.column("text").to_pylist()
-        for q, d, t in zip(which, dist, found):
+        for q, d, t in zip(which, result.column("_distance").to_numpy(), result.column("text").to_pylist()):
             row = len(texts[q])
             if row < k:
                 sims[q, row] = 1.0 - d
                 texts[q].append(t)
-        return sims, texts

@@ -159,3 +159,13 @@ def test_auto_gate_gives_a_script_with_few_questions_no_route_of_its_own(tmp_pat
     assert [(p.route, p.embedder, p.indexed + p.held_out, p.ood) for p in report.parts] == [("latin", "minilm", 14, 5)]
     gate = load_gate(tmp_path / "g", embedder="auto")
     assert gate.check("比特币还会涨吗？").route == "latin"
+
+
+def test_batched_search_gives_the_same_neighbours(gate_dir, monkeypatch):
+    import honed.guard.index as index_module
+
+    gate = load_gate(gate_dir)
+    questions = ["What is a normal potassium level?", "How do I bake bread?", "What is TSH?"]
+    whole = [d.score for d in gate.check_many(questions)]
+    monkeypatch.setattr(index_module, "SEARCH_BATCH", 2)
+    assert [d.score for d in gate.check_many(questions)] == whole
