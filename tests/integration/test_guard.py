@@ -105,7 +105,7 @@ def test_gate_in_front_of_chat_and_generate(gate_dir, tmp_path, tiny_model_dir, 
     assert main(["guard", "drift", "--guard", str(gate_dir), "--queries", str(log)]) == 0
 
 
-def test_scope_prompt_travels_with_the_trained_adapter(make_config, tmp_path, monkeypatch):
+def test_scope_prompt_travels_with_the_trained_adapter(make_config, tmp_path):
     from honed.commands.infer import system_prompt
     from honed.eval.config import EvalConfig
     from honed.eval.runner import data_with_model_scope

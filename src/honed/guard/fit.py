@@ -90,7 +90,7 @@ def fit_gate(in_domain: list[str], out: str | Path, *, embedder: str = "auto", s
         raise OutputExistsError(f"{out} exists; choose another --out or pass --overwrite")
     if not in_domain:
         raise DataError(f"{source}: no in-domain questions; the gate needs examples of what to let through")
-    groups = {route: texts for route, texts in _group(in_domain, embedder).items()}
+    groups = _group(in_domain, embedder)
     splits = {route: split_for_calibration(texts, calibration_fraction, seed, f"{source} ({route})") for route, texts in groups.items()}
     names = {route: (AUTO_EMBEDDERS[route] if embedder == "auto" else embedder) for route in groups}
     embedders = {spec: load_embedder(spec, device=device) for spec in set(names.values())}  # a missing model fails before writing
