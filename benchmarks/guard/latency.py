@@ -60,8 +60,11 @@ def main() -> None:
     p.add_argument("--out", default="/tmp/gate-bench")
     p.add_argument("--queries", type=int, default=100)
     p.add_argument("--ann", choices=["yes", "no"], default="yes")
+    p.add_argument("--exact", metavar="DIR", help="a gate over the same rows without the ANN index: report the ANN's recall and score error")
     a = p.parse_args()
     out = Path(a.out)
+    if a.exact:
+        return compare(out, Path(a.exact), a.queries)
     if not (out / "gate.json").exists():
         seconds = build(out, a.rows, 384, a.ann == "yes")
         print(f"built {a.rows} rows (ann={a.ann}) in {seconds:.0f} s; on disk {sum(f.stat().st_size for f in out.rglob('*') if f.is_file()) / 2**20:.0f} MiB")
@@ -85,6 +88,16 @@ def main() -> None:
         p50, p95 = percentiles(xs)
         print(f"{name:18s} p50 {p50:7.1f} ms   p95 {p95:7.1f} ms")
     print(f"RSS: {before:.0f} MiB before loading the gate, {rss_mib():.0f} MiB after the queries; peak {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
+
+
+def compare(ann_dir: Path, exact_dir: Path, n: int) -> None:
+    """Neighbours and knn scores of the ANN index against the exact scan, for `n` real questions."""
+    ann, exact = load_gate(ann_dir).parts["all"], load_gate(exact_dir).parts["all"]
+    vectors = ann.embedder.encode([f"What does test number {i} measure in the blood?" for i in range(n)])
+    (s_ann, t_ann), (s_exact, t_exact) = ann.index.search(vectors, 3), exact.index.search(vectors, 3)
+    recall = np.mean([len(set(a) & set(e)) / 3 for a, e in zip(t_ann, t_exact)])
+    error = np.abs(s_ann.mean(1) - s_exact.mean(1))
+    print(f"ANN vs exact on {n} queries: recall@3 {recall:.3f}; knn score error mean {error.mean():.4f}, max {error.max():.4f}")
 
 
 if __name__ == "__main__":
