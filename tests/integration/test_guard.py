@@ -137,3 +137,19 @@ def test_scope_prompt_travels_with_the_trained_adapter(make_config, tmp_path):
     assert data_with_model_scope(eval_cfg).system_prompt == "You answer lab questions."
     explicit = EvalConfig.model_validate({"models": [{"path": str(out)}], "data": {"path": str(prompts), "system_prompt": ""}})
     assert data_with_model_scope(explicit).system_prompt == ""
+
+
+def test_interactive_chat_refuses_without_the_model(gate_dir, tmp_path, capsys, monkeypatch):
+    lines = iter(["Write a poem about the sea.", "给我写一首关于月亮的诗。"])
+
+    def fake_input(prompt):
+        try:
+            return next(lines)
+        except StopIteration:
+            raise EOFError from None
+
+    monkeypatch.setattr("builtins.input", fake_input)
+    assert main(["chat", "--model", str(tmp_path / "no-model"), "--guard", str(gate_dir)]) == 0
+    shown = capsys.readouterr().out.splitlines()
+    assert shown[0] == "bot> Sorry, that question is outside what I can help with. Please ask about this assistant's subject."
+    assert shown[1].startswith("bot> 抱歉") and len(shown) == 2
