@@ -38,6 +38,14 @@ class GateIndexError(GateError):
     """A gate's vector index is missing, unreadable or does not match its gate.json."""
 
 
+def _lancedb():
+    try:
+        import lancedb
+    except ImportError as err:
+        raise GateError("the gate's vector index needs LanceDB: pip install 'honed[guard]'") from err
+    return lancedb
+
+
 def _arrow_batch(vectors: np.ndarray, texts: list[str]):
     import pyarrow as pa
 
@@ -59,10 +67,8 @@ class VectorIndex:
     def create(cls, folder: str | Path, name: str, batches: Iterable[tuple[np.ndarray, list[str]]], *, ann: bool | None = None) -> "VectorIndex":
         """Write the table from `(vectors, texts)` batches (streamed, so a million rows need not fit
         in memory twice); build the ANN index when `ann` (default: at `ANN_MIN_ROWS` rows)."""
-        import lancedb
-
         folder = Path(folder)
-        db = lancedb.connect(str(folder))
+        db = _lancedb().connect(str(folder))
         table = None
         for vectors, texts in batches:
             if len(texts) == 0:
@@ -84,8 +90,7 @@ class VectorIndex:
     @classmethod
     def open(cls, folder: str | Path, name: str) -> "VectorIndex":
         """Reopen a stored table; a missing or unreadable one is a `GateIndexError` naming the path."""
-        import lancedb
-
+        lancedb = _lancedb()
         folder = Path(folder)
         path = folder / f"{name}.lance"
         if not path.is_dir():

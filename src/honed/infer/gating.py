@@ -3,8 +3,8 @@
 Each decision is logged (logger `honed.guard`) and, with `--guard-log FILE`, appended to a JSON
 lines query log, the file `honed guard drift --queries` reads.
 
->>> log = QueryLog(None)
->>> log.write("What is TSH?", GateDecision(True, 0.8, 0.5, "latin"), source="chat")
+The gate is passed in (duck-typed: `check_many`, `refusal_for`), so this layer does not import
+`honed.guard`, which sits above it.
 """
 
 from __future__ import annotations
@@ -13,8 +13,6 @@ import json
 import logging
 import time
 from pathlib import Path
-
-from honed.guard.gate import GateDecision
 
 log = logging.getLogger("honed.guard")
 
@@ -27,7 +25,8 @@ class QueryLog:
         if self.path is not None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
 
-    def write(self, text: str, decision: GateDecision, *, source: str) -> None:
+    def write(self, text: str, decision, *, source: str) -> None:
+        """Log one `GateDecision` (and append it to the file)."""
         log.info("gate %s score=%.4f threshold=%.4f route=%s: %s", "pass" if decision.in_domain else "refuse", decision.score, decision.threshold, decision.route, text[:80])
         if self.path is None:
             return
@@ -42,7 +41,7 @@ def last_user_text(conversation) -> str:
     return next((m.content for m in reversed(conversation.messages) if m.role == "user"), "")
 
 
-def gate_conversations(gate, conversations, query_log: QueryLog | None, *, source: str) -> list[GateDecision]:
+def gate_conversations(gate, conversations, query_log: QueryLog | None, *, source: str) -> list:
     """Decide each conversation's last user turn, logging every decision."""
     texts = [last_user_text(c) for c in conversations]
     decisions = gate.check_many(texts)
