@@ -53,6 +53,7 @@ def quiet_libraries() -> None:
     except ImportError:
         pass
     logging.getLogger("matplotlib").setLevel(logging.WARNING)
+    logging.getLogger("sentence_transformers").setLevel(logging.WARNING)  # "Loading SentenceTransformer model from ..."
 
 
 def main(argv: list[str] | None = None) -> int:

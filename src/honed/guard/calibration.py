@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from honed.errors import ConfigError, DataError
+from honed.guard.index import GateError
 
 SCORE_KINDS = ("knn", "centroid", "mahalanobis")
 MAHALANOBIS_MAX_ROWS = 200_000  # the covariance is fit on at most this many vectors (memory)
@@ -78,7 +79,7 @@ class ScoreStats:
             with np.load(path, allow_pickle=False) as data:
                 return cls(kind, **{k: data[k] for k in data.files})
         except (OSError, ValueError, KeyError) as err:
-            raise DataError(f"{path}: the gate's {kind} statistics cannot be read ({err}); fit the gate again") from None
+            raise GateError(f"{path}: the gate's {kind} statistics cannot be read ({err}); fit the gate again") from None
 
     def score(self, vectors: np.ndarray, index=None, k: int = 3) -> np.ndarray:
         """Scores of unit `vectors` (float64 array, higher = more in-domain)."""

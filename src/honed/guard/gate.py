@@ -188,4 +188,11 @@ def read_calibration(folder: str | Path) -> list[dict]:
     path = Path(folder) / CALIBRATION_FILE
     if not path.is_file():
         raise GateError(f"{path}: missing; fit the gate again")
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    rows = []
+    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                raise GateError(f"{path}:{lineno}: damaged calibration record; fit the gate again") from None
+    return rows

@@ -169,3 +169,13 @@ def test_batched_search_gives_the_same_neighbours(gate_dir, monkeypatch):
     whole = [d.score for d in gate.check_many(questions)]
     monkeypatch.setattr(index_module, "SEARCH_BATCH", 2)
     assert [d.score for d in gate.check_many(questions)] == whole
+
+
+def test_damaged_statistics_and_calibration_are_gate_errors(tmp_path):
+    fit_gate(LAB, tmp_path / "g", embedder="char-ngram:64", score="centroid")
+    (tmp_path / "g" / "calibration.jsonl").write_text('{"route": "all", "text": "x", "score": 0.5}\n{broken\n')
+    with pytest.raises(GateError, match=r"calibration.jsonl:2: damaged"):
+        read_calibration(tmp_path / "g")
+    (tmp_path / "g" / "stats-all.npz").write_bytes(b"not numpy")
+    with pytest.raises(GateError, match="centroid statistics cannot be read"):
+        load_gate(tmp_path / "g")
