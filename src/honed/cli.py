@@ -24,6 +24,7 @@ COMMAND_MODULES = [
     "honed.commands.bench",
     "honed.commands.serve",
     "honed.commands.kb",
+    "honed.commands.guard",
 ]
 
 
@@ -54,6 +55,7 @@ def quiet_libraries() -> None:
     except ImportError:
         pass
     logging.getLogger("matplotlib").setLevel(logging.WARNING)
+    logging.getLogger("sentence_transformers").setLevel(logging.WARNING)  # "Loading SentenceTransformer model from ..."
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,7 +14,10 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float16", "float32"])
     p.add_argument("--trust-remote-code", action="store_true")
     p.add_argument("--allow-pickle", action="store_true", help="allow loading pickle (.bin) weights")
-    p.add_argument("--system", help="system prompt for every conversation")
+    p.add_argument("--system", help="system prompt for every conversation (default: the scope prompt saved with the model)")
+    p.add_argument("--no-scope-prompt", action="store_true", help="do not use the scope prompt saved with the model")
+    p.add_argument("--guard", metavar="DIR", help="out-of-domain gate (honed guard fit): refused questions get its refusal, the LLM is not called")
+    p.add_argument("--guard-log", metavar="FILE", help="append each gate decision as a JSON line (input of honed guard drift)")
     p.add_argument("--max-new-tokens", type=int, default=256)
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     p.add_argument("--top-p", type=float, default=1.0)
@@ -44,15 +47,61 @@ def register(sub) -> None:
     gen.set_defaults(func=run_generate)
 
 
+class _LazyBot:
+    """Loads the model on first use, so questions the gate refuses never wait for (or reach) it."""
+
+    def __init__(self, args):
+        self._args, self._bot = args, None
+
+    def __getattr__(self, name):
+        if self._bot is None:
+            from honed.infer.generate import ChatModel
+
+            a = self._args
+            self._bot = ChatModel.load(a.model, adapter=a.adapter, template=a.template, device=a.device, dtype=a.dtype, trust_remote_code=a.trust_remote_code, allow_pickle=a.allow_pickle)
+        return getattr(self._bot, name)
+
+
+def system_prompt(args) -> str | None:
+    """`--system`, else the scope prompt the model was trained with (saved beside its weights)."""
+    from honed.model.scope import find_scope_prompt
+
+    if args.system is not None or args.no_scope_prompt:
+        return args.system
+    found = find_scope_prompt(args.adapter, args.model)
+    if found:
+        print(f"using the scope prompt saved with the model ({found[1]}); --no-scope-prompt leaves it out", file=sys.stderr)
+        return found[0]
+    return None
+
+
 def _load(args):
     from honed.errors import ConfigError
-    from honed.infer.generate import ChatModel, GenerationSettings
+    from honed.infer.generate import GenerationSettings
 
     if not args.model and not args.adapter:
         raise ConfigError("give --model DIR (and optionally --adapter DIR)")
-    bot = ChatModel.load(args.model, adapter=args.adapter, template=args.template, device=args.device, dtype=args.dtype, trust_remote_code=args.trust_remote_code, allow_pickle=args.allow_pickle)
+    if args.guard_log and not args.guard:
+        raise ConfigError("--guard-log needs --guard DIR (the gate whose decisions it records)")
+    gate = query_log = None
+    if args.guard:
+        from honed.guard.gate import load_gate
+        from honed.infer.gating import QueryLog
+
+        gate, query_log = load_gate(args.guard), QueryLog(args.guard_log)
     settings = GenerationSettings(args.max_new_tokens, args.temperature, args.top_p, args.top_k, args.repetition_penalty, args.seed, args.enable_thinking)
-    return bot, settings
+    return _LazyBot(args), settings, gate, query_log
+
+
+def _refused(gate, query_log, text: str) -> str | None:
+    """The gate's refusal when it refuses `text` (the decision is logged either way)."""
+    if gate is None:
+        return None
+    from honed.data.conversation import Conversation, Message
+    from honed.infer.gating import gate_conversations
+
+    decision = gate_conversations(gate, [Conversation([Message("user", text)])], query_log, source="chat")[0]
+    return None if decision.in_domain else gate.refusal_for(text)
 
 
 def _open_kb(args):
@@ -81,10 +130,15 @@ def run_chat(args) -> int:
     from honed.data.conversation import Message
 
     kb = _open_kb(args)
-    bot, settings = _load(args)
+    bot, settings, gate, query_log = _load(args)
     ask = _with_kb(bot, settings, kb, args.kb_k)
-    history = [Message("system", args.system)] if args.system else []
+    system = system_prompt(args)
+    history = [Message("system", system)] if system else []
     if args.prompt is not None:
+        refusal = _refused(gate, query_log, args.prompt)
+        if refusal is not None:
+            print(refusal)
+            return 0
         reply, sources = ask([*history, Message("user", args.prompt)])
         if args.show_thinking and reply.reasoning:
             print(f"<think>\n{reply.reasoning}\n</think>")
@@ -101,9 +155,13 @@ def run_chat(args) -> int:
         if line in ("/exit", "/quit"):
             return 0
         if line == "/reset":
-            history = history[:1] if args.system else []
+            history = history[:1] if system else []
             continue
         if not line:
+            continue
+        refusal = _refused(gate, query_log, line)
+        if refusal is not None:
+            print(f"bot> {refusal}")  # kept out of the history: the model never saw this turn
             continue
         history.append(Message("user", line))
         reply, sources = ask(history)
@@ -119,7 +177,7 @@ def run_generate(args) -> int:
     from honed.infer.batch import generate_file
 
     kb = _open_kb(args)
-    bot, settings = _load(args)
+    bot, settings, gate, query_log = _load(args)
     retrieve = None
     if kb is not None:
         from honed.guard.knowledge import retrieval_messages
@@ -128,6 +186,7 @@ def run_generate(args) -> int:
             messages, passages = retrieval_messages(kb, messages, args.kb_k)
             return messages, [p.citation(full=True) for p in passages]
 
-    n = generate_file(bot, args.input, args.output, settings, system=args.system, batch_size=args.batch_size, overwrite=args.overwrite, retrieve=retrieve)
+    n = generate_file(bot, args.input, args.output, settings, system=system_prompt(args), batch_size=args.batch_size, overwrite=args.overwrite,
+                      retrieve=retrieve, gate=gate, query_log=query_log)
     print(f"wrote {n} answers to {args.output}", file=sys.stderr)
     return 0

@@ -254,6 +254,20 @@ def _roles(specs: list[ModelSpec], cfg: EvalConfig) -> list[str]:
     return roles
 
 
+def data_with_model_scope(cfg: EvalConfig):
+    """`cfg.data`, with the scope prompt saved beside the evaluated model when the config sets none
+    (a tuned model is asked the way it was taught; data.system_prompt="" asks without one)."""
+    from honed.model.scope import find_scope_prompt
+
+    if cfg.data.system_prompt is not None or cfg.data.system_prompt_file or not cfg.models:
+        return cfg.data
+    found = find_scope_prompt(cfg.models[0].adapter, cfg.models[0].path)
+    if not found:
+        return cfg.data
+    log.info("using the scope prompt saved with the model: %s", found[1])
+    return cfg.data.model_copy(update={"system_prompt": found[0]})
+
+
 def evaluate(cfg: EvalConfig, *, show_progress: bool = True, write: bool = True) -> EvalResult:
     """Evaluate every model of `cfg`; with `write`, put report.json/.html and predictions.jsonl
     into `cfg.output_dir` in one atomic step."""
@@ -263,7 +277,7 @@ def evaluate(cfg: EvalConfig, *, show_progress: bool = True, write: bool = True)
 
     if write:
         check_output_dir(cfg)
-    samples = load_samples(cfg.data, cfg.refusal.decision_field)
+    samples = load_samples(data_with_model_scope(cfg), cfg.refusal.decision_field)
     specs = resolve_models(cfg.models)
     if cfg.fitting.checkpoints == "all":
         specs += checkpoint_specs(specs[0])

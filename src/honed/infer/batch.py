@@ -14,11 +14,14 @@ from honed.errors import DataError
 from honed.utils.fs import check_writable, write_text_atomic
 
 
-def generate_file(bot, input_path, output_path, settings, *, system=None, batch_size=8, overwrite=False, retrieve=None) -> int:
+def generate_file(bot, input_path, output_path, settings, *, system=None, batch_size=8, overwrite=False, retrieve=None,
+                  gate=None, query_log=None) -> int:
     """Answer every record of `input_path` with `bot`; write them with `response` to `output_path`.
 
-    `retrieve(messages) -> (messages, sources)`, if given (`--kb`), rewrites each prompt before
-    generation (passages put in) and the row records its `sources`."""
+    With a `gate`, records whose question it refuses get the gate's refusal (and a `gate` field
+    with score and threshold) without reaching `bot`. `retrieve(messages) -> (messages, sources)`,
+    if given (`--kb`), rewrites each prompt that passed the gate before generation (passages put
+    in) and the row records its `sources`."""
     output_path = check_writable(output_path, overwrite)
     records, conversations = [], []
     for where, record in read_records(input_path):
@@ -27,23 +30,36 @@ def generate_file(bot, input_path, output_path, settings, *, system=None, batch_
         conversations.append(conv)
     if not conversations:
         raise DataError(f"{input_path}: no prompts")
-    sources = [None] * len(conversations)
-    if retrieve is not None:
-        for i, conv in enumerate(conversations):
-            conv.messages, sources[i] = retrieve(conv.messages)
     from rich.progress import track
 
-    replies = []
-    chunks = range(0, len(conversations), batch_size)
+    decisions = None
+    if gate is not None:
+        from honed.infer.gating import gate_conversations, last_user_text
+
+        decisions = gate_conversations(gate, conversations, query_log, source="generate")
+    passed = [i for i in range(len(conversations)) if decisions is None or decisions[i].in_domain]
+    sources = [None] * len(conversations)
+    if retrieve is not None:
+        for i in passed:
+            conversations[i].messages, sources[i] = retrieve(conversations[i].messages)
+    replies = [None] * len(conversations)
+    chunks = range(0, len(passed), batch_size)
     for start in track(chunks, description="generate", disable=len(chunks) < 2, transient=True):
-        replies += bot.generate(conversations[start : start + batch_size], settings, batch_size=batch_size)
+        rows = passed[start : start + batch_size]
+        for i, reply in zip(rows, bot.generate([conversations[i] for i in rows], settings, batch_size=batch_size)):
+            replies[i] = reply
     lines = []
-    for (record, reference), reply, cited in zip(records, replies, sources):
-        row = dict(record, response=reply.text, finished=reply.finished, new_tokens=reply.new_tokens)
-        if cited is not None:
-            row["sources"] = cited
-        if reply.reasoning is not None:
-            row["reasoning"] = reply.reasoning
+    for i, ((record, reference), reply) in enumerate(zip(records, replies)):
+        if reply is None:  # refused by the gate: its refusal, in the question's language
+            row = dict(record, response=gate.refusal_for(last_user_text(conversations[i])), finished=True, new_tokens=0)
+        else:
+            row = dict(record, response=reply.text, finished=reply.finished, new_tokens=reply.new_tokens)
+            if reply.reasoning is not None:
+                row["reasoning"] = reply.reasoning
+        if sources[i] is not None:
+            row["sources"] = sources[i]
+        if decisions is not None:
+            row["gate"] = decisions[i].as_dict()
         if reference is not None:
             row["reference"] = reference
         lines.append(json.dumps(row, ensure_ascii=False))

@@ -34,3 +34,12 @@ def load_scope_prompt(folder: str | Path | None) -> str | None:
         return None
     path = Path(folder) / SCOPE_FILE
     return path.read_text(encoding="utf-8") if path.is_file() else None
+
+
+def find_scope_prompt(*folders: str | Path | None) -> tuple[str, Path] | None:
+    """The first scope prompt saved in `folders` (an adapter before its base) and where it was found."""
+    for folder in folders:
+        prompt = load_scope_prompt(folder) if folder else None
+        if prompt:
+            return prompt, Path(folder) / SCOPE_FILE
+    return None

@@ -54,7 +54,7 @@ class GGUFBackend:
         try:
             from llama_cpp import Llama
         except ImportError:
-            raise ConfigError("--gguf needs llama-cpp-python: pip install 'honed[gguf]'") from None
+            raise ConfigError("--gguf needs llama-cpp-python: pip install 'honed[export]' (or bash scripts/setup.sh)") from None
         if not Path(path).is_file():
             raise ModelError(f"--gguf {path}: no such file")
         return cls(Llama(model_path=str(path), n_ctx=n_ctx, n_gpu_layers=n_gpu_layers, seed=seed, verbose=False))

@@ -2,7 +2,9 @@
 
 - LoRA: adapter_config.json + adapter_model.safetensors (peft's format) and the tokenizer;
 - full: the whole model as HF safetensors and the tokenizer;
-- always: config.yaml (resolved), run_info.json (versions, data fingerprint, path taken).
+- always: config.yaml (resolved), run_info.json (versions, data fingerprint, path taken);
+- the scope prompt the model was trained with (scope_prompt.txt), so chat/generate/eval ask it the
+  same way by default.
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ import time
 from importlib import metadata
 from pathlib import Path
 
-from honed.utils.fs import atomic_dir, move_contents_atomic, write_text_atomic
+from honed.model.scope import save_scope_prompt
+from honed.utils.fs import atomic_dir, move_contents_atomic, save_figure_atomic, write_text_atomic
 
 
 def package_versions() -> dict[str, str]:
@@ -26,17 +29,18 @@ def package_versions() -> dict[str, str]:
     return out
 
 
-def save_model_files(model, tokenizer, folder: Path) -> None:
-    """Weights (+ tokenizer) in the ecosystem's formats; safetensors only."""
+def save_model_files(model, tokenizer, folder: Path, scope_prompt: str | None = None) -> None:
+    """Weights (+ tokenizer, + the scope prompt) in the ecosystem's formats; safetensors only."""
     model.save_pretrained(str(folder), safe_serialization=True)
     if tokenizer is not None:
         tokenizer.save_pretrained(str(folder))
+    save_scope_prompt(folder, scope_prompt)
 
 
-def save_weights_atomic(model, tokenizer, target: Path) -> None:
+def save_weights_atomic(model, tokenizer, target: Path, scope_prompt: str | None = None) -> None:
     """Save into a sibling temp folder, then move each file into `target` (other files there stay)."""
     with atomic_dir(target.with_name(f".{target.name}-staging")) as tmp:
-        save_model_files(model, tokenizer, tmp)
+        save_model_files(model, tokenizer, tmp, scope_prompt)
     staging = target.with_name(f".{target.name}-staging")
     move_contents_atomic(staging, target)
     staging.rmdir()
@@ -75,9 +79,4 @@ def plot_losses(metrics: list[dict], path: Path) -> Path | None:
     ax.set_ylabel("loss (nats/token)")
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    return save_figure_atomic(fig, path, dpi=110)

@@ -335,10 +335,17 @@ def save_checkpoint(run: TrainingRun) -> Path:
     run.state.data_state = run.data.epochs.state_dict()
     save_files = None
     if run.cfg.method != "full":
-        save_files = functools.partial(save_model_files, run.model, None)  # the adapter, loadable by peft
+        save_files = functools.partial(save_model_files, run.model, None, scope_prompt=run_scope_prompt(run))  # the adapter, loadable by peft
     run.last_checkpoint = ckpt.save_checkpoint(run.output_dir, run.model, run.optimizer, run.scheduler, run.state, scaler=run.scaler,
                                                save_model_files=save_files, keep=run.cfg.training.save_total_limit)
     return run.last_checkpoint
+
+
+def run_scope_prompt(run: TrainingRun) -> str | None:
+    """The scope prompt the run trains with: it travels with every adapter, checkpoint and final model."""
+    from honed.data.dataset import scope_prompt
+
+    return scope_prompt(run.cfg.data)
 
 
 def checkpoint_is_current(run: TrainingRun) -> bool:

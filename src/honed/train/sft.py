@@ -30,6 +30,7 @@ from honed.train.recipe import (
     collate_group,
     epoch_batches,
     evaluate,
+    run_scope_prompt,
     save_checkpoint,
     setup_run,
     train_step,
@@ -136,7 +137,7 @@ def evaluate_and_keep_best(run: TrainingRun, result: TrainResult, progress: Trai
     progress.note(f"step {state.step}: validation loss {val_loss:.4f}")
     if state.best_val_loss is None or val_loss < state.best_val_loss:
         state.best_val_loss, state.best_step, state.evals_without_improvement = val_loss, state.step, 0
-        save_weights_atomic(run.model, run.tokenizer, run.output_dir / "best")
+        save_weights_atomic(run.model, run.tokenizer, run.output_dir / "best", run_scope_prompt(run))
         result.best_step = state.step
     else:
         state.evals_without_improvement += 1
@@ -163,7 +164,7 @@ def end_epoch(run: TrainingRun) -> None:
 
 def finish_run(run: TrainingRun, started: float) -> None:
     """The final weights, run_info.json (what the path did included) and the loss curve."""
-    save_weights_atomic(run.model, run.tokenizer, run.output_dir)
+    save_weights_atomic(run.model, run.tokenizer, run.output_dir, run_scope_prompt(run))
     info = dict(run.info)
     info.update(path_record(run.path))
     write_run_record(run.output_dir, run.cfg, fingerprint=run.fingerprint, info=info, report=run.data.report.to_dict(), started=started)

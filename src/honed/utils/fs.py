@@ -35,6 +35,20 @@ def write_text_atomic(path: str | Path, text: str) -> None:
         raise
 
 
+def save_figure_atomic(fig, path: str | Path, dpi: int = 100) -> Path:
+    """Save a matplotlib figure as a PNG under a temporary name, rename it into place, close it."""
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=dpi)
+    plt.close(fig)
+    tmp.replace(path)
+    return path
+
+
 @contextlib.contextmanager
 def atomic_dir(target: str | Path) -> Iterator[Path]:
     """Yield a temporary folder beside `target`; on success it replaces `target` in one rename.

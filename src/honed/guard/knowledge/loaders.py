@@ -27,7 +27,7 @@ def require(module: str, package: str):
     try:
         return importlib.import_module(module)
     except ImportError as err:
-        raise ConfigError(f"the knowledge base needs the package {package}: pip install 'honed[kb]' ({err})") from None
+        raise ConfigError(f"the knowledge base needs the package {package}: pip install honed (a core dependency is missing) ({err})") from None
 
 
 class UnreadableDocument(Exception):

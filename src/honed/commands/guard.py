@@ -1,0 +1,172 @@
+"""`honed guard fit|score|eval|drift`: the out-of-domain gate in front of the model.
+
+  honed guard fit   --in-domain FILE [--out-of-domain FILE] --out DIR [--embedder auto] [--target-tpr 0.95]
+  honed guard score --guard DIR --input FILE [--output FILE]
+  honed guard eval  --guard DIR --in-domain FILE --out-of-domain FILE
+  honed guard drift --guard DIR --queries FILE
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def register(sub) -> None:
+    guard = sub.add_parser("guard", help="out-of-domain gate: fit, score, eval, drift")
+    verbs = guard.add_subparsers(dest="guard_command", metavar="VERB", required=True)
+
+    fit = verbs.add_parser("fit", help="index in-domain questions and calibrate the threshold", formatter_class=argparse.RawDescriptionHelpFormatter,
+                           epilog="example:\n  honed guard fit --in-domain train.jsonl --out-of-domain ood.txt --out runs/gate")
+    fit.add_argument("--in-domain", required=True, metavar="FILE", help="data file (its user turns) or text file, one question per line")
+    fit.add_argument("--out-of-domain", metavar="FILE", help="optional: questions to refuse, only scored for the report")
+    fit.add_argument("--out", required=True, metavar="DIR", help="gate folder to write")
+    fit.add_argument("--embedder", default="auto", help="auto (MiniLM for Latin script, char-ngram for Chinese), default, char-ngram, llm:DIR, or a sentence-transformers folder")
+    fit.add_argument("--score", default="knn", choices=["knn", "centroid", "mahalanobis"])
+    fit.add_argument("--k", type=int, default=3, help="neighbours averaged by the knn score")
+    fit.add_argument("--target-tpr", type=float, default=0.95, help="share of held-out in-domain questions the threshold lets through")
+    fit.add_argument("--calibration-fraction", type=float, default=0.2, help="share of in-domain questions held out to calibrate")
+    fit.add_argument("--seed", type=int, default=0, help="seed of the calibration split")
+    fit.add_argument("--refusal", help="answer given to out-of-domain questions (default: English or Chinese by the question)")
+    fit.add_argument("--refusal-zh", help="answer given to out-of-domain Chinese questions")
+    fit.add_argument("--overwrite", action="store_true", help="replace an existing gate folder")
+    fit.set_defaults(func=run_fit)
+
+    score = verbs.add_parser("score", help="one JSON line per question: text, score, in_domain")
+    score.add_argument("--guard", required=True, metavar="DIR")
+    score.add_argument("--input", required=True, metavar="FILE")
+    score.add_argument("--output", metavar="FILE", help="JSONL to write (default: standard output)")
+    score.add_argument("--embedder", help="refuse unless the gate was fitted with this embedder")
+    score.add_argument("--overwrite", action="store_true")
+    score.set_defaults(func=run_score)
+
+    ev = verbs.add_parser("eval", help="AUROC, FPR at 95%% TPR and score histograms on questions the gate never saw")
+    ev.add_argument("--guard", required=True, metavar="DIR")
+    ev.add_argument("--in-domain", required=True, metavar="FILE")
+    ev.add_argument("--out-of-domain", required=True, metavar="FILE")
+    ev.add_argument("--plots", metavar="DIR", help="folder for the histogram PNGs (default: DIR-eval beside the gate)")
+    ev.add_argument("--embedder", help="refuse unless the gate was fitted with this embedder")
+    ev.set_defaults(func=run_eval)
+
+    drift = verbs.add_parser("drift", help="compare logged live queries with the calibration set")
+    drift.add_argument("--guard", required=True, metavar="DIR")
+    drift.add_argument("--queries", required=True, metavar="FILE", help="query log from --guard-log (JSONL) or text, one query per line, oldest first")
+    drift.add_argument("--recent", type=int, default=500, help="how many of the last queries count as recent")
+    drift.add_argument("--near", type=float, default=0.05, help="near the threshold = within this calibration quantile of it")
+    drift.add_argument("--cluster-distance", type=float, default=0.6, help="cosine distance that still joins two refused queries into a topic")
+    drift.set_defaults(func=run_drift)
+
+
+def _questions(path: str, kind: str | None, what: str) -> list[str]:
+    from honed.guard.questions import read_questions
+
+    qs = read_questions(path, kind)
+    if qs.skipped:
+        print(f"{what} {path}: {len(qs.texts)} questions; skipped {qs.describe_skips()}", file=sys.stderr)
+    return qs.texts
+
+
+def run_fit(args) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from honed.errors import DataError
+    from honed.guard.fit import fit_gate
+
+    in_domain = _questions(args.in_domain, "in_domain", "in-domain")
+    if not in_domain:
+        raise DataError(f"--in-domain {args.in_domain}: no questions found (an empty file?); the gate needs examples of the domain")
+    ood = _questions(args.out_of_domain, "out_of_domain", "out-of-domain") if args.out_of_domain else None
+    report = fit_gate(in_domain, args.out, embedder=args.embedder, score=args.score, k=args.k, target_tpr=args.target_tpr, out_of_domain=ood,
+                      calibration_fraction=args.calibration_fraction, seed=args.seed, refusal=args.refusal, refusal_zh=args.refusal_zh,
+                      overwrite=args.overwrite, source=args.in_domain)
+    table = Table(title=f"gate {args.out} ({args.score}, target pass rate {args.target_tpr})")
+    for col in ("route", "embedder", "indexed", "held out", "threshold", "held-out pass", "ood", "AUROC", "ood passed"):
+        table.add_column(col)
+    for p in report.parts:
+        table.add_row(p.route, p.embedder, str(p.indexed), str(p.held_out), f"{p.threshold:.4f}", f"{p.pass_rate:.1%}", str(p.ood),
+                      "-" if p.auroc is None else f"{p.auroc:.3f}", "-" if p.fpr is None else f"{p.fpr:.1%}")
+    Console(stderr=True).print(table)
+    print(f"calibration split: seed {args.seed}, {args.calibration_fraction:.0%} of the distinct in-domain questions held out per route", file=sys.stderr)
+    return 0
+
+
+def run_score(args) -> int:
+    from honed.guard.gate import load_gate
+    from honed.utils.fs import check_writable, write_text_atomic
+
+    if args.output:
+        check_writable(args.output, args.overwrite)
+    gate = load_gate(args.guard, embedder=args.embedder)
+    texts = _questions(args.input, None, "input")
+    lines = [json.dumps({"text": t, "score": round(d.score, 6), "in_domain": d.in_domain, "threshold": round(d.threshold, 6), "route": d.route}, ensure_ascii=False)
+             for t, d in zip(texts, gate.check_many(texts))]
+    if args.output:
+        write_text_atomic(args.output, "\n".join(lines) + ("\n" if lines else ""))
+        print(f"scored {len(lines)} questions into {args.output}", file=sys.stderr)
+    else:
+        print("\n".join(lines))
+    return 0
+
+
+def run_eval(args) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from honed.guard.evaluate import evaluate_gate
+    from honed.guard.gate import load_gate
+
+    gate = load_gate(args.guard, embedder=args.embedder)
+    in_domain = _questions(args.in_domain, "in_domain", "in-domain")
+    ood = _questions(args.out_of_domain, "out_of_domain", "out-of-domain")
+    plots = Path(args.plots) if args.plots else Path(args.guard).with_name(Path(args.guard).name + "-eval")
+    report = evaluate_gate(gate, in_domain, ood, plots)
+    table = Table(title=f"gate {args.guard} on {len(in_domain)} in-domain / {len(ood)} out-of-domain questions")
+    for col in ("split", "in", "out", "AUROC", "FPR@95%TPR", "threshold@95%TPR", "gate threshold", "pass (in)", "pass (out)"):
+        table.add_column(col)
+    fmt = lambda v, f: "-" if v is None else format(v, f)  # noqa: E731
+    for r in report.rows:
+        table.add_row(r.name, str(r.n_in), str(r.n_out), fmt(r.auroc, ".4f"), fmt(r.fpr_at_95, ".3f"), fmt(r.threshold_at_95, ".4f"),
+                      fmt(r.gate_threshold, ".4f"), f"{r.tpr:.1%}", f"{r.fpr:.1%}")
+    Console(stderr=True).print(table)
+    overall = report.rows[0]
+    print(f"AUROC {overall.auroc:.4f}")
+    print(f"FPR@95%TPR {overall.fpr_at_95:.4f}")
+    print(f"threshold@95%TPR {overall.threshold_at_95:.4f}")
+    for route, part in gate.parts.items():
+        print(f"threshold[{route}] {part.threshold:.4f}")
+    for path in report.plots:
+        print(f"histogram: {path}", file=sys.stderr)
+    return 0
+
+
+def run_drift(args) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from honed.guard.drift import drift_report, psi_verdict
+    from honed.guard.gate import load_gate
+
+    gate = load_gate(args.guard)
+    queries = _questions(args.queries, None, "queries")
+    report = drift_report(gate, queries, recent=args.recent, near=args.near, cluster_distance=args.cluster_distance)
+    console = Console()
+    table = Table(title=f"drift of {report.n_queries} queries against the calibration set (recent = last {report.n_recent})")
+    for col in ("route", "queries", "calibration", "PSI", "", "KS", "KS p", "near threshold (recent)", "refused"):
+        table.add_column(col)
+    for r in report.routes:
+        table.add_row(r.route, str(r.n_queries), str(r.n_calibration), f"{r.psi:.3f}", psi_verdict(r.psi), f"{r.ks:.3f}", f"{r.ks_pvalue:.3g}",
+                      f"{r.near_share:.1%}", f"{r.refused_share:.1%}")
+    console.print(table)
+    if report.topics:
+        topics = Table(title="recurring out-of-domain topics")
+        topics.add_column("queries")
+        topics.add_column("examples")
+        for t in report.topics:
+            topics.add_row(str(t.size), " | ".join(t.examples))
+        console.print(topics)
+    else:
+        console.print("no recurring out-of-domain topics")
+    return 0

@@ -1,0 +1,141 @@
+"""Fitting a gate: index the in-domain questions, calibrate the threshold on a held-out share.
+
+Everything is written into a temporary folder beside `--out` and renamed into place at the end, so
+a failure (a missing model, an empty file, an interrupt) leaves nothing half-written.
+
+>>> report = fit_gate(["What is TSH?", "What does HbA1c measure?", "Normal potassium range?"], "/tmp/g", embedder="char-ngram")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from honed.errors import ConfigError, DataError, OutputExistsError
+from honed.guard.calibration import MAHALANOBIS_MAX_ROWS, SCORE_KINDS, ScoreStats, split_for_calibration, threshold_for
+from honed.guard.embedders import load_embedder
+from honed.guard.gate import AUTO_EMBEDDERS, CALIBRATION_FILE, DEFAULT_REFUSALS, GATE_FILE, GATE_VERSION, table_name
+from honed.guard.index import VectorIndex
+from honed.guard.routing import script_of
+from honed.utils.fs import atomic_dir
+
+EMBED_BATCH = 1024
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PartReport:
+    route: str
+    embedder: str
+    indexed: int
+    held_out: int
+    threshold: float
+    pass_rate: float
+    ood: int = 0
+    auroc: float | None = None
+    fpr: float | None = None  # share of out-of-domain questions that pass the threshold
+
+
+@dataclass
+class FitReport:
+    out: Path
+    parts: list[PartReport] = field(default_factory=list)
+
+
+MIN_ROUTE_QUESTIONS = 5  # fewer in-domain questions in a script cannot calibrate a route of their own
+
+
+def _group(texts: list[str], embedder: str, merge_small: bool = True) -> dict[str, list[str]]:
+    """`auto`: questions by script; a script with too few questions joins the biggest route."""
+    if embedder != "auto":
+        return {"all": texts}
+    groups: dict[str, list[str]] = {}
+    for t in texts:
+        groups.setdefault(script_of(t), []).append(t)
+    if merge_small and len(groups) > 1:
+        biggest = max(groups, key=lambda r: len(set(groups[r])))
+        for route in [r for r in groups if r != biggest and len(set(groups[r])) < MIN_ROUTE_QUESTIONS]:
+            log.warning("only %d %s in-domain question(s): they join the %s route (no route of their own)", len(set(groups[route])), route, biggest)
+            groups[biggest] += groups.pop(route)
+    return groups
+
+
+def _batches(embedder, texts: list[str], keep: list[np.ndarray] | None):
+    from rich.progress import track
+
+    starts = range(0, len(texts), EMBED_BATCH)
+    for start in track(starts, description="embedding in-domain questions", disable=len(starts) < 3, transient=True):
+        chunk = texts[start : start + EMBED_BATCH]
+        vectors = embedder.encode(chunk)
+        if keep is not None and sum(map(len, keep)) < MAHALANOBIS_MAX_ROWS:
+            keep.append(vectors)
+        yield vectors, chunk
+
+
+def fit_gate(in_domain: list[str], out: str | Path, *, embedder: str = "auto", score: str = "knn", k: int = 3, target_tpr: float = 0.95,
+             out_of_domain: list[str] | None = None, calibration_fraction: float = 0.2, seed: int = 0, refusal: str | None = None,
+             refusal_zh: str | None = None, overwrite: bool = False, source: str = "in-domain questions", device: str = "cpu") -> FitReport:
+    """Fit a gate on `in_domain` questions into folder `out`; `out_of_domain` (optional) is only scored, for the report."""
+    out = Path(out)
+    if score not in SCORE_KINDS:
+        raise ConfigError(f"--score={score}: choose one of {', '.join(SCORE_KINDS)}")
+    if k < 1:
+        raise ConfigError(f"--k={k}: give at least 1 neighbour")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
+        raise OutputExistsError(f"{out} exists; choose another --out or pass --overwrite")
+    if not in_domain:
+        raise DataError(f"{source}: no in-domain questions; the gate needs examples of what to let through")
+    groups = _group(in_domain, embedder)
+    splits = {route: split_for_calibration(texts, calibration_fraction, seed, f"{source} ({route})") for route, texts in groups.items()}
+    names = {route: (AUTO_EMBEDDERS[route] if embedder == "auto" else embedder) for route in groups}
+    embedders = {spec: load_embedder(spec, device=device) for spec in set(names.values())}  # a missing model fails before writing
+    ood_groups = _group(out_of_domain or [], embedder, merge_small=False) if out_of_domain else {}
+    if embedder == "auto":  # out-of-domain questions of a script without a route go where the gate sends them
+        for route in [r for r in ood_groups if r not in groups]:
+            ood_groups.setdefault(next(iter(groups)), []).extend(ood_groups.pop(route))
+    report = FitReport(out)
+    config = {"version": GATE_VERSION, "embedder": embedder if embedder == "auto" else embedders[embedder].name, "score": score, "k": k,
+              "target_tpr": target_tpr, "refusals": _refusals(refusal, refusal_zh), "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+              "calibration": {"fraction": calibration_fraction, "seed": seed, "source": source}, "parts": {}}
+    calibration_lines = []
+    with atomic_dir(out) as tmp:
+        for route, (fit_texts, held) in splits.items():
+            emb = embedders[names[route]]
+            keep: list[np.ndarray] | None = [] if score != "knn" else None
+            index = VectorIndex.create(tmp, table_name(route), _batches(emb, fit_texts, keep))
+            stats = ScoreStats.fit(score, np.concatenate(keep)) if keep else ScoreStats("knn")
+            stats.save(tmp / f"stats-{route}.npz")
+            held_scores = stats.score(emb.encode(held), index, k)
+            threshold = threshold_for(held_scores, target_tpr)
+            part = PartReport(route, emb.name, index.rows, len(held), threshold, float(np.mean(held_scores >= threshold)))
+            if ood_groups.get(route):
+                _score_ood(part, stats.score(emb.encode(ood_groups[route]), index, k), held_scores)
+            report.parts.append(part)
+            config["parts"][route] = {"embedder": emb.name, "indexed": index.rows, "held_out": len(held), "threshold": threshold,
+                                      "pass_rate": part.pass_rate, "ood": part.ood, "auroc": part.auroc, "fpr": part.fpr,
+                                      "calibration_mean": float(np.mean(held_scores)), "calibration_std": float(np.std(held_scores))}
+            calibration_lines += [json.dumps({"route": route, "text": t, "score": float(s)}, ensure_ascii=False) for t, s in zip(held, held_scores)]
+        (tmp / CALIBRATION_FILE).write_text("\n".join(calibration_lines) + "\n", encoding="utf-8")
+        (tmp / GATE_FILE).write_text(json.dumps(config, indent=2, ensure_ascii=False), encoding="utf-8")
+    return report
+
+
+def _score_ood(part: PartReport, ood_scores: np.ndarray, held_scores: np.ndarray) -> None:
+    from sklearn.metrics import roc_auc_score
+
+    part.ood = len(ood_scores)
+    part.fpr = float(np.mean(ood_scores >= part.threshold))
+    labels = np.r_[np.ones(len(held_scores)), np.zeros(len(ood_scores))]
+    part.auroc = float(roc_auc_score(labels, np.r_[held_scores, ood_scores]))
+
+
+def _refusals(refusal: str | None, refusal_zh: str | None) -> dict[str, str]:
+    """`--refusal` alone answers every language; the default is English or Chinese by the question's script."""
+    if refusal is None and refusal_zh is None:
+        return dict(DEFAULT_REFUSALS)
+    return {"latin": refusal or DEFAULT_REFUSALS["latin"], "cjk": refusal_zh or refusal or DEFAULT_REFUSALS["cjk"]}

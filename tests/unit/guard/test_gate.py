@@ -1,0 +1,181 @@
+"""The gate: scores against numpy/scikit-learn references, calibration, storage, clear errors."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from honed.errors import DataError, ModelError, OutputExistsError
+from honed.guard.calibration import split_for_calibration, threshold_for
+from honed.guard.embedders import load_embedder
+from honed.guard.fit import fit_gate
+from honed.guard.gate import GateError, GateIndexError, GateMismatchError, load_gate, read_calibration
+from honed.guard.routing import script_of
+
+LAB = [
+    "What does HbA1c measure?", "What is a normal TSH level?", "Do I need to fast for a lipid panel?", "What is ALT in a liver panel?",
+    "What does a high CRP mean?", "What is a normal fasting glucose?", "Why is potassium high after hemolysis?", "What tube is used for a CBC?",
+    "What does ferritin measure?", "What is the normal range for sodium?", "What does creatinine tell about the kidneys?", "What is INR?",
+]
+OFF = ["How do I bake sourdough bread?", "Who won the football world cup?", "Write a poem about the sea.", "How do I center a div in CSS?"]
+
+
+@pytest.fixture(scope="module")
+def gate_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("g") / "gate"
+    fit_gate(LAB, out, embedder="char-ngram", k=2, target_tpr=0.75, calibration_fraction=0.34, seed=1, out_of_domain=OFF)
+    return out
+
+
+def test_threshold_passes_at_least_the_target_share():
+    assert threshold_for([0.9, 0.8, 0.7, 0.6, 0.5], 0.8) == 0.6
+    assert threshold_for([0.9, 0.8, 0.7, 0.6, 0.5], 0.95) == 0.5  # 4/5 < 0.95: the lowest must pass too
+    assert threshold_for([0.3, 0.1, 0.2, 0.4], 0.5) == 0.3
+    assert threshold_for([0.3, 0.1, 0.2, 0.4], 1.0) == 0.1
+
+
+def test_calibration_split_is_seeded_and_distinct():
+    texts = [f"q{i}" for i in range(10)] + ["q1", " q2 "]
+    fit, held = split_for_calibration(texts, 0.2, seed=0, where="x")
+    assert (len(fit), len(held)) == (8, 2) and not set(fit) & set(held) and sorted(fit + held) == sorted(f"q{i}" for i in range(10))
+    assert split_for_calibration(texts, 0.2, seed=0, where="x") == (fit, held)
+    with pytest.raises(DataError, match="at least 2"):
+        split_for_calibration(["only", "only"], 0.2, seed=0, where="file.txt")
+
+
+def test_gate_folder_layout_and_calibration(gate_dir):
+    cfg = json.loads((gate_dir / "gate.json").read_text())
+    part = cfg["parts"]["all"]
+    assert (cfg["embedder"], cfg["score"], cfg["k"], part["indexed"], part["held_out"]) == ("char-ngram:4096", "knn", 2, 8, 4)
+    assert (gate_dir / "index.lance").is_dir()
+    calibration = read_calibration(gate_dir)
+    held = [c["text"] for c in calibration]
+    assert len(held) == 4 and set(held) <= set(LAB)
+    assert part["threshold"] == threshold_for([c["score"] for c in calibration], 0.75)
+    assert part["pass_rate"] == 0.75 and part["ood"] == 4
+
+
+def test_knn_score_matches_brute_force_cosine(gate_dir):
+    gate = load_gate(gate_dir)
+    held = {c["text"] for c in read_calibration(gate_dir)}
+    indexed = [t for t in LAB if t not in held]
+    emb = load_embedder("char-ngram")
+    questions = ["What is a normal potassium level?", "How do I bake bread?"]
+    sims = emb.encode(questions) @ emb.encode(indexed).T
+    expected = np.sort(sims, axis=1)[:, ::-1][:, :2].mean(1)
+    got = [d.score for d in gate.check_many(questions)]
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+    d = gate.check("What is a normal potassium level?")
+    assert d.in_domain == (d.score >= d.threshold) and d.threshold == json.loads((gate_dir / "gate.json").read_text())["parts"]["all"]["threshold"]
+
+
+@pytest.mark.parametrize("kind", ["centroid", "mahalanobis"])
+def test_centroid_and_mahalanobis_match_references(tmp_path, kind):
+    from sklearn.covariance import LedoitWolf
+
+    emb = load_embedder("char-ngram:64")
+    fit_gate(LAB, tmp_path / "g", embedder="char-ngram:64", score=kind, calibration_fraction=0.25)
+    gate = load_gate(tmp_path / "g")
+    held = {c["text"] for c in read_calibration(tmp_path / "g")}
+    vectors = emb.encode([t for t in LAB if t not in held])
+    q = emb.encode(OFF)
+    if kind == "centroid":
+        mean = vectors.mean(0)
+        expected = q @ (mean / np.linalg.norm(mean))
+    else:
+        expected = -np.sqrt(LedoitWolf().fit(vectors.astype(np.float64)).mahalanobis(q.astype(np.float64)))
+    np.testing.assert_allclose([d.score for d in gate.check_many(OFF)], expected, rtol=1e-3, atol=1e-4)
+
+
+def test_refusals_follow_the_question_language(gate_dir, tmp_path):
+    gate = load_gate(gate_dir)
+    assert gate.refusal_for("比特币还会涨吗？").startswith("抱歉") and gate.refusal_for("Is bitcoin going up?") == gate.refusal
+    fit_gate(LAB, tmp_path / "g", embedder="char-ngram", refusal="Lab questions only.")
+    custom = load_gate(tmp_path / "g")
+    assert custom.refusal == custom.refusal_for("比特币还会涨吗？") == "Lab questions only."
+
+
+def test_script_routing():
+    assert [script_of(t) for t in ("What is TSH?", "血常规查什么？", "HbA1c 是什么？", "12345", "")] == ["latin", "cjk", "cjk", "latin", "latin"]
+
+
+def test_empty_in_domain_and_missing_model_write_nothing(tmp_path):
+    with pytest.raises(DataError, match="no in-domain questions"):
+        fit_gate([], tmp_path / "a", embedder="char-ngram")
+    with pytest.raises(ModelError, match="not found"):
+        fit_gate(LAB, tmp_path / "b", embedder=str(tmp_path / "no-such-model"))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_existing_output_is_kept_unless_overwrite(gate_dir, tmp_path):
+    target = tmp_path / "gate"
+    shutil.copytree(gate_dir, target)
+    before = (target / "gate.json").read_text()
+    with pytest.raises(OutputExistsError, match="--overwrite"):
+        fit_gate(LAB, target, embedder="char-ngram")
+    assert (target / "gate.json").read_text() == before
+    fit_gate(LAB, target, embedder="char-ngram:128", overwrite=True)
+    assert json.loads((target / "gate.json").read_text())["embedder"] == "char-ngram:128"
+
+
+def test_gate_refuses_another_embedder(gate_dir):
+    with pytest.raises(GateMismatchError, match="fitted with embedder 'char-ngram:4096', not 'default'"):
+        load_gate(gate_dir, embedder="default")
+    assert load_gate(gate_dir, embedder="char-ngram").embedder_name == "char-ngram:4096"
+
+
+def test_missing_and_damaged_gates_are_clear_errors(gate_dir, tmp_path):
+    with pytest.raises(GateError, match="not a gate"):
+        load_gate(tmp_path / "nothing")
+    broken = tmp_path / "broken"
+    shutil.copytree(gate_dir, broken)
+    (broken / "gate.json").write_text("{not json")
+    with pytest.raises(GateError, match="damaged gate file"):
+        load_gate(broken)
+    shutil.copytree(gate_dir, tmp_path / "noindex")
+    shutil.rmtree(tmp_path / "noindex" / "index.lance")
+    with pytest.raises(GateIndexError, match="index is missing"):
+        load_gate(tmp_path / "noindex")
+    corrupt = tmp_path / "corrupt"
+    shutil.copytree(gate_dir, corrupt)
+    for f in (corrupt / "index.lance").rglob("*"):
+        if f.is_file():
+            f.write_bytes(b"garbage")
+    with pytest.raises(GateIndexError, match="index cannot be read"):
+        load_gate(corrupt)
+    bad_data = tmp_path / "bad-data"
+    shutil.copytree(gate_dir, bad_data)
+    for f in (bad_data / "index.lance" / "data").glob("*"):
+        f.write_bytes(b"garbage")
+    with pytest.raises(GateIndexError, match="search failed"):
+        load_gate(bad_data).check("What is TSH?")
+
+
+def test_auto_gate_gives_a_script_with_few_questions_no_route_of_its_own(tmp_path):
+    report = fit_gate(LAB + ["血常规查什么？", "血糖需要空腹吗？"], tmp_path / "g", embedder="auto", out_of_domain=["比特币还会涨吗？", *OFF])
+    assert [(p.route, p.embedder, p.indexed + p.held_out, p.ood) for p in report.parts] == [("latin", "minilm", 14, 5)]
+    gate = load_gate(tmp_path / "g", embedder="auto")
+    assert gate.check("比特币还会涨吗？").route == "latin"
+
+
+def test_batched_search_gives_the_same_neighbours(gate_dir, monkeypatch):
+    import honed.guard.index as index_module
+
+    gate = load_gate(gate_dir)
+    questions = ["What is a normal potassium level?", "How do I bake bread?", "What is TSH?"]
+    whole = [d.score for d in gate.check_many(questions)]
+    monkeypatch.setattr(index_module, "SEARCH_BATCH", 2)
+    assert [d.score for d in gate.check_many(questions)] == whole
+
+
+def test_damaged_statistics_and_calibration_are_gate_errors(tmp_path):
+    fit_gate(LAB, tmp_path / "g", embedder="char-ngram:64", score="centroid")
+    (tmp_path / "g" / "calibration.jsonl").write_text('{"route": "all", "text": "x", "score": 0.5}\n{broken\n')
+    with pytest.raises(GateError, match=r"calibration.jsonl:2: damaged"):
+        read_calibration(tmp_path / "g")
+    (tmp_path / "g" / "stats-all.npz").write_bytes(b"not numpy")
+    with pytest.raises(GateError, match="centroid statistics cannot be read"):
+        load_gate(tmp_path / "g")
