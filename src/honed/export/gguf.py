@@ -34,13 +34,26 @@ def read_config(folder: Path) -> dict:
     return cfg.get("text_config", cfg) if cfg.get("model_type") == "gemma3" and "text_config" in cfg else cfg
 
 
+def rope_settings(cfg: dict) -> tuple[float, dict | None, float | None]:
+    """(rope theta, scaling parameters or None, sliding-window layers' theta) from transformers 5's
+    `rope_parameters` (per layer type for Gemma 3) or older configs' rope_theta / rope_scaling."""
+    params = cfg.get("rope_parameters") or {}
+    local = {}
+    if "full_attention" in params:
+        params, local = params["full_attention"], params.get("sliding_attention") or {}
+    theta = float(params.get("rope_theta", cfg.get("rope_theta", 10000.0)))
+    scaling = params if params.get("rope_type", "default") != "default" else cfg.get("rope_scaling")
+    local_theta = local.get("rope_theta", cfg.get("rope_local_base_freq"))
+    return theta, scaling or None, float(local_theta) if local_theta else None
+
+
 def check_exportable(folder: Path, quant: str) -> GgufFamily:
     """Every refusal that needs no weights: family, quant type, tokenizer, rope scaling."""
     check_quant(quant)
     cfg = read_config(folder)
     family = gguf_family(cfg.get("model_type", "?"))
     tokenizer_kind(Path(folder))
-    scaling = cfg.get("rope_scaling") or {}
+    scaling = rope_settings(cfg)[1] or {}
     kind = scaling.get("rope_type") or scaling.get("type")
     if kind not in (None, "default", "llama3", "linear"):
         raise ExportError(f"{folder}: rope_scaling type {kind!r} is not supported for GGUF export yet "
@@ -68,8 +81,7 @@ def _head_permute(w: np.ndarray, heads: int) -> np.ndarray:
 
 def llama3_rope_factors(cfg: dict, head_dim: int) -> np.ndarray:
     """Per-frequency divisors of Llama 3.1's long-context rope (`rope_type: llama3`)."""
-    s = cfg["rope_scaling"]
-    base = cfg.get("rope_theta", 10000.0)
+    base, s, _ = rope_settings(cfg)
     factor, low, high = s["factor"], s.get("low_freq_factor", 1.0), s.get("high_freq_factor", 4.0)
     old = s.get("original_max_position_embeddings", 8192)
     out = []
@@ -96,11 +108,13 @@ def _write_hparams(writer, family: GgufFamily, cfg: dict) -> None:
     writer.add_head_count_kv(cfg.get("num_key_value_heads", heads))
     writer.add_key_length(head_dim)
     writer.add_value_length(head_dim)
-    writer.add_rope_dimension_count(int(head_dim * cfg.get("partial_rotary_factor", 1.0)))
-    writer.add_rope_freq_base(float(cfg.get("rope_theta", 10000.0)))
+    rotary = cfg.get("partial_rotary_factor") or (cfg.get("rope_parameters") or {}).get("partial_rotary_factor") or 1.0
+    writer.add_rope_dimension_count(int(head_dim * rotary))
+    theta, scaling, local_theta = rope_settings(cfg)
+    writer.add_rope_freq_base(theta)
     writer.add_layer_norm_rms_eps(float(cfg.get("rms_norm_eps", 1e-6)))
     writer.add_vocab_size(cfg["vocab_size"])
-    scaling = cfg.get("rope_scaling") or {}
+    scaling = scaling or {}
     if (scaling.get("rope_type") or scaling.get("type")) == "linear":
         import gguf
 
@@ -113,11 +127,10 @@ def _write_hparams(writer, family: GgufFamily, cfg: dict) -> None:
             writer.add_final_logit_softcapping(float(cfg["final_logit_softcapping"]))
         if family.arch == "gemma2" and cfg.get("attn_logit_softcapping"):
             writer.add_attn_logit_softcapping(float(cfg["attn_logit_softcapping"]))
-        if family.arch == "gemma3":
-            if cfg.get("rope_local_base_freq"):
-                writer.add_rope_freq_base_swa(float(cfg["rope_local_base_freq"]))
-            if cfg.get("layer_types"):  # which layers attend in a window, as transformers says
-                writer.add_sliding_window_pattern([t == "sliding_attention" for t in cfg["layer_types"]])
+        if local_theta:
+            writer.add_rope_freq_base_swa(local_theta)
+        if cfg.get("layer_types"):  # which layers attend in a window, as transformers says
+            writer.add_sliding_window_pattern([t == "sliding_attention" for t in cfg["layer_types"]])
     if family.arch == "phi3" and cfg.get("sliding_window"):
         writer.add_sliding_window(cfg["sliding_window"])
 
@@ -189,7 +202,7 @@ def write_gguf(folder: str | Path, out_path: str | Path, outtype: str = "f16", *
     if skipped:
         raise ExportError(f"{folder}: {len(skipped)} tensors have no GGUF name for {family.arch} "
                           f"(first: {skipped[0]}); this checkpoint's layout is not supported for GGUF export")
-    scaling = cfg.get("rope_scaling") or {}
+    scaling = rope_settings(cfg)[1] or {}
     if (scaling.get("rope_type") or scaling.get("type")) == "llama3":
         head_dim = cfg.get("head_dim") or cfg["hidden_size"] // heads
         writer.add_tensor(gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.ROPE_FREQS] + ".weight", llama3_rope_factors(cfg, head_dim))

@@ -5,8 +5,8 @@ chat format row (`honed.data.templates.BUILTIN`): the same prefixes, suffixes an
 marker training used. BOS is left to llama.cpp, which adds it from the GGUF's metadata.
 
 >>> from honed.data.templates import BUILTIN
->>> go_template(BUILTIN["chatml"])[:59]
-'{{ range .Messages }}{{ if eq .Role "system" }}<|im_start|>s'
+>>> go_template(BUILTIN["chatml"]).endswith("{{ end }}{{ end }}<|im_start|>assistant\\n")
+True
 """
 
 from __future__ import annotations
