@@ -132,7 +132,7 @@ def print_verification(report: dict) -> None:
         table.add_column(col)
     for r in report["runtimes"]:
         if not r["supported"]:
-            table.add_row(r["runtime"], "-", "-", "-", "-", r["reason"])
+            table.add_row(r["runtime"], "-", "-", "-", "-", r["reason"][:70])
             continue
         notes = []
         if r.get("tokenizer_mismatches"):

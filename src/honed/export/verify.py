@@ -80,18 +80,24 @@ class TorchRuntime:
     """A transformers model computed in fp32 on the CPU: the reference, or a reloaded export."""
 
     def __init__(self, model, name: str = "torch"):
-        self.model, self.name = model.float().eval(), name
+        import inspect
+
+        if next(model.parameters()).dtype != torch.float32:
+            model = model.float()
+        self.model, self.name = model.eval(), name
+        # transformers renamed `past_key_values` to `cache` within 5.x; use whichever this one takes
+        inner = model.get_base_model() if hasattr(model, "get_base_model") else model  # a peft wrapper passes it on
+        self._cache_arg = "cache" if "cache" in inspect.signature(inner.forward).parameters else "past_key_values"
 
     @torch.no_grad()
     def greedy(self, prompt: list[int], n: int) -> list[int]:
-        ids = torch.tensor([prompt])
-        out = self.model(input_ids=ids, use_cache=True)
-        past, tokens = out.past_key_values, []
+        out = self.model(input_ids=torch.tensor([prompt]), use_cache=True)
+        tokens = []
         for _ in range(n):
             token = int(out.logits[0, -1].argmax())
             tokens.append(token)
-            out = self.model(input_ids=torch.tensor([[token]]), past_key_values=past, use_cache=True)
-            past = out.past_key_values
+            past = getattr(out, self._cache_arg)
+            out = self.model(input_ids=torch.tensor([[token]]), use_cache=True, **{self._cache_arg: past})
         return tokens
 
     @torch.no_grad()
