@@ -113,6 +113,26 @@ def test_quantised_gguf_and_ollama_folder(runs, tmp_path, quant, tensor_type, ma
     assert 'PARAMETER stop "<|im_end|>"' in modelfile
 
 
+@pytest.mark.parametrize("family", ["llama3", "qwen2", "qwen3", "mistral", "gemma2", "gemma3", "phi3"])
+def test_every_family_runs_in_llama_cpp_like_torch(tiny_model_dir, tmp_path, family):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from honed.export.gguf import write_gguf
+    from honed.export.verify import TOKENIZER_PROBES, LlamaCppRuntime, TorchRuntime
+
+    folder = tiny_model_dir(family)
+    path = write_gguf(folder, tmp_path / "model-f32.gguf", "f32")
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    ids = tokenizer("The patient measures the glucose level. 病人检查了血糖水平。")["input_ids"]
+    torch_logits = TorchRuntime(AutoModelForCausalLM.from_pretrained(folder)).logits(ids, 0, len(ids))
+    runtime = LlamaCppRuntime(str(path), n_ctx=128)
+    try:
+        assert abs(runtime.logits(ids, 0, len(ids)) - torch_logits).max() < 2e-3  # logits spread ~0.16 here
+        assert runtime.tokenizer_mismatches(tokenizer, TOKENIZER_PROBES) == []
+    finally:
+        runtime.close()
+
+
 def _cli(*args):
     return subprocess.run([sys.executable, "-m", "honed", "export", *args], capture_output=True, text=True)
 

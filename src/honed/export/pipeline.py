@@ -113,7 +113,7 @@ def _verify_gguf(source: Path, folder: Path, gguf_name: str, quant: str, model_t
     rendered = [tokenizer.decode(p) for p in prompts]
     checks[0].tokenizer_mismatches = runtime.tokenizer_mismatches(tokenizer, [*V.TOKENIZER_PROBES, *rendered])
     checks[0].stops_not_end_of_generation = runtime.not_end_of_generation(stop_token_ids(tokenizer, model_type))
-    del runtime
+    runtime.close()
     try:
         loaded = AutoModelForCausalLM.from_pretrained(str(folder), gguf_file=gguf_name, dtype="float32")
         checks.append(V.compare(reference, V.TorchRuntime(loaded, "transformers (GGUF loader)"), prompts))

@@ -142,6 +142,10 @@ class LlamaCppRuntime:
             bad.append("BOS handling of 'Hello'")
         return bad
 
+    def close(self) -> None:
+        """Free llama.cpp's model now (its finaliser fails when run at interpreter exit)."""
+        self.llm.close()
+
     def not_end_of_generation(self, stop_ids: list[int]) -> list[int]:
         import llama_cpp
 
