@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -133,23 +131,25 @@ def test_every_family_runs_in_llama_cpp_like_torch(tiny_model_dir, tmp_path, fam
         runtime.close()
 
 
-def _cli(*args):
-    return subprocess.run([sys.executable, "-m", "honed", "export", *args], capture_output=True, text=True)
+def test_cli_refuses_before_any_work(runs, tmp_path, capsys):
+    from honed.cli import main
 
+    def cli(*args):
+        code = main(["export", *args])
+        return code, capsys.readouterr().err
 
-def test_cli_refuses_before_any_work(runs, tmp_path):
-    done = _cli("--model", str(runs["qwen2"]), "--format", "gguf", "--quant", "q3_k_s", "--out", str(tmp_path / "x"))
-    assert done.returncode == 2 and "--quant q3_k_s: not a supported GGUF type" in done.stderr
+    code, err = cli("--model", str(runs["qwen2"]), "--format", "gguf", "--quant", "q3_k_s", "--out", str(tmp_path / "x"))
+    assert code == 2 and "--quant q3_k_s: not a supported GGUF type" in err
     assert not (tmp_path / "x").exists()
     odd = tmp_path / "gpt2"
     odd.mkdir()
     (odd / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
-    done = _cli("--model", str(odd), "--format", "gguf", "--out", str(tmp_path / "y"))
-    assert done.returncode == 2 and "GGUF export does not support model_type 'gpt2'" in done.stderr
+    code, err = cli("--model", str(odd), "--format", "gguf", "--out", str(tmp_path / "y"))
+    assert code == 2 and "GGUF export does not support model_type 'gpt2'" in err
     (tmp_path / "z").mkdir()
     (tmp_path / "z" / "keep.txt").write_text("mine")
-    done = _cli("--model", str(runs["qwen2"]), "--out", str(tmp_path / "z"))
-    assert done.returncode == 2 and "already holds files" in done.stderr
+    code, err = cli("--model", str(runs["qwen2"]), "--out", str(tmp_path / "z"))
+    assert code == 2 and "already holds files" in err and (tmp_path / "z" / "keep.txt").read_text() == "mine"
 
 
 def test_chat_takes_a_run_folder(runs):
