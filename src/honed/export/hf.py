@@ -47,7 +47,7 @@ def base_dtype(base: str) -> torch.dtype:
     return dtype if dtype in (torch.bfloat16, torch.float16) else torch.bfloat16
 
 
-def _dequantised_qlora_base(base: str, quantization: dict):
+def _dequantised_qlora_base(base: str, quantization: dict, dtype_name: str = "auto"):
     # The adapter learned to correct the NF4-rounded weights; merging into them reproduces the
     # trained model exactly, merging into the original 16-bit weights only approximately.
     if not torch.cuda.is_available():
@@ -57,11 +57,13 @@ def _dequantised_qlora_base(base: str, quantization: dict):
     from transformers import AutoModelForCausalLM
 
     from honed.config import QuantizationSettings
-    from honed.model.load import bnb_config
+    from honed.model.load import bnb_config, resolve_dtype
 
     settings = QuantizationSettings(**{k: v for k, v in (quantization or {}).items() if k in QuantizationSettings.model_fields})
+    # Quantise from the same dtype training loaded the base in, so every NF4 code is the same.
+    dtype = resolve_dtype(dtype_name, torch.device("cuda"))
     model = AutoModelForCausalLM.from_pretrained(base, quantization_config=bnb_config(settings), device_map={"": 0},
-                                                 use_safetensors=True)
+                                                 dtype=dtype, use_safetensors=True)
     model = model.dequantize()
     return model.to("cpu", torch.float32)
 
@@ -74,7 +76,8 @@ def load_trained(ref: ModelRef, *, merge: bool, qlora_base: str = "dequantized",
     prequantized = getattr(AutoConfig.from_pretrained(ref.base, trust_remote_code=trust_remote_code),
                            "quantization_config", None)
     if ref.adapter and (prequantized or (method == "qlora" and qlora_base == "dequantized")):
-        model = _dequantised_qlora_base(ref.base, run_config(ref).get("quantization") or {})
+        run = run_config(ref)
+        model = _dequantised_qlora_base(ref.base, run.get("quantization") or {}, (run.get("model") or {}).get("dtype", "auto"))
     elif prequantized:
         raise ExportError(f"{ref.base}: a pre-quantised checkpoint; export the 16-bit model it was made from")
     else:
