@@ -11,10 +11,13 @@ type is made from a 16-bit file by llama.cpp's own quantiser through llama-cpp-p
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import os
+import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -71,6 +74,34 @@ def llama_cpp_module():
         raise ExportError("quantised GGUF export and GGUF verification need llama-cpp-python: "
                           "pip install 'honed[export]' (it builds llama.cpp from source: several minutes)") from None
     return llama_cpp
+
+
+@contextlib.contextmanager
+def native_log(what: str):
+    """Collect what llama.cpp's C code writes to stderr (a line per tensor); pass on its warnings,
+    and the tail of it when the call fails. With -v everything is shown as it comes."""
+    if logging.getLogger().isEnabledFor(logging.DEBUG):
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield
+        except BaseException:
+            os.dup2(saved, 2)
+            sink.seek(0)
+            tail = sink.read().decode("utf-8", "replace").splitlines()[-15:]
+            log.error("%s: llama.cpp said:\n%s", what, "\n".join(tail))
+            raise
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        sink.seek(0)
+        for line in sink.read().decode("utf-8", "replace").splitlines():
+            if "WARNING" in line or "error" in line.lower():
+                log.warning("llama.cpp: %s", line.strip())
 
 
 def _head_permute(w: np.ndarray, heads: int) -> np.ndarray:
@@ -227,9 +258,10 @@ def quantize_gguf(src: str | Path, dst: str | Path, quant: str, *, threads: int 
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = getattr(llama_cpp, QUANT_TYPES[quant])
     params.nthread = threads or os.cpu_count() or 1
-    rc = llama_cpp.llama_model_quantize(str(src).encode(), str(tmp).encode(), ctypes.byref(params))
+    with native_log(f"quantising {src} to {quant}"):
+        rc = llama_cpp.llama_model_quantize(str(src).encode(), str(tmp).encode(), ctypes.byref(params))
     if rc != 0:
         tmp.unlink(missing_ok=True)
-        raise ExportError(f"llama.cpp could not quantise {src} to {quant} (code {rc}); see the log above")
+        raise ExportError(f"llama.cpp could not quantise {src} to {quant} (code {rc}); rerun with -v for its log")
     os.replace(tmp, dst)
     return dst

@@ -15,6 +15,7 @@ own continuation (teacher forcing), so the comparison reads:
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -116,8 +117,11 @@ class LlamaCppRuntime:
         llama_cpp_module()
         from llama_cpp import Llama
 
-        self.llm = Llama(model_path=str(path), n_ctx=n_ctx, logits_all=True, verbose=False, seed=0,
-                         n_threads=max(1, min(4, (__import__("os").cpu_count() or 1))))
+        from honed.export.gguf import native_log
+
+        with native_log(f"loading {path}"):
+            self.llm = Llama(model_path=str(path), n_ctx=n_ctx, logits_all=True, verbose=False, seed=0,
+                             n_threads=max(1, min(4, os.cpu_count() or 1)))
 
     def greedy(self, prompt: list[int], n: int) -> list[int]:
         self.llm.reset()
