@@ -131,6 +131,45 @@ def test_every_family_runs_in_llama_cpp_like_torch(tiny_model_dir, tmp_path, fam
         runtime.close()
 
 
+def _sentencepiece_style_tokenizer(family: str):
+    """A BPE tokenizer in the SentencePiece layout of the real Mistral, Gemma and Phi-3 tokenizer.json
+    files: "▁" for spaces, one prepended, byte-fallback pieces <0x00>..<0xFF>, no pre-tokenizer."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from honed.data.templates import BUILTIN
+    from honed.testing.tiny import FAMILIES, default_corpus
+
+    fam = FAMILIES[family]
+    tok = Tokenizer(models.BPE(byte_fallback=True, unk_token=fam.unk, fuse_unk=True))
+    tok.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+    tok.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(),
+                                     decoders.Strip(" ", 1, 0)])
+    specials = list(fam.special) + [f"<0x{i:02X}>" for i in range(256)]
+    tok.train_from_iterator(default_corpus(), trainers.BpeTrainer(vocab_size=1800, special_tokens=specials,
+                                                                  show_progress=False))
+    tok.post_processor = processors.TemplateProcessing(single=f"{fam.bos} $A", special_tokens=[(fam.bos, tok.token_to_id(fam.bos))])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=fam.bos, eos_token=fam.eos, unk_token=fam.unk,
+                                   chat_template=BUILTIN[fam.template].jinja, clean_up_tokenization_spaces=False)
+
+
+def test_sentencepiece_style_tokenizer_tokenises_alike_in_llama_cpp(tmp_path):
+    from transformers import AutoTokenizer
+
+    from honed.export.gguf import write_gguf
+    from honed.export.verify import TOKENIZER_PROBES, LlamaCppRuntime
+    from honed.testing import build_tiny_model
+
+    folder = build_tiny_model("mistral", tmp_path / "mistral", tokenizer=_sentencepiece_style_tokenizer("mistral"))
+    path = write_gguf(folder, tmp_path / "model-f16.gguf", "f16")
+    runtime = LlamaCppRuntime(str(path), n_ctx=64)
+    try:
+        chat = ["[INST] What is TSH? [/INST] A hormone.</s>", "<s>[INST] 病人 [/INST]"]
+        assert runtime.tokenizer_mismatches(AutoTokenizer.from_pretrained(folder), [*TOKENIZER_PROBES, *chat]) == []
+    finally:
+        runtime.close()
+
+
 def test_cli_refuses_before_any_work(runs, tmp_path, capsys):
     from honed.cli import main
 

@@ -80,33 +80,73 @@ def _byte_level_tokens(tokenizer, vocab_size: int) -> tuple[list[str], list[int]
     return tokens, types
 
 
+def _prepends_space(data: dict) -> bool:
+    """Whether a SentencePiece-style tokenizer puts "▁" before the text (llama.cpp's add_space_prefix)."""
+    def walk(node):
+        if isinstance(node, dict):
+            if node.get("type") == "Prepend" and node.get("prepend") == "\u2581":
+                return True
+            if node.get("type") == "Metaspace" and node.get("prepend_scheme", "always") != "never" \
+                    and node.get("add_prefix_space", True):
+                return True
+            return any(walk(child) for child in node.get("normalizers") or node.get("pretokenizers") or [])
+        return False
+    return walk(data.get("normalizer")) or walk(data.get("pre_tokenizer"))
+
+
+def _sentencepiece_tokens(tokenizer, data: dict, vocab_size: int) -> tuple[list[str], list[float], list[int]]:
+    # llama.cpp's SentencePiece tokeniser merges the adjacent pair whose joined piece scores highest;
+    # the Hugging Face BPE applies merges by rank. A piece scored minus the rank of the merge that
+    # makes it orders the merges the same way (gguf's LlamaHfVocab leaves every score at -1000).
+    import gguf
+
+    rank: dict[str, int] = {}
+    for i, merge in enumerate(data["model"].get("merges") or []):
+        left, right = merge.split(" ", 1) if isinstance(merge, str) else merge
+        rank.setdefault(left + right, i)
+    by_id = {i: t for t, i in tokenizer.get_vocab().items()}
+    added = tokenizer.added_tokens_decoder
+    tokens, scores, types = [], [], []
+    for i in range(vocab_size):
+        text = by_id.get(i)
+        if text is None:
+            tokens.append(f"[PAD{i}]")
+            scores.append(-1000.0)
+            types.append(gguf.TokenType.UNUSED)
+            continue
+        tokens.append(text)
+        scores.append(-float(rank[text]) if text in rank else 0.0)
+        if i == tokenizer.unk_token_id:
+            types.append(gguf.TokenType.UNKNOWN)
+        elif i in added:
+            types.append(gguf.TokenType.CONTROL if added[i].special else gguf.TokenType.USER_DEFINED)
+        elif len(text) == 6 and text.startswith("<0x") and text.endswith(">"):
+            types.append(gguf.TokenType.BYTE)
+        else:
+            types.append(gguf.TokenType.NORMAL)
+    return tokens, scores, types
+
+
 def write_tokenizer(writer, folder: Path, tokenizer, *, vocab_size: int, end_of_turn: str | None) -> dict:
     """Add the tokenizer of `folder` to a GGUFWriter; returns the special ids written."""
     import gguf
 
     kind = tokenizer_kind(folder)
+    if not (folder / "tokenizer.json").is_file():
+        raise ExportError(f"{folder}: only tokenizer.model, no tokenizer.json; save the tokenizer with transformers "
+                          "(AutoTokenizer.from_pretrained(...).save_pretrained(...)) to write its fast form")
+    data = json.loads((folder / "tokenizer.json").read_text(encoding="utf-8"))
     writer.add_tokenizer_model(kind)
     if kind == "gpt2":
-        data = json.loads((folder / "tokenizer.json").read_text(encoding="utf-8"))
         writer.add_tokenizer_pre(pre_tokenizer_name(data))
         tokens, types = _byte_level_tokens(tokenizer, vocab_size)
-        writer.add_token_list(tokens)
-        writer.add_token_types(types)
     else:
-        vocab = (gguf.SentencePieceVocab if (folder / "tokenizer.model").is_file() else gguf.LlamaHfVocab)(folder)
-        tokens, scores, types = [], [], []
-        for text, score, toktype in vocab.all_tokens():
-            tokens.append(text)
-            scores.append(score)
-            types.append(toktype)
-        while len(tokens) < vocab_size:
-            tokens.append(f"[PAD{len(tokens)}]".encode())
-            scores.append(-1000.0)
-            types.append(gguf.TokenType.UNUSED)
         writer.add_tokenizer_pre("default")
-        writer.add_token_list(tokens)
+        tokens, scores, types = _sentencepiece_tokens(tokenizer, data, vocab_size)
         writer.add_token_scores(scores)
-        writer.add_token_types(types)
+        writer.add_add_space_prefix(_prepends_space(data))
+    writer.add_token_list(tokens)
+    writer.add_token_types(types)
     special = gguf.SpecialVocab(folder, load_merges=kind == "gpt2", n_vocab=vocab_size)
     # Whether the tokenizer prepends BOS on its own: ask it rather than its config files.
     bos = tokenizer.bos_token_id
