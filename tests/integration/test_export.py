@@ -180,6 +180,8 @@ def test_cli_refuses_before_any_work(runs, tmp_path, capsys):
     code, err = cli("--model", str(runs["qwen2"]), "--format", "gguf", "--quant", "q3_k_s", "--out", str(tmp_path / "x"))
     assert code == 2 and "--quant q3_k_s: not a supported GGUF type" in err
     assert not (tmp_path / "x").exists()
+    code, err = cli("--model", str(runs["qwen2"]), "--quant", "q8_0", "--out", str(tmp_path / "x"))
+    assert code == 2 and "--quant q8_0 applies to --format gguf or ollama" in err
     odd = tmp_path / "gpt2"
     odd.mkdir()
     (odd / "config.json").write_text(json.dumps({"model_type": "gpt2"}))

@@ -12,7 +12,7 @@ def register(sub) -> None:
     p.add_argument("--model", required=True, help="model folder, adapter folder, training run folder, or hub id")
     p.add_argument("--adapter", help="a LoRA adapter (or run) folder to merge into --model")
     p.add_argument("--format", dest="fmt", choices=["hf", "gguf", "ollama"], default="hf")
-    p.add_argument("--quant", default="f16", help="GGUF type: f16, bf16, q8_0, q4_k_m, q5_k_m, q6_k, q4_0 (default f16)")
+    p.add_argument("--quant", help="GGUF type: f16, bf16, q8_0, q4_k_m, q5_k_m, q6_k, q4_0 (default f16)")
     p.add_argument("--out", required=True, help="output folder (must be new or empty, unless --overwrite)")
     p.add_argument("--dtype", choices=["bf16", "f16"], help="16-bit type of merged weights (default: the base's, else bf16)")
     p.add_argument("--qlora-base", choices=["dequantized", "original"], default="dequantized",

@@ -144,13 +144,16 @@ def print_verification(report: dict) -> None:
     Console(stderr=True).print(table)
 
 
-def export_model(model: str, *, out: str | Path, fmt: str = "hf", adapter: str | None = None, quant: str = "f16",
+def export_model(model: str, *, out: str | Path, fmt: str = "hf", adapter: str | None = None, quant: str | None = None,
                  verify: bool = True, overwrite: bool = False, dtype: str | None = None,
                  qlora_base: str = "dequantized", trust_remote_code: bool = False,
                  questions=QUESTIONS) -> ExportResult:
     """Export `model` (a model folder, adapter, run folder or hub id) as `fmt` into `out`."""
     out = Path(out)
-    quant = quant.lower()
+    if fmt == "hf" and quant:
+        raise ExportError(f"--quant {quant} applies to --format gguf or ollama; --format hf saves 16-bit weights "
+                          "(choose them with --dtype bf16|f16)")
+    quant = (quant or "f16").lower()
     ref = resolve_model_reference(model, adapter)
     model_type = preflight(ref, fmt, quant, verify, trust_remote_code)
     check_output(out, overwrite)
