@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Set up honed in ./.venv (created if missing). Usage: bash scripts/setup.sh [EXTRAS]
-#   EXTRAS: comma-separated optional groups, e.g. "test" or "test,gpu".
+#   EXTRAS: comma-separated optional groups, e.g. "test" or "test,gpu". The "export" group
+#   (llama-cpp-python, for GGUF quantisation and checks) is always installed: pip compiles
+#   llama.cpp from source, which takes several minutes the first time. HONED_NO_EXPORT=1 skips it.
 # On a machine without an NVIDIA GPU this installs the CPU build of PyTorch first, so that
 # resolving honed's `torch` requirement never pulls several GB of CUDA packages.
 set -euo pipefail
@@ -25,7 +27,9 @@ if ! python -c "import torch" >/dev/null 2>&1; then
   fi
 fi
 
+[ "${HONED_NO_EXPORT:-0}" = "1" ] || extras="export${extras:+,$extras}"
 spec="."
 [ -n "$extras" ] && spec=".[${extras}]"
+case ",$extras," in *,export,*) echo "setup: building llama-cpp-python from source (several minutes the first time)";; esac
 pip install -e "$spec"
 python -c "import honed, torch; print(f'setup: honed {honed.__version__} with torch {torch.__version__} in .venv')"

@@ -13,7 +13,8 @@ from pathlib import Path
 from honed.errors import ConfigError
 from honed.eval.config import ModelEntry, model_names
 from honed.infer.generate import adapter_base_path
-from honed.train.checkpoint import CHECKPOINTS, checkpoint_step, list_checkpoints
+from honed.model.reference import is_run_dir, resolve_model_reference
+from honed.model.runs import CHECKPOINTS, checkpoint_step, list_checkpoints
 
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
 
@@ -88,6 +89,9 @@ def resolve_models(entries: list[ModelEntry]) -> list[ModelSpec]:
             continue
         if entry.adapter:
             specs.append(ModelSpec(name, entry.path, entry.adapter, run_folder_of(entry.adapter)))
+        elif is_run_dir(Path(entry.path)):  # a `honed train` run: its best, else final, else latest weights
+            ref = resolve_model_reference(entry.path)
+            specs.append(ModelSpec(name, ref.base, ref.adapter, run_folder_of(ref.weights_dir)))
         elif is_adapter_dir(entry.path):
             specs.append(ModelSpec(name, _base_of(entry.path, who), entry.path, run_folder_of(entry.path)))
         else:

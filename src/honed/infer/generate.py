@@ -88,12 +88,13 @@ class ChatModel:
         from honed.data.templates import get_template
         from honed.errors import ModelError
 
-        if model_path and adapter is None and (Path(model_path) / "adapter_config.json").is_file():
-            adapter, model_path = model_path, None  # `--model ADAPTER_DIR` also works
-        if model_path is None:
-            model_path = adapter_base_path(adapter) if adapter else None
-            if not model_path:
-                raise ModelError("give --model (a model folder or hub id); the adapter does not name its base model")
+        if not model_path and not adapter:
+            raise ModelError("give --model (a model, adapter or training run folder, or a hub id)")
+        from honed.model.reference import resolve_model_reference
+
+        # `--model` may name an adapter or a `honed train` run folder too (its best or final weights).
+        ref = resolve_model_reference(model_path, adapter)
+        model_path, adapter = ref.base, ref.adapter
         cfg = ModelConfig(name_or_path=model_path, dtype=dtype, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle, template=template)
         dev = pick_device(device)
         # The adapter folder holds the tokenizer the run saved (same as the base's, plus any pad token).

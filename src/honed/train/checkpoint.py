@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import logging
 import random
-import re
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -19,12 +18,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from honed.errors import ConfigError
-
-log = logging.getLogger(__name__)
+from honed.model.runs import CHECKPOINTS, checkpoint_step, list_checkpoints
 from honed.utils.fs import atomic_dir
 
-CHECKPOINTS = "checkpoints"
-_NAME = re.compile(r"^checkpoint-(\d+)$")
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -100,20 +97,6 @@ def drop_checkpoints_after(out_dir: Path, step: int) -> None:
         if checkpoint_step(path) > step:
             log.info("removing %s: training resumed from step %d, before it", path, step)
             shutil.rmtree(path, ignore_errors=True)
-
-
-def checkpoint_step(path: Path) -> int:
-    """The optimizer step a `checkpoint-NNNNNN` folder was saved at."""
-    return int(_NAME.match(Path(path).name).group(1))
-
-
-def list_checkpoints(out_dir: Path) -> list[Path]:
-    """Complete checkpoint folders of a run, oldest first."""
-    root = Path(out_dir) / CHECKPOINTS
-    if not root.is_dir():
-        return []
-    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := _NAME.match(p.name)) and (p / "trainer_state.json").exists()]
-    return [p for _, p in sorted(found)]
 
 
 def find_resume_checkpoint(resume: bool | str, out_dir: Path) -> Path | None:

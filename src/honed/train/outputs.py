@@ -58,6 +58,9 @@ def write_run_record(out_dir: Path, cfg, *, fingerprint: str, info: dict, report
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
     write_text_atomic(out_dir / "run_info.json", json.dumps(record, indent=2, ensure_ascii=False))
+    from honed.model.card import write_run_cards
+
+    write_run_cards(out_dir)  # README.md model cards in the run, best/ and each checkpoint
 
 
 def plot_losses(metrics: list[dict], path: Path) -> Path | None:
