@@ -3,9 +3,9 @@
 Every stack trains LoRA (r=16, all seven projections, bf16, gradient checkpointing) on the same
 random-init model shape (../shared/bench/peer_bench.py's SHAPES and `build`, so the models are the
 peers' own) with the sigmoid DPO loss, β=0.1, the reference being the base with the adapter off.
-The pairs are seeded random tokens: a prompt of `--prompt-len` tokens and chosen and rejected
-completions that make each sequence `--seq` tokens long (the end-of-sequence token included), so
-no stack pads. Tokens/s counts both sequences of every pair, prompt included, as every stack runs
+The pairs are seeded random tokens: a prompt of `--seq` / 2 tokens and chosen and rejected
+completions that make each sequence `--seq` tokens long (the end-of-sequence token included), as
+`honed bench --objective dpo` lays its pairs, so no stack pads. Tokens/s counts both sequences of every pair, prompt included, as every stack runs
 them: `batch × 2 × seq` per step. Peak memory is `torch.cuda.max_memory_allocated` after warm-up.
 
   trl       transformers + peft + TRL DPOTrainer (sdpa, gradient checkpointing)
@@ -17,7 +17,7 @@ On the GPU machine, from the checkout's root, with ../shared/bench/peer_bench.py
 and the peers' packages in .peer/site (carry both):
 
   PYTHONPATH=$PWD/.peer/site:$PWD/src:$PWD/.bench python3 benchmarks/dpo_peers.py --shape llama-8b \\
-      --seq 1024 --prompt-len 512 --batch 2 --steps 8 --warmup 3 \\
+      --seq 1024 --batch 2 --steps 8 --warmup 3 \\
       --stacks trl,unsloth,"cmd:python3 -m honed bench --objective dpo"
 """
 
@@ -99,7 +99,7 @@ def run_trl(args, unsloth: bool) -> None:
     from trl import DPOConfig, DPOTrainer
 
     steps = args.warmup + args.steps
-    data = Dataset.from_list(pair_texts(steps * args.batch, args.prompt_len, args.seq, model.config.vocab_size))
+    data = Dataset.from_list(pair_texts(steps * args.batch, args.seq // 2, args.seq, model.config.vocab_size))
     config = DPOConfig(
         output_dir=os.path.join(args.work_dir, "trl-out"), per_device_train_batch_size=args.batch, max_steps=steps, learning_rate=1e-5,
         lr_scheduler_type="constant", warmup_steps=0, beta=0.1, loss_type=["sigmoid"], bf16=True, gradient_checkpointing=not unsloth,
@@ -123,7 +123,6 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--shape", default="llama-1b")
     ap.add_argument("--seq", type=int, default=1024, help="tokens of each sequence (prompt + completion)")
-    ap.add_argument("--prompt-len", type=int, default=512)
     ap.add_argument("--batch", type=int, default=2, help="pairs per step")
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--warmup", type=int, default=3)
@@ -140,7 +139,7 @@ def main() -> None:
     import peer_bench
 
     peer_bench.build(args.shape)
-    common = ["--shape", args.shape, "--seq", str(args.seq), "--prompt-len", str(args.prompt_len), "--batch", str(args.batch),
+    common = ["--shape", args.shape, "--seq", str(args.seq), "--batch", str(args.batch),
               "--steps", str(args.steps), "--warmup", str(args.warmup), "--rank", str(args.rank)]
     rows = []
     for stack in args.stacks.split(","):

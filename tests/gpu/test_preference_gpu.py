@@ -43,6 +43,7 @@ def test_dpo_micro_batch_fused_matches_plain(tmp_path_factory, memory):
     from honed.data.preference_batch import collate_pairs
     from honed.engine import PlainPath
     from honed.engine.fused import FusedPath
+    from honed.engine.settings import resolve_engine_settings
     from honed.testing import build_tiny_model
     from honed.testing.lora import lora_model, path_config
     from honed.train.objectives.preference import DPOObjective
@@ -57,7 +58,7 @@ def test_dpo_micro_batch_fused_matches_plain(tmp_path_factory, memory):
 
     def run_path(fused: bool):
         model = lora_model(folder, dtype=torch.float32, r=8, alpha=16, b_std=0.02, device="cuda", attn_implementation="sdpa")
-        path = FusedPath(cfg, torch.device("cuda")) if fused else PlainPath()
+        path = FusedPath(resolve_engine_settings(cfg, torch.device("cuda"))) if fused else PlainPath()
         model = path.prepare(model)
         model.train()
         batch = collate_pairs([[p] for p in pairs], pad_id=0, packing=True, padding_free=path.padding_free)
