@@ -15,8 +15,6 @@ def register(sub) -> None:
     src.add_argument("--gguf", help="a GGUF file, served through llama.cpp (llama-cpp-python)")
     src.add_argument("--served-model-name", help="the model id clients send (default: the folder or file name)")
     src.add_argument("--n-ctx", type=int, default=4096, help="GGUF: context length llama.cpp allocates")
-    dom = p.add_argument_group("domain")
-    dom.add_argument("--guard", help="gate folder (honed guard fit): out-of-domain requests get the refusal")
     net = p.add_argument_group("network")
     net.add_argument("--host", default="127.0.0.1", help="bind address (default: localhost only)")
     net.add_argument("--port", type=int, default=8000)
@@ -90,7 +88,7 @@ def run_serve(args) -> int:
     if args.guard:
         from honed.serve.domain import load_gate
 
-        gate = load_gate(args.guard)
+        gate = load_gate(args.guard, args.guard_log)
     if args.kb:
         from honed.serve.domain import KnowledgeRetriever
 

@@ -16,13 +16,30 @@ from honed.errors import ConfigError
 log = logging.getLogger(__name__)
 
 
-def load_gate(path: str):
-    """The out-of-domain gate fitted by `honed guard fit` into `path`."""
+class LoggedGate:
+    """A gate whose every decision is logged (and appended to `--guard-log`, the input of `honed guard drift`)."""
+
+    def __init__(self, gate, query_log):
+        self.gate, self.query_log = gate, query_log
+
+    def check(self, text: str):
+        decision = self.gate.check(text)
+        self.query_log.write(text, decision, source="serve")
+        return decision
+
+    def refusal_for(self, text: str) -> str:
+        return self.gate.refusal_for(text)
+
+
+def load_gate(path: str, log_path: str | None = None) -> LoggedGate:
+    """The out-of-domain gate fitted by `honed guard fit` into `path`, logging its decisions."""
     try:
         from honed.guard.gate import load_gate as load
     except ImportError as err:
         raise ConfigError(f"--guard {path}: the gate module is not available in this install ({err})") from None
-    return load(path)
+    from honed.infer.gating import QueryLog
+
+    return LoggedGate(load(path), QueryLog(log_path))
 
 
 def gate_fields(decision) -> dict:
