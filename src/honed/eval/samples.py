@@ -24,8 +24,11 @@ from honed.eval.config import EvalData
 from honed.eval.metrics.refusal import SPLITS
 
 # Other spellings people use for the splits; anything else is kept as given and flagged.
+# The kinds `honed data add-refusals` writes: a hard negative is a near-domain question that
+# belongs to the domain and must be answered; a clarifying reply is not a refusal either.
 _SPLIT_ALIASES = {"in": "in_domain", "id": "in_domain", "ood": "out_of_domain", "out": "out_of_domain",
-                  "near": "near_domain", "hard_negative": "near_domain", "near_ood": "near_domain"}
+                  "near": "near_domain", "near_ood": "near_domain", "refusal": "out_of_domain",
+                  "hard_negative": "in_domain", "clarify": "in_domain"}
 
 
 @dataclass
