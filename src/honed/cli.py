@@ -21,6 +21,7 @@ COMMAND_MODULES = [
     "honed.commands.data",
     "honed.commands.infer",
     "honed.commands.eval",
+    "honed.commands.merge",
     "honed.commands.bench",
 ]
 

@@ -1,0 +1,1 @@
+"""Export: merged weights, base-tuned interpolation, GGUF and Ollama files."""
