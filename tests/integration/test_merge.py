@@ -133,7 +133,7 @@ def test_sweep_over_two_alphas(tmp_path, capsys):
             ("Who won the cup?", "I can only help with lab tests.", "out_of_domain")]
     data.write_text("".join(json.dumps({"prompt": q, "reference": a, "kind": k}) + "\n" for q, a, k in rows))
     cfg = tmp_path / "eval.yaml"
-    cfg.write_text(f"models: [{{path: unused}}]\ndata: {{path: {data}}}\nloss: false\n"
+    cfg.write_text("data: {path: eval.jsonl}\nloss: false\n"  # no models: the sweep gives them; data relative to the file
                    "generation: {max_new_tokens: 6, batch_size: 32}\ngeneral: {max_new_tokens: 3}\n")
     out = tmp_path / "sweep"
     assert main(["merge", "--base", str(base), "--tuned", str(adapter), "--sweep", "0,1",

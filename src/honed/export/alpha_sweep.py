@@ -157,18 +157,20 @@ def plot_sweep(points: list[SweepPoint], recommended: float | None, path: Path) 
 def sweep_eval_config(eval_config: str | Path, overrides: list[str] | None, model_dirs: dict[float, Path],
                       out_dir: Path, general: bool):
     """The user's eval config with its models replaced by the interpolated ones (alpha 0 as baseline)."""
-    from honed.eval.config import eval_config_from_dict, load_eval_config
+    from honed.config import read_yaml_config
+    from honed.eval.config import _resolve, eval_config_from_dict
 
-    cfg = load_eval_config(eval_config, overrides)
-    raw = cfg.model_dump(mode="json")
-    # Highest alpha first: `honed eval` treats the first model as the one evaluated.
-    raw["models"] = [{"path": str(d), "name": f"alpha={a:g}"} for a, d in sorted(model_dirs.items(), reverse=True)]
+    path = Path(eval_config)
+    raw = read_yaml_config(path, overrides, kind="eval config")
+    # Highest alpha first: `honed eval` treats the first model as the one evaluated. The config's
+    # own `models` (if any) are replaced, so a data-only eval config serves too.
+    raw["models"] = [{"path": str(d.resolve()), "name": f"alpha={a:g}"} for a, d in sorted(model_dirs.items(), reverse=True)]
     raw["baseline"] = "alpha=0" if 0.0 in model_dirs else None
-    raw["output_dir"], raw["overwrite"] = str(out_dir / "eval"), True
-    raw["fitting"] = {**raw.get("fitting", {}), "checkpoints": "none"}
+    raw["output_dir"], raw["overwrite"] = str((out_dir / "eval").resolve()), True
+    raw["fitting"] = {**(raw.get("fitting") or {}), "checkpoints": "none"}
     if general:
-        raw["general"] = {**raw.get("general", {}), "enabled": True}
-    return eval_config_from_dict(raw, str(eval_config))
+        raw["general"] = {**(raw.get("general") or {}), "enabled": True}
+    return _resolve(eval_config_from_dict(raw, str(path)), path.parent)
 
 
 def run_sweep(base: str | Path, tuned: str | Path, alphas: list[float], eval_config: str | Path, out_dir: str | Path, *,

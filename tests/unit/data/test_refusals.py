@@ -148,6 +148,13 @@ def test_cli_writes_tagged_records_and_never_overwrites(tmp_path, capsys):
     assert main([*args, "--overwrite", "--ratio", "0.3"]) == 0
 
 
+def test_cli_topics(capsys):
+    assert main(["data", "add-refusals", "--in", "x", "--out", "y", "--list-topics"]) == 0
+    assert "cooking" in capsys.readouterr().out
+    assert main(["data", "add-refusals", "--in", "x", "--out", "y", "--exclude-topic", "clinical"]) == 2
+    assert "--exclude-topic clinical: not a built-in topic" in capsys.readouterr().err
+
+
 def test_the_shipped_sample_mix_is_what_add_refusals_builds(tmp_path):
     from honed.data.refusals import add_refusals
     from honed.quickstart import resource_path
