@@ -1,9 +1,9 @@
 """`honed quickstart`: the whole path on built-in data and a tiny local model, on a CPU.
 
 Trains a LoRA adapter on the shipped clinical-laboratory consulting data (English and Chinese,
-with a scope system prompt; refusals, near-domain hard negatives and clarifying replies mixed in by
-`honed data add-refusals` so the model refuses without over-refusing), shows the loss curve, then asks the tuned model
-one question from its training data and one out-of-domain question.
+with a scope system prompt; refusals, near-domain hard negatives and clarifying replies mixed in
+by `honed data add-refusals` so the model refuses without over-refusing), shows the loss curve,
+then asks the tuned model one question from its training data and one out-of-domain question.
 
 >>> result = run_quickstart(output_dir="honed-quickstart")  # doctest: +SKIP
 """
