@@ -22,6 +22,7 @@ COMMAND_MODULES = [
     "honed.commands.infer",
     "honed.commands.eval",
     "honed.commands.export",
+    "honed.commands.merge",
     "honed.commands.bench",
     "honed.commands.serve",
     "honed.commands.kb",

@@ -1,8 +1,9 @@
 """`honed quickstart`: the whole path on built-in data and a tiny local model, on a CPU.
 
 Trains a LoRA adapter on the shipped clinical-laboratory consulting data (English and Chinese,
-with a scope system prompt and refusal samples), shows the loss curve, then asks the tuned model
-one question from its training data and one out-of-domain question.
+with a scope system prompt; refusals, near-domain hard negatives and clarifying replies mixed in
+by `honed data add-refusals` so the model refuses without over-refusing), shows the loss curve,
+then asks the tuned model one question from its training data and one out-of-domain question.
 
 >>> result = run_quickstart(output_dir="honed-quickstart")  # doctest: +SKIP
 """
@@ -19,7 +20,6 @@ from honed.config import TrainConfig, config_from_dict
 # The probes: a question the data teaches, and one outside the domain that the data teaches to refuse.
 IN_DOMAIN_ID = "lab-en-001"
 OUT_OF_DOMAIN_QUESTION = "Can you recommend a good recipe for chocolate cake?"
-REFUSAL_MARKERS = ("clinical laboratory", "检验")
 
 
 def resource_path(*parts: str) -> Path:
@@ -91,6 +91,7 @@ def in_domain_probe() -> tuple[str, str]:
 
 def ask_probes(output_dir: Path, system_prompt: str, device: str = "auto") -> list[Probe]:
     from honed.data.conversation import Message
+    from honed.eval.metrics.refusal import default_detector
     from honed.infer.generate import ChatModel, GenerationSettings
 
     bot = ChatModel.load(adapter=str(output_dir), device=device)
@@ -100,7 +101,7 @@ def ask_probes(output_dir: Path, system_prompt: str, device: str = "auto") -> li
     for q, exp in ((question, expected), (OUT_OF_DOMAIN_QUESTION, "a refusal")):
         answer = bot.reply([Message("system", system_prompt), Message("user", q)], settings).text
         if exp == "a refusal":
-            passed = any(m in answer for m in REFUSAL_MARKERS)
+            passed = default_detector().is_refusal(answer)  # the detector `honed eval` counts refusals with
         else:
             passed = answer.strip() == exp.strip()
         probes.append(Probe(q, exp, answer, passed))

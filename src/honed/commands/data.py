@@ -1,8 +1,8 @@
-"""`honed data inspect|augment|filter|stats|split|synth|add-context`: see and shape training data.
+"""`honed data inspect|augment|filter|stats|split|synth|add-context|add-refusals|make-pairs`: see and shape training data.
 
 The verbs are thin: each parses flags and calls the library function that does the work
 (honed.data.augment.run, honed.data.quality, honed.data.stats_report, honed.data.split,
-honed.data.augment.synthetic), so everything here is also available from Python.
+honed.data.augment.synthetic, honed.data.refusals), so everything here is also available from Python.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ def register(sub) -> None:
     from honed.commands.data_pairs import register_make_pairs
 
     register_make_pairs(verbs)
+    register_add_refusals(verbs)
     data.set_defaults(func=lambda args: data.print_help() or 2)
 
 
@@ -373,3 +374,86 @@ def run_add_context(args) -> int:
     if report.skipped:
         console.print(f"[yellow]{len(report.skipped)} records skipped[/] (first: {report.skipped[0][0]}: {report.skipped[0][1]})")
     return 0
+
+
+# --- add-refusals -------------------------------------------------------------------------------
+
+def register_add_refusals(verbs) -> None:
+    p = verbs.add_parser("add-refusals", help="mix refusals, near-domain hard negatives and clarifying replies into a training set")
+    p.add_argument("--in", dest="input", required=True, help="in-domain training data (any format honed reads)")
+    p.add_argument("--out", required=True, help="output JSONL (every record tagged with `kind`)")
+    p.add_argument("--ratio", type=float, default=0.15, help="share of refusal samples in the output (default 0.15)")
+    p.add_argument("--ood-pool", help="your out-of-domain questions: a text file (one per line) or a data file; used before the built-in pool")
+    p.add_argument("--no-builtin-pool", action="store_true", help="use only --ood-pool questions")
+    p.add_argument("--exclude-topic", action="append", default=[], metavar="TOPIC",
+                   help="leave this built-in topic out of the pool (repeatable; it may be your domain)")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--refusals", help="refusal phrasings, one per line (language detected per line)")
+    group.add_argument("--refusal", action="append", metavar="TEXT", help="a refusal phrasing (repeatable)")
+    p.add_argument("--language", default="auto", choices=["auto", "en", "zh"],
+                   help="auto: refusals in the in-domain data's languages, in its proportions")
+    p.add_argument("--hard-negatives", help="near-domain questions with their normal answers (data file)")
+    p.add_argument("--ambiguous", help="ambiguous questions with a clarifying reply (data file)")
+    prompt = p.add_mutually_exclusive_group()
+    prompt.add_argument("--system-prompt", help="scope prompt put first in every record")
+    prompt.add_argument("--system-prompt-file", help="read the scope prompt from this file")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+    p.add_argument("--list-topics", action="store_true", help="list the built-in pool's topics and exit")
+    p.set_defaults(func=run_add_refusals)
+
+
+def run_add_refusals(args) -> int:
+    from pathlib import Path
+
+    from rich.table import Table
+
+    from honed.data.refusals import LANGUAGES, add_refusals, builtin_topics
+    from honed.errors import ConfigError
+
+    console = _console()
+    if args.list_topics:
+        console.print(", ".join(builtin_topics()))
+        return 0
+    unknown = set(args.exclude_topic) - set(builtin_topics())
+    if unknown:
+        raise ConfigError(f"--exclude-topic {', '.join(sorted(unknown))}: not a built-in topic; choose from {', '.join(builtin_topics())}")
+    system_prompt = args.system_prompt
+    if args.system_prompt_file:
+        if not Path(args.system_prompt_file).is_file():
+            raise ConfigError(f"--system-prompt-file: file not found: {args.system_prompt_file}")
+        system_prompt = Path(args.system_prompt_file).read_text(encoding="utf-8").strip()
+    mix = add_refusals(args.input, args.out, overwrite=args.overwrite, ood_pool_path=args.ood_pool,
+                       refusals_path=args.refusals, refusal_texts=args.refusal, hard_negatives_path=args.hard_negatives,
+                       ambiguous_path=args.ambiguous, ratio=args.ratio, use_builtin_pool=not args.no_builtin_pool,
+                       exclude_topics=set(args.exclude_topic), language=args.language, system_prompt=system_prompt,
+                       seed=args.seed)
+    table = Table(title=f"{len(mix.conversations)} samples → {args.out}")
+    table.add_column("kind")
+    for lang in LANGUAGES:
+        table.add_column(lang, justify="right")
+    table.add_column("total", justify="right")
+    table.add_column("share", justify="right")
+    for kind, per_lang, total in mix.table():
+        table.add_row(kind, *(str(per_lang[lang]) for lang in LANGUAGES), str(total),
+                      f"{total / max(len(mix.conversations), 1):.1%}")
+    console.print(table)
+    for where, why in mix.skipped[:10]:
+        console.print(f"  skipped {where}: {why}", highlight=False)
+    if mix.skipped:
+        console.print(f"{len(mix.skipped)} items skipped (duplicates of questions already in the data)")
+    for text in _undetected_refusals(args):
+        console.print(f"[yellow]warning:[/] `honed eval` would not recognise this refusal: {text!r}; add one of its "
+                      "phrases to the eval config's refusal.phrases", highlight=False)
+    for warning in mix.warnings:
+        console.print(f"[yellow]warning:[/] {warning}", highlight=False)
+    return 0
+
+
+def _undetected_refusals(args) -> list[str]:
+    # Refusals the default detector misses would count as answers in `honed eval`: say so now.
+    from honed.data.refusals import read_lines
+    from honed.eval.metrics.refusal import default_detector
+
+    texts = list(args.refusal or []) + (read_lines(args.refusals, "--refusals") if args.refusals else [])
+    return [t for t in texts if not default_detector().is_refusal(t)]

@@ -2,7 +2,7 @@
 
 Two kinds of pair (the record's `kind` field, as in the shipped sample data, says which applies):
 
-- `refusal` (out_of_domain / near_domain records): chosen = the record's refusal, rejected = what a
+- `refusal` (records whose `kind` says out of domain: out_of_domain, near_domain, refusal): chosen = the record's refusal, rejected = what a
   model (usually the base) actually answers — an off-scope answer. A model answer that is itself a
   refusal makes no pair (counted).
 - `hard_negative` (in_domain records): chosen = the record's answer, rejected = a wrong refusal,
@@ -24,9 +24,9 @@ import random
 from typing import Callable
 
 from honed.data.conversation import Conversation
+from honed.data.kinds import SHOULD_REFUSE, domain_split
 from honed.errors import DataError
 
-REFUSAL_SPLITS = ("out_of_domain", "near_domain")
 FALLBACK_REFUSALS = {
     "en": "Sorry, that is outside my scope, so I can't answer it.",
     "zh": "抱歉，这个问题超出了我的范围，我无法回答。",
@@ -38,7 +38,7 @@ def _lang(text: str) -> str:
 
 
 def _split(record: dict, split_field: str) -> str:
-    return str(record.get(split_field, "in_domain")).strip().lower().replace("-", "_")
+    return domain_split(record.get(split_field, "in_domain")) or "in_domain"
 
 
 def make_pairs(records, *, split_field: str = "kind", answer: Callable[[list[Conversation]], list[str]] | None = None,
@@ -56,7 +56,7 @@ def make_pairs(records, *, split_field: str = "kind", answer: Callable[[list[Con
             raise DataError(f"{where}: the record has no answer to build a pair from (its last turn must be the assistant's)")
         prompts.append(conv)
         references.append(str(reference))
-        kinds.append("refusal" if _split(record, split_field) in REFUSAL_SPLITS else "hard_negative")
+        kinds.append("refusal" if _split(record, split_field) in SHOULD_REFUSE else "hard_negative")
         wheres.append(where)
         records_kept.append(record)
     refusals: dict[str, list[str]] = {}

@@ -14,6 +14,8 @@ kept and reported per sample ("missing reference") by every metric that needs on
 
 from __future__ import annotations
 
+from honed.data.kinds import domain_split
+
 from dataclasses import dataclass, field
 
 from honed.data.conversation import Conversation, Message
@@ -22,11 +24,6 @@ from honed.data.readers import read_records
 from honed.errors import DataError
 from honed.eval.config import EvalData
 from honed.eval.metrics.refusal import SPLITS
-
-# Other spellings people use for the splits; anything else is kept as given and flagged.
-_SPLIT_ALIASES = {"in": "in_domain", "id": "in_domain", "ood": "out_of_domain", "out": "out_of_domain",
-                  "near": "near_domain", "hard_negative": "near_domain", "near_ood": "near_domain"}
-
 
 @dataclass
 class EvalSample:
@@ -57,9 +54,8 @@ class EvalSample:
 def _normal_split(value) -> tuple[str | None, str | None]:
     if value is None or value == "":
         return None, None
-    name = str(value).strip().lower().replace("-", "_")
-    name = _SPLIT_ALIASES.get(name, name)
-    if name in SPLITS:
+    name = domain_split(value)
+    if name is not None:
         return name, None
     return None, f"split {value!r} is not one of {', '.join(SPLITS)}; sample left out of domain metrics"
 

@@ -1,7 +1,7 @@
 """Questions for the gate from any data file honed reads (their user turns) or plain text, one per line.
 
-Records that carry `"kind": "in_domain"` / `"out_of_domain"` (as the sample data does) are sorted
-by it: asking for in-domain questions skips the others, and the skipped count is reported.
+Records whose `kind` names a domain split (honed.data.kinds: in_domain, out_of_domain, refusal,
+hard_negative, ... as the sample data has) are sorted by it: asking for in-domain questions skips the others, and the skipped count is reported.
 Query logs written by `chat`/`generate --guard-log` (`{"text": ...}` lines) read the same way.
 
 >>> import tempfile, os
@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from honed.data.kinds import domain_split
 from honed.errors import DataError
 
 DATA_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
@@ -34,7 +35,7 @@ class Questions:
 
 
 def _user_turns(record: dict, where: str) -> list[str]:
-    from honed.infer.batch import prompt_conversation
+    from honed.data.prompts import prompt_conversation
 
     if isinstance(record.get("text"), str) and not any(k in record for k in ("messages", "conversations", "instruction", "prompt")):
         return [record["text"]]  # a query log line
@@ -53,9 +54,9 @@ def read_questions(path: str | Path, kind: str | None = None) -> Questions:
         from honed.data.readers import read_records
 
         for where, record in read_records(path):
-            marked = record.get("kind")
-            if kind and marked in ("in_domain", "out_of_domain") and marked != kind:
-                out.skip(f"records marked kind={marked}")
+            marked = domain_split(record.get("kind"))
+            if kind and marked is not None and (marked == "in_domain") != (kind == "in_domain"):
+                out.skip(f"records marked kind={record.get('kind')}")
                 continue
             turns = _user_turns(record, where)
             if not turns:

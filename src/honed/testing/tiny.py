@@ -43,14 +43,17 @@ _QWEN_SPLIT = _LLAMA3_SPLIT.replace(r"\p{N}{1,3}", r"\p{N}")  # Qwen splits ever
 
 
 def default_corpus() -> list[str]:
-    """Built-in English and Chinese sentences (~900), plus the packaged sample data when present.
+    """Built-in English and Chinese sentences (~900), plus a frozen copy of the first sample data.
+
+    The copy (resources/tiny_corpus/) keeps tiny tokenizers, and the numbers tests pin on tiny
+    models, unchanged when the shipped sample data is rebuilt.
 
     >>> len(default_corpus()) > 500
     True
     """
     texts = [" ".join(p) for p in itertools.product(*_EN)] + ["".join(p) for p in itertools.product(*_ZH)]
     texts += _EXTRA
-    sample = importlib.resources.files("honed").joinpath("resources/sample_data/clinical_lab_train.jsonl")
+    sample = importlib.resources.files("honed").joinpath("resources/tiny_corpus/clinical_lab_v1.jsonl")
     if sample.is_file():
         for line in sample.read_text(encoding="utf-8").splitlines():
             if line.strip():

@@ -16,11 +16,9 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Callable, Iterable, Sequence
 
+from honed.data.kinds import SHOULD_REFUSE, SPLITS
 from honed.eval.metrics._common import EMPTY_PREDICTION, is_blank
 from honed.eval.metrics.classification import binary_auroc
-
-SPLITS = ("in_domain", "out_of_domain", "near_domain")
-SHOULD_REFUSE = frozenset({"out_of_domain", "near_domain"})
 
 DEFAULT_PHRASES_EN = (
     "I can only help with", "I can only answer", "I can only assist", "I can only discuss",

@@ -1,0 +1,28 @@
+"""What a record's `kind` field says about its domain: one table for every reader of it.
+
+`in_domain` questions must be answered; `out_of_domain` and `near_domain` ones (near-domain: they
+sound like the domain but are not) must be refused. The other spellings are the ones people use
+and the kinds `honed data add-refusals` writes: a `refusal` record answers an out-of-domain
+question, a `hard_negative` is a near-domain question that belongs to the domain (answered), and
+a `clarify` record answers an ambiguous in-domain question with a question.
+
+>>> domain_split("OOD"), domain_split("hard-negative"), domain_split("refusal"), domain_split("other")
+('out_of_domain', 'in_domain', 'out_of_domain', None)
+"""
+
+from __future__ import annotations
+
+SPLITS = ("in_domain", "out_of_domain", "near_domain")
+SHOULD_REFUSE = frozenset({"out_of_domain", "near_domain"})
+_ALIASES = {"in": "in_domain", "id": "in_domain", "ood": "out_of_domain", "out": "out_of_domain",
+            "near": "near_domain", "near_ood": "near_domain", "refusal": "out_of_domain",
+            "hard_negative": "in_domain", "clarify": "in_domain"}
+
+
+def domain_split(kind) -> str | None:
+    """The split a `kind` value names (in_domain / out_of_domain / near_domain), or None when it names none."""
+    if kind is None:
+        return None
+    name = str(kind).strip().lower().replace("-", "_")
+    name = _ALIASES.get(name, name)
+    return name if name in SPLITS else None
