@@ -98,6 +98,22 @@ def test_hard_negative_flips_exactly_when_intended(ls, sentiment):
     assert made >= 2 * len(sentiment)
 
 
+def test_hard_negative_of_the_guides_own_example_with_default_settings(ls):
+    # "我对这个结果不能更高兴了" (could not be happier) is emphatic praise, not a negation.
+    t = get_transform("hard_negative", {"flip": FLIP}, labels=ls)
+    s = Conversation([Message("user", "情感：\n我对这个结果不能更高兴了"), Message("assistant", "积极")], meta={"label": "积极"})
+    made = {t(s, random.Random(seed))[0].messages[0].content for seed in range(6)}
+    # First person: the third-person contrast patterns are left out; the two denials remain.
+    assert made == {"情感：\n我不能说我对这个结果不能更高兴了。", "情感：\n我没办法说我对这个结果不能更高兴了。"}
+    assert t(s, random.Random(0))[0].messages[1].content == "消极"
+    en = Conversation([Message("user", "Sentiment:\nThe staff couldn't be more helpful"), Message("assistant", "positive")],
+                      meta={"label": "positive"})
+    assert t(en, random.Random(1))[0].messages[1].content == "negative"
+    # A real negation still stops it.
+    no = Conversation([Message("user", "情感：\n我对这个结果不高兴"), Message("assistant", "消极")], meta={"label": "消极"})
+    assert t(no, random.Random(0)) == []
+
+
 def test_hard_negative_examples_from_the_guide(ls):
     t = get_transform("hard_negative", {"flip": FLIP, "patterns": {"positive": {"zh": ["我不能说{x}。"], "en": ["I can't say {x}."]}},
                                         "replace_patterns": True}, labels=ls)
