@@ -49,17 +49,33 @@ def test_synonym_replacement_keeps_labels_over_a_batch(ls, sentiment):
         assert out.meta["label"] == s.meta["label"] and out.messages[-1].content == s.messages[-1].content
 
 
-@pytest.mark.parametrize("before, after", [
-    ("What is HbA1c?", {"Can you explain HbA1c?", "Could you tell me what HbA1c is?", "Please explain HbA1c.",
-                        "I'd like to know what HbA1c is."}),
-    ("HbA1c是什么？", {"请解释一下HbA1c。", "HbA1c指的是什么？", "能介绍一下HbA1c吗？", "什么是HbA1c？"}),
-    ("我认为这个产品很好用", {"这个产品，在我看来，很好用", "在我看来，这个产品很好用", "我的看法是这个产品很好用"}),
-])
-def test_rewrite_rules_from_the_guide(before, after):
+def test_rewrite_of_the_guides_example_gives_the_guides_answer():
+    # The guide: 我认为这个产品很好用 → 这个产品，在我看来，很好用 (its own wording, not the rule file's).
+    t = get_transform("rewrite_sentence")
+    s = Conversation([Message("user", "我认为这个产品很好用"), Message("assistant", "…")])
+    assert "这个产品，在我看来，很好用" in {t(s, random.Random(i)).messages[0].content for i in range(30)}
+
+
+@pytest.mark.parametrize("before", ["What is HbA1c?", "HbA1c是什么？", "How do I read a lipid panel?"])
+def test_default_rewrites_keep_the_subject_and_change_the_wording(before):
     t = get_transform("rewrite_sentence")
     s = Conversation([Message("user", before), Message("assistant", "…")])
     outs = {t(s, random.Random(i)).messages[0].content for i in range(30)}
-    assert outs == after
+    subject = "lipid panel" if "lipid" in before else "HbA1c"
+    assert len(outs) >= 2 and before not in outs and all(subject in o for o in outs)
+
+
+def test_rewrite_rules_fill_groups_and_filters_by_hand():
+    rules = [{"match": r"^What is (?P<x>[^?]+)\?$", "to": ["{x|cap} means what?", "Explain {x}."]},
+             {"match": r"^I think (?P<x>[^.]+)\.$", "to": ["{x|cap}, I believe."]}]
+    t = get_transform("rewrite_sentence", {"rules": rules, "replace_rules": True})
+    ask = Conversation([Message("user", "What is the normal range?"), Message("assistant", "…")])
+    assert {t(ask, random.Random(i)).messages[0].content for i in range(20)} == {"The normal range means what?",
+                                                                                  "Explain the normal range."}
+    say = Conversation([Message("user", "I think fasting helps."), Message("assistant", "…")])
+    assert t(say, random.Random(0)).messages[0].content == "Fasting helps, I believe."
+    other = Conversation([Message("user", "Fasting helps."), Message("assistant", "…")])
+    assert t(other, random.Random(0)) is other  # no rule matches: the sample is left as it is
 
 
 def test_rewrite_only_when_protected_words_are_captured(ls):
