@@ -228,7 +228,7 @@ def run_filter(args) -> int:
     report_path = args.report or f"{args.output}.report.json"
     check_writable(args.output, args.overwrite)
     check_writable(report_path, args.overwrite)
-    convs = read_conversations(args.inputs)
+    convs = read_conversations(args.inputs, allow_empty_answers=True)  # removed by the empty_answer rule
     evals = read_conversations(cfg.overlap.eval) if cfg.overlap and cfg.overlap.eval else None
     result = filter_conversations(convs, cfg, evals)
     write_conversations(args.output, result.kept, overwrite=args.overwrite)

@@ -136,3 +136,30 @@ def test_bad_regex_rule_names_the_key():
 
     with pytest.raises(ConfigError, match="drop_regex"):
         FilterConfig.parse({"rules": {"drop_regex": ["(unclosed"]}})
+
+
+def test_empty_answers_are_a_default_rule_and_the_cli_counts_them(tmp_path, capsys):
+    from honed.cli import main
+
+    data = [conv("What is TSH?", "A pituitary hormone.", 0), conv("What is ALT?", "  ", 1),
+            Conversation([Message("user", "a"), Message("assistant", "b"), Message("user", "c"), Message("assistant", "")], "d.jsonl:2")]
+    result = filter_conversations(data, FilterConfig())
+    assert [(r.source, r.reason, r.detail) for r in result.removals] == [
+        ("d.jsonl:1", "empty_answer", "assistant turn 2 is empty"), ("d.jsonl:2", "empty_answer", "assistant turn 4 is empty")]
+    assert filter_conversations(data, FilterConfig.parse({"rules": {"empty_answer": False}})).removals == []
+    src, out = tmp_path / "in.jsonl", tmp_path / "kept.jsonl"
+    src.write_text('{"instruction": "What is TSH?", "output": "A hormone."}\n{"instruction": "What is ALT?", "output": ""}\n')
+    assert main(["data", "filter", str(src), "-o", str(out)]) == 0
+    assert "empty_answer: 1" in capsys.readouterr().out and len(out.read_text().splitlines()) == 1
+
+
+def test_cli_filter_and_stats_name_the_line_that_is_not_utf8(tmp_path, capsys):
+    from honed.cli import main
+
+    src = tmp_path / "in.jsonl"
+    src.write_bytes(b'{"instruction": "q", "output": "a"}\n{"instruction": "caf\xe9", "output": "a"}\n')
+    assert main(["data", "filter", str(src), "-o", str(tmp_path / "kept.jsonl")]) == 2
+    err = " ".join(capsys.readouterr().err.split())  # the console wraps long lines
+    assert f"{src}:2: not UTF-8 text (byte 0xe9 at column 21)" in err and "on_bad_record" not in err
+    assert main(["data", "stats", str(src), "-o", str(tmp_path / "s.html")]) == 2
+    assert f"{src}:2: not UTF-8 text" in " ".join(capsys.readouterr().err.split())

@@ -21,14 +21,15 @@ from honed.data.conversation import Conversation
 from honed.utils.fs import check_writable, write_text_atomic
 
 
-def read_conversations(paths, system_prompt: str | None = None) -> list[Conversation]:
+def read_conversations(paths, system_prompt: str | None = None, allow_empty_answers: bool = False) -> list[Conversation]:
     """Every record of every file (any format honed reads), in file order; a bad record is an error."""
     from honed.config import DataSource
     from honed.data.dataset import DataReport, load_source
 
     paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
     report = DataReport()
-    return [c for p in paths for c in load_source(DataSource(path=str(p)), "error", report, system_prompt)]
+    return [c for p in paths for c in load_source(DataSource(path=str(p)), "error", report, system_prompt,
+                                                        allow_empty_answers, hint=None)]
 
 
 def conversation_record(conv: Conversation, keep_meta: bool = True) -> dict:

@@ -43,6 +43,7 @@ class DedupConfig(StrictModel):
 
 class RulesConfig(StrictModel):
     text: Part = "all"
+    empty_answer: bool = Field(True, description="drop samples with an empty assistant turn (the model would learn to answer nothing)")
     min_chars: int | None = Field(None, ge=0)
     max_chars: int | None = Field(None, gt=0)
     min_answer_chars: int | None = Field(None, ge=0)
