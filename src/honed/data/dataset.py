@@ -206,6 +206,14 @@ def check_token_ids(samples, embedding_rows: int, model_name: str) -> None:
             )
 
 
+def skipped_lines(report: DataReport, limit: int = 10) -> str:
+    """The skipped samples, one `location: reason` a line (the first `limit`, then a count)."""
+    lines = [f"  {where}: {reason}" for where, reason in report.skipped[:limit]]
+    if len(report.skipped) > limit:
+        lines.append(f"  … and {len(report.skipped) - limit} more")
+    return "\n".join(lines) or "  (none)"
+
+
 def build_datasets(data: DataConfig, tokenizer, template, seed: int, enable_thinking=None):
     """Everything `honed train` needs from the data section: (train, validation, report, train_conversations).
 
@@ -216,7 +224,7 @@ def build_datasets(data: DataConfig, tokenizer, template, seed: int, enable_thin
     train = tokenize_all(train_convs, tokenizer, template, data, report, enable_thinking)
     validation = tokenize_all(val_convs, tokenizer, template, data, report, enable_thinking)
     if not train:
-        raise DataError("no training samples left after tokenization; see the skipped samples above")
+        raise DataError("no training samples left after tokenization; skipped:\n" + skipped_lines(report))
     report.n_train, report.n_validation = len(train), len(validation)
     if report.skipped:
         log.warning("skipped %d samples (data.on_bad_record=skip); first: %s: %s", len(report.skipped), *report.skipped[0])
