@@ -96,6 +96,8 @@ def register_shaping_verbs(verbs) -> None:
     p.add_argument("--threshold", type=float, help="near-duplicate Jaccard threshold (default 0.8)")
     p.add_argument("--no-near", action="store_true", help="exact duplicates only")
     p.add_argument("--no-dedup", action="store_true", help="no duplicate removal at all")
+    p.add_argument("--dedup-text", choices=("prompt", "answer", "all"),
+                   help="what duplicates are compared on (default prompt: the user turns, so questions sharing a refusal stay)")
     p.add_argument("--min-chars", type=int)
     p.add_argument("--max-chars", type=int)
     p.add_argument("--min-answer-chars", type=int)
@@ -210,6 +212,8 @@ def run_filter(args) -> int:
         dedup["near"] = False
     if args.no_dedup:
         dedup["exact"] = False
+    if args.dedup_text:
+        dedup["text"] = args.dedup_text
     for key in ("min_chars", "max_chars", "min_answer_chars"):
         if getattr(args, key) is not None:
             rules[key] = getattr(args, key)

@@ -38,7 +38,9 @@ class DedupConfig(StrictModel):
     threshold: float = Field(0.8, gt=0, le=1, description="Jaccard similarity of character 5-grams")
     num_perm: int = Field(128, ge=16)
     ngram: int = Field(5, ge=1)
-    text: Part = "all"
+    # The user turns by default: distinct questions that share an answer (every out-of-domain
+    # question gets the same refusal) are not duplicates, while the same question asked twice is.
+    text: Part = Field("prompt", description="what is compared: prompt (user turns), answer, or all")
 
 
 class RulesConfig(StrictModel):
