@@ -55,7 +55,7 @@ def to_conversation(record: dict, fmt: str, where: str) -> Conversation:
         raise DataError(f"{where}: unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
     _check_turns(messages, where)
     meta = {k: v for k, v in record.items() if k not in used}
-    return Conversation(messages, source=where, meta=meta)
+    return Conversation(messages, source=where, meta=meta, origin=(fmt, record))
 
 
 def _text(value, where: str, field: str, *, required: bool = True, parts_ok: bool = False) -> str:

@@ -69,7 +69,7 @@ def test_label_expression_keeps_label_and_uses_a_template(ls, sentiment):
             out = t(s, random.Random(seed))
             assert answer_keys(ls, out) == {s.meta["label"]} and out.meta["label"] == s.meta["label"]
             assert out.messages[-1].content != s.messages[-1].content
-            seen.add(out.meta["augmentations"][-1]["params"]["template"])
+            seen.add(out.meta["augmentations"][-1]["details"]["template"])
     assert "分类结果为{label}。" in seen and '{"output": "{label}"}' in seen
 
 

@@ -117,7 +117,7 @@ def test_noise_never_touches_the_answer_digits_negations_or_labels(ls):
 def test_noise_rate_controls_the_amount():
     s = Conversation([Message("user", "The quick brown fox jumps over the lazy sleeping dog " * 5), Message("assistant", "ok")])
     def edits(rate):
-        return sum(get_transform("noise", {"rate": rate})(s, random.Random(i)).meta["augmentations"][0]["params"]["edits"]
+        return sum(get_transform("noise", {"rate": rate})(s, random.Random(i)).meta["augmentations"][0]["details"]["edits"]
                    for i in range(10))
     assert edits(0.01) < edits(0.1) < edits(0.4)
 
