@@ -85,3 +85,15 @@ def test_filter_writes_kept_records_exactly_as_read(tmp_path):
     src.write_text("".join(json.dumps(r) + "\n" for r in [*ALPACA, ALPACA[0]]))
     assert main(["data", "filter", str(src), "-o", str(out)]) == 0
     assert [json.loads(line) for line in out.read_text().splitlines()] == ALPACA
+
+
+def test_augment_list_gives_what_each_transform_does_and_its_parameters(capsys):
+    assert main(["data", "augment", "--list", "--json"]) == 0
+    found = {t["name"]: t for t in json.loads(capsys.readouterr().out)}
+    noise = found["noise"]
+    assert noise["family"] == "text" and noise["description"].startswith("Add typos and character noise")
+    assert noise["params"]["rate"] == 0.05 and not noise["needs_labels"]
+    assert found["hard_negative"]["needs_labels"] and set(found["hard_negative"]["params"]) == {"flip", "patterns", "replace_patterns"}
+    assert main(["data", "augment", "--list"]) == 0
+    shown = capsys.readouterr().out
+    assert "what it does" in shown and "replace_patterns" in shown

@@ -84,7 +84,7 @@ def register_shaping_verbs(verbs) -> None:
     p.add_argument("--epoch", type=int, default=0, help="which epoch's draws to write (default 0)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     p.add_argument("--dry-run", action="store_true", help="show the generator prompts; call nothing, write nothing")
-    p.add_argument("--list", action="store_true", help="list the available transforms")
+    p.add_argument("--list", action="store_true", help="list the transforms: what each does and its parameters (--json too)")
     p.add_argument("--json", action="store_true", help="print the per-step statistics as JSON")
     p.set_defaults(func=run_augment)
 
@@ -166,14 +166,21 @@ def _print_prompts(console, prompts) -> None:
 def run_augment(args) -> int:
     from rich.table import Table
 
-    from honed.data.augment import available
+    from honed.data.augment import describe
     from honed.data.augment.run import augment_files
     from honed.errors import ConfigError
 
     console = _console()
     if args.list:
-        for name, family in available().items():
-            console.print(f"{name:20s} {family}")
+        found = describe()
+        if args.json:
+            print(json.dumps(found, indent=2, ensure_ascii=False))
+            return 0
+        table = Table("transform", "family", "what it does", "params (default)", show_lines=True)
+        for t in found:
+            params = "\n".join(f"{k}: {json.dumps(v, ensure_ascii=False)}" for k, v in t["params"].items()) or "—"
+            table.add_row(t["name"], t["family"] + (" (labels)" if t["needs_labels"] else ""), t["description"], params)
+        console.print(table)
         return 0
     if not args.recipe:
         raise ConfigError("honed data augment: give a RECIPE.yaml (or --list to see the transforms)")
