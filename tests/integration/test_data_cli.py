@@ -91,7 +91,7 @@ def test_augment_list_gives_what_each_transform_does_and_its_parameters(capsys):
     assert main(["data", "augment", "--list", "--json"]) == 0
     found = {t["name"]: t for t in json.loads(capsys.readouterr().out)}
     noise = found["noise"]
-    assert noise["family"] == "text" and noise["description"].startswith("Add typos and character noise")
+    assert noise["family"] == "noise" and noise["description"].startswith("Add typos and character noise")
     assert noise["params"]["rate"] == 0.05 and not noise["needs_labels"]
     assert found["hard_negative"]["needs_labels"] and set(found["hard_negative"]["params"]) == {"flip", "patterns", "replace_patterns"}
     assert main(["data", "augment", "--list"]) == 0
