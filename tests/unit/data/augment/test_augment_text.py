@@ -19,12 +19,16 @@ def ls(labels):
 
 def test_synonym_replacement_guide_example_and_case():
     s = Conversation([Message("user", "这部电影非常精彩"), Message("assistant", "是的")])
-    outs = {get_transform("synonym_replace", {"rate": 1.0})(s, random.Random(i)).messages[0].content for i in range(20)}
-    assert "这部电影非常出色" in outs or any("出色" in o for o in outs)
+    outs = {get_transform("synonym_replace", {"rate": 0.3})(s, random.Random(i)).messages[0].content for i in range(40)}
+    assert "这部电影非常出色" in outs  # the guide's own example: one word replaced
+    # Every variant is the same sentence word for word (这部 + film + very + wonderful), each word kept or a synonym.
+    assert all(re.fullmatch("这部(电影|影片)(非常|十分|特别|格外)(精彩|出色|精妙)", o) for o in outs) and len(outs) >= 5
     en = Conversation([Message("user", "Great movie. It was a terrible ending."), Message("assistant", "ok")])
-    out = get_transform("synonym_replace", {"rate": 1.0, "dictionaries": ["en"]})(en, random.Random(0)).messages[0].content
-    assert out.split()[0] in ("Excellent", "Terrific")
-    assert "an awful" in out or "a dreadful" in out  # the article follows the new word
+    for i in range(10):
+        out = get_transform("synonym_replace", {"rate": 1.0, "dictionaries": ["en"]})(en, random.Random(i)).messages[0].content
+        words = out.split()
+        assert words[0] not in ("Great", "great") and words[0][0].isupper() and words[4] != "terrible"
+        assert words[3] == ("an" if words[4][0] in "aeiou" else "a")  # the article follows the new word
 
 
 def test_synonyms_never_replace_label_words_or_protected_spans(ls, tmp_path):
@@ -105,7 +109,7 @@ def test_noise_never_touches_the_answer_digits_negations_or_labels(ls):
         for s in samples:
             out = t(s, random.Random(seed))
             assert out.messages[-1].content == s.messages[-1].content
-            assert out.messages[0].content == s.messages[0].content or out.messages[0].role != "system"
+            assert [m.content for m in out.messages if m.role == "system"] == [m.content for m in s.messages if m.role == "system"]
             user = out.messages[-2].content
             assert re.findall(r"\d+", user) == re.findall(r"\d+", s.messages[-2].content)
             assert ("not" in user) == ("not" in s.messages[-2].content) and user.count("不") >= s.messages[-2].content.count("不")
