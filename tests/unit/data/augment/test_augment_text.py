@@ -27,8 +27,8 @@ def test_synonym_replacement_guide_example_and_case():
     for i in range(10):
         out = get_transform("synonym_replace", {"rate": 1.0, "dictionaries": ["en"]})(en, random.Random(i)).messages[0].content
         words = out.split()
-        assert words[0] not in ("Great", "great") and words[0][0].isupper() and words[4] != "terrible"
-        assert words[3] == ("an" if words[4][0] in "aeiou" else "a")  # the article follows the new word
+        assert words[0] not in ("Great", "great") and words[0][0].isupper() and words[5] != "terrible"
+        assert words[4] == ("an" if words[5][0] in "aeiou" else "a")  # the article follows the new word
 
 
 def test_synonyms_never_replace_label_words_or_protected_spans(ls, tmp_path):
