@@ -228,6 +228,8 @@ def build_datasets(data: DataConfig, tokenizer, template, seed: int, enable_thin
     report.n_train, report.n_validation = len(train), len(validation)
     if report.skipped:
         log.warning("skipped %d samples (data.on_bad_record=skip); first: %s: %s", len(report.skipped), *report.skipped[0])
+        for where, reason in report.skipped:
+            log.debug("skipped %s: %s", where, reason)
     if report.truncated:
         log.warning("%d samples truncated at max_seq_length=%d", len(report.truncated), data.max_seq_length)
     return train, validation, report, train_convs
