@@ -62,6 +62,9 @@ def split_conversations(convs: list[Conversation], ratios: dict[str, float] | No
             raise ConfigError(f"{c.source}: split stratified by {stratify_by!r} but this sample has no meta[{stratify_by!r}]; "
                               "use --stratify none or add the field")
         groups[str(c.meta.get(stratify_by)) if stratify_by else ""].append(i)
+    # Hand-written rather than sklearn's train_test_split(stratify=...): that refuses a label with a
+    # single sample and a split smaller than the number of labels, both common in small SFT sets,
+    # and splits two ways only. A per-label largest-remainder cut handles any sizes and N splits.
     parts: dict[str, list[int]] = {name: [] for name in ratios}
     for value in sorted(groups):
         members = groups[value]
