@@ -7,7 +7,18 @@ honed.data.augment.synthetic), so everything here is also available from Python.
 
 from __future__ import annotations
 
+import argparse
 import json
+
+FILTER_EPILOG = """dedup keys of the --config YAML (flags override them):
+  exact: true        drop exact duplicates (after normalising case, punctuation, spacing)
+  near: true         drop near duplicates (MinHash LSH over character n-grams)
+  threshold: 0.8     Jaccard similarity that counts as near
+  text: prompt       compare the user turns (prompt), the answers (answer) or whole samples (all);
+                     on prompts, distinct questions that share a refusal are not duplicates
+  ngram: 5           character n-gram size
+  num_perm: 128      MinHash permutations
+rules: empty_answer (default on), min_chars, max_chars, min_answer_chars, languages, drop_regex, require_regex"""
 
 
 def register(sub) -> None:
@@ -88,7 +99,8 @@ def register_shaping_verbs(verbs) -> None:
     p.add_argument("--json", action="store_true", help="print the per-step statistics as JSON")
     p.set_defaults(func=run_augment)
 
-    p = verbs.add_parser("filter", help="remove duplicates, near duplicates, rule breakers, eval overlap, low judge scores")
+    p = verbs.add_parser("filter", help="remove duplicates, near duplicates, rule breakers, eval overlap, low judge scores",
+                         epilog=FILTER_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("inputs", nargs="+", help="data file(s)")
     p.add_argument("--output", "-o", required=True, help="JSONL of the kept samples")
     p.add_argument("--report", help="JSON report of every removal (default: OUTPUT.report.json)")

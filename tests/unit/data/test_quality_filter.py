@@ -180,3 +180,13 @@ def test_questions_that_share_a_refusal_are_not_duplicates_by_default():
     # Comparing whole samples, the long shared refusal makes them all near duplicates.
     whole = filter_conversations(data, FilterConfig.parse({"dedup": {"text": "all"}}))
     assert [r.source for r in whole.removals] == ["d.jsonl:1", "d.jsonl:2", "d.jsonl:3"]
+
+
+def test_filter_help_documents_the_dedup_keys(capsys):
+    from honed.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["data", "filter", "--help"])
+    shown = capsys.readouterr().out
+    assert all(f"  {key}:" in shown for key in ("exact", "near", "threshold", "text", "ngram", "num_perm"))
+    assert "text: prompt" in shown and "empty_answer" in shown

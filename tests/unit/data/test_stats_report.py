@@ -80,3 +80,13 @@ def test_stats_json_has_the_token_lengths_the_page_shows(tmp_path, capsys, tiny_
                                           "p99": tokens[3], "max": tokens[3]}
     # Characters by hand: prompts "Sentiment:\n" + text (11 + 10, 11 + 10, 11 + 10, 11 + 7).
     assert shown["lengths"]["prompt_chars"] == {"min": 18, "mean": 20.25, "p50": 21, "p90": 21, "p99": 21, "max": 21}
+
+
+def test_stats_refuses_an_empty_answer_with_its_line(tmp_path, capsys):
+    from honed.cli import main
+
+    src = tmp_path / "d.jsonl"
+    src.write_text('{"instruction": "q", "output": "a"}\n{"instruction": "q2", "output": ""}\n')
+    assert main(["data", "stats", str(src), "-o", str(tmp_path / "s.html")]) == 2
+    assert f"{src}:2: assistant turn 2 is empty" in " ".join(capsys.readouterr().err.split())
+    assert not (tmp_path / "s.html").exists()
