@@ -39,7 +39,20 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(sub)
+    _accept_global_flags_anywhere(parser)
     return parser
+
+
+def _accept_global_flags_anywhere(parser: argparse.ArgumentParser) -> None:
+    """`honed train cfg.yaml -v` works as `honed -v train cfg.yaml` does: every subcommand (and
+    verb below it) takes the global flags too. SUPPRESS keeps a subcommand's unset flag from
+    overwriting the value the top level parsed."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in dict.fromkeys(action.choices.values()):  # aliases map to the same parser
+                if "--verbose" not in child._option_string_actions:
+                    child.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="debug logging")
+                _accept_global_flags_anywhere(child)
 
 
 def quiet_libraries() -> None:

@@ -94,6 +94,21 @@ def test_skipped_records_are_counted(config_file, tmp_path, qa_file):
     assert where == ["10", "9"] and info["data"]["n_train"] == len(QA)
 
 
+def test_no_samples_left_lists_what_was_skipped_and_flags_go_anywhere(config_file, capsys):
+    # Every prompt fills 16 tokens: nothing of any answer is left to learn; -v after the subcommand is accepted.
+    assert main(["train", str(config_file), "data.on_bad_record=skip", "data.max_seq_length=16", "-v"]) == 2
+    err = capsys.readouterr().err
+    assert "no training samples left after tokenization; skipped:" in err
+    assert "qa.jsonl:1: nothing is left to train on after truncating to max_seq_length=16" in err
+    assert err.count("nothing is left to train on") == len(QA)
+    from honed.cli import build_parser
+
+    parser = build_parser()
+    assert parser.parse_args(["data", "split", "a.jsonl", "-o", "out", "-v"]).verbose is True
+    assert parser.parse_args(["-v", "data", "split", "a.jsonl", "-o", "out"]).verbose is True
+    assert parser.parse_args(["data", "split", "a.jsonl", "-o", "out"]).verbose is False
+
+
 def test_empty_data_file_is_an_error(config_file, qa_file, capsys):
     qa_file.write_text("\n")
     assert main(["train", str(config_file)]) == 2

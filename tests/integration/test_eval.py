@@ -62,12 +62,14 @@ def test_tuned_model_beats_its_base_and_the_report_says_so(quickstart_run, tmp_p
     domain = report["models"][0]["metrics"]["domain"]
     assert domain["per_split"]["in_domain"]["n"] == 30 and domain["per_split"]["out_of_domain"]["n"] == 20
     # Greedy decoding is deterministic; sampled answers were judged; the general set ran.
-    assert tuned["greedy_identical_rate"] == 1.0 and 0.5 <= tuned["decision_agreement"] <= 1.0
+    assert tuned["greedy_identical_rate"] == 1.0
+    # 3 prompts × 3 sampled answers: each prompt's majority share is 2/3 or 1, so their mean is one of these.
+    assert any(tuned["decision_agreement"] == pytest.approx(v) for v in (2 / 3, 7 / 9, 8 / 9, 1.0))
     assert report["models"][0]["metrics"]["stability"]["n_prompts"] == 3
     assert report["models"][0]["metrics"]["general"]["n"] >= 30
     assert report["models"][0]["metrics"]["judge"] == {"relevance": 4.0, "accuracy": 3.0, "fluency": 5.0, "n_scored": 5, "n_failed": 0}
     eff = report["models"][0]["metrics"]["efficiency"]
-    assert eff["latency_s"]["p95"] >= eff["latency_s"]["p50"] > 0 and eff["tokens_per_s"] > 0
+    assert eff["latency_s"]["p50"] > 0 and eff["tokens_per_s"] > 0  # measured, not left at zero
     assert eff["size_of"] == "adapter" and 0 < eff["size_on_disk_bytes"] < report["models"][1]["metrics"]["efficiency"]["size_on_disk_bytes"]
     fitting = report["fitting"]
     assert fitting["best_step"] == min(fitting["validation"], key=lambda p: p[1])[0]
@@ -106,10 +108,18 @@ def test_every_checkpoint_gives_a_learning_curve_and_labels_give_classification(
     assert names == ["run", "run@20", "run@26"]
     assert [p["step"] for p in result.report["learning_curve"]] == [20, 26]
     cls = result.report["models"][0]["metrics"]["classification"]
-    assert cls["n_scored"] == 8 and len(cls["confusion_matrix"]) == 2
-    # The model answers in sentences, not labels: each such answer is counted per sample, not a crash.
-    assert cls["n_invalid"] + sum(map(sum, cls["confusion_matrix"])) == 8
-    assert cls["auc_roc"] is not None and 0.0 <= cls["auc_roc"] <= 1.0
+    # The quickstart model answers in sentences, never a label (test_eval_classification.py trains one
+    # that does): each such answer is counted as invalid on its sample, not a crash, and no cell of
+    # the confusion matrix is filled.
+    predicted = [s["predicted_label"] for s in result.runs[0].per_sample[:8]]
+    assert predicted == [None] * 8 and cls["n_scored"] == 8 and cls["n_invalid"] == 8
+    assert cls["confusion_matrix"] == [[0, 0], [0, 0]]
+    # The label likelihoods still rank: AUC equals sklearn's on the same scores.
+    from sklearn.metrics import roc_auc_score
+
+    lls = [s["label_log_likelihoods"] for s in result.runs[0].per_sample[:8]]
+    gold = [r["kind"] == "out_of_domain" for r in picked[:8]]
+    assert cls["auc_roc"] == pytest.approx(roc_auc_score(gold, [x["out_of_domain"] - x["in_domain"] for x in lls]))
     last = result.runs[0].per_sample[8]
     assert "reference label 'maybe' is not one of" in " ".join(last["errors"])
     assert set(result.runs[0].per_sample[0]["label_log_likelihoods"]) == {"in_domain", "out_of_domain"}

@@ -7,7 +7,18 @@ honed.data.augment.synthetic, honed.data.refusals), so everything here is also a
 
 from __future__ import annotations
 
+import argparse
 import json
+
+FILTER_EPILOG = """dedup keys of the --config YAML (flags override them):
+  exact: true        drop exact duplicates (after normalising case, punctuation, spacing)
+  near: true         drop near duplicates (MinHash LSH over character n-grams)
+  threshold: 0.8     Jaccard similarity that counts as near
+  text: prompt       compare the user turns (prompt), the answers (answer) or whole samples (all);
+                     on prompts, distinct questions that share a refusal are not duplicates
+  ngram: 5           character n-gram size
+  num_perm: 128      MinHash permutations
+rules: empty_answer (default on), min_chars, max_chars, min_answer_chars, languages, drop_regex, require_regex"""
 
 
 def register(sub) -> None:
@@ -89,11 +100,12 @@ def register_shaping_verbs(verbs) -> None:
     p.add_argument("--epoch", type=int, default=0, help="which epoch's draws to write (default 0)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     p.add_argument("--dry-run", action="store_true", help="show the generator prompts; call nothing, write nothing")
-    p.add_argument("--list", action="store_true", help="list the available transforms")
+    p.add_argument("--list", action="store_true", help="list the transforms: what each does and its parameters (--json too)")
     p.add_argument("--json", action="store_true", help="print the per-step statistics as JSON")
     p.set_defaults(func=run_augment)
 
-    p = verbs.add_parser("filter", help="remove duplicates, near duplicates, rule breakers, eval overlap, low judge scores")
+    p = verbs.add_parser("filter", help="remove duplicates, near duplicates, rule breakers, eval overlap, low judge scores",
+                         epilog=FILTER_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("inputs", nargs="+", help="data file(s)")
     p.add_argument("--output", "-o", required=True, help="JSONL of the kept samples")
     p.add_argument("--report", help="JSON report of every removal (default: OUTPUT.report.json)")
@@ -101,6 +113,8 @@ def register_shaping_verbs(verbs) -> None:
     p.add_argument("--threshold", type=float, help="near-duplicate Jaccard threshold (default 0.8)")
     p.add_argument("--no-near", action="store_true", help="exact duplicates only")
     p.add_argument("--no-dedup", action="store_true", help="no duplicate removal at all")
+    p.add_argument("--dedup-text", choices=("prompt", "answer", "all"),
+                   help="what duplicates are compared on (default prompt: the user turns, so questions sharing a refusal stay)")
     p.add_argument("--min-chars", type=int)
     p.add_argument("--max-chars", type=int)
     p.add_argument("--min-answer-chars", type=int)
@@ -169,14 +183,21 @@ def _print_prompts(console, prompts) -> None:
 def run_augment(args) -> int:
     from rich.table import Table
 
-    from honed.data.augment import available
+    from honed.data.augment import describe
     from honed.data.augment.run import augment_files
     from honed.errors import ConfigError
 
     console = _console()
     if args.list:
-        for name, family in available().items():
-            console.print(f"{name:20s} {family}")
+        found = describe()
+        if args.json:
+            print(json.dumps(found, indent=2, ensure_ascii=False))
+            return 0
+        table = Table("transform", "family", "what it does", "params (default)", show_lines=True)
+        for t in found:
+            params = "\n".join(f"{k}: {json.dumps(v, ensure_ascii=False)}" for k, v in t["params"].items()) or "—"
+            table.add_row(t["name"], t["family"] + (" (labels)" if t["needs_labels"] else ""), t["description"], params)
+        console.print(table)
         return 0
     if not args.recipe:
         raise ConfigError("honed data augment: give a RECIPE.yaml (or --list to see the transforms)")
@@ -215,6 +236,8 @@ def run_filter(args) -> int:
         dedup["near"] = False
     if args.no_dedup:
         dedup["exact"] = False
+    if args.dedup_text:
+        dedup["text"] = args.dedup_text
     for key in ("min_chars", "max_chars", "min_answer_chars"):
         if getattr(args, key) is not None:
             rules[key] = getattr(args, key)
@@ -233,7 +256,7 @@ def run_filter(args) -> int:
     report_path = args.report or f"{args.output}.report.json"
     check_writable(args.output, args.overwrite)
     check_writable(report_path, args.overwrite)
-    convs = read_conversations(args.inputs)
+    convs = read_conversations(args.inputs, allow_empty_answers=True)  # removed by the empty_answer rule
     evals = read_conversations(cfg.overlap.eval) if cfg.overlap and cfg.overlap.eval else None
     result = filter_conversations(convs, cfg, evals)
     write_conversations(args.output, result.kept, overwrite=args.overwrite)

@@ -35,6 +35,9 @@ class Conversation:
     messages: list[Message]
     source: str = "<memory>"
     meta: dict = field(default_factory=dict)
+    # (format, record) it was read from: lets a writer give back a record in its own form
+    # (`honed data filter` keeps Alpaca records Alpaca). Not part of equality.
+    origin: tuple[str, dict] | None = field(default=None, repr=False, compare=False)
 
     def roles(self) -> list[str]:
         return [m.role for m in self.messages]
@@ -42,7 +45,7 @@ class Conversation:
     def with_system(self, prompt: str) -> "Conversation":
         """Return a copy whose first message is the given system prompt (replacing any system turn)."""
         rest = [m for m in self.messages if m.role != "system"]
-        return Conversation([Message("system", prompt), *rest], source=self.source, meta=dict(self.meta))
+        return Conversation([Message("system", prompt), *rest], source=self.source, meta=dict(self.meta), origin=self.origin)
 
     def to_dict(self) -> dict:
         """Plain OpenAI-style dict, the form honed writes conversations in."""

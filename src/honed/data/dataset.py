@@ -16,7 +16,7 @@ from pathlib import Path
 
 from honed.config import DataConfig, DataSource
 from honed.data.conversation import Conversation
-from honed.data.formats import detect_format, to_conversation
+from honed.data.formats import check_answers, detect_format, to_conversation
 from honed.data.readers import read_records
 from honed.errors import DataError
 
@@ -76,19 +76,34 @@ def inject_system_prompt(conv: Conversation, prompt: str | None) -> Conversation
     return conv.with_system(f"{prompt}\n\n{own}" if own else prompt)
 
 
-def load_source(source: DataSource, on_bad_record: str, report: DataReport, default_prompt: str | None = None) -> list[Conversation]:
-    """Read one file into Conversations, skipping (and counting) bad records when asked to."""
+SKIP_HINT = "set data.on_bad_record: skip to skip and count such records"
+
+
+def load_source(source: DataSource, on_bad_record: str, report: DataReport, default_prompt: str | None = None,
+                allow_empty_answers: bool = False, hint: str | None = SKIP_HINT) -> list[Conversation]:
+    """Read one file into Conversations, skipping (and counting) bad records when asked to.
+
+    A record with an empty answer is a bad record (unless `allow_empty_answers`, for tools that
+    remove such records themselves, like `honed data filter`)."""
     conversations: list[Conversation] = []
     fmt = None if source.format == "auto" else source.format
     prompt = source.system_prompt if source.system_prompt is not None else default_prompt
-    for where, record in read_records(source.path):
+    def unreadable(where: str, reason: str) -> None:
+        if on_bad_record == "error":
+            raise DataError(f"{where}: {reason}" + (f" ({hint})" if hint else ""))
+        report.skip(where, reason)
+
+    for where, record in read_records(source.path, on_bad=unreadable):
         try:
             if fmt is None:
                 fmt = detect_format(record, where)
-            conversations.append(inject_system_prompt(to_conversation(record, fmt, where), prompt))
+            conv = to_conversation(record, fmt, where)
+            if not allow_empty_answers:
+                check_answers(conv, where)
+            conversations.append(inject_system_prompt(conv, prompt))
         except DataError as err:
             if on_bad_record == "error":
-                raise DataError(f"{err} (set data.on_bad_record: skip to skip and count such records)") from None
+                raise DataError(f"{err} ({hint})" if hint else str(err)) from None
             report.skip(where, str(err).split(": ", 1)[-1])
     report.formats[source.path] = fmt or "empty"
     report.loaded[source.path] = len(conversations)
@@ -196,6 +211,14 @@ def check_token_ids(samples, embedding_rows: int, model_name: str) -> None:
             )
 
 
+def skipped_lines(report: DataReport, limit: int = 10) -> str:
+    """The skipped samples, one `location: reason` a line (the first `limit`, then a count)."""
+    lines = [f"  {where}: {reason}" for where, reason in report.skipped[:limit]]
+    if len(report.skipped) > limit:
+        lines.append(f"  … and {len(report.skipped) - limit} more")
+    return "\n".join(lines) or "  (none)"
+
+
 def build_datasets(data: DataConfig, tokenizer, template, seed: int, enable_thinking=None):
     """Everything `honed train` needs from the data section: (train, validation, report, train_conversations).
 
@@ -206,10 +229,12 @@ def build_datasets(data: DataConfig, tokenizer, template, seed: int, enable_thin
     train = tokenize_all(train_convs, tokenizer, template, data, report, enable_thinking)
     validation = tokenize_all(val_convs, tokenizer, template, data, report, enable_thinking)
     if not train:
-        raise DataError("no training samples left after tokenization; see the skipped samples above")
+        raise DataError("no training samples left after tokenization; skipped:\n" + skipped_lines(report))
     report.n_train, report.n_validation = len(train), len(validation)
     if report.skipped:
         log.warning("skipped %d samples (data.on_bad_record=skip); first: %s: %s", len(report.skipped), *report.skipped[0])
+        for where, reason in report.skipped:
+            log.debug("skipped %s: %s", where, reason)
     if report.truncated:
         log.warning("%d samples truncated at max_seq_length=%d", len(report.truncated), data.max_seq_length)
     return train, validation, report, train_convs

@@ -55,7 +55,7 @@ def to_conversation(record: dict, fmt: str, where: str) -> Conversation:
         raise DataError(f"{where}: unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
     _check_turns(messages, where)
     meta = {k: v for k, v in record.items() if k not in used}
-    return Conversation(messages, source=where, meta=meta)
+    return Conversation(messages, source=where, meta=meta, origin=(fmt, record))
 
 
 def _text(value, where: str, field: str, *, required: bool = True, parts_ok: bool = False) -> str:
@@ -151,6 +151,23 @@ def _from_openai(record: dict, where: str) -> tuple[list[Message], set[str]]:
         else:
             messages.append(Message(role, text))
     return messages, {"messages"}
+
+
+def empty_answer(conv: Conversation) -> str | None:
+    """Why a conversation has an empty answer (an assistant turn with no text), or None."""
+    dialogue = [m for m in conv.messages if m.role != "system"]
+    for i, m in enumerate(dialogue):
+        if m.role == "assistant" and not m.content.strip():
+            return f"assistant turn {i + 1} is empty"
+    return None
+
+
+def check_answers(conv: Conversation, where: str) -> None:
+    """Refuse a training record with an empty answer: the model would learn to answer nothing."""
+    why = empty_answer(conv)
+    if why:
+        raise DataError(f"{where}: {why}: a model trained on it learns to answer nothing; write the answer or drop the "
+                        "record (`honed data filter` removes such records)")
 
 
 def _check_turns(messages: list[Message], where: str) -> None:

@@ -39,6 +39,11 @@ def parse_ratios(text: str, names: str | None = None) -> dict[str, float]:
     if any(v <= 0 for v in values):
         raise ConfigError(f"--ratios {text!r}: every ratio must be > 0")
     total = sum(values)
+    if all(v <= 1 for v in values) and abs(total - 1) > 1e-6:
+        # Fractions that do not add up are a typo or a misunderstanding; renormalising them would
+        # give splits the user never asked for.
+        raise ConfigError(f"--ratios {text!r}: the fractions sum to {total:g}, not 1; fix them (e.g. 0.8,0.1,0.1) "
+                          "or give parts or percentages (8,1,1 or 80,10,10)")
     # Percentages or parts ("80,10,10", "8,1,1") are normalised: the intent is unambiguous.
     return {k: round(v / total, 10) for k, v in zip(keys, values)}
 
@@ -57,6 +62,9 @@ def split_conversations(convs: list[Conversation], ratios: dict[str, float] | No
             raise ConfigError(f"{c.source}: split stratified by {stratify_by!r} but this sample has no meta[{stratify_by!r}]; "
                               "use --stratify none or add the field")
         groups[str(c.meta.get(stratify_by)) if stratify_by else ""].append(i)
+    # Hand-written rather than sklearn's train_test_split(stratify=...): that refuses a label with a
+    # single sample and a split smaller than the number of labels, both common in small SFT sets,
+    # and splits two ways only. A per-label largest-remainder cut handles any sizes and N splits.
     parts: dict[str, list[int]] = {name: [] for name in ratios}
     for value in sorted(groups):
         members = groups[value]

@@ -23,8 +23,39 @@ from honed.data.conversation import Conversation
 from honed.data.quality.filter import DedupConfig, FilterConfig, RulesConfig, filter_conversations
 from honed.data.quality.rules import detect_language, sample_text
 
-BALANCE_KEYS = ("label", "category", "task", "type")  # meta keys worth a balance chart when present
+BALANCE_KEYS = ("label", "kind", "category", "task", "type", "split")  # always charted when present
+# Any other field is charted when it looks categorical: short scalar values, a few distinct ones,
+# some repeated. Bookkeeping fields honed writes itself are left out.
+NOT_BALANCE = {"augmentations", "augmented_from", "hard_negative_of", "boundary_of", "negative_of", "input", "id", "protected"}
+MAX_CATEGORIES = 20
 MAX_PAIRS = 12
+
+
+def balance_keys(convs: list[Conversation]) -> list[str]:
+    """The meta keys to chart: BALANCE_KEYS present, then other categorical fields, in first-seen order."""
+    seen = list(dict.fromkeys(k for c in convs for k in c.meta if not k.startswith("_") and k not in NOT_BALANCE))
+    known = [k for k in BALANCE_KEYS if k in seen]
+    extra = []
+    for key in seen:
+        if key in BALANCE_KEYS:
+            continue
+        values = [c.meta[key] for c in convs if c.meta.get(key) is not None]
+        if not values or not all(isinstance(v, (str, int, bool)) and len(str(v)) <= 40 for v in values):
+            continue
+        distinct = len(set(map(str, values)))
+        if 2 <= distinct <= MAX_CATEGORIES and distinct < len(values):
+            extra.append(key)
+    return known + extra
+
+
+def length_summary(values: list[int]) -> dict:
+    """min / mean / p50 / p90 / p99 / max of a list of lengths (nearest-rank percentiles)."""
+    if not values:
+        return {}
+    ordered = sorted(values)
+    rank = lambda q: ordered[min(len(ordered) - 1, max(0, -(-q * len(ordered) // 100) - 1))]  # noqa: E731
+    return {"min": ordered[0], "mean": round(sum(ordered) / len(ordered), 2), "p50": rank(50), "p90": rank(90),
+            "p99": rank(99), "max": ordered[-1]}
 
 
 def compute_stats(convs: list[Conversation], tokenizer=None) -> dict:
@@ -40,13 +71,15 @@ def compute_stats(convs: list[Conversation], tokenizer=None) -> dict:
         "exact_duplicates": dup.get("exact_duplicate", 0), "near_duplicates": dup.get("near_duplicate", 0),
         "duplication_rate": (dup.get("exact_duplicate", 0) + dup.get("near_duplicate", 0)) / n,
         "labels": {k: dict(Counter(str(c.meta[k]) for c in convs if c.meta.get(k) is not None).most_common())
-                   for k in BALANCE_KEYS if any(c.meta.get(k) is not None for c in convs)},
+                   for k in balance_keys(convs)},
         "transforms": dict(Counter(a["name"] for c in convs for a in c.meta.get("augmentations", [])
                                    if isinstance(a, dict) and "name" in a).most_common()),
         "turns": dict(Counter(len(c.messages) for c in convs).most_common()),
     }
     if tokenizer is not None:
         out["tokens"] = [len(tokenizer.encode(sample_text(c), add_special_tokens=False)) for c in convs]
+    # The histograms' numbers in a form JSON readers can use without the per-sample lists.
+    out["lengths"] = {m: length_summary(out[m]) for m in ("prompt_chars", "answer_chars", "tokens") if m in out}
     return out
 
 

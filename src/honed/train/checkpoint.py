@@ -105,11 +105,23 @@ def find_resume_checkpoint(resume: bool | str, out_dir: Path) -> Path | None:
         return None
     if resume is True or str(resume).lower() == "true":
         found = list_checkpoints(out_dir)
+        if not found:
+            log.warning("training.resume: true, but %s holds no checkpoint yet: starting from scratch", Path(out_dir) / CHECKPOINTS)
         return found[-1] if found else None
     path = Path(str(resume))
     if not (path / "trainer_state.json").exists():
         raise ConfigError(f"training.resume={resume}: not a checkpoint folder (no trainer_state.json)")
     return path
+
+
+def _changed_rank(path: Path, model) -> str:
+    """' (lora.r was 8, is 4)' when the checkpoint's adapter config names another rank, else ''."""
+    try:
+        saved = json.loads((Path(path) / "adapter_config.json").read_text()).get("r")
+    except (OSError, ValueError):
+        return ""
+    now = getattr(getattr(model, "peft_config", {}).get("default"), "r", None)
+    return f" (lora.r was {saved}, is {now})" if saved is not None and now is not None and saved != now else ""
 
 
 def load_checkpoint(path: Path, model, optimizer, scheduler, scaler=None) -> TrainState:
@@ -121,6 +133,11 @@ def load_checkpoint(path: Path, model, optimizer, scheduler, scaler=None) -> Tra
     if unknown or absent:
         which = f"unknown parameter {unknown[0]}" if unknown else f"no weights for {absent[0]}"
         raise ConfigError(f"{path}: checkpoint does not match this model/config ({which}); resume with the config that wrote it")
+    for name, tensor in weights.items():
+        if tuple(tensor.shape) != tuple(params[name].shape):
+            raise ConfigError(f"{path}: checkpoint does not match this config: {name} is {tuple(tensor.shape)} there and "
+                              f"{tuple(params[name].shape)} here{_changed_rank(path, model)}; resume with the config that wrote it, "
+                              "or start a new run")
     with torch.no_grad():
         for name, tensor in weights.items():
             params[name].copy_(tensor.to(params[name].device, params[name].dtype))

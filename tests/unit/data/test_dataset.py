@@ -76,3 +76,63 @@ def test_fingerprint_covers_the_scope_prompt_file(tmp_path):
     before = data_fingerprint(data)
     scope.write_text("Anything goes.")
     assert data_fingerprint(data) != before
+
+
+LATIN1_LINE = b'{"instruction": "caf\xe9", "output": "ok"}\n'  # Latin-1 "café": valid JSON syntax, not UTF-8
+
+
+def test_bytes_that_are_not_utf8_are_located_or_skipped(tmp_path):
+    p = tmp_path / "d.jsonl"
+    p.write_bytes(write_qa(tmp_path / "x.jsonl", 2).read_bytes() + LATIN1_LINE + b'{"instruction": "q9", "output": "a9"}\n')
+    with pytest.raises(DataError, match=r"d\.jsonl:3: not UTF-8 text \(byte 0xe9 at column 21\).*on_bad_record: skip"):
+        load_conversations(DataConfig(train=[str(p)]), seed=0, report=DataReport())
+    report = DataReport()
+    train, _ = load_conversations(DataConfig(train=[str(p)], on_bad_record="skip"), seed=0, report=report)
+    assert questions(train) == ["q0", "q1", "q9"]
+    assert [(w.rsplit(":", 1)[1], r.split(" (")[0]) for w, r in report.skipped] == [("3", "not UTF-8 text")]
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".json"])
+def test_not_utf8_in_csv_and_json_names_the_record(tmp_path, suffix):
+    p = tmp_path / f"d{suffix}"
+    if suffix == ".csv":
+        p.write_bytes(b"instruction,output\nq0,a0\n" + "血常规,ok\n".encode("gbk") + b"q2,a2\n")
+    else:
+        p.write_bytes(b'[{"instruction": "q0", "output": "a0"},\n' + '{"instruction": "血常规", "output": "ok"},\n'.encode("gbk")
+                      + b'{"instruction": "q2", "output": "a2"}]\n')
+    line = 3 if suffix == ".csv" else 2  # the CSV header is line 1
+    with pytest.raises(DataError, match=rf"d\{suffix}:{line}: not UTF-8 text \(byte 0xb3\)"):
+        load_conversations(DataConfig(train=[str(p)]), seed=0, report=DataReport())
+    report = DataReport()
+    train, _ = load_conversations(DataConfig(train=[str(p)], on_bad_record="skip"), seed=0, report=report)
+    assert questions(train) == ["q0", "q2"] and [w.rsplit(":", 1)[1] for w, _ in report.skipped] == [str(line)]
+
+
+def test_skip_goes_past_a_line_that_is_not_json(tmp_path):
+    p = tmp_path / "d.jsonl"
+    p.write_text('{"instruction": "q0", "output": "a0"}\n{"instruction": "q1", "output": \n[1, 2]\n{"instruction": "q3", "output": "a3"}\n')
+    report = DataReport()
+    train, _ = load_conversations(DataConfig(train=[str(p)], on_bad_record="skip"), seed=0, report=report)
+    assert questions(train) == ["q0", "q3"]
+    assert [(w.rsplit(":", 1)[1], r.split(" (")[0]) for w, r in report.skipped] == [
+        ("2", "not valid JSON"), ("3", "each line must be a JSON object, got list")]
+    with pytest.raises(DataError, match=r"d\.jsonl:2: not valid JSON"):
+        load_conversations(DataConfig(train=[str(p)]), seed=0, report=DataReport())
+
+
+@pytest.mark.parametrize("record", [
+    {"instruction": "q", "output": ""},
+    {"instruction": "q", "output": "   "},
+    {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": ""}]},
+    {"conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}, {"from": "human", "value": "q2"},
+                       {"from": "gpt", "value": "\n"}]},
+])
+def test_an_empty_answer_is_a_bad_record(tmp_path, record):
+    p = tmp_path / "d.jsonl"
+    good = json.loads(json.dumps(record).replace('""', '"a"').replace('"   "', '"a"').replace('"\\n"', '"a"'))
+    p.write_text("".join(json.dumps(r) + "\n" for r in (good, good, record)))
+    with pytest.raises(DataError, match=r"d\.jsonl:3: assistant turn \d is empty: a model trained on it learns to answer nothing"):
+        load_conversations(DataConfig(train=[str(p)]), seed=0, report=DataReport())
+    report = DataReport()
+    train, _ = load_conversations(DataConfig(train=[str(p)], on_bad_record="skip"), seed=0, report=report)
+    assert len(train) == 2 and [w.rsplit(":", 1)[1] for w, _ in report.skipped] == ["3"]

@@ -44,8 +44,12 @@ def planted():
     return data
 
 
+# The planted pairs are compared as whole samples (question + the shared answer), as set here.
+WHOLE = FilterConfig.parse({"dedup": {"text": "all"}})
+
+
 def test_dedup_finds_exactly_the_planted_duplicates_and_names_what_they_duplicate(planted):
-    result = filter_conversations(planted, FilterConfig())
+    result = filter_conversations(planted, WHOLE)
     removed = {r.source: r for r in result.removals}
     assert set(removed) == {f"d.jsonl:{100 + k}" for k in range(len(NEAR))} | {"d.jsonl:200"}
     for k, (orig, _) in enumerate(NEAR):
@@ -53,7 +57,7 @@ def test_dedup_finds_exactly_the_planted_duplicates_and_names_what_they_duplicat
         assert r.reason == "near_duplicate" and r.duplicate_of == f"d.jsonl:{orig}" and r.similarity >= 0.8
     assert removed["d.jsonl:200"].reason == "exact_duplicate" and removed["d.jsonl:200"].duplicate_of == "d.jsonl:3"
     assert len(result.kept) == len(DISTINCT)
-    report = result.report(FilterConfig())
+    report = result.report(WHOLE)
     assert report["by_reason"] == {"near_duplicate": 5, "exact_duplicate": 1} and report["removed"] == 6
 
 
@@ -111,7 +115,7 @@ def test_cli_filter_writes_kept_samples_and_a_report(tmp_path, planted, capsys):
     src = tmp_path / "in.jsonl"
     write_conversations(src, planted)
     out = tmp_path / "kept.jsonl"
-    assert main(["data", "filter", str(src), "-o", str(out), "--drop-regex", r"^What is [A-Z]+\?"]) == 0
+    assert main(["data", "filter", str(src), "-o", str(out), "--drop-regex", r"^What is [A-Z]+\?", "--dedup-text", "all"]) == 0
     report = json.loads((tmp_path / "kept.jsonl.report.json").read_text())
     assert report["input"] == len(planted) and report["kept"] == len(out.read_text().splitlines())
     assert report["by_reason"]["near_duplicate"] == 5 and report["by_reason"]["drop_regex"] == 4  # the "What is X?" four
@@ -136,3 +140,53 @@ def test_bad_regex_rule_names_the_key():
 
     with pytest.raises(ConfigError, match="drop_regex"):
         FilterConfig.parse({"rules": {"drop_regex": ["(unclosed"]}})
+
+
+def test_empty_answers_are_a_default_rule_and_the_cli_counts_them(tmp_path, capsys):
+    from honed.cli import main
+
+    data = [conv("What is TSH?", "A pituitary hormone.", 0), conv("What is ALT?", "  ", 1),
+            Conversation([Message("user", "a"), Message("assistant", "b"), Message("user", "c"), Message("assistant", "")], "d.jsonl:2")]
+    result = filter_conversations(data, FilterConfig())
+    assert [(r.source, r.reason, r.detail) for r in result.removals] == [
+        ("d.jsonl:1", "empty_answer", "assistant turn 2 is empty"), ("d.jsonl:2", "empty_answer", "assistant turn 4 is empty")]
+    assert filter_conversations(data, FilterConfig.parse({"rules": {"empty_answer": False}})).removals == []
+    src, out = tmp_path / "in.jsonl", tmp_path / "kept.jsonl"
+    src.write_text('{"instruction": "What is TSH?", "output": "A hormone."}\n{"instruction": "What is ALT?", "output": ""}\n')
+    assert main(["data", "filter", str(src), "-o", str(out)]) == 0
+    assert "empty_answer: 1" in capsys.readouterr().out and len(out.read_text().splitlines()) == 1
+
+
+def test_cli_filter_and_stats_name_the_line_that_is_not_utf8(tmp_path, capsys):
+    from honed.cli import main
+
+    src = tmp_path / "in.jsonl"
+    src.write_bytes(b'{"instruction": "q", "output": "a"}\n{"instruction": "caf\xe9", "output": "a"}\n')
+    assert main(["data", "filter", str(src), "-o", str(tmp_path / "kept.jsonl")]) == 2
+    err = " ".join(capsys.readouterr().err.split())  # the console wraps long lines
+    assert f"{src}:2: not UTF-8 text (byte 0xe9 at column 21)" in err and "on_bad_record" not in err
+    assert main(["data", "stats", str(src), "-o", str(tmp_path / "s.html")]) == 2
+    assert f"{src}:2: not UTF-8 text" in " ".join(capsys.readouterr().err.split())
+
+
+def test_questions_that_share_a_refusal_are_not_duplicates_by_default():
+    refusal = ("I'm sorry, but I can only help with clinical laboratory questions: what a test measures, how to prepare "
+               "for it, what its reference ranges are and what a result may point to. Please ask me about a lab test, "
+               "and for anything else turn to a general assistant or the right professional.")
+    data = [conv("Who won the World Cup in 2018?", refusal, 0), conv("What is the capital of Australia?", refusal, 1),
+            conv("Recommend a good science fiction novel.", refusal, 2), conv("Who won the World Cup in 2018 ?", refusal, 3)]
+    result = filter_conversations(data, FilterConfig())
+    assert [(r.source, r.reason, r.duplicate_of) for r in result.removals] == [("d.jsonl:3", "exact_duplicate", "d.jsonl:0")]
+    # Comparing whole samples, the long shared refusal makes them all near duplicates.
+    whole = filter_conversations(data, FilterConfig.parse({"dedup": {"text": "all"}}))
+    assert [r.source for r in whole.removals] == ["d.jsonl:1", "d.jsonl:2", "d.jsonl:3"]
+
+
+def test_filter_help_documents_the_dedup_keys(capsys):
+    from honed.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["data", "filter", "--help"])
+    shown = capsys.readouterr().out
+    assert all(f"  {key}:" in shown for key in ("exact", "near", "threshold", "text", "ngram", "num_perm"))
+    assert "text: prompt" in shown and "empty_answer" in shown

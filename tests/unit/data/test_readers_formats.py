@@ -124,3 +124,14 @@ def test_generation_prompts_keep_what_training_kept():
     # A record that already carries the scope prompt does not get it twice.
     conv, _ = prompt_conversation({"messages": [{"role": "system", "content": "Scope."}, {"role": "user", "content": "q"}]}, "x:3", system="Scope.")
     assert conv.messages[0].content == "Scope."
+
+
+def test_generation_input_that_is_not_utf8_is_a_located_error(tmp_path):
+    # `honed generate` reads its prompts with read_records: a Latin-1 byte names file:line, never a raw UnicodeDecodeError.
+    p = tmp_path / "prompts.jsonl"
+    p.write_bytes(b'{"prompt": "ok"}\n{"prompt": "na\xefve"}\n')
+    with pytest.raises(DataError, match=r"prompts\.jsonl:2: not UTF-8 text \(byte 0xef at column 15\)"):
+        list(read_records(p))
+    skipped = []
+    assert [r["prompt"] for _, r in read_records(p, on_bad=lambda w, why: skipped.append(w))] == ["ok"]
+    assert skipped == [f"{p}:2"]

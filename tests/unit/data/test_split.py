@@ -51,6 +51,13 @@ def test_ratios_parse_and_bad_ratios_are_errors():
         parse_ratios("1,0")
 
 
+@pytest.mark.parametrize("ratios, total", [("0.8,0.3", "1.1"), ("0.7,0.1,0.1", "0.9")])
+def test_fractions_that_do_not_sum_to_one_are_refused_not_renormalised(ratios, total):
+    with pytest.raises(ConfigError, match=rf"--ratios '{ratios}': the fractions sum to {total}, not 1"):
+        parse_ratios(ratios)
+    assert parse_ratios("8,3") == {"train": round(8 / 11, 10), "val": round(3 / 11, 10)}  # parts are unambiguous
+
+
 def test_cli_split_writes_one_file_per_split(tmp_path):
     from honed.cli import main
     from honed.data.augment.io import read_conversations, write_conversations

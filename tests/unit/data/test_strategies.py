@@ -93,10 +93,12 @@ def test_hard_mining_gives_the_highest_loss_samples_more_places():
     assert c[9] == 3 and c[8] == 3 and len(out) == 10 and 0 not in c and 1 not in c
     d = shaped({"hard_mining": {"top_fraction": 0.25, "factor": 2}})
     assert Counter(d.order(0)) == Counter(range(24))  # nothing learned yet
-    d.end_epoch(0, lambda samples: [float(len(s.input_ids)) for s in samples])  # loss = length
+    # loss = the record's number (t.jsonl:N), so the 6 hardest (a quarter of 24) are records 18..23.
+    d.end_epoch(0, lambda samples: [float(s.source.rsplit(":", 1)[1]) for s in samples])
     order1 = Counter(d.order(1))
-    hardest = {o for o, _ in d.hardest(6)}
-    assert {i for i, n in order1.items() if n == 2} == hardest and len(d.order(1)) == 24
+    assert {i for i, n in order1.items() if n == 2} == set(range(18, 24)) and len(d.order(1)) == 24
+    # keep_size: as many of the easiest records sit the epoch out as replays were added.
+    assert {i for i in range(24) if i not in order1} == set(range(6))
 
 
 def test_on_the_fly_draws_differ_per_epoch_and_repeat_for_the_same_seed():
@@ -122,7 +124,8 @@ def test_state_dict_is_json_and_restores_the_same_plan():
     d.end_epoch(0, lambda samples: [float(sum(s.input_ids) % 7) for s in samples])
     state = json.loads(json.dumps(d.state_dict()))
     e = shaped(sampling, recipe=RECIPE)
-    assert e.order(1) != d.order(1) or not d.mined  # e has learned nothing yet
+    assert d.mined["epoch"] == 0 and len(d.mined["loss"]) == 24
+    assert e.order(1) != d.order(1)  # e has learned nothing yet
     e.load_state_dict(state)
     assert e.order(1) == d.order(1) and e.order(2) == d.order(2)
 

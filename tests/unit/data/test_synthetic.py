@@ -117,4 +117,5 @@ def test_a_local_honed_model_can_be_the_generator(tiny_model_dir):
     gen = make_generator({"kind": "local", "path": str(tiny_model_dir("qwen2")), "max_tokens": 8, "device": "cpu"})
     result = synthesize(EXAMPLES, gen, n=2, seed=0)
     # A random tiny model writes no valid JSON: both calls ran and were rejected with a reason.
-    assert len(result.prompts) == 2 and len(result.samples) + len(result.rejected) == 2
+    assert len(result.prompts) == 2 and result.samples == []
+    assert result.rejected == [(0, "the reply holds no JSON object"), (1, "the reply holds no JSON object")]

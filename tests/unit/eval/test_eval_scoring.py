@@ -26,7 +26,9 @@ def test_generation_scores_skip_bad_samples_and_ignore_refusal_references():
     ]
     answers = ["Paris.", "A hormone from the pituitary", "", "whatever", "I can only help with lab tests."]
     r = score_model(samples, answers, Scorer())
-    assert r.per_sample[0]["exact_match"] == 1.0 and r.per_sample[0]["bleu"] <= 1.0
+    # BLEU by hand on a 0-1 scale: "Paris ." vs "Paris": 1-grams 1/2, 2-grams 0/1 smoothed to 1/2, no
+    # longer n-grams in the answer (effective order 2), BP 1 → (1/2 · 1/2) ** (1/2) = 0.5.
+    assert r.per_sample[0]["exact_match"] == 1.0 and r.per_sample[0]["bleu"] == pytest.approx(0.5)
     assert r.per_sample[2]["errors"] == ["empty prediction"]
     assert r.per_sample[3]["errors"] == ["missing reference"] and "rougeL" not in r.per_sample[3]
     # Only in-domain samples 0 and 1 are scored: the out-of-domain exact copy must not lift the mean.

@@ -2,7 +2,6 @@
 
 import itertools
 
-import jieba
 import pytest
 from rouge_score import rouge_scorer
 
@@ -28,17 +27,10 @@ def test_agreement_majority_and_english_pairwise_rouge_l():
 
 
 def test_chinese_pairwise_rouge_l_is_segmented():
-    answers = ["二甲双胍是一线用药", "二甲双胍通常是一线用药"]
-
-    class Whitespace:
-        def tokenize(self, text):
-            return text.split()
-
-    scorer = rouge_scorer.RougeScorer(["rougeL"], tokenizer=Whitespace())
-    a, b = (" ".join(jieba.lcut(t)) for t in answers)
-    expected = scorer.score(a, b)["rougeL"].fmeasure
-    result = answer_stability(answers)
-    assert result.mean_pairwise_rouge_l == pytest.approx(expected) and expected > 0.5
+    # By hand: [我, 喜欢, 苹果] vs [我, 喜欢, 吃, 苹果]: LCS 3 → F = 2·3 / (3 + 4) = 6/7. Unsegmented,
+    # each answer would be one "word" and score 0.
+    result = answer_stability(["我喜欢苹果", "我喜欢吃苹果"])
+    assert result.mean_pairwise_rouge_l == pytest.approx(6 / 7)
 
 
 def test_tie_has_no_majority():

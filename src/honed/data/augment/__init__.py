@@ -35,6 +35,19 @@ def available() -> dict[str, str]:
     return {name: cls.family for name, cls in sorted(TRANSFORMS.items())}
 
 
+def describe() -> list[dict]:
+    """Every transform: name, family, what it does (its docstring's first line), its parameters
+    with their defaults, and whether it needs a `labels:` map — for `honed data augment --list`."""
+    load_all()
+    out = []
+    for name, cls in sorted(TRANSFORMS.items()):
+        doc = (cls.__doc__ or "").strip().split("\n\n")[0]
+        out.append({"name": name, "family": cls.family, "description": " ".join(doc.split()),
+                    "params": dict(cls.defaults), "needs_labels": cls.needs_labels,
+                    "choices": {k: list(v) for k, v in cls.choices.items()}})
+    return out
+
+
 def parse_structured(text: str, fmt: str = "auto"):
     """See honed.data.augment.formats.parse_structured."""
     from honed.data.augment.formats import parse_structured as _parse
@@ -49,5 +62,5 @@ def render_structured(data, fmt: str) -> str:
     return _render(data, fmt)
 
 
-__all__ = ["AugmentStats", "LabelSet", "Recipe", "Step", "TRANSFORMS", "Transform", "Unfit", "available",
+__all__ = ["AugmentStats", "LabelSet", "Recipe", "Step", "TRANSFORMS", "Transform", "Unfit", "available", "describe",
            "get_transform", "parse_structured", "register", "render_structured"]

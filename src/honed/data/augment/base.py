@@ -137,12 +137,15 @@ class Transform:
 def clone(sample: Conversation) -> Conversation:
     """A deep copy, so a transform can edit freely and its input stays as it was."""
     return Conversation([Message(m.role, m.content, m.reasoning) for m in sample.messages],
-                        source=sample.source, meta=copy.deepcopy(sample.meta))
+                        source=sample.source, meta=copy.deepcopy(sample.meta), origin=sample.origin)
 
 
-def record(sample: Conversation, name: str, **params) -> Conversation:
-    """Append `{name, params}` to `meta["augmentations"]` (the sample must already be a copy)."""
-    sample.meta.setdefault("augmentations", []).append({"name": name, "params": params})
+def record(sample: Conversation, name: str, **details) -> Conversation:
+    """Append `{name, details}` to `meta["augmentations"]` (the sample must already be a copy).
+
+    `details` say what the transform did to this sample (the template drawn, the number of
+    edits); they are not recipe parameters and are named apart so nobody feeds them back as such."""
+    sample.meta.setdefault("augmentations", []).append({"name": name, "details": details})
     return sample
 
 

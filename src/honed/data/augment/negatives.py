@@ -109,6 +109,10 @@ class NegativeSample(Transform):
 
 NEGATION = re.compile(r"[不没无非未别莫勿否]|(?<![A-Za-z])(?:not|no|never|nor|none|nothing|hardly|neither)(?![A-Za-z])|n't",
                       re.IGNORECASE)
+# Emphatic idioms that hold a negation character but state the opposite of a negation: "不能更高兴了"
+# (could not be happier), "再好不过", "couldn't be better". They are no obstacle to a flip.
+EMPHATIC = re.compile(r"不能(?:再|更)[^，。！？,.!?\s]{1,6}了|再[^，。！？,.!?\s]{1,4}不过|"
+                      r"(?:couldn't|could not|can't|cannot) be (?:happier|better|more \w+)", re.IGNORECASE)
 # Patterns per SOURCE label. Denying a positive statement reads as negative ("I can't say I liked
 # it"), but denying a negative one only reads as "not negative" ("not bad" is not praise), so the
 # negative→positive patterns add an explicit positive verdict as a contrast instead.
@@ -201,7 +205,7 @@ class HardNegative(Transform):
         text = sample.messages[u].content
         s, e = input_span(text, sample.meta)
         sentence = text[s:e]
-        if target is None or len(split_sentences(sentence)) != 1 or NEGATION.search(sentence):
+        if target is None or len(split_sentences(sentence)) != 1 or NEGATION.search(EMPHATIC.sub("", sentence)):
             return []
         answer = _relabel(self, sample, a, key, target)
         if answer is None:

@@ -78,7 +78,7 @@ def augment_files(recipe, inputs=None, output=None, *, seed: int | None = None, 
     if seed is None:
         raise ConfigError(f"{where}.seed: set a seed in the recipe or pass --seed (augmentation is always seeded)")
     originals = read_conversations(inputs)
-    tagged = [Conversation(c.messages, c.source, {**c.meta, "_origin": i}) for i, c in enumerate(originals)]
+    tagged = [Conversation(c.messages, c.source, {**c.meta, "_origin": i}, c.origin) for i, c in enumerate(originals)]
     stats = AugmentStats()
     out = built.apply(tagged, seed=seed, epoch=epoch, stats=stats)
     for c in out:

@@ -132,7 +132,7 @@ def synthesize(examples: list[Conversation], generator, n: int, *, seed: int = 0
             result.rejected.append((i, why))
             continue
         meta = {k: v for k, v in rec.items() if k not in ("user", "assistant")}
-        meta["augmentations"] = [{"name": "synthetic", "params": {"generator": getattr(generator, "name", "?"), "call": i}}]
+        meta["augmentations"] = [{"name": "synthetic", "details": {"generator": getattr(generator, "name", "?"), "call": i}}]
         system = [m for m in shown[0].messages if m.role == "system"][:1]
         result.samples.append(Conversation([*system, Message("user", rec["user"]), Message("assistant", rec["assistant"])],
                                            source=f"{source}:{i}", meta=meta))

@@ -38,11 +38,14 @@ class DedupConfig(StrictModel):
     threshold: float = Field(0.8, gt=0, le=1, description="Jaccard similarity of character 5-grams")
     num_perm: int = Field(128, ge=16)
     ngram: int = Field(5, ge=1)
-    text: Part = "all"
+    # The user turns by default: distinct questions that share an answer (every out-of-domain
+    # question gets the same refusal) are not duplicates, while the same question asked twice is.
+    text: Part = Field("prompt", description="what is compared: prompt (user turns), answer, or all")
 
 
 class RulesConfig(StrictModel):
     text: Part = "all"
+    empty_answer: bool = Field(True, description="drop samples with an empty assistant turn (the model would learn to answer nothing)")
     min_chars: int | None = Field(None, ge=0)
     max_chars: int | None = Field(None, gt=0)
     min_answer_chars: int | None = Field(None, ge=0)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 
 from honed.data.conversation import Conversation
+from honed.data.formats import empty_answer
 
 _SCRIPTS = [  # (language, character class), checked by share of letters
     ("ja", re.compile(r"[\u3040-\u30ff]")),
@@ -42,6 +43,10 @@ def sample_text(conv: Conversation, part: str = "all") -> str:
 
 def rule_violation(conv: Conversation, rules) -> tuple[str, str] | None:
     """(rule, why) for the first rule the sample breaks, or None. `rules` is a RulesConfig."""
+    if rules.empty_answer:
+        why = empty_answer(conv)
+        if why:
+            return "empty_answer", why
     text = sample_text(conv, rules.text)
     n = len(text)
     if rules.min_chars is not None and n < rules.min_chars:

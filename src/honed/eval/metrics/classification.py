@@ -1,9 +1,9 @@
 """Classification metrics for answers that should be one of a fixed set of labels.
 
-Accuracy, per-class and macro precision/recall/F1 and the confusion matrix follow
-scikit-learn's definitions (with `labels=` given, `zero_division=0`); AUC-ROC is the
-Mann-Whitney rank statistic (ties count one half), the value of sklearn's `roc_auc_score`,
-one-vs-rest macro for more than two labels. numpy only: sklearn is what the tests compare to.
+Accuracy, per-class and macro precision/recall/F1, the confusion matrix and AUC-ROC are
+computed by scikit-learn (`labels=` given, `zero_division=0`; AUC one-vs-rest, macro over the
+labels that have both classes, for more than two labels); this module maps answers to labels and
+counts what cannot be scored.
 
 A prediction outside the label set (the model answered "Maybe" to a yes/no question) is not an
 error of the evaluation: it counts as wrong, is left out of the confusion matrix, and is listed
@@ -92,9 +92,10 @@ def classification_metrics(predictions: Sequence[str | None], references: Sequen
     index = _label_index(labels, normalize)
     position = {label: k for k, label in enumerate(labels)}
     matrix = np.zeros((len(labels), len(labels)), dtype=np.int64)
-    support = np.zeros(len(labels), dtype=np.int64)
     invalid: list[tuple[int, str]] = []
     skipped: list[tuple[int, str]] = []
+    truth: list[str] = []
+    guesses: list[str | None] = []
     for i, (prediction, reference) in enumerate(zip(predictions, references)):
         error = pair_error(prediction, reference)
         if error:
@@ -104,29 +105,32 @@ def classification_metrics(predictions: Sequence[str | None], references: Sequen
         if true is None:
             raise ValueError(f"reference {i} is {reference!r}, which is not one of the labels "
                              f"{list(labels)}; fix the data or add it to the labels")
-        support[position[true]] += 1
         predicted = index.get(normalize_answer(prediction) if normalize else prediction)
         if predicted is None:
             invalid.append((i, prediction))
-        else:
-            matrix[position[true], position[predicted]] += 1
+        truth.append(true)
+        guesses.append(predicted)
 
-    n_scored = int(support.sum())
-    true_positives = np.diag(matrix)
-    per_class: dict[str, dict[str, float]] = {}
-    for k, label in enumerate(labels):
-        precision = _safe_div(true_positives[k], matrix[:, k].sum())
-        recall = _safe_div(true_positives[k], support[k])
-        per_class[label] = {
-            "precision": float(precision),
-            "recall": float(recall),
-            "f1": float(_safe_div(2 * precision * recall, precision + recall)),
-            "support": int(support[k]),
-        }
+    n_scored = len(truth)
+    per_class: dict[str, dict[str, float]] = {label: {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 0} for label in labels}
+    accuracy = None
+    if n_scored:
+        from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support
+
+        # Labels as their positions; an answer outside the labels is -1, which no label equals: it
+        # stays in recall's denominator (wrong) and out of the confusion matrix (sklearn's `labels=`).
+        truth_ = [position[t] for t in truth]
+        guess_ = [position[p] if p is not None else -1 for p in guesses]
+        ks = list(range(len(labels)))
+        matrix = confusion_matrix(truth_, guess_, labels=ks)
+        precision, recall, f1, counts = precision_recall_fscore_support(truth_, guess_, labels=ks, zero_division=0)
+        for k, label in enumerate(labels):
+            per_class[label] = {"precision": float(precision[k]), "recall": float(recall[k]), "f1": float(f1[k]),
+                                "support": int(counts[k])}
+        accuracy = float(accuracy_score(truth_, guess_))
     macro = {name: float(np.mean([per_class[label][name] for label in labels]))
              for name in ("precision", "recall", "f1")}
-    accuracy = float(true_positives.sum() / n_scored) if n_scored else None
-    return ClassificationResult(list(labels), accuracy, per_class, macro, matrix.tolist(),
+    return ClassificationResult(list(labels), accuracy, per_class, macro, np.asarray(matrix).tolist(),
                                 invalid, n_scored, skipped)
 
 
@@ -138,17 +142,11 @@ def binary_auroc(positives: Sequence[bool], scores: Sequence[float]) -> float | 
     0.875
     """
     positive = np.asarray(positives, dtype=bool)
-    values = np.asarray(scores, dtype=np.float64)
-    n_pos = int(positive.sum())
-    n_neg = len(positive) - n_pos
-    if n_pos == 0 or n_neg == 0:
+    if positive.all() or not positive.any():
         return None
-    # Average ranks (1-based) make tied scores share their ranks: the Mann-Whitney U.
-    _, inverse, counts = np.unique(values, return_inverse=True, return_counts=True)
-    ends = np.cumsum(counts)
-    ranks = (ends - (counts - 1) / 2.0)[inverse]
-    u = ranks[positive].sum() - n_pos * (n_pos + 1) / 2.0
-    return float(u / (n_pos * n_neg))
+    from sklearn.metrics import roc_auc_score
+
+    return float(roc_auc_score(positive, np.asarray(scores, dtype=np.float64)))
 
 
 def softmax(rows: np.ndarray) -> np.ndarray:

@@ -59,7 +59,7 @@ def test_output_format_transform_keeps_content_and_rewrites_instruction(structur
     for seed in range(12):
         for s in structured:
             out = t(s, random.Random(seed))
-            rec = out.meta["augmentations"][-1]["params"]
+            rec = out.meta["augmentations"][-1]["details"]
             src, dst = rec["from"], rec["to"]
             targets.add(dst)
             assert src != dst and out.messages[-1].content != s.messages[-1].content

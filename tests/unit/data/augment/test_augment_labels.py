@@ -69,7 +69,7 @@ def test_label_expression_keeps_label_and_uses_a_template(ls, sentiment):
             out = t(s, random.Random(seed))
             assert answer_keys(ls, out) == {s.meta["label"]} and out.meta["label"] == s.meta["label"]
             assert out.messages[-1].content != s.messages[-1].content
-            seen.add(out.meta["augmentations"][-1]["params"]["template"])
+            seen.add(out.meta["augmentations"][-1]["details"]["template"])
     assert "分类结果为{label}。" in seen and '{"output": "{label}"}' in seen
 
 
@@ -96,6 +96,22 @@ def test_hard_negative_flips_exactly_when_intended(ls, sentiment):
                 assert n.messages[1].content != s.messages[1].content
                 assert n.meta["hard_negative_of"] == s.source
     assert made >= 2 * len(sentiment)
+
+
+def test_hard_negative_of_the_guides_own_example_with_default_settings(ls):
+    # "我对这个结果不能更高兴了" (could not be happier) is emphatic praise, not a negation.
+    t = get_transform("hard_negative", {"flip": FLIP}, labels=ls)
+    s = Conversation([Message("user", "情感：\n我对这个结果不能更高兴了"), Message("assistant", "积极")], meta={"label": "积极"})
+    made = {t(s, random.Random(seed))[0].messages[0].content for seed in range(6)}
+    # First person: the third-person contrast patterns are left out; the two denials remain.
+    assert made == {"情感：\n我不能说我对这个结果不能更高兴了。", "情感：\n我没办法说我对这个结果不能更高兴了。"}
+    assert t(s, random.Random(0))[0].messages[1].content == "消极"
+    en = Conversation([Message("user", "Sentiment:\nThe staff couldn't be more helpful"), Message("assistant", "positive")],
+                      meta={"label": "positive"})
+    assert t(en, random.Random(1))[0].messages[1].content == "negative"
+    # A real negation still stops it.
+    no = Conversation([Message("user", "情感：\n我对这个结果不高兴"), Message("assistant", "消极")], meta={"label": "消极"})
+    assert t(no, random.Random(0)) == []
 
 
 def test_hard_negative_examples_from_the_guide(ls):

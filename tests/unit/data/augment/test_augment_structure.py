@@ -98,7 +98,7 @@ def test_context_rotation_random_always_moves_and_uses_meta_key(contexts):
     s.meta["key_sentence"] = "预算已经获得批准"
     for seed in range(5):
         out = get_transform("rotate_context")(s, random.Random(seed))
-        moved = out.meta["augmentations"][-1]["params"]
+        moved = out.meta["augmentations"][-1]["details"]
         assert moved["key_from"] == 2 and moved["key_to"] != 2
 
 

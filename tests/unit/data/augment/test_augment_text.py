@@ -19,12 +19,16 @@ def ls(labels):
 
 def test_synonym_replacement_guide_example_and_case():
     s = Conversation([Message("user", "这部电影非常精彩"), Message("assistant", "是的")])
-    outs = {get_transform("synonym_replace", {"rate": 1.0})(s, random.Random(i)).messages[0].content for i in range(20)}
-    assert "这部电影非常出色" in outs or any("出色" in o for o in outs)
+    outs = {get_transform("synonym_replace", {"rate": 0.3})(s, random.Random(i)).messages[0].content for i in range(40)}
+    assert "这部电影非常出色" in outs  # the guide's own example: one word replaced
+    # Every variant is the same sentence word for word (这部 + film + very + wonderful), each word kept or a synonym.
+    assert all(re.fullmatch("这部(电影|影片)(非常|十分|特别|格外)(精彩|出色|精妙)", o) for o in outs) and len(outs) >= 5
     en = Conversation([Message("user", "Great movie. It was a terrible ending."), Message("assistant", "ok")])
-    out = get_transform("synonym_replace", {"rate": 1.0, "dictionaries": ["en"]})(en, random.Random(0)).messages[0].content
-    assert out.split()[0] in ("Excellent", "Terrific")
-    assert "an awful" in out or "a dreadful" in out  # the article follows the new word
+    for i in range(10):
+        out = get_transform("synonym_replace", {"rate": 1.0, "dictionaries": ["en"]})(en, random.Random(i)).messages[0].content
+        words = out.split()
+        assert words[0] not in ("Great", "great") and words[0][0].isupper() and words[5] != "terrible"
+        assert words[4] == ("an" if words[5][0] in "aeiou" else "a")  # the article follows the new word
 
 
 def test_synonyms_never_replace_label_words_or_protected_spans(ls, tmp_path):
@@ -49,17 +53,33 @@ def test_synonym_replacement_keeps_labels_over_a_batch(ls, sentiment):
         assert out.meta["label"] == s.meta["label"] and out.messages[-1].content == s.messages[-1].content
 
 
-@pytest.mark.parametrize("before, after", [
-    ("What is HbA1c?", {"Can you explain HbA1c?", "Could you tell me what HbA1c is?", "Please explain HbA1c.",
-                        "I'd like to know what HbA1c is."}),
-    ("HbA1c是什么？", {"请解释一下HbA1c。", "HbA1c指的是什么？", "能介绍一下HbA1c吗？", "什么是HbA1c？"}),
-    ("我认为这个产品很好用", {"这个产品，在我看来，很好用", "在我看来，这个产品很好用", "我的看法是这个产品很好用"}),
-])
-def test_rewrite_rules_from_the_guide(before, after):
+def test_rewrite_of_the_guides_example_gives_the_guides_answer():
+    # The guide: 我认为这个产品很好用 → 这个产品，在我看来，很好用 (its own wording, not the rule file's).
+    t = get_transform("rewrite_sentence")
+    s = Conversation([Message("user", "我认为这个产品很好用"), Message("assistant", "…")])
+    assert "这个产品，在我看来，很好用" in {t(s, random.Random(i)).messages[0].content for i in range(30)}
+
+
+@pytest.mark.parametrize("before", ["What is HbA1c?", "HbA1c是什么？", "How do I read a lipid panel?"])
+def test_default_rewrites_keep_the_subject_and_change_the_wording(before):
     t = get_transform("rewrite_sentence")
     s = Conversation([Message("user", before), Message("assistant", "…")])
     outs = {t(s, random.Random(i)).messages[0].content for i in range(30)}
-    assert outs == after
+    subject = "lipid panel" if "lipid" in before else "HbA1c"
+    assert len(outs) >= 2 and before not in outs and all(subject in o for o in outs)
+
+
+def test_rewrite_rules_fill_groups_and_filters_by_hand():
+    rules = [{"match": r"^What is (?P<x>[^?]+)\?$", "to": ["{x|cap} means what?", "Explain {x}."]},
+             {"match": r"^I think (?P<x>[^.]+)\.$", "to": ["{x|cap}, I believe."]}]
+    t = get_transform("rewrite_sentence", {"rules": rules, "replace_rules": True})
+    ask = Conversation([Message("user", "What is the normal range?"), Message("assistant", "…")])
+    assert {t(ask, random.Random(i)).messages[0].content for i in range(20)} == {"The normal range means what?",
+                                                                                  "Explain the normal range."}
+    say = Conversation([Message("user", "I think fasting helps."), Message("assistant", "…")])
+    assert t(say, random.Random(0)).messages[0].content == "Fasting helps, I believe."
+    other = Conversation([Message("user", "Fasting helps."), Message("assistant", "…")])
+    assert t(other, random.Random(0)) is other  # no rule matches: the sample is left as it is
 
 
 def test_rewrite_only_when_protected_words_are_captured(ls):
@@ -89,7 +109,7 @@ def test_noise_never_touches_the_answer_digits_negations_or_labels(ls):
         for s in samples:
             out = t(s, random.Random(seed))
             assert out.messages[-1].content == s.messages[-1].content
-            assert out.messages[0].content == s.messages[0].content or out.messages[0].role != "system"
+            assert [m.content for m in out.messages if m.role == "system"] == [m.content for m in s.messages if m.role == "system"]
             user = out.messages[-2].content
             assert re.findall(r"\d+", user) == re.findall(r"\d+", s.messages[-2].content)
             assert ("not" in user) == ("not" in s.messages[-2].content) and user.count("不") >= s.messages[-2].content.count("不")
@@ -101,7 +121,7 @@ def test_noise_never_touches_the_answer_digits_negations_or_labels(ls):
 def test_noise_rate_controls_the_amount():
     s = Conversation([Message("user", "The quick brown fox jumps over the lazy sleeping dog " * 5), Message("assistant", "ok")])
     def edits(rate):
-        return sum(get_transform("noise", {"rate": rate})(s, random.Random(i)).meta["augmentations"][0]["params"]["edits"]
+        return sum(get_transform("noise", {"rate": rate})(s, random.Random(i)).meta["augmentations"][0]["details"]["edits"]
                    for i in range(10))
     assert edits(0.01) < edits(0.1) < edits(0.4)
 
