@@ -28,6 +28,7 @@ from honed.data.packing import collate, plan_batches
 from honed.errors import ConfigError, HonedError
 from honed.model.adapters import apply_lora, count_parameters
 from honed.model.load import load_model, load_tokenizer, pick_device
+from honed.train.defaults import resolve_data_defaults
 from honed.train.checkpoint import TrainState, checkpoint_step, drop_checkpoints_after, find_resume_checkpoint, load_checkpoint, save_checkpoint
 from honed.engine import PlainPath, select_path, with_memory_fallback
 from honed.train.losses import count_trained_tokens
@@ -132,6 +133,7 @@ def train(cfg: TrainConfig, *, stop_after_steps: int | None = None, show_progres
     if cfg.stages:
         raise ConfigError("stages: a staged config trains through honed.train.stages.run_stages (as `honed train` does); train() alone would train only the top level")
     started = time.time()
+    cfg = resolve_data_defaults(cfg)  # log the data-size suggestion, fill `auto` keys (honed.train.defaults)
     t = cfg.training
     out = Path(t.output_dir)
 
