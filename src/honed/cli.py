@@ -21,6 +21,7 @@ COMMAND_MODULES = [
     "honed.commands.data",
     "honed.commands.infer",
     "honed.commands.eval",
+    "honed.commands.sweep",
     "honed.commands.bench",
     "honed.commands.serve",
 ]

@@ -159,7 +159,7 @@ class TrainingConfig(_Strict):
     output_dir: str = "runs/honed"
     overwrite: bool = False
     seed: int = 42
-    epochs: float | Literal["auto"] = Field(3, description="passes over the data; auto: from the data size")
+    epochs: int | float | Literal["auto"] = Field(3, description="passes over the data; auto: from the data size")
     max_steps: int | None = Field(None, gt=0, description="optimizer steps; overrides epochs")
     batch_size: int = Field(4, gt=0, description="rows per micro-batch: samples, or with packing rows of up to max_seq_length tokens")
     gradient_accumulation_steps: int = Field(1, gt=0)
