@@ -91,9 +91,9 @@ def point_name(overrides: list[str]) -> str:
     for item in overrides:
         key, _, value = item.partition("=")
         value = value.rstrip("/").rsplit("/", 1)[-1] if "/" in value else value  # a model path: its folder name
-        parts.append(f"{key}-{value}")
-    name = re.sub(r"[^A-Za-z0-9._-]+", "-", "_".join(parts)).strip("-.")
-    return name[:180] or "point"
+        value = re.sub(r"[^A-Za-z0-9._-]+", "-", value).strip("-.") or "empty"
+        parts.append(f"{re.sub(r'[^A-Za-z0-9._-]+', '-', key)}-{value}")
+    return "_".join(parts)[:180]
 
 
 @dataclass
