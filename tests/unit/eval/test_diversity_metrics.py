@@ -27,6 +27,17 @@ def test_self_bleu_against_sacrebleu():
     assert self_bleu(["only one"]) is None
 
 
+def test_self_bleu_matches_sacrebleu_on_varied_lengths_repeats_and_chinese():
+    words = ["blood", "test", "glucose", "level", "normal", "high", "low", "the", "is"]
+    texts = [" ".join(words[(i * 7 + k * 3) % len(words)] for k in range(1 + i % 13)) for i in range(40)]
+    texts += [texts[3], texts[3]]  # exact repeats: the clipping count must come from another text
+    expected = sum(sacrebleu.sentence_bleu(t, texts[:i] + texts[i + 1:]).score for i, t in enumerate(texts)) / len(texts) / 100
+    assert self_bleu(texts) == pytest.approx(expected, abs=1e-12)
+    zh = ["血常规检查红细胞和白细胞", "血常规检查血小板", "肝功能检查ALT", "这是什么？ 血糖"]
+    expected = sum(sacrebleu.sentence_bleu(t, zh[:i] + zh[i + 1:], tokenize="zh").score for i, t in enumerate(zh)) / 400
+    assert self_bleu(zh) == pytest.approx(expected, abs=1e-12)
+
+
 def test_diversity_metrics_counts_empty_answers():
     m = diversity_metrics(["a b", "", "c d"])
     assert m["n_answers"] == 2 and m["n_empty"] == 1 and m["distinct_1"] == 1.0
