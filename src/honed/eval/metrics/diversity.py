@@ -39,7 +39,7 @@ def self_bleu(texts: Sequence[str], max_texts: int = 200) -> float | None:
     sacrebleu's own tokenizer and n-gram helper, the clipping counts "max over the others" come
     from each n-gram's two largest counts, and sacrebleu's `BLEU.compute_bleu` gives the score.
     """
-    from sacrebleu.metrics.bleu import BLEU
+    from sacrebleu.metrics.bleu import BLEU, MAX_NGRAM_ORDER
     from sacrebleu.metrics.helpers import extract_all_word_ngrams
 
     chosen = [t for t in texts if t and t.strip()][:max_texts]
@@ -50,7 +50,7 @@ def self_bleu(texts: Sequence[str], max_texts: int = 200) -> float | None:
     else:
         from sacrebleu.tokenizers.tokenizer_13a import Tokenizer13a as Tokenizer
     tokenize = Tokenizer()
-    order = BLEU.NGRAM_ORDER if hasattr(BLEU, "NGRAM_ORDER") else 4
+    order = MAX_NGRAM_ORDER
     grams, lengths = zip(*(extract_all_word_ngrams(tokenize(t.rstrip()), 1, order) for t in chosen))
     # For each n-gram: (largest count, index of the text holding it, second-largest count).
     top: dict = {}
