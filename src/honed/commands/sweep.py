@@ -55,8 +55,10 @@ def run(args) -> int:
     from honed.eval.sweep import check_sweep_folder, grid_points, parse_grid, point_name, run_sweep, sweep_table
 
     grid = parse_grid(args.grid)
-    check_sweep_folder(args.output, [point_name(p) for p in grid_points(grid)], args.overwrite)
-    result = run_sweep(args.config, grid, args.output, eval_raw=eval_settings(args), overrides=args.overrides,
+    eval_raw = eval_settings(args)
+    inputs = [args.config, args.eval_config, (eval_raw.get("data") or {}).get("path")]
+    check_sweep_folder(args.output, [point_name(p) for p in grid_points(grid)], args.overwrite, [i for i in inputs if i])
+    result = run_sweep(args.config, grid, args.output, eval_raw=eval_raw, overrides=args.overrides,
                        metric=args.metric, show_progress=not args.no_progress)
     Console().print(sweep_table(result.report))
     skipped = sum(r["skipped"] for r in result.report["points"])

@@ -39,6 +39,16 @@ class CVResult:
     output_dir: Path
 
 
+def refuse_folder_holding_inputs(out: Path, inputs: list[str | Path], flag: str = "--output") -> None:
+    """Before a folder is deleted for --overwrite: refuse when it is or holds one of the inputs."""
+    target = out.expanduser().resolve()
+    for item in inputs:
+        path = Path(item).expanduser().resolve()
+        if path.exists() and (path == target or target in path.parents):
+            raise OutputExistsError(f"{flag} {out} holds {item}, an input of this run; --overwrite would delete it. "
+                                    "Choose another output folder")
+
+
 def stratify_values(records: list[dict], fields: tuple[str, ...] = ("label", "kind")) -> list[str] | None:
     """The first of `fields` that every record has (as strings), or None (plain KFold)."""
     for name in fields:
@@ -148,6 +158,7 @@ def cross_validate(cfg: TrainConfig, k: int, output_dir: str | Path, *, eval_raw
         raise ConfigError("--cv: a staged config (stages:) cannot be cross-validated; cross-validate one stage's config")
     out = Path(output_dir)
     if overwrite and out.exists():
+        refuse_folder_holding_inputs(out, [s.path for s in [*cfg.data.train, *cfg.data.validation]] + [cfg.model.name_or_path])
         shutil.rmtree(out)
     if out.exists() and any(out.iterdir()) and not (out / "fold-1").is_dir():
         raise OutputExistsError(f"{out} is not empty and holds no cross-validation; choose another folder or pass --overwrite")

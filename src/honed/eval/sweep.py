@@ -238,14 +238,18 @@ def sweep_table(sweep: dict):
     return table
 
 
-def check_sweep_folder(output_dir: str | Path, names: list[str], overwrite: bool) -> None:
-    """Refuse a non-empty folder that is not this sweep's (a sweep's own folder is resumed)."""
+def check_sweep_folder(output_dir: str | Path, names: list[str], overwrite: bool, inputs: list[str | Path] = ()) -> None:
+    """Refuse a non-empty folder that is not this sweep's (a sweep's own folder is resumed);
+    with `overwrite`, delete it first, unless it holds one of `inputs` (config, data, model)."""
     import shutil
+
+    from honed.eval.crossval import refuse_folder_holding_inputs
 
     out = Path(output_dir)
     if out.exists() and not out.is_dir():
         raise OutputExistsError(f"{out} is a file; choose a folder for the sweep")
     if overwrite and out.exists():
+        refuse_folder_holding_inputs(out, list(inputs))
         shutil.rmtree(out)
         return
     if out.is_dir() and any(out.iterdir()):

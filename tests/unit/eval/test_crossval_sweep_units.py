@@ -71,3 +71,19 @@ def test_sweep_csv_rows():
                         {"point": "lora.r-16", "overrides": {"lora.r": "16"}, "metrics": {"loss": 1.25, "rougeL": 0.5}}]}
     assert sweep_csv(sweep).splitlines() == ["point,lora.r,trainable_params,loss,rougeL", "lora.r-8,8,10,1.5,",
                                              "lora.r-16,16,,1.25,0.5"]
+
+
+def test_overwrite_never_deletes_a_folder_holding_the_inputs(tmp_path):
+    from honed.errors import OutputExistsError
+    from honed.eval.sweep import check_sweep_folder
+
+    data = tmp_path / "data" / "train.jsonl"
+    data.parent.mkdir()
+    data.write_text("{}\n")
+    with pytest.raises(OutputExistsError, match="--overwrite would delete it"):
+        check_sweep_folder(tmp_path, ["lora.r-8"], overwrite=True, inputs=[str(data)])
+    assert data.exists()
+    other = tmp_path / "old-sweep"
+    (other / "x").mkdir(parents=True)
+    check_sweep_folder(other, ["lora.r-8"], overwrite=True, inputs=[str(data)])
+    assert not other.exists()
