@@ -169,6 +169,7 @@ def cross_validate(cfg: TrainConfig, k: int, output_dir: str | Path, *, eval_raw
                                (eval_raw.get("data") or {}).get("split_field", "kind")))
     strata = stratify_values(records, fields)
     folds = make_folds(len(records), k, seed, strata)
+    fold_eval_config(cfg, eval_raw, out / "test.jsonl", out / "run", out / "eval")  # bad eval settings stop before training
     fold_rows = []
     for i, (train_idx, test_idx) in enumerate(folds, 1):
         folder = out / f"fold-{i}"

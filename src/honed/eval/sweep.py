@@ -130,12 +130,19 @@ def run_sweep(config_path: str | Path, grid: list[tuple[str, list[str]]], output
     names = [point_name(p) for p in points]
     if len(set(names)) != len(names):
         raise ConfigError("two grid points map to the same folder name; make the values differ in more than punctuation")
+    # Every point's config and the eval settings are checked before anything trains.
+    configs = []
+    for point in points:
+        try:
+            configs.append(load_config(config_path, [*(overrides or []), *point]))
+        except ConfigError as err:
+            raise ConfigError(f"grid point {' '.join(point)}: {err}") from None
+    if any(cfg.stages for cfg in configs):
+        raise ConfigError("honed sweep: a staged config (stages:) is not supported; sweep one stage's config")
+    eval_config_from_dict({**eval_raw, "models": [{"path": "run"}]}, "sweep eval settings")
     rows = []
-    for i, (point, name) in enumerate(zip(points, names), 1):
+    for i, (point, name, cfg) in enumerate(zip(points, names, configs), 1):
         folder = out / name
-        cfg = load_config(config_path, [*(overrides or []), *point])
-        if cfg.stages:
-            raise ConfigError("honed sweep: a staged config (stages:) is not supported; sweep one stage's config")
         run_dir, eval_dir = folder / "run", folder / "eval"
         cfg.training.output_dir, cfg.training.resume = str(run_dir), False
         cfg.training.overwrite = True  # only ever this point's own unfinished run is replaced
