@@ -146,7 +146,18 @@ def measure_data(cfg: TrainConfig, max_token_samples: int = 2000) -> tuple[int, 
 def resolve_data_defaults(cfg: TrainConfig) -> TrainConfig:
     """Measure the data, log the suggestion, warn where the config strays far from it, and fill
     in `auto` keys. Called at the start of training."""
-    n, mean_tokens = measure_data(cfg)
+    from honed.errors import ConfigError, HonedError
+
+    keys = auto_keys(cfg)
+    if getattr(cfg, "objective", "sft") != "sft" and not keys:
+        return cfg  # preference pairs are not conversations: nothing to suggest from without `auto` keys
+    try:
+        n, mean_tokens = measure_data(cfg)
+    except HonedError as err:
+        if keys:
+            raise ConfigError(f"{', '.join(keys)}: auto needs the training data measured, which failed: {err}") from None
+        log.debug("no data-size suggestion: %s", err)  # the data error itself is reported by the data pipeline
+        return cfg
     if n == 0:
         return cfg
     s = suggest_hyperparameters(n, mean_tokens, cfg.method)

@@ -80,3 +80,12 @@ def test_resolve_measures_the_data_with_the_tokenizer(tmp_path, tiny_model_dir, 
     assert out.data.val_ratio == 0.15 and out.training.learning_rate == 1e-2
     assert "suggested for 30 samples" in caplog.text
     assert "training.learning_rate=0.01 (suggested 0.0001)" in caplog.text
+
+
+def test_unreadable_data_leaves_the_error_to_the_pipeline_unless_auto_needs_it(tmp_path):
+    missing = str(tmp_path / "missing.jsonl")
+    plain = config_from_dict({"model": {"name_or_path": "m"}, "data": {"train": [missing]}})
+    assert resolve_data_defaults(plain) is plain
+    auto = config_from_dict({"model": {"name_or_path": "m"}, "data": {"train": [missing]}, "training": {"epochs": "auto"}})
+    with pytest.raises(ConfigError, match=r"training.epochs: auto needs the training data measured.*missing.jsonl"):
+        resolve_data_defaults(auto)
