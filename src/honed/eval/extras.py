@@ -19,10 +19,12 @@ def _in_domain(samples) -> list:
 
 
 def regression_enabled(cfg, references: list[str | None]) -> bool:
-    """`regression.enabled`, or with `null` (auto): at least `regression.auto_share` of the
-    references present are a number with at most a short unit."""
+    """`regression.enabled`, or with `null` (auto): no label set, and at least
+    `regression.auto_share` of the references present are a number with at most a short unit."""
     if cfg.regression.enabled is not None:
         return cfg.regression.enabled
+    if cfg.labels:  # numeric class labels ("0", "1") are classes, not quantities
+        return False
     present = [r for r in references if r and r.strip()]
     return bool(present) and sum(map(is_numeric_reference, present)) / len(present) >= cfg.regression.auto_share
 

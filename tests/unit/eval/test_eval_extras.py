@@ -61,6 +61,15 @@ def test_regression_stays_off_for_text_references():
     assert run.metrics["regression"] is None and run.metrics["diversity"]["n_answers"] == 2
 
 
+def test_regression_auto_stays_off_for_numeric_class_labels():
+    from honed.eval.extras import regression_enabled
+
+    base = {"models": [{"path": "/a"}], "data": {"path": "e.jsonl"}}
+    assert regression_enabled(eval_config_from_dict(base), ["0", "1", "1"])
+    assert not regression_enabled(eval_config_from_dict({**base, "labels": ["0", "1"]}), ["0", "1", "1"])
+    assert regression_enabled(eval_config_from_dict({**base, "labels": ["0", "1"], "regression": {"enabled": True}}), ["0"])
+
+
 def test_report_carries_extras_and_the_ab_comparison(numeric):
     cfg, samples, runs = numeric
     report = build_report(cfg, samples, runs, None)
