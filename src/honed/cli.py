@@ -23,6 +23,7 @@ COMMAND_MODULES = [
     "honed.commands.eval",
     "honed.commands.export",
     "honed.commands.merge",
+    "honed.commands.sweep",
     "honed.commands.bench",
     "honed.commands.serve",
     "honed.commands.kb",

@@ -20,6 +20,17 @@ from honed.errors import ConfigError
 from honed.utils.strict import StrictModel as _Strict  # unknown keys are errors (one definition for every config)
 
 
+def _number_or_auto(value, *, low: float, high: float | None = None, low_inclusive: bool = False):
+    """Range check for keys that also take `auto` (picked from the data size by honed.train.defaults)."""
+    if value == "auto":
+        return value
+    too_low = value < low if low_inclusive else value <= low
+    if too_low or (high is not None and value >= high):
+        bound = f"{'>=' if low_inclusive else '>'} {low:g}" + (f" and < {high:g}" if high is not None else "")
+        raise ValueError(f"must be {bound}, or auto (picked from the data size)")
+    return value
+
+
 class ModelConfig(_Strict):
     name_or_path: str = Field(description="local model directory or hub id")
     revision: str | None = None
@@ -91,7 +102,8 @@ class SamplingConfig(_Strict):
 class DataConfig(_Strict):
     train: list[DataSource]
     validation: list[DataSource] = Field(default_factory=list)
-    val_ratio: float = Field(0.0, ge=0.0, lt=1.0, description="carve a validation split off train when none is given")
+    val_ratio: float | Literal["auto"] = Field(
+        0.0, description="carve a validation split off train when none is given; auto: from the data size (honed.train.defaults)")
     system_prompt: str | None = Field(None, description="scope prompt injected into every sample")
     system_prompt_file: str | None = None
     train_on: Literal["assistant", "all", "last_assistant"] = "assistant"
@@ -110,6 +122,11 @@ class DataConfig(_Strict):
             value = [value]
         return [{"path": v} if isinstance(v, str) else v for v in value]
 
+    @field_validator("val_ratio")
+    @classmethod
+    def _val_ratio_range(cls, v):
+        return _number_or_auto(v, low=0.0, high=1.0, low_inclusive=True)
+
     @model_validator(mode="after")
     def _one_system_prompt(self) -> "DataConfig":
         if self.system_prompt and self.system_prompt_file:
@@ -118,13 +135,18 @@ class DataConfig(_Strict):
 
 
 class LoraSettings(_Strict):
-    r: int = Field(16, gt=0)
+    r: int | Literal["auto"] = Field(16, description="LoRA rank; auto: from the data size")
     alpha: float = Field(32, gt=0)
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
     target_modules: str | list[str] = "all-linear"
     use_rslora: bool = False
     modules_to_save: list[str] | None = None
     init_from: str | None = Field(None, description="continue training this saved adapter (peft folder) instead of a fresh one")
+
+    @field_validator("r")
+    @classmethod
+    def _positive_rank(cls, v):
+        return _number_or_auto(v, low=0)
 
 
 class QuantizationSettings(_Strict):
@@ -137,11 +159,11 @@ class TrainingConfig(_Strict):
     output_dir: str = "runs/honed"
     overwrite: bool = False
     seed: int = 42
-    epochs: float = Field(3, gt=0)
+    epochs: int | float | Literal["auto"] = Field(3, description="passes over the data; auto: from the data size")
     max_steps: int | None = Field(None, gt=0, description="optimizer steps; overrides epochs")
     batch_size: int = Field(4, gt=0, description="rows per micro-batch: samples, or with packing rows of up to max_seq_length tokens")
     gradient_accumulation_steps: int = Field(1, gt=0)
-    learning_rate: float = Field(2e-4, gt=0)
+    learning_rate: float | Literal["auto"] = Field(2e-4, description="peak rate; auto: from the data size and method")
     lr_scheduler: Literal["cosine", "linear", "constant"] = "cosine"
     warmup_ratio: float = Field(0.03, ge=0, lt=1)
     warmup_steps: int | None = Field(None, ge=0)
@@ -177,6 +199,11 @@ class TrainingConfig(_Strict):
     resume: bool | str = Field(False, description="true: latest checkpoint in output_dir; or a checkpoint path")
     tensorboard: bool = True
     device: str = Field("auto", description="auto, cpu, cuda, cuda:1")
+
+    @field_validator("learning_rate", "epochs")
+    @classmethod
+    def _positive_or_auto(cls, v):
+        return _number_or_auto(v, low=0)
 
 
 class PreferenceConfig(_Strict):

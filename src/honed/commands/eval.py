@@ -1,5 +1,6 @@
 """`honed eval CONFIG.yaml [key=value ...]` or `honed eval --model DIR [--adapter DIR] --data FILE
 [--baseline MODEL_OR_RUN ...]`: evaluate a fine-tune against its base and write a report.
+`honed eval --cv K TRAIN.yaml [key=value ...]`: k-fold cross-validation of a training config.
 
 Flags given with a config file override its keys (as `key=value` does).
 """
@@ -15,7 +16,8 @@ def register(sub) -> None:
                        epilog="examples:\n"
                               "  honed eval eval.yaml generation.batch_size=16\n"
                               "  honed eval --model runs/lora --data eval.jsonl --baseline base\n"
-                              "  honed eval --model runs/lora --data eval.jsonl --baseline base --checkpoints all")
+                              "  honed eval --model runs/lora --data eval.jsonl --baseline base --checkpoints all\n"
+                              "  honed eval --cv 5 train.yaml training.epochs=2 --output cv-report")
     p.add_argument("items", nargs="*", metavar="CONFIG.yaml | key=value", help="eval config file and/or key=value overrides")
     p.add_argument("--model", help="model folder/hub id, adapter folder, or `honed train` run folder to evaluate")
     p.add_argument("--adapter", help="LoRA adapter on top of --model")
@@ -40,6 +42,9 @@ def register(sub) -> None:
     p.add_argument("--general", action="store_true", help="also run the built-in general-ability set (forgetting check)")
     p.add_argument("--judge-url", help="OpenAI-compatible base URL: turns on LLM-as-judge scoring")
     p.add_argument("--judge-model", help="model name to send to the judge endpoint")
+    p.add_argument("--language-match", action="store_true", help="share of answers in their reference's language (lingua)")
+    p.add_argument("--cv", type=int, metavar="K", help="k-fold cross-validation: CONFIG is a TRAINING config; trains and "
+                   "evaluates K folds of its training data and reports mean ± std (output default: cv-report)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
@@ -78,6 +83,8 @@ def _flags_as_dict(args) -> dict:
         raw["stability"] = {"samples": args.stability}
     if args.general:
         raw["general"] = {"enabled": True}
+    if getattr(args, "language_match", False):
+        raw["language_match"] = True
     if args.judge_url or args.judge_model:
         raw["judge"] = {"enabled": True, **({"base_url": args.judge_url} if args.judge_url else {}),
                         **({"model": args.judge_model} if args.judge_model else {})}
@@ -131,9 +138,36 @@ def run(args) -> int:
     from honed.eval.runner import evaluate
     from honed.eval.summary import print_summary
 
+    if args.cv is not None:
+        return run_cv(args)
     cfg = build_config(args)
     console = Console(stderr=True)
     result = evaluate(cfg, show_progress=not args.no_progress)
     print_summary(result.report, Console(), result.output_dir)
     console.print(f"[green]done[/]: {len(result.runs)} model(s), {result.report['data']['n_samples']} samples")
+    return 0
+
+
+def run_cv(args) -> int:
+    """`--cv K`: the positional config is a training config; eval flags shape each fold's evaluation."""
+    from rich.console import Console
+
+    from honed.config import load_config
+    from honed.errors import ConfigError
+    from honed.eval.crossval import cross_validate, cv_table
+
+    files = [i for i in args.items if "=" not in i]
+    overrides = [i for i in args.items if "=" in i]
+    if len(files) != 1:
+        raise ConfigError("--cv K needs one TRAINING config file (e.g. honed eval --cv 5 train.yaml)")
+    for flag in ("model", "adapter", "baseline", "data"):
+        if getattr(args, flag):
+            raise ConfigError(f"--cv trains its own models on the training config's data; --{flag} does not apply")
+    eval_raw = _flags_as_dict(args)
+    for key in ("models", "output_dir", "overwrite"):
+        eval_raw.pop(key, None)
+    result = cross_validate(load_config(files[0], overrides), args.cv, args.output or "cv-report", eval_raw=eval_raw,
+                            overwrite=args.overwrite, show_progress=not args.no_progress)
+    Console().print(cv_table(result.report))
+    Console(stderr=True).print(f"[green]done[/]: {args.cv} folds → {result.output_dir}/cv_report.json")
     return 0

@@ -22,6 +22,10 @@ _EXPORTS = {
     "render_html": "honed.eval.html",
     "print_summary": "honed.eval.summary",
     "SCHEMA_VERSION": "honed.eval.report",
+    "paired_comparison": "honed.eval.compare",
+    "cross_validate": "honed.eval.crossval",
+    "run_sweep": "honed.eval.sweep",
+    "parse_grid": "honed.eval.sweep",
 }
 
 __all__ = list(_EXPORTS)

@@ -105,6 +105,19 @@ class PreferenceEvalData(StrictModel):
     max_pairs: int | None = Field(None, gt=0, description="score only the first N pairs")
 
 
+class RegressionConfig(StrictModel):
+    enabled: bool | None = Field(None, description="numeric answers: MSE/MAE/R²; null = on when most references are numbers")
+    auto_share: float = Field(0.8, gt=0, le=1, description="share of numeric references that turns regression on (auto)")
+
+
+class ComparisonConfig(StrictModel):
+    enabled: bool = Field(True, description="paired A/B comparison of each model with the baseline")
+    n_resamples: int = Field(2000, ge=100, description="paired bootstrap resamples")
+    confidence: float = Field(0.95, gt=0, lt=1)
+    alpha: float = Field(0.05, gt=0, lt=1, description="p-value below which a difference is called significant")
+    seed: int = 0
+
+
 class EvalConfig(StrictModel):
     models: list[ModelEntry] = Field(min_length=1)
     baseline: str | None = Field(None, description="name of the model deltas are taken against (default: the second)")
@@ -125,6 +138,10 @@ class EvalConfig(StrictModel):
     general: GeneralConfig = Field(default_factory=GeneralConfig)
     lm_eval: LmEvalConfig = Field(default_factory=LmEvalConfig)
     preference: PreferenceEvalData | None = Field(None, description="preference accuracy and margin on these pairs (honed.eval.preference)")
+    regression: RegressionConfig = Field(default_factory=RegressionConfig)
+    comparison: ComparisonConfig = Field(default_factory=ComparisonConfig)
+    diversity: bool = Field(True, description="distinct-1/2 and self-BLEU of the in-domain answers")
+    language_match: bool = Field(False, description="share of answers in their reference's language (lingua)")
 
     def baseline_name(self) -> str | None:
         """The baseline's display name: `baseline`, else the second model's name."""

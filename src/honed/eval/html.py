@@ -9,6 +9,7 @@ from __future__ import annotations
 from html import escape
 
 from honed.eval import plots
+from honed.eval.compare_report import comparison_html
 
 CSS = """
 body{font:14px/1.45 -apple-system,'Segoe UI',Roboto,'Noto Sans','Noto Sans CJK SC','PingFang SC',sans-serif;
@@ -204,7 +205,7 @@ def render_html(report: dict, predictions: list[dict]) -> str:
         "<p class='meta'>↑ higher is better, ↓ lower is better. Generation metrics are on in-domain references; "
         "BLEU/chrF are shown on a 0–1 scale. Latency is the wall time of the batch a request was in.</p>",
         f"<div class='figs'>{_img(plots.metric_bars(summaries, labels), 'metrics per model')}</div>",
-        _fitting(report), _domain(report), _classification(report),
+        comparison_html(report), _fitting(report), _domain(report), _classification(report),
         _efficiency(report), f"<div class='figs'>{_img(plots.latency_histogram(latencies), 'latency histogram')}</div>",
         _general(report), _samples(predictions, names),
         f"<p class='meta'>schema {escape(report['schema'])} v{report['schema_version']} · full numbers in report.json</p>",

@@ -53,6 +53,13 @@ METRICS: tuple[tuple[str, str, bool, tuple], ...] = (
     ("judge_relevance", "judge relevance", True, ("judge", "relevance")),
     ("judge_accuracy", "judge accuracy", True, ("judge", "accuracy")),
     ("judge_fluency", "judge fluency", True, ("judge", "fluency")),
+    ("mse", "MSE (numeric)", False, ("regression", "mse")),
+    ("mae", "MAE (numeric)", False, ("regression", "mae")),
+    ("r2", "R² (numeric)", True, ("regression", "r2")),
+    ("distinct_1", "distinct-1", True, ("diversity", "distinct_1")),
+    ("distinct_2", "distinct-2", True, ("diversity", "distinct_2")),
+    ("self_bleu", "self-BLEU", False, ("diversity", "self_bleu")),
+    ("language_match", "answer in ref. language", True, ("language", "match_rate")),
     ("latency_p50_s", "latency p50 (s)", False, ("efficiency", "latency_s", "p50")),
     ("latency_p95_s", "latency p95 (s)", False, ("efficiency", "latency_s", "p95")),
     ("tokens_per_s", "tokens/s", True, ("efficiency", "tokens_per_s")),
@@ -112,6 +119,7 @@ def _learning_curve(runs) -> list[dict] | None:
 def build_report(cfg, samples, runs, fitting: dict | None) -> dict:
     """The report.json object (see the README's "report.json" section for every field)."""
     from honed import __version__
+    from honed.eval.extras import compare_runs
     from honed.train.outputs import package_versions
 
     flat = {r.spec.name: flatten_metrics(r.metrics) for r in runs}
@@ -133,6 +141,7 @@ def build_report(cfg, samples, runs, fitting: dict | None) -> dict:
         "models": [{"name": r.spec.name, "role": r.role, "model_path": r.spec.model_path, "adapter": r.spec.adapter,
                     "step": r.spec.step, "metrics": r.metrics, "summary": flat[r.spec.name]} for r in runs],
         "deltas": deltas(flat, baseline),
+        "comparison": compare_runs(cfg, samples, runs),
         "fitting": fitting,
         "learning_curve": _learning_curve(runs),
         "general_ability": {r.spec.name: r.general_rows for r in runs if r.general_rows} or None,

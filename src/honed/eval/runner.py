@@ -23,6 +23,7 @@ import torch
 from honed.data.conversation import Conversation, Message
 from honed.errors import OutputExistsError
 from honed.eval.config import EvalConfig
+from honed.eval.extras import add_extra_metrics
 from honed.eval.fitting import run_fitting
 from honed.eval.metrics import aggregate_stability, answer_stability, latency_percentiles, tokens_per_second
 from honed.eval.metrics._synonyms import DEFAULT_GROUPS
@@ -191,6 +192,7 @@ def evaluate_model(spec: ModelSpec, role: str, cfg: EvalConfig, samples: list[Ev
     m = run.metrics
     m["generation"], m["generation_counts"] = scores.generation, scores.generation_counts
     m["domain"], m["classification"] = scores.domain, scores.classification
+    add_extra_metrics(cfg, samples, run)  # regression, diversity, language match
     m["loss"] = None
     if cfg.loss:
         from honed.eval.likelihood import reference_losses

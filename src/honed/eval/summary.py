@@ -52,6 +52,10 @@ def print_summary(report: dict, console: Console | None = None, output_dir=None)
     """The table, the fitting verdict, per-sample problem counts, and where the files are."""
     console = console or Console()
     console.print(summary_table(report))
+    from honed.eval.compare_report import comparison_table
+
+    if (ab := comparison_table(report)) is not None:
+        console.print(ab)
     fitting = report.get("fitting")
     if fitting:
         colour = {"overfitting": "red", "diverging": "red", "underfitting": "yellow", "good_fit": "green"}.get(fitting.get("diagnosis"), "yellow")

@@ -22,6 +22,7 @@ from honed.train.scoring import score_samples
 from honed.errors import HonedError
 from honed.train.metrics_log import read_metrics
 from honed.train.outputs import plot_losses, save_weights_atomic, write_run_record
+from honed.train.defaults import resolve_data_defaults
 from honed.train.progress import TrainProgress
 from honed.train.recipe import (
     StepResult,
@@ -83,6 +84,7 @@ class _StopSignal:
 def train(cfg: TrainConfig, *, stop_after_steps: int | None = None, show_progress: bool = True) -> TrainResult:
     """Train as configured. `stop_after_steps` saves a checkpoint and stops early (as SIGTERM would)."""
     started = time.time()
+    cfg = resolve_data_defaults(cfg)  # `auto` learning rate, epochs, rank, validation share from the data's size
     run = setup_run(cfg)
     t, state, schedule = cfg.training, run.state, run.schedule
     result = TrainResult(output_dir=run.output_dir, steps=state.step, best_step=state.best_step)
