@@ -13,7 +13,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from honed.data.templates import BUILTIN, MODEL_TYPE_TEMPLATES, ChatFormat
+from honed.data.templates import BUILTIN, ChatFormat
+from honed.model.families import supported_model_types, template_for
 from honed.export.errors import ExportError
 from honed.utils.fs import write_text_atomic
 
@@ -41,9 +42,10 @@ def chat_format_for(tokenizer, model_type: str) -> ChatFormat:
     found = get_template("auto", tokenizer, model_type)
     if isinstance(found, ChatFormat) and found.name != "alpaca":
         return found
-    if model_type in MODEL_TYPE_TEMPLATES:
-        return BUILTIN[MODEL_TYPE_TEMPLATES[model_type]]
-    raise ExportError(f"no Ollama template for model_type '{model_type}'; supported: {', '.join(MODEL_TYPE_TEMPLATES)}")
+    name = template_for(model_type)
+    if name is not None:
+        return BUILTIN[name]
+    raise ExportError(f"no Ollama template for model_type '{model_type}'; supported: {', '.join(sorted(supported_model_types()))}")
 
 
 def _quoted(text: str) -> str:
