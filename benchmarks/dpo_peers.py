@@ -170,7 +170,7 @@ def main() -> None:
             print(f"{r['stack']:14} FAILED ({r['error']})")
             continue
         ratio = f"{r['tokens_per_s'] / reference['tokens_per_s']:.2f}x" if reference else "-"
-        print(f"{r['stack']:14} {r['tokens_per_s']:9.0f} {ratio:>11} {r['peak_alloc_gib']:8.2f} {r.get('loss') or float('nan'):8.4f}")
+        print(f"{r['stack']:14} {r['tokens_per_s']:9.0f} {ratio:>11} {r['peak_alloc_gib']:8.2f} {r['loss'] if r.get('loss') is not None else float('nan'):8.4f}")
 
 
 if __name__ == "__main__":

@@ -64,3 +64,33 @@ def test_a_cancelled_row_stops_while_its_batch_goes_on(backend, monkeypatch):
     alone = backend.bot.reply([Message("user", QUESTIONS[1])], GenerationSettings(max_new_tokens=5))
     assert (finished.text, finished.new_tokens) == (alone.text, alone.new_tokens)
     assert steps[0] == 5  # the batch ended with the row that stayed, not after the cancelled row's 200
+
+
+def test_a_real_gate_refuses_out_of_domain_without_the_model_and_logs_it(backend, tmp_path, monkeypatch):
+    """The server with a gate fitted by honed.guard (the default embedders, on the sample's in-domain questions):
+    an off-topic request gets the gate's refusal as a normal completion, with the decision in the
+    `honed.gate` field and the query log, and generation never runs for it."""
+    from fastapi.testclient import TestClient
+
+    from honed.guard.fit import fit_gate
+    from honed.guard.questions import read_questions
+    from honed.serve.app import create_app
+    from honed.serve.domain import load_gate
+    from honed.serve.settings import ServeSettings
+
+    sample = resources.files("honed") / "resources" / "sample_data" / "clinical_lab_train.jsonl"
+    questions = read_questions(str(sample), kind="in_domain").texts
+    fit_gate(questions, tmp_path / "gate", refusal="Sorry, I only answer clinical-lab questions.")
+    log = tmp_path / "queries.jsonl"
+    gate = load_gate(str(tmp_path / "gate"), str(log))
+    ran = []
+    monkeypatch.setattr(backend, "run", lambda jobs, *a, **k: ran.append(jobs) or HFBackend.run(backend, jobs, *a, **k))
+    with TestClient(create_app(backend, gate=gate, settings=ServeSettings())) as client:
+        refused = client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "Who won the football world cup in 1998?"}],
+                                                           "max_tokens": 8}).json()
+    assert refused["choices"][0]["message"]["content"] == "Sorry, I only answer clinical-lab questions."
+    decision = refused["honed"]["gate"]
+    assert decision["in_domain"] is False and decision["score"] < decision["threshold"]
+    assert ran == []  # the model never generated for the refused request
+    logged = [json.loads(line) for line in log.read_text(encoding="utf-8").splitlines()]
+    assert [(row["source"], row["text"], row["in_domain"]) for row in logged] == [("serve", "Who won the football world cup in 1998?", False)]
