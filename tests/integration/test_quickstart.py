@@ -14,13 +14,9 @@ def test_sample_data_is_bilingual_with_refusals():
     rows = [json.loads(line) for line in sample_data_path().read_text(encoding="utf-8").splitlines()]
     assert len(rows) >= 250
     kinds = {(r["lang"], r["kind"]) for r in rows}
-    assert kinds == {(lang, kind) for lang in ("en", "zh") for kind in ("in_domain", "refusal", "hard_negative", "clarify")}
-    refusals = {r["messages"][1]["content"] for r in rows if r["kind"] == "refusal"}
-    assert len(refusals) == 12  # every phrasing of sample_data/refusals.txt, not one canned sentence
-    # The mix that keeps false refusals low: refusals at ~15%, with near-domain hard negatives.
-    share = sum(r["kind"] == "refusal" for r in rows) / len(rows)
-    assert 0.14 <= share <= 0.16
-    assert sum(r["kind"] == "hard_negative" for r in rows) == 36
+    assert kinds == {("en", "in_domain"), ("zh", "in_domain"), ("en", "out_of_domain"), ("zh", "out_of_domain")}
+    refusals = {r["messages"][1]["content"] for r in rows if r["kind"] == "out_of_domain"}
+    assert len(refusals) >= 16  # varied, not one canned sentence
     assert OUT_OF_DOMAIN_QUESTION not in {r["messages"][0]["content"] for r in rows}
 
 

@@ -164,7 +164,7 @@ def test_the_shipped_sample_mix_is_what_add_refusals_builds(tmp_path):
                        refusals_path=d / "refusals.txt", hard_negatives_path=d / "hard_negatives.jsonl",
                        ambiguous_path=d / "ambiguous.jsonl", ratio=0.15, seed=0)
     assert mix.warnings == []
-    assert (tmp_path / "mix.jsonl").read_text(encoding="utf-8") == (d / "clinical_lab_train.jsonl").read_text(encoding="utf-8")
+    assert (tmp_path / "mix.jsonl").read_text(encoding="utf-8") == (d / "clinical_lab_train_mix.jsonl").read_text(encoding="utf-8")
 
 
 def test_eval_reads_the_kinds_add_refusals_writes(tmp_path):
