@@ -30,7 +30,7 @@ def quickstart_run(tmp_path_factory):
     cfg.training.eval_steps, cfg.training.save_steps, cfg.training.save_total_limit = 10, 20, 3
     cfg.training.tensorboard = False
     result = train(cfg, show_progress=False)
-    assert result.steps == 30
+    assert result.steps == 26
     return out
 
 
@@ -73,7 +73,7 @@ def test_tuned_model_beats_its_base_and_the_report_says_so(quickstart_run, tmp_p
     assert eff["size_of"] == "adapter" and 0 < eff["size_on_disk_bytes"] < report["models"][1]["metrics"]["efficiency"]["size_on_disk_bytes"]
     fitting = report["fitting"]
     assert fitting["best_step"] == min(fitting["validation"], key=lambda p: p[1])[0]
-    assert fitting["best_checkpoint"].endswith("best") and len(fitting["validation"]) == 3  # steps 10, 20, 30
+    assert fitting["best_checkpoint"].endswith("best") and len(fitting["validation"]) == 3  # steps 10, 20, 26
 
     rows = [json.loads(line) for line in (out / "predictions.jsonl").read_text(encoding="utf-8").splitlines()]
     assert len(rows) == 50 and set(rows[0]["models"]) == {"run", "base"}
@@ -105,8 +105,8 @@ def test_every_checkpoint_gives_a_learning_curve_and_labels_give_classification(
         "generation": {"max_new_tokens": 8, "batch_size": 16}, "loss": False, "device": "cpu"})
     result = evaluate(cfg, show_progress=False, write=False)
     names = [m["name"] for m in result.report["models"]]
-    assert names == ["run", "run@20", "run@30"]
-    assert [p["step"] for p in result.report["learning_curve"]] == [20, 30]
+    assert names == ["run", "run@20", "run@26"]
+    assert [p["step"] for p in result.report["learning_curve"]] == [20, 26]
     cls = result.report["models"][0]["metrics"]["classification"]
     # The quickstart model answers in sentences, never a label (test_eval_classification.py trains one
     # that does): each such answer is counted as invalid on its sample, not a crash, and no cell of
