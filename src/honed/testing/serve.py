@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 
+from honed.guard.knowledge.store import Passage
 from honed.serve.backends import emit
 from honed.serve.rowtext import RowText
 
@@ -62,14 +63,6 @@ class FakeGate:
 
     def refusal_for(self, text):
         return "I can only help with clinical laboratory questions."
-
-
-@dataclass
-class Passage:
-    text: str
-    source: str
-    location: str
-    score: float
 
 
 class FakeKB:
