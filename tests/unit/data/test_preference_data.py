@@ -134,10 +134,11 @@ def test_kto_mismatched_sequences(tiny_tokenizer):
 def test_data_inspect_shows_both_sequences_of_each_pair(tiny_model_dir, tmp_path):
     from honed.config import config_from_dict
     from honed.data.inspect import inspect_data
+    from honed.model.load import load_tokenizer
 
     path = tmp_path / "pairs.jsonl"
     path.write_text("".join(json.dumps(RECORDS[f]) + "\n" for f in ("pairs", "openai_pairs")))
     cfg = config_from_dict({"model": {"name_or_path": str(tiny_model_dir("qwen2"))}, "data": {"train": [str(path)]}, "objective": "dpo"})
-    found = inspect_data(cfg)
+    found = inspect_data(cfg, load_tokenizer(cfg.model), "qwen2")
     assert found.n_train == 2 and len(found.samples) == 4 and found.formats == {str(path): "pairs"}
     assert found.samples[0].input_ids[:5] == found.samples[1].input_ids[:5]  # chosen and rejected share the prompt
