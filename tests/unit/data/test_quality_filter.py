@@ -83,6 +83,16 @@ def test_rules_length_language_regex():
     assert detect_language("甲状腺功能") == "zh" and detect_language("ひらがなと漢字") == "ja" and detect_language("123") == ""
 
 
+def test_the_language_rule_tells_latin_script_languages_apart():
+    # A script-based guess calls all three English; an English-only filter must keep only the first.
+    data = [conv("What is the reference range of potassium?", "3.5 to 5.1 mmol/L.", 0),
+            conv("Quelle est la valeur normale du potassium dans le sang ?", "De 3,5 à 5,1 mmol/L.", 1),
+            conv("Wie hoch ist der normale Kaliumwert im Blut?", "3,5 bis 5,1 mmol/L.", 2)]
+    result = filter_conversations(data, FilterConfig.parse({"rules": {"languages": ["en"]}}))
+    assert [c.source for c in result.kept] == ["d.jsonl:0"]
+    assert {r.source: r.reason for r in result.removals} == {"d.jsonl:1": "languages", "d.jsonl:2": "languages"}
+
+
 def test_train_eval_overlap_is_removed_and_reported():
     evals = [conv("What does HbA1c measure in a routine diabetes check?", "Other answer", 0)]
     train = [conv(DISTINCT[0], i=1), conv(NEAR[0][1], i=2), conv(DISTINCT[2], i=3)]

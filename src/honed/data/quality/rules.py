@@ -1,11 +1,11 @@
 """Rule filters: text length, language and regular expressions over a sample's text.
 
-Language is told from the script of the letters (Chinese, Japanese, Korean, Cyrillic, Arabic,
-Latin → en): the question a filter asks is "is this in a language my model is trained for",
-and the script answers it without a model download.
+Language is told by a real identifier (honed.utils.language: lingua, CJK by script), so French
+and German are not taken for English: the question a filter asks is "is this in a language my
+model is trained for".
 
->>> detect_language("这部电影非常精彩"), detect_language("What is TSH?"), detect_language("Что это?")
-('zh', 'en', 'ru')
+>>> detect_language("这部电影非常精彩"), detect_language("What does this blood test measure?"), detect_language("Was misst dieser Bluttest?")
+('zh', 'en', 'de')
 """
 
 from __future__ import annotations
@@ -14,25 +14,11 @@ import re
 
 from honed.data.conversation import Conversation
 from honed.data.formats import empty_answer
-
-_SCRIPTS = [  # (language, character class), checked by share of letters
-    ("ja", re.compile(r"[\u3040-\u30ff]")),
-    ("ko", re.compile(r"[\uac00-\ud7af\u1100-\u11ff]")),
-    ("zh", re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")),
-    ("ru", re.compile(r"[\u0400-\u04ff]")),
-    ("ar", re.compile(r"[\u0600-\u06ff]")),
-    ("en", re.compile(r"[A-Za-z]")),
-]
-
+from honed.utils.language import identify_language
 
 def detect_language(text: str) -> str:
-    """The language whose script holds most of the text ('ja' wins over 'zh' once kana appear); '' for none."""
-    # A CJK character carries about what a Latin word does, so it weighs as much as ~4 letters.
-    counts = {lang: len(rx.findall(text)) * (4 if lang in ("ja", "ko", "zh") else 1) for lang, rx in _SCRIPTS}
-    if counts["ja"]:  # Japanese mixes kanji with kana; kana only occur in Japanese
-        return "ja"
-    lang, n = max(counts.items(), key=lambda kv: kv[1])
-    return lang if n else ""
+    """ISO 639-1 code of the text's language ('' for none): honed.utils.language.identify_language."""
+    return identify_language(text)
 
 
 def sample_text(conv: Conversation, part: str = "all") -> str:
