@@ -12,8 +12,7 @@ from pathlib import Path
 
 from honed.errors import ConfigError
 from honed.eval.config import ModelEntry, model_names
-from honed.infer.generate import adapter_base_path
-from honed.model.reference import is_run_dir, resolve_model_reference
+from honed.model.reference import adapter_base_path, is_adapter_dir, is_run_dir, resolve_model_reference
 from honed.model.runs import CHECKPOINTS, checkpoint_step, list_checkpoints
 
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
@@ -38,10 +37,6 @@ class ModelSpec:
 
     def describe(self) -> str:
         return f"{self.model_path} + adapter {self.adapter}" if self.adapter else self.model_path
-
-
-def is_adapter_dir(path: str | Path) -> bool:
-    return (Path(path) / "adapter_config.json").is_file()
 
 
 def run_folder_of(path: str | Path) -> str | None:

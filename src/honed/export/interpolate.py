@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from honed.errors import ModelError, OutputExistsError
-from honed.eval.models import is_adapter_dir
+from honed.model.reference import adapter_base_path, is_adapter_dir
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +109,6 @@ class Interpolation:
         check_same_tensors(self.base_weights, self.tuned_weights, self.base, self.tuned)
 
     def _merge_adapter(self, model):
-        from honed.infer.generate import adapter_base_path
         from honed.model.adapters import load_adapter
 
         recorded = adapter_base_path(self.tuned)

@@ -40,16 +40,6 @@ class Reply:
     finished: bool  # False when max_new_tokens cut the answer
 
 
-def adapter_base_path(adapter_dir: str) -> str | None:
-    """The base model an adapter was trained on, from its adapter_config.json."""
-    import json
-
-    cfg = Path(adapter_dir) / "adapter_config.json"
-    if not cfg.is_file():
-        return None
-    return json.loads(cfg.read_text()).get("base_model_name_or_path")
-
-
 def left_pad(prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Token ids and attention mask of prompts padded on the left to the longest one.
 

@@ -41,8 +41,9 @@ class ModelRef:
         return f"{self.base} + adapter {self.adapter}" if self.adapter else self.base
 
 
-def is_adapter_dir(folder: Path) -> bool:
-    return (folder / "adapter_config.json").is_file()
+def is_adapter_dir(folder: str | Path) -> bool:
+    """True for a peft adapter folder (it has adapter_config.json)."""
+    return (Path(folder) / "adapter_config.json").is_file()
 
 
 def is_model_dir(folder: Path) -> bool:
@@ -78,14 +79,23 @@ def pick_run_weights(run: Path) -> Path:
                      "model, no checkpoint with adapter files); wait for the run to save, or resume it")
 
 
-def adapter_base(adapter: Path) -> str:
-    """The base model an adapter was trained on (adapter_config.json's base_model_name_or_path)."""
+def adapter_base_path(adapter_dir: str | Path) -> str | None:
+    """The base model an adapter was trained on (adapter_config.json's base_model_name_or_path), or
+    None when the folder holds no adapter_config.json."""
     import json
 
+    config = Path(adapter_dir) / "adapter_config.json"
+    if not config.is_file():
+        return None
     try:
-        base = json.loads((adapter / "adapter_config.json").read_text(encoding="utf-8")).get("base_model_name_or_path")
+        return json.loads(config.read_text(encoding="utf-8")).get("base_model_name_or_path")
     except (OSError, ValueError) as err:
-        raise ModelError(f"{adapter}/adapter_config.json cannot be read: {err}") from None
+        raise ModelError(f"{config} cannot be read: {err}") from None
+
+
+def adapter_base(adapter: Path) -> str:
+    """`adapter_base_path`, refusing an adapter that names no base."""
+    base = adapter_base_path(adapter)
     if not base:
         raise ModelError(f"{adapter}/adapter_config.json names no base model (base_model_name_or_path); "
                          "give the base with --model and the adapter with --adapter")
