@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from honed.errors import ConfigError, OutputExistsError
-from honed.utils.fs import write_text_atomic
+from honed.utils.fs import save_figure_atomic, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -200,12 +200,7 @@ def sweep_plot(sweep: dict, path: Path) -> Path | None:
     ax.set_xticks(range(len(points)), labels, rotation=30, ha="right", fontsize=8)
     ax.set_ylabel(sweep["metric_labels"].get(metric, metric))
     ax.set_title(f"sweep: {sweep['metric_labels'].get(metric, metric)} per point")
-    fig.tight_layout()
-    tmp = path.with_suffix(".png.tmp")
-    fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    return save_figure_atomic(fig, path, dpi=100)
 
 
 def write_outputs(sweep: dict, out: Path) -> None:

@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from honed.errors import ConfigError
+from honed.utils.fs import save_figure_atomic
 
 QUALITY_METRIC = "rougeL"
 
@@ -146,12 +147,7 @@ def plot_sweep(points: list[SweepPoint], recommended: float | None, path: Path) 
     ax.set_title("base ↔ tuned interpolation")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="best")
-    fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    return save_figure_atomic(fig, path, dpi=100)
 
 
 def sweep_eval_config(eval_config: str | Path, overrides: list[str] | None, model_dirs: dict[float, Path],
