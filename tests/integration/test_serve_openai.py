@@ -82,4 +82,6 @@ def test_openai_client_chat_stream_auth_and_graceful_shutdown(server):
     assert rest[-2].choices[0].finish_reason in ("stop", "length")
     assert rest[-1].choices == [] and 1 <= rest[-1].usage.completion_tokens <= 40
     assert proc.wait(60) == 0, log.read_text()
-    assert "Waiting for connections to close" in log.read_text()
+    # Not asserted: uvicorn's "Waiting for connections to close" line, which it prints only when the
+    # stream's connection is still open at shutdown -- a race with the client reading the last chunk.
+    assert "after finishing in-flight requests" in log.read_text()
