@@ -238,6 +238,26 @@ class PreferenceConfig(_Strict):
         return self.reference
 
 
+class DistributedConfig(_Strict):
+    """How a run launched by torchrun (or `honed train --nproc-per-node N`) splits its work across
+    processes. Read only when torchrun's environment (WORLD_SIZE > 1) is present; one process
+    ignores it."""
+
+    strategy: Literal["auto", "ddp", "fsdp"] = Field(
+        "auto", description="ddp: each rank holds the whole model, gradients all-reduced (LoRA, QLoRA, small full "
+        "fine-tuning); fsdp: FSDP2 shards weights, gradients and optimizer state (full fine-tuning and LoRA of models "
+        "that do not fit one card); auto: picks by model size and free memory")
+    backend: Literal["auto", "nccl", "gloo"] = Field("auto", description="process-group backend; auto: nccl on CUDA, gloo on CPU")
+    timeout_s: int = Field(600, gt=0, description="seconds a collective waits for the other ranks before the job stops with "
+                           "the rank and cause named (instead of hanging)")
+    fsdp_mixed_precision: bool = Field(True, description="fsdp: compute (and reduce gradients) in the training precision; "
+                                       "master weights stay fp32 for full fine-tuning")
+    fsdp_cpu_offload: bool = Field(False, description="fsdp: keep sharded parameters and optimizer state in host memory")
+    fsdp_reshard_after_forward: bool = Field(True, description="fsdp: free gathered weights after forward (less memory, "
+                                             "one more all-gather in backward)")
+    ddp_bucket_mb: int = Field(25, gt=0, description="ddp: gradient all-reduce bucket size (MB); buckets overlap with backward")
+
+
 class StageConfig(_Strict):
     """One stage of a staged run: its own data/training keys over the top-level ones (honed.train.stages)."""
 
@@ -257,6 +277,7 @@ class TrainConfig(_Strict):
     lora: LoraSettings = Field(default_factory=LoraSettings)
     quantization: QuantizationSettings = Field(default_factory=QuantizationSettings)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
+    distributed: DistributedConfig = Field(default_factory=DistributedConfig, description="multi-GPU / multi-host runs (torchrun)")
     stages: list[StageConfig] | None = Field(None, description="task decomposition: stages run in order, each from the last one's weights")
 
     @field_validator("training")
