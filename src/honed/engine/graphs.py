@@ -1,8 +1,8 @@
 """CUDA graphs for the decoder stack: the forward of every layer as one replay, the backward as another.
 
 A recomputed or offloaded step of an 8B model launches about ten thousand small kernels; on a slow
-host the GPU waits on Python for a good part of it (a profile in BENCHMARKS.md: 59% busy on QLoRA
-`offload`). A CUDA graph records those launches once and replays them with one call, so the host
+host the GPU waits on Python for a good part of it (a profile at commit `775d216`, in
+BENCHMARKS.md's git history: 59% busy on QLoRA `offload`). A CUDA graph records those launches once and replays them with one call, so the host
 cost of the decoder stack disappears; the embedding, the loss and the optimizer stay as they are.
 (Measured: 7% off llama-1b's `offload` step, 0.3–2.4% off the 8B ones on a host that kept up, for
 1.0–1.3 GiB more memory: hence off by default, `training.cuda_graphs`.)
