@@ -23,8 +23,9 @@ from pathlib import Path
 import numpy as np
 
 from honed.export.errors import ExportError
-from honed.export.gguf_families import QUANT_TYPES, UNQUANTISED, GgufFamily, check_quant, gguf_family
+from honed.export.gguf_families import QUANT_TYPES, UNQUANTISED, check_quant, gguf_family
 from honed.export.gguf_vocab import tokenizer_kind, write_tokenizer
+from honed.model.families import Family
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +51,7 @@ def rope_settings(cfg: dict) -> tuple[float, dict | None, float | None]:
     return theta, scaling or None, float(local_theta) if local_theta else None
 
 
-def check_exportable(folder: Path, quant: str) -> GgufFamily:
+def check_exportable(folder: Path, quant: str) -> Family:
     """Every refusal that needs no weights: family, quant type, tokenizer, rope scaling."""
     check_quant(quant)
     cfg = read_config(folder)
@@ -128,7 +129,7 @@ def llama3_rope_factors(cfg: dict, head_dim: int) -> np.ndarray:
     return np.asarray(out, dtype=np.float32)
 
 
-def _write_hparams(writer, family: GgufFamily, cfg: dict) -> None:
+def _write_hparams(writer, family: Family, cfg: dict) -> None:
     heads = cfg["num_attention_heads"]
     head_dim = cfg.get("head_dim") or cfg["hidden_size"] // heads
     writer.add_context_length(cfg.get("max_position_embeddings", 4096))
@@ -151,18 +152,18 @@ def _write_hparams(writer, family: GgufFamily, cfg: dict) -> None:
 
         writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
         writer.add_rope_scaling_factor(float(scaling["factor"]))
-    if family.arch in ("gemma2", "gemma3"):
+    if family.gguf.arch in ("gemma2", "gemma3"):
         if cfg.get("sliding_window"):
             writer.add_sliding_window(cfg["sliding_window"])
         if cfg.get("final_logit_softcapping"):
             writer.add_final_logit_softcapping(float(cfg["final_logit_softcapping"]))
-        if family.arch == "gemma2" and cfg.get("attn_logit_softcapping"):
+        if family.gguf.arch == "gemma2" and cfg.get("attn_logit_softcapping"):
             writer.add_attn_logit_softcapping(float(cfg["attn_logit_softcapping"]))
         if local_theta:
             writer.add_rope_freq_base_swa(local_theta)
         if cfg.get("layer_types"):  # which layers attend in a window, as transformers says
             writer.add_sliding_window_pattern([t == "sliding_attention" for t in cfg["layer_types"]])
-    if family.arch == "phi3" and cfg.get("sliding_window"):
+    if family.gguf.arch == "phi3" and cfg.get("sliding_window"):
         writer.add_sliding_window(cfg["sliding_window"])
 
 
@@ -196,19 +197,19 @@ def write_gguf(folder: str | Path, out_path: str | Path, outtype: str = "f16", *
     folder, out_path = Path(folder), Path(out_path)
     family = check_exportable(folder, outtype if outtype != "f32" else "f16")
     cfg = read_config(folder)
-    arch = next(a for a, n in gguf.MODEL_ARCH_NAMES.items() if n == family.arch)
+    arch = next(a for a, n in gguf.MODEL_ARCH_NAMES.items() if n == family.gguf.arch)
     name_map = gguf.get_tensor_name_map(arch, cfg["num_hidden_layers"])
     qtype = {"f32": gguf.GGMLQuantizationType.F32, "f16": gguf.GGMLQuantizationType.F16,
              "bf16": gguf.GGMLQuantizationType.BF16}[outtype]
     tmp = out_path.with_name(f".{out_path.name}.tmp")
-    writer = gguf.GGUFWriter(str(tmp), family.arch)
+    writer = gguf.GGUFWriter(str(tmp), family.gguf.arch)
     writer.add_name(name or folder.name)
     writer.add_file_type({"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
                           "bf16": gguf.LlamaFileType.MOSTLY_BF16}[outtype])
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
     _write_hparams(writer, family, cfg)
     tokenizer = AutoTokenizer.from_pretrained(str(folder))
-    write_tokenizer(writer, folder, tokenizer, vocab_size=cfg["vocab_size"], end_of_turn=family.end_of_turn)
+    write_tokenizer(writer, folder, tokenizer, vocab_size=cfg["vocab_size"], end_of_turn=family.end_of_turn[0])
 
     heads, kv_heads = cfg["num_attention_heads"], cfg.get("num_key_value_heads", cfg["num_attention_heads"])
     tied = cfg.get("tie_word_embeddings", False)
@@ -220,18 +221,18 @@ def write_gguf(folder: str | Path, out_path: str | Path, outtype: str = "f16", *
         if target is None:
             skipped.append(hf_name)
             continue
-        if family.permute_qk and hf_name.endswith(("q_proj.weight", "q_proj.bias")):
+        if family.gguf.permute_qk and hf_name.endswith(("q_proj.weight", "q_proj.bias")):
             data = _head_permute(data, heads)
-        elif family.permute_qk and hf_name.endswith(("k_proj.weight", "k_proj.bias")):
+        elif family.gguf.permute_qk and hf_name.endswith(("k_proj.weight", "k_proj.bias")):
             data = _head_permute(data, kv_heads)
-        if family.norm_plus_one and hf_name.endswith("norm.weight"):
+        if family.gguf.norm_plus_one and hf_name.endswith("norm.weight"):
             data = data + 1.0
         if data.ndim <= 1 or qtype == gguf.GGMLQuantizationType.F32:
             writer.add_tensor(target, data.astype(np.float32))  # norms and biases stay f32, as llama.cpp expects
         else:
             writer.add_tensor(target, gguf.quants.quantize(data, qtype), raw_dtype=qtype)
     if skipped:
-        raise ExportError(f"{folder}: {len(skipped)} tensors have no GGUF name for {family.arch} "
+        raise ExportError(f"{folder}: {len(skipped)} tensors have no GGUF name for {family.gguf.arch} "
                           f"(first: {skipped[0]}); this checkpoint's layout is not supported for GGUF export")
     scaling = rope_settings(cfg)[1] or {}
     if (scaling.get("rope_type") or scaling.get("type")) == "llama3":

@@ -103,13 +103,13 @@ def stop_token_ids(tokenizer, model_type: str, known: list[int] | int | None = N
     """eos, the ids the model already stops at (`known`), the family's end-of-turn token and every
     single-token end marker of the chat template: what `honed chat` stops at."""
     from honed.data.templates import get_template
-    from honed.export.gguf_families import GGUF_FAMILIES
+    from honed.model.families import find_family
 
     ids = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
     ids += [known] if isinstance(known, int) else list(known or [])
-    family = GGUF_FAMILIES.get(model_type)
-    if family and family.end_of_turn in tokenizer.get_vocab():
-        ids.append(tokenizer.convert_tokens_to_ids(family.end_of_turn))
+    family = find_family(model_type)
+    if family and family.end_of_turn[0] in tokenizer.get_vocab():
+        ids.append(tokenizer.convert_tokens_to_ids(family.end_of_turn[0]))
     for text in get_template("auto", tokenizer, model_type).stop_strings:
         encoded = tokenizer.encode(text, add_special_tokens=False)
         if len(encoded) == 1:

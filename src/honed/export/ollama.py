@@ -74,7 +74,7 @@ def write_modelfile(folder: str | Path, gguf_name: str, tokenizer, model_type: s
     from honed.export.gguf_families import gguf_family
 
     fmt = chat_format_for(tokenizer, model_type)
-    stops = [fmt.end_of_turn, *gguf_family(model_type).ollama_stops, *fmt.extra_stops]
+    stops = [fmt.end_of_turn, *gguf_family(model_type).gguf.ollama_stops, *fmt.extra_stops]
     path = Path(folder) / "Modelfile"
     write_text_atomic(path, modelfile_text(gguf_name, fmt, stops, system=system, num_ctx=num_ctx))
     return path

@@ -2,8 +2,9 @@
 
 A row says which `model_type` values (config.json) belong to the family, which built-in chat
 template renders it (`honed.data.templates`), the tokens a generation stops at, whether honed's
-fused CUDA training path covers it (`honed.engine`), the names of its decoder's parts, and the
-tokenizer facts `honed.testing.tiny` copies into a random tiny model of it. Adding a family is
+fused CUDA training path covers it (`honed.engine`), the names of its decoder's parts, the
+tokenizer facts `honed.testing.tiny` copies into a random tiny model of it, and how llama.cpp's GGUF
+format sees it (`honed.export`). Adding a family is
 adding a row here (and its template, if it brings a new format).
 
 This module imports nothing else from honed but the error tree, so the lowest layers may read it.
@@ -44,6 +45,24 @@ PHI3_LAYOUT = DecoderLayout(qkv=("qkv_proj",), gate_up=("gate_up_proj",))
 
 
 @dataclass(frozen=True)
+class GgufFacts:
+    """How llama.cpp's GGUF format sees a family (`honed export --format gguf|ollama` reads it).
+
+    arch: llama.cpp's architecture name.
+    permute_qk: llama.cpp's `llama` architecture applies rotary embeddings to interleaved pairs,
+    while transformers rotates the two halves of each head; the Q and K rows are reordered so the
+    same rotation results (the others use llama.cpp's NEOX rope, which already rotates halves).
+    norm_plus_one: Gemma's RMSNorm multiplies by (1 + w); llama.cpp by w.
+    ollama_stops: the stop strings an Ollama Modelfile lists besides the chat template's own.
+    """
+
+    arch: str
+    permute_qk: bool = False
+    norm_plus_one: bool = False
+    ollama_stops: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class Family:
     """One family. Token fields are the real tokenizer's (a tiny test model copies them)."""
 
@@ -66,6 +85,7 @@ class Family:
     layout: DecoderLayout = LLAMA_LAYOUT
     # Config kwargs a tiny model of the family sets (None: the tiny model's head size).
     tiny_config: tuple[tuple[str, object], ...] = ()
+    gguf: GgufFacts | None = None  # None: GGUF export does not support the family
 
     @property
     def special_tokens(self) -> tuple[str, ...]:
@@ -75,33 +95,44 @@ class Family:
 _QWEN = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
 _GEMMA = ("<pad>", "<eos>", "<bos>", "<unk>", "<start_of_turn>", "<end_of_turn>")
 _GEMMA_TINY = (("head_dim", None), ("query_pre_attn_scalar", None), ("sliding_window", 256))
+_QWEN_STOPS = ("<|im_end|>", "<|endoftext|>")
+
+
+def _gemma_gguf(arch: str) -> GgufFacts:
+    return GgufFacts(arch, norm_plus_one=True, ollama_stops=("<end_of_turn>",))
+
 
 FAMILIES: dict[str, Family] = {f.name: f for f in [
     Family("llama3", "Llama 3", ("llama",), "llama3", ("<|eot_id|>", "<|end_of_text|>"), fused=True,
            config_class="LlamaConfig",
            special=("<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>",
                     "<|finetune_right_pad_id|>"),
-           bos="<|begin_of_text|>", eos="<|eot_id|>", pad=None, adds_bos=True),
+           bos="<|begin_of_text|>", eos="<|eot_id|>", pad=None, adds_bos=True,
+           gguf=GgufFacts("llama", permute_qk=True, ollama_stops=("<|eot_id|>", "<|end_of_text|>"))),
     Family("qwen2", "Qwen2 / Qwen2.5", ("qwen2",), "chatml", ("<|im_end|>", "<|endoftext|>"), fused=True,
            config_class="Qwen2Config", special=_QWEN, bos=None, eos="<|im_end|>", pad="<|endoftext|>",
-           plain=("<think>", "</think>"), tie_embeddings=True, pretokenizer="qwen"),
+           plain=("<think>", "</think>"), tie_embeddings=True, pretokenizer="qwen",
+           gguf=GgufFacts("qwen2", ollama_stops=_QWEN_STOPS)),
     Family("qwen3", "Qwen3", ("qwen3",), "qwen3", ("<|im_end|>", "<|endoftext|>"), fused=True,
            config_class="Qwen3Config", special=_QWEN, bos=None, eos="<|im_end|>", pad="<|endoftext|>",
-           plain=("<think>", "</think>"), tie_embeddings=True, pretokenizer="qwen", tiny_config=(("head_dim", None),)),
+           plain=("<think>", "</think>"), tie_embeddings=True, pretokenizer="qwen", tiny_config=(("head_dim", None),),
+           gguf=GgufFacts("qwen3", ollama_stops=_QWEN_STOPS)),
     Family("mistral", "Mistral", ("mistral",), "mistral", ("</s>",), fused=True,
            config_class="MistralConfig", special=("<unk>", "<s>", "</s>", "[INST]", "[/INST]"),
            bos="<s>", eos="</s>", pad=None, unk="<unk>", adds_bos=True,
-           tiny_config=(("sliding_window", None), ("head_dim", None))),
+           tiny_config=(("sliding_window", None), ("head_dim", None)),
+           gguf=GgufFacts("llama", permute_qk=True, ollama_stops=("</s>", "[INST]"))),
     Family("gemma2", "Gemma 2", ("gemma2",), "gemma", ("<end_of_turn>", "<eos>"), fused=False,
            config_class="Gemma2Config", special=_GEMMA, bos="<bos>", eos="<eos>", pad="<pad>", unk="<unk>",
-           adds_bos=True, tie_embeddings=True, tiny_config=_GEMMA_TINY),
+           adds_bos=True, tie_embeddings=True, tiny_config=_GEMMA_TINY, gguf=_gemma_gguf("gemma2")),
     Family("gemma3", "Gemma 3", ("gemma3", "gemma3_text"), "gemma", ("<end_of_turn>", "<eos>"), fused=False,
            config_class="Gemma3TextConfig", special=_GEMMA, bos="<bos>", eos="<eos>", pad="<pad>", unk="<unk>",
-           adds_bos=True, tie_embeddings=True, tiny_config=_GEMMA_TINY),
+           adds_bos=True, tie_embeddings=True, tiny_config=_GEMMA_TINY, gguf=_gemma_gguf("gemma3")),
     Family("phi3", "Phi-3", ("phi3",), "phi3", ("<|end|>", "<|endoftext|>"), fused=False,
            config_class="Phi3Config",
            special=("<unk>", "<s>", "</s>", "<|endoftext|>", "<|assistant|>", "<|system|>", "<|end|>", "<|user|>"),
-           bos="<s>", eos="<|endoftext|>", pad="<|endoftext|>", unk="<unk>", layout=PHI3_LAYOUT),
+           bos="<s>", eos="<|endoftext|>", pad="<|endoftext|>", unk="<unk>", layout=PHI3_LAYOUT,
+           gguf=GgufFacts("phi3", ollama_stops=("<|end|>", "<|endoftext|>"))),
 ]}
 
 _BY_MODEL_TYPE: dict[str, Family] = {t: f for f in FAMILIES.values() for t in f.model_types}
@@ -139,6 +170,11 @@ def get_family(name: str) -> Family:
 def supported_model_types() -> frozenset[str]:
     """Every model_type some family claims."""
     return frozenset(_BY_MODEL_TYPE)
+
+
+def gguf_model_types() -> frozenset[str]:
+    """The model_types GGUF export supports (their family has `gguf` facts)."""
+    return frozenset(t for f in FAMILIES.values() if f.gguf is not None for t in f.model_types)
 
 
 def fused_model_types() -> frozenset[str]:

@@ -80,7 +80,7 @@ def test_refusals_name_the_choices():
         check_quant("q3_k_s")
     with pytest.raises(ExportError, match="does not support model_type 'gpt2'"):
         gguf_family("gpt2")
-    assert gguf_family("mistral").arch == "llama" and gguf_family("mistral").permute_qk
+    assert gguf_family("mistral").gguf.arch == "llama" and gguf_family("mistral").gguf.permute_qk
     with pytest.raises(ExportError, match="no llama.cpp equivalent"):
         pre_tokenizer_name({"pre_tokenizer": {"type": "Sequence", "pretokenizers": [
             {"type": "Split", "pattern": {"Regex": r"\w+|\s+"}}]}})
@@ -99,3 +99,21 @@ def test_llama3_rope_factors_match_transformers():
     ours = llama3_rope_factors({"rope_parameters": scaling}, 128)
     assert ours[0] == 1.0 and ours[-1] == 8.0
     assert torch.allclose(torch.from_numpy(ours).double(), plain / scaled.double(), rtol=1e-5)
+
+
+def test_gguf_facts_come_from_the_one_family_table():
+    """Each model_type's llama.cpp architecture, Q/K reordering, Gemma norm, end-of-turn token and Ollama
+    stops, as the families table declares them (pinned: a wrong one breaks llama.cpp loading or stopping)."""
+    facts = {t: (f.gguf.arch, f.gguf.permute_qk, f.gguf.norm_plus_one, f.end_of_turn[0], f.gguf.ollama_stops)
+             for t in ("llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3", "gemma3_text", "phi3")
+             for f in [gguf_family(t)]}
+    assert facts == {
+        "llama": ("llama", True, False, "<|eot_id|>", ("<|eot_id|>", "<|end_of_text|>")),
+        "mistral": ("llama", True, False, "</s>", ("</s>", "[INST]")),
+        "qwen2": ("qwen2", False, False, "<|im_end|>", ("<|im_end|>", "<|endoftext|>")),
+        "qwen3": ("qwen3", False, False, "<|im_end|>", ("<|im_end|>", "<|endoftext|>")),
+        "gemma2": ("gemma2", False, True, "<end_of_turn>", ("<end_of_turn>",)),
+        "gemma3": ("gemma3", False, True, "<end_of_turn>", ("<end_of_turn>",)),
+        "gemma3_text": ("gemma3", False, True, "<end_of_turn>", ("<end_of_turn>",)),
+        "phi3": ("phi3", False, False, "<|end|>", ("<|end|>", "<|endoftext|>")),
+    }
