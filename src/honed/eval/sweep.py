@@ -27,7 +27,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from honed.errors import ConfigError, OutputExistsError
-from honed.utils.fs import save_figure_atomic, write_text_atomic
+from honed.eval.sweep_driver import SweepStep, run_steps
+from honed.eval.sweep_driver import write_outputs as write_sweep_files
+from honed.utils.fs import save_figure_atomic
 
 log = logging.getLogger(__name__)
 
@@ -140,29 +142,30 @@ def run_sweep(config_path: str | Path, grid: list[tuple[str, list[str]]], output
     if any(cfg.stages for cfg in configs):
         raise ConfigError("honed sweep: a staged config (stages:) is not supported; sweep one stage's config")
     eval_config_from_dict({**eval_raw, "models": [{"path": "run"}]}, "sweep eval settings")
-    rows = []
-    for i, (point, name, cfg) in enumerate(zip(points, names, configs), 1):
-        folder = out / name
-        run_dir, eval_dir = folder / "run", folder / "eval"
+
+    def step(point: list[str], name: str, cfg) -> SweepStep:
+        run_dir, report_file = out / name / "run", out / name / "eval" / "report.json"
         cfg.training.output_dir, cfg.training.resume = str(run_dir), False
         cfg.training.overwrite = True  # only ever this point's own unfinished run is replaced
-        done = (run_dir / "run_info.json").is_file()
-        if done:
-            log.info("[%d/%d] %s: training skipped (done)", i, len(points), name)
-        else:
-            log.info("[%d/%d] %s: training (%s)", i, len(points), name, " ".join(point))
-            train(cfg, show_progress=show_progress)
-        report_file = eval_dir / "report.json"
-        if done and report_file.is_file():
-            log.info("[%d/%d] %s: evaluation skipped (done)", i, len(points), name)
-            report = json.loads(report_file.read_text(encoding="utf-8"))
-        else:
-            raw = {**json.loads(json.dumps(eval_raw)), "models": [{"path": str(run_dir), "name": name}],
-                   "output_dir": str(eval_dir), "overwrite": True}
-            raw.pop("baseline", None)
-            report = evaluate(eval_config_from_dict(raw, "sweep eval settings"), show_progress=show_progress).report
-        rows.append({"point": name, "overrides": dict(p.split("=", 1) for p in point), "run_dir": str(run_dir),
-                     "skipped": done, **_train_info(run_dir), "metrics": report["models"][0]["summary"]})
+
+        def earlier_report() -> dict | None:
+            return json.loads(report_file.read_text(encoding="utf-8")) if report_file.is_file() else None
+
+        return SweepStep(name, lambda: train(cfg, show_progress=show_progress), built=(run_dir / "run_info.json").is_file(),
+                         earlier_result=earlier_report, detail=" ".join(point))
+
+    def evaluate_point(steps: list[SweepStep]) -> dict[str, dict]:
+        name = steps[0].name
+        raw = {**json.loads(json.dumps(eval_raw)), "models": [{"path": str(out / name / "run"), "name": name}],
+               "output_dir": str(out / name / "eval"), "overwrite": True}
+        raw.pop("baseline", None)
+        return {name: evaluate(eval_config_from_dict(raw, "sweep eval settings"), show_progress=show_progress).report}
+
+    steps = [step(point, name, cfg) for point, name, cfg in zip(points, names, configs)]
+    reports = run_steps(steps, evaluate_point, per_point=True, verb="training", logger=log)
+    rows = [{"point": s.name, "overrides": dict(p.split("=", 1) for p in point), "run_dir": str(out / s.name / "run"),
+             "skipped": s.built, **_train_info(out / s.name / "run"), "metrics": reports[s.name]["models"][0]["summary"]}
+            for s, point in zip(steps, points)]
     present = [k for k in TABLE_METRICS if any(k in r["metrics"] for r in rows)]
     sweep = {"schema": SWEEP_SCHEMA, "schema_version": 1, "config": str(config_path), "grid": [[k, v] for k, v in grid],
              "base_overrides": overrides or [], "metric": metric, "points": rows, "columns": present,
@@ -205,10 +208,8 @@ def sweep_plot(sweep: dict, path: Path) -> Path | None:
 
 def write_outputs(sweep: dict, out: Path) -> None:
     """sweep.json, sweep.csv and sweep.png (each written atomically)."""
-    out.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(out / "sweep.json", json.dumps(sweep, indent=2, ensure_ascii=False))
-    write_text_atomic(out / "sweep.csv", sweep_csv(sweep))
-    sweep_plot(sweep, out / "sweep.png")
+    write_sweep_files(out, {"sweep.json": json.dumps(sweep, indent=2, ensure_ascii=False), "sweep.csv": sweep_csv(sweep)},
+                      lambda path: sweep_plot(sweep, path))
 
 
 def sweep_table(sweep: dict):

@@ -22,12 +22,16 @@ measured) general accuracy.
 from __future__ import annotations
 
 import json
+import logging
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from honed.errors import ConfigError
+from honed.eval.sweep_driver import SweepStep, run_steps, write_outputs
 from honed.utils.fs import save_figure_atomic
+
+log = logging.getLogger(__name__)
 
 QUALITY_METRIC = "rougeL"
 
@@ -179,25 +183,30 @@ def run_sweep(base: str | Path, tuned: str | Path, alphas: list[float], eval_con
 
     from honed.eval.runner import evaluate
     from honed.export.interpolate import Interpolation, check_output
-    from honed.utils.fs import write_text_atomic
 
     out = check_output(out_dir, overwrite, inputs=(base, tuned, eval_config))
     if out.is_dir() and overwrite:
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
     pair = Interpolation(base, tuned)
-    model_dirs = {a: pair.save(a, out / f"alpha-{a:g}") for a in alphas}
-    del pair
-    gc.collect()
-    cfg = sweep_eval_config(eval_config, overrides, model_dirs, out, general)
-    report = evaluate(cfg, show_progress=show_progress).report
-    by_name = {m["name"]: m["metrics"] for m in report["models"]}
+    model_dirs = {a: out / f"alpha-{a:g}" for a in alphas}
+    steps = [SweepStep(f"alpha={a:g}", lambda a=a: pair.save(a, model_dirs[a]), detail=f"W_base + {a:g}·(W_tuned − W_base)")
+             for a in alphas]
+
+    def evaluate_all(chosen: list[SweepStep]) -> dict[str, dict]:
+        nonlocal pair
+        pair = None  # the interpolation's weights are freed before the models are evaluated
+        gc.collect()
+        cfg = sweep_eval_config(eval_config, overrides, model_dirs, out, general)
+        report = evaluate(cfg, show_progress=show_progress).report
+        return {m["name"]: m["metrics"] for m in report["models"]}
+
+    by_name = run_steps(steps, evaluate_all, per_point=False, verb="interpolating", logger=log)
     points = [point_from_metrics(a, by_name[f"alpha={a:g}"], str(model_dirs[a])) for a in alphas]
     rec = recommend(points, refusal_target=refusal_target, false_refusal_limit=false_refusal_limit, quality_share=quality_share)
     settings = {"base": str(base), "tuned": str(tuned), "eval_config": str(eval_config), "quality_metric": QUALITY_METRIC,
                 "refusal_target": refusal_target, "false_refusal_limit": false_refusal_limit, "quality_share": quality_share}
-    table = out / "sweep.json"
-    write_text_atomic(table, json.dumps({"settings": settings, "points": [asdict(p) for p in points],
-                                         "recommended_alpha": rec.alpha, "reason": rec.reason, "rule": rec.rule}, indent=2))
-    plot = plot_sweep(points, rec.alpha, out / "sweep.png")
-    return SweepResult(points, rec, out, table, plot, out / "eval", settings)
+    table = json.dumps({"settings": settings, "points": [asdict(p) for p in points],
+                        "recommended_alpha": rec.alpha, "reason": rec.reason, "rule": rec.rule}, indent=2)
+    write_outputs(out, {"sweep.json": table}, lambda path: plot_sweep(points, rec.alpha, path))
+    return SweepResult(points, rec, out, out / "sweep.json", out / "sweep.png", out / "eval", settings)
