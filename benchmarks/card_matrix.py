@@ -34,10 +34,11 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from honed.utils.fs import write_text_atomic
 
 ROOT = Path(__file__).resolve().parents[1]
 CAP_DIR = ROOT / "benchmarks" / "gpu_cap"
@@ -244,18 +245,10 @@ def format_table(matrix: dict) -> str:
     return "\n".join(parts)
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Write through a temporary file in the same folder, then rename, so a killed call leaves no half file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
 def save(matrix: dict, out: Path) -> None:
-    write_atomic(out / "card_matrix.json", json.dumps(matrix, indent=1))
-    write_atomic(out / "card_matrix.md", format_table(matrix))
+    # atomic (temporary file, then rename), so a call cut short leaves no half file
+    write_text_atomic(out / "card_matrix.json", json.dumps(matrix, indent=1))
+    write_text_atomic(out / "card_matrix.md", format_table(matrix))
 
 
 def load(path: Path) -> dict:
