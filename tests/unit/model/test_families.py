@@ -65,11 +65,12 @@ def test_layout_names_the_real_modules(tiny_model_dir, name):
 
 def families_markdown() -> str:
     """The README's table, from the registry."""
-    rows = ["| family | `model_type` | chat template | end of turn | fused CUDA path |", "|---|---|---|---|---|"]
+    rows = ["| family | `model_type` | chat template | end of turn | fused CUDA path | GGUF architecture |", "|---|---|---|---|---|---|"]
     for f in FAMILIES.values():
         types = ", ".join(f"`{t}`" for t in f.model_types)
         end = f.end_of_turn[0].replace("|", "\\|")  # a pipe inside a table cell is escaped, code span or not
-        rows.append(f"| {f.title} (`{f.name}`) | {types} | `{f.template}` | `{end}` | {'yes' if f.fused else 'no (plain path)'} |")
+        rows.append(f"| {f.title} (`{f.name}`) | {types} | `{f.template}` | `{end}` | {'yes' if f.fused else 'no (plain path)'} | "
+                    f"{f'`{f.gguf.arch}`' if f.gguf else 'not supported'} |")
     return "\n".join(rows)
 
 
