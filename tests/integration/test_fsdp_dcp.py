@@ -56,6 +56,9 @@ def test_fsdp_full_finetuning_on_two_ranks_matches_one_process(one_process, two_
     assert len(set(round(x, 3) for x in fsdp["losses"])) == STEPS  # the steps did change the model
     _close(fsdp["final"], one_process["final"], atol=1e-4)  # Adam steps of 1e-2: a wrong gradient is far off
     assert not torch.equal(fsdp["final"]["model.layers.0.mlp.down_proj.weight"], fsdp["at_save"]["model.layers.0.mlp.down_proj.weight"])
+    # The export for the final save: whole tensors on rank 0 (the tied LM head under its own name too).
+    _close({k: fsdp["export"][k] for k in fsdp["final"]}, fsdp["final"], atol=0)
+    assert torch.equal(fsdp["export"]["lm_head.weight"], fsdp["final"]["model.embed_tokens.weight"])
 
 
 def test_fsdp_lora_with_gradient_checkpointing_matches_one_process(tiny_model_dir, batches, tmp_path):
@@ -66,6 +69,7 @@ def test_fsdp_lora_with_gradient_checkpointing_matches_one_process(tiny_model_di
     assert all("lora_" in name for name in fsdp["final"]) and len(fsdp["final"]) == 28  # 2 layers x 7 projections x A, B
     torch.testing.assert_close(fsdp["losses"], ref["losses"], atol=1e-5, rtol=0)
     _close(fsdp["final"], ref["final"], atol=1e-5)
+    _close(fsdp["export"], fsdp["final"], atol=0)  # the adapter weights alone, whole, on rank 0
     moved = [n for n in ref["final"] if not torch.equal(ref["final"][n], ref["at_save"][n])]
     assert len(moved) == 28
 

@@ -111,7 +111,7 @@ def save_result(path: Path, rank: int, result) -> None:
 
 # --- Scenarios the tests run, on N ranks (`spawn`) or in one process without a process group ---
 
-def build_model(folder, *, lora: bool = False, checkpointing: bool = False):
+def build_model(folder, *, lora: bool = False, checkpointing: bool = False, r: int = 4):
     """The tiny model in `folder`, the same on every rank (fixed seed), in training mode: full
     fine-tuning, or LoRA on every linear layer; optionally with the model's own gradient checkpointing."""
     from transformers import AutoModelForCausalLM
@@ -120,7 +120,7 @@ def build_model(folder, *, lora: bool = False, checkpointing: bool = False):
     if lora:
         from honed.testing.lora import lora_model
 
-        model = lora_model(folder, r=4, alpha=8)
+        model = lora_model(folder, r=r, alpha=2 * r)
     else:
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
     if checkpointing:
@@ -147,7 +147,7 @@ def full_optimizer_state(model, optimizer) -> dict:
             for name, s in state.get("state", {}).items()}
 
 
-def _prepare(folder, rank: int, world_size: int, *, lora: bool, checkpointing: bool, shard: bool):
+def _prepare(folder, *, lora: bool, checkpointing: bool, shard: bool):
     model = build_model(folder, lora=lora, checkpointing=checkpointing)
     if shard:
         from honed.config import DistributedConfig
@@ -168,9 +168,9 @@ def run_and_save(rank: int, world_size: int, folder, batches, ckpt_dir, out, *, 
     """Train on all but the last batch, save a sharded checkpoint (unless ckpt_dir is None), train on
     the last; rank 0 writes the losses, the weights and optimizer state at the save, and the final weights."""
     from honed.train.checkpoint import rng_state
-    from honed.train.dist_checkpoint import save_sharded
+    from honed.train.dist_checkpoint import full_state_dict_for_saving, save_sharded
 
-    model, optimizer, scheduler = _prepare(folder, rank, world_size, lora=lora, checkpointing=checkpointing, shard=shard)
+    model, optimizer, scheduler = _prepare(folder, lora=lora, checkpointing=checkpointing, shard=shard)
     losses = [_step(model, optimizer, scheduler, b, rank, world_size) for b in batches[:-1]]
     at_save = gathered_params(model)
     optim_at_save = full_optimizer_state(model, optimizer)
@@ -179,8 +179,10 @@ def run_and_save(rank: int, world_size: int, folder, batches, ckpt_dir, out, *, 
         save_sharded(ckpt_dir, model, optimizer, extra={"step": len(batches) - 1, "data_position": 4 * (len(batches) - 1),
                                                         "scheduler": scheduler.state_dict(), "rng": rng_state()})
     losses.append(_step(model, optimizer, scheduler, batches[-1], rank, world_size))
+    export = full_state_dict_for_saving(model, trainable_only=lora)
+    assert rank == 0 or export == {}, f"rank {rank} got a full state dict"
     save_result(out, rank, {"losses": losses, "at_save": at_save, "optim_at_save": optim_at_save,
-                            "final": gathered_params(model)})
+                            "final": gathered_params(model), "export": export})
 
 
 def resume_and_step(rank: int, world_size: int, folder, batch, ckpt_dir, out, *, shard: bool = True) -> None:
@@ -188,7 +190,7 @@ def resume_and_step(rank: int, world_size: int, folder, batch, ckpt_dir, out, *,
     `batch`; rank 0 writes the loaded weights and optimizer state, `extra`, the loss and the final weights."""
     from honed.train.dist_checkpoint import load_sharded
 
-    model, optimizer, scheduler = _prepare(folder, rank, world_size, lora=False, checkpointing=False, shard=shard)
+    model, optimizer, scheduler = _prepare(folder, lora=False, checkpointing=False, shard=shard)
     extra = load_sharded(ckpt_dir, model, optimizer)
     scheduler.load_state_dict(extra["scheduler"])
     loaded, optim_loaded = gathered_params(model), full_optimizer_state(model, optimizer)

@@ -62,6 +62,23 @@ def _options(*, full: bool = False, trainable_only: bool = True):
     return StateDictOptions(full_state_dict=full, cpu_offload=full, ignore_frozen_params=trainable_only, strict=False)
 
 
+def _without_frozen(model, state: dict) -> dict:
+    """`ignore_frozen_params` drops a frozen weight under its first name only: a tied one (the LM head
+    sharing the embedding matrix) stays under its second name, which would put a vocabulary-sized
+    matrix into every LoRA checkpoint. Drop every name of every frozen weight."""
+    frozen = {name.removeprefix("module.") for name, p in model.named_parameters(remove_duplicate=False) if not p.requires_grad}
+    return {k: v for k, v in state.items() if k not in frozen}
+
+
+def _trainable_state(model, optimizer) -> dict:
+    """What a checkpoint holds: {"model": trainable weights (and buffers), "optim": optimizer state},
+    by parameter name, as this rank's shards."""
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    model_state, optim_state = get_state_dict(model, optimizer, options=_options())
+    return {"model": _without_frozen(model, model_state), "optim": optim_state}
+
+
 def _broadcast_path(path: Path | None) -> Path:
     dist = _dist()
     if dist is None:
@@ -80,7 +97,6 @@ def save_sharded(ckpt_dir: Path, model, optimizer, *, extra: dict) -> None:
     replaced only once the new one is complete.
     """
     import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.state_dict import get_state_dict
 
     dist, ckpt_dir = _dist(), Path(ckpt_dir)
     rngs = [extra.get("rng")]
@@ -91,8 +107,7 @@ def save_sharded(ckpt_dir: Path, model, optimizer, *, extra: dict) -> None:
     # Rank 0 owns the temporary folder and its rename; the others write their shards into it.
     with atomic_dir(ckpt_dir) if _rank() == 0 else contextlib.nullcontext() as tmp:
         tmp = _broadcast_path(tmp)
-        model_state, optim_state = get_state_dict(model, optimizer, options=_options())
-        dcp.save({"model": model_state, "optim": optim_state}, checkpoint_id=tmp)
+        dcp.save(_trainable_state(model, optimizer), checkpoint_id=tmp)
         if _rank() == 0:
             blob = {"extra": {k: v for k, v in extra.items() if k != "rng"}, "rng_by_rank": rngs,
                     "world_size": _world_size()}
@@ -135,16 +150,17 @@ def load_sharded(ckpt_dir: Path, model, optimizer) -> dict:
     continued then); `extra["saved_world_size"]` says how many ranks wrote it.
     """
     import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+    from torch.distributed.checkpoint.api import CheckpointException
+    from torch.distributed.checkpoint.state_dict import set_state_dict
 
     ckpt_dir = Path(ckpt_dir)
     _check_complete(ckpt_dir)
-    model_state, optim_state = get_state_dict(model, optimizer, options=_options())
-    _check_keys(ckpt_dir, model_state)
-    state = {"model": model_state, "optim": optim_state}
+    state = _trainable_state(model, optimizer)
+    _check_keys(ckpt_dir, state["model"])
     try:
         dcp.load(state, checkpoint_id=ckpt_dir)
-    except Exception as err:  # DCP reports a missing shard or a changed shape as a CheckpointException
+    except (CheckpointException, RuntimeError, ValueError) as err:  # a missing shard, a changed shape
+        # (CheckpointException derives from BaseException, and carries every rank's traceback: keep its last line)
         raise ConfigError(f"{ckpt_dir}: the sharded checkpoint cannot be read into this run "
                           f"({str(err).strip().splitlines()[-1][:300]}); was a file of it removed, or lora/model changed?") from None
     set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"], options=_options())
@@ -169,6 +185,7 @@ def full_state_dict_for_saving(model, *, trainable_only: bool = False) -> dict[s
     from torch.distributed.checkpoint.state_dict import get_model_state_dict
 
     if _dist() is None:
-        return {k: v.detach().cpu() for k, v in model.state_dict().items()
-                if not trainable_only or k in {n for n, p in model.named_parameters() if p.requires_grad}}
-    return get_model_state_dict(model, options=_options(full=True, trainable_only=trainable_only))
+        state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    else:
+        state = get_model_state_dict(model, options=_options(full=True, trainable_only=trainable_only))
+    return _without_frozen(model, state) if trainable_only else state

@@ -79,6 +79,25 @@ def decoder_layers(model: nn.Module) -> list[nn.Module]:
     return []
 
 
+def _check_trainable_dtypes(model: nn.Module, layers: list[nn.Module]) -> None:
+    """FSDP2 reduces one unit's gradients in one collective, so its trainable weights must share a
+    dtype; say which ones differ now, not as an AssertionError at the first forward."""
+    from honed.errors import ModelError
+
+    in_layers = {id(p) for layer in layers for p in layer.parameters()}
+    units = [(f"decoder layer {i}", list(layer.named_parameters())) for i, layer in enumerate(layers)]
+    units.append(("the root (embeddings, norm, head)", [(n, p) for n, p in model.named_parameters() if id(p) not in in_layers]))
+    for unit, params in units:
+        dtypes = {}
+        for name, p in params:
+            if p.requires_grad:
+                dtypes.setdefault(p.dtype, name)
+        if len(dtypes) > 1:
+            found = ", ".join(f"{name} is {str(dtype).removeprefix('torch.')}" for dtype, name in dtypes.items())
+            raise ModelError(f"distributed.strategy: fsdp needs the trainable weights of one unit in one dtype, but in "
+                             f"{unit} {found}; load the model in one dtype (model.dtype) or use distributed.strategy: ddp")
+
+
 def _mesh_device_type() -> str:
     # The mesh's device type picks where FSDP2 keeps the shards and runs the collectives: nccl → cuda.
     import torch.distributed as dist
@@ -113,6 +132,7 @@ def apply_fsdp(model: nn.Module, cfg, *, param_dtype: torch.dtype | None, reduce
     if not layers:
         raise ModelError(f"distributed.strategy: fsdp found no decoder layers in {type(model).__name__} (no "
                          "_no_split_modules and no `layers` list) to shard one by one; use distributed.strategy: ddp")
+    _check_trainable_dtypes(model, layers)
     mesh = init_device_mesh(_mesh_device_type(), (dist.get_world_size(),))
     mixed = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=reduce_dtype) if cfg.fsdp_mixed_precision \
         else MixedPrecisionPolicy()
