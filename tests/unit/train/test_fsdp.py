@@ -206,3 +206,19 @@ def test_missing_partial_and_mismatched_checkpoints_are_named_errors(qwen2, tmp_
     (tmp_path / "ckpt" / ".metadata").unlink()
     with pytest.raises(ConfigError, match=r"ckpt: not a complete sharded checkpoint \(no \.metadata\)"):
         load_sharded(tmp_path / "ckpt", model, optimizer)
+
+
+def test_a_ddp_wrapped_lora_model_saves_under_the_plain_names_and_loads_without_ddp(qwen2, one_rank_group, tmp_path):
+    from torch.distributed.checkpoint import FileSystemReader
+    from torch.nn.parallel import DistributedDataParallel
+
+    model, optimizer, _ = _trained(qwen2, lora=True, steps=1)
+    save_sharded(tmp_path / "ckpt", DistributedDataParallel(model), optimizer, extra={"step": 1})
+    keys = [k for k in FileSystemReader(str(tmp_path / "ckpt")).read_metadata().state_dict_metadata if k.startswith("model.")]
+    assert len(keys) == 28 and all(k.startswith("model.base_model.model.model.layers.") for k in keys)
+    fresh = build_model(qwen2, lora=True)
+    fresh_optimizer, _ = make_optimizer(fresh)
+    assert load_sharded(tmp_path / "ckpt", fresh, fresh_optimizer)["step"] == 1
+    trained = dict(model.named_parameters())
+    for name, p in fresh.named_parameters():
+        assert torch.equal(p, trained[name]), name
