@@ -23,7 +23,9 @@ several hosts the folder must be on storage every host sees.
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
+import warnings
 from pathlib import Path
 
 import torch
@@ -53,6 +55,14 @@ def _world_size() -> int:
     return dist.get_world_size() if dist else 1
 
 
+@contextlib.contextmanager
+def _single_process_quiet():
+    # DCP warns each time it runs without a process group; one process is a supported case here.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")
+        yield
+
+
 def _options(*, full: bool = False, trainable_only: bool = True):
     from torch.distributed.checkpoint.state_dict import StateDictOptions
 
@@ -79,13 +89,26 @@ def _trainable_state(model, optimizer) -> dict:
     return {"model": _without_frozen(model, model_state), "optim": optim_state}
 
 
-def _broadcast_path(path: Path | None) -> Path:
+def _from_rank0(*values):
+    """Rank 0's `values` on every rank (picklable objects)."""
     dist = _dist()
     if dist is None:
-        return path
-    box = [str(path) if path is not None else None]
+        return values
+    box = list(values)
     dist.broadcast_object_list(box, src=0)
-    return Path(box[0])
+    return tuple(box)
+
+
+def _serialized(blob: dict) -> tuple[bytes | None, str | None]:
+    """`blob` as torch.save bytes, and None; or None and why it cannot be saved. It must load back with
+    weights_only=True (tensors, numbers, strings, lists, dicts), as resuming will read it."""
+    buffer = io.BytesIO()
+    try:
+        torch.save(blob, buffer)
+        torch.load(io.BytesIO(buffer.getvalue()), weights_only=True)
+    except Exception as err:  # pickling errors have no common base class
+        return None, f"{type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}"
+    return buffer.getvalue(), None
 
 
 def save_sharded(ckpt_dir: Path, model, optimizer, *, extra: dict) -> None:
@@ -94,24 +117,29 @@ def save_sharded(ckpt_dir: Path, model, optimizer, *, extra: dict) -> None:
     Every rank calls it (collective). `extra` is rank 0's (tensors, numbers, strings, lists and dicts
     of them, e.g. the step, the data position and `scheduler.state_dict()`), except `extra["rng"]`,
     which each rank passes for itself and which is kept for every rank. An existing `ckpt_dir` is
-    replaced only once the new one is complete.
+    replaced only once the new one is complete; an `extra` that cannot be saved is a TypeError on
+    every rank, before anything is written.
     """
     import torch.distributed.checkpoint as dcp
 
-    dist, ckpt_dir = _dist(), Path(ckpt_dir)
+    dist, ckpt_dir, main = _dist(), Path(ckpt_dir), _rank() == 0
     rngs = [extra.get("rng")]
     if dist is not None:
-        gathered = [None] * dist.get_world_size() if dist.get_rank() == 0 else None
-        dist.gather_object(extra.get("rng"), gathered, dst=0)
-        rngs = gathered
+        rngs = [None] * dist.get_world_size() if main else None
+        dist.gather_object(extra.get("rng"), rngs, dst=0)
+    payload, problem = None, None
+    if main:
+        payload, problem = _serialized({"extra": {k: v for k, v in extra.items() if k != "rng"}, "rng_by_rank": rngs,
+                                        "world_size": _world_size()})
     # Rank 0 owns the temporary folder and its rename; the others write their shards into it.
-    with atomic_dir(ckpt_dir) if _rank() == 0 else contextlib.nullcontext() as tmp:
-        tmp = _broadcast_path(tmp)
-        dcp.save(_trainable_state(model, optimizer), checkpoint_id=tmp)
-        if _rank() == 0:
-            blob = {"extra": {k: v for k, v in extra.items() if k != "rng"}, "rng_by_rank": rngs,
-                    "world_size": _world_size()}
-            torch.save(blob, tmp / EXTRA_FILE)
+    with atomic_dir(ckpt_dir) if main else contextlib.nullcontext() as tmp:
+        tmp, problem = _from_rank0(tmp, problem)
+        if problem:
+            raise TypeError(f"{ckpt_dir}: the checkpoint's extra state cannot be saved ({problem})")
+        with _single_process_quiet():
+            dcp.save(_trainable_state(model, optimizer), checkpoint_id=tmp)
+        if main:
+            (tmp / EXTRA_FILE).write_bytes(payload)
     if dist is not None:
         dist.barrier()  # nobody goes on (and perhaps reads it) before rank 0 has renamed it into place
 
@@ -158,7 +186,8 @@ def load_sharded(ckpt_dir: Path, model, optimizer) -> dict:
     state = _trainable_state(model, optimizer)
     _check_keys(ckpt_dir, state["model"])
     try:
-        dcp.load(state, checkpoint_id=ckpt_dir)
+        with _single_process_quiet():
+            dcp.load(state, checkpoint_id=ckpt_dir)
     except (CheckpointException, RuntimeError, ValueError) as err:  # a missing shard, a changed shape
         # (CheckpointException derives from BaseException, and carries every rank's traceback: keep its last line)
         raise ConfigError(f"{ckpt_dir}: the sharded checkpoint cannot be read into this run "

@@ -181,8 +181,10 @@ def test_a_failed_save_keeps_the_previous_checkpoint_and_leaves_no_temporary_fol
     model, optimizer, _ = _trained(qwen2, steps=1)
     save_sharded(tmp_path / "ckpt", model, optimizer, extra={"step": 1})
     before = sorted(p.name for p in (tmp_path / "ckpt").iterdir())
-    with pytest.raises(Exception):
+    with pytest.raises(TypeError, match="ckpt: the checkpoint's extra state cannot be saved"):
         save_sharded(tmp_path / "ckpt", model, optimizer, extra={"step": 2, "bad": lambda: None})  # not picklable
+    with pytest.raises(TypeError, match="ckpt: the checkpoint's extra state cannot be saved .*UnpicklingError"):
+        save_sharded(tmp_path / "ckpt", model, optimizer, extra={"step": 2, "bad": ShardableParams4bit})  # not weights_only
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
     assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == before
     fresh = build_model(qwen2)
