@@ -9,6 +9,8 @@ import torch
 
 from honed.testing.fsdp_worker import make_batches, resume_and_step, run_and_save, spawn
 
+pytestmark = pytest.mark.slow  # spawns 2 and 4 processes
+
 STEPS, GLOBAL_BATCH, SEQ = 3, 4, 16
 
 

@@ -80,10 +80,11 @@ def train_step(model, optimizer, batch: dict[str, torch.Tensor], *, world_size: 
     """
     import torch.distributed as dist
 
-    logits = model(input_ids=batch["input_ids"]).logits[:, :-1].float()
-    labels = batch["labels"][:, 1:]
+    device = next(model.parameters()).device
+    logits = model(input_ids=batch["input_ids"].to(device)).logits[:, :-1].float()
+    labels = batch["labels"][:, 1:].to(device)
     loss_sum = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100, reduction="sum")
-    counts = torch.tensor([float((labels != -100).sum()), float(loss_sum.detach())])
+    counts = torch.tensor([float((labels != -100).sum()), float(loss_sum.detach())], device=device)
     if world_size > 1:
         dist.all_reduce(counts)
     tokens, total = counts.tolist()
