@@ -72,15 +72,16 @@ def rank_share(batch: dict[str, torch.Tensor], rank: int, world_size: int) -> di
     return {k: v[rank * rows:(rank + 1) * rows] for k, v in batch.items()}
 
 
-def train_step(model, optimizer, batch: dict[str, torch.Tensor], *, world_size: int = 1) -> float:
-    """One optimizer step on this rank's `batch`; returns the loss of the whole global batch.
+def train_step(model, optimizer, batch: dict[str, torch.Tensor], *, world_size: int = 1, device=None) -> float:
+    """One optimizer step on this rank's `batch` (moved to `device`, by default the weights'); returns
+    the loss of the whole global batch.
 
     The gradient FSDP2 (or DDP) leaves is the mean over ranks, so each rank's loss is scaled by
     `world_size` to make that mean the gradient of (sum of token losses) / (global token count).
     """
     import torch.distributed as dist
 
-    device = next(model.parameters()).device
+    device = device if device is not None else next(model.parameters()).device
     logits = model(input_ids=batch["input_ids"].to(device)).logits[:, :-1].float()
     labels = batch["labels"][:, 1:].to(device)
     loss_sum = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100, reduction="sum")
