@@ -144,6 +144,11 @@ def save_sharded(ckpt_dir: Path, model, optimizer, *, extra: dict) -> None:
         dist.barrier()  # nobody goes on (and perhaps reads it) before rank 0 has renamed it into place
 
 
+def is_sharded_checkpoint(path: Path) -> bool:
+    """Whether `path` is a complete folder written by `save_sharded` (else: another format, or unfinished)."""
+    return all((Path(path) / name).is_file() for name in (METADATA_FILE, EXTRA_FILE))
+
+
 def _check_complete(ckpt_dir: Path) -> None:
     if not ckpt_dir.is_dir():
         raise ConfigError(f"{ckpt_dir}: no such checkpoint folder; give training.resume a checkpoint-NNNNNN folder "

@@ -11,7 +11,7 @@ from torch import nn
 from honed.config import DistributedConfig
 from honed.errors import ConfigError, ModelError
 from honed.testing.fsdp_worker import build_model, make_batches, make_optimizer, train_step
-from honed.train.dist_checkpoint import full_state_dict_for_saving, load_sharded, save_sharded
+from honed.train.dist_checkpoint import full_state_dict_for_saving, is_sharded_checkpoint, load_sharded, save_sharded
 from honed.train.fsdp import apply_fsdp, decoder_layers, fsdp_unsupported_reason
 
 
@@ -151,6 +151,7 @@ def test_save_and_load_in_one_process_round_trip(qwen2, tmp_path):
     model, optimizer, scheduler = _trained(qwen2)
     torch.manual_seed(7)
     save_sharded(tmp_path / "ckpt", model, optimizer, extra={"step": 2, "scheduler": scheduler.state_dict(), "rng": rng_state()})
+    assert is_sharded_checkpoint(tmp_path / "ckpt") and not is_sharded_checkpoint(tmp_path)
     fresh = build_model(qwen2)
     fresh_optimizer, fresh_scheduler = make_optimizer(fresh)
     extra = load_sharded(tmp_path / "ckpt", fresh, fresh_optimizer)
@@ -175,6 +176,18 @@ def test_a_lora_checkpoint_holds_the_adapters_only(qwen2, tmp_path):
     adapters = full_state_dict_for_saving(model, trainable_only=True)
     assert sorted("model." + k for k in adapters) == sorted(keys)
     assert len(full_state_dict_for_saving(model)) > 28
+
+
+def test_the_exported_adapter_weights_save_as_a_peft_adapter(qwen2, tmp_path):
+    from safetensors.torch import load_file
+
+    model, _, _ = _trained(qwen2, lora=True, steps=1)
+    model.save_pretrained(tmp_path / "adapter", state_dict=full_state_dict_for_saving(model, trainable_only=True))
+    saved = load_file(str(tmp_path / "adapter" / "adapter_model.safetensors"))
+    assert len(saved) == 28
+    trained = dict(model.named_parameters())
+    for name, tensor in saved.items():  # peft drops the adapter's name ("default") from the keys
+        assert torch.equal(tensor, trained[name.replace(".weight", ".default.weight")]), name
 
 
 def test_a_failed_save_keeps_the_previous_checkpoint_and_leaves_no_temporary_folder(qwen2, tmp_path):
