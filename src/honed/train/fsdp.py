@@ -139,7 +139,7 @@ def apply_fsdp(model: nn.Module, cfg, *, param_dtype: torch.dtype | None, reduce
     # Pinned host memory makes the offload copies asynchronous; it exists only beside a CUDA device.
     offload = CPUOffloadPolicy(pin_memory=torch.cuda.is_available()) if cfg.fsdp_cpu_offload else OffloadPolicy()
     options = dict(mesh=mesh, mp_policy=mixed, offload_policy=offload)
-    for layer in layers:
+    for layer in reversed(layers):  # innermost first, should one listed block hold another
         fully_shard(layer, reshard_after_forward=cfg.fsdp_reshard_after_forward, **options)
     # The root's weights (embeddings, LM head) are needed first in backward: keeping them gathered
     # after forward saves one all-gather (FSDP2's own default for the root).
