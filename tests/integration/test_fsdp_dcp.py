@@ -63,10 +63,10 @@ def test_fsdp_full_finetuning_on_two_ranks_matches_one_process(one_process, two_
     assert torch.equal(fsdp["export"]["lm_head.weight"], fsdp["final"]["model.embed_tokens.weight"])
 
 
-def test_fsdp_lora_with_gradient_checkpointing_matches_one_process(tiny_model_dir, batches, tmp_path):
-    folder = tiny_model_dir("qwen2")
+def test_fsdp_lora_with_gradient_checkpointing_matches_one_process_and_resumes_in_one(tiny_model_dir, batches, tmp_path):
+    folder, ckpt = tiny_model_dir("qwen2"), tmp_path / "checkpoint-000002"
     run_and_save(0, 1, folder, batches, None, tmp_path / "ref.pt", lora=True, checkpointing=True, shard=False)
-    spawn(run_and_save, 2, folder, batches, None, tmp_path / "fsdp.pt", lora=True, checkpointing=True)
+    spawn(run_and_save, 2, folder, batches, ckpt, tmp_path / "fsdp.pt", lora=True, checkpointing=True)
     ref, fsdp = torch.load(tmp_path / "ref.pt"), torch.load(tmp_path / "fsdp.pt")
     assert all("lora_" in name for name in fsdp["final"]) and len(fsdp["final"]) == 28  # 2 layers x 7 projections x A, B
     torch.testing.assert_close(fsdp["losses"], ref["losses"], atol=1e-5, rtol=0)
@@ -74,6 +74,8 @@ def test_fsdp_lora_with_gradient_checkpointing_matches_one_process(tiny_model_di
     _close(fsdp["export"], fsdp["final"], atol=0)  # the adapter weights alone, whole, on rank 0
     moved = [n for n in ref["final"] if not torch.equal(ref["final"][n], ref["at_save"][n])]
     assert len(moved) == 28
+    resume_and_step(0, 1, folder, batches[-1], ckpt, tmp_path / "resumed.pt", lora=True, checkpointing=True, shard=False)
+    _check_resumed(torch.load(tmp_path / "resumed.pt"), fsdp, ref)
 
 
 def test_two_rank_checkpoint_keeps_each_ranks_random_state(two_ranks):
@@ -87,6 +89,8 @@ def test_two_rank_checkpoint_keeps_each_ranks_random_state(two_ranks):
 
 
 def _check_resumed(resumed: dict, fsdp: dict, one_process: dict) -> None:
+    """The resumed run starts from the weights and optimizer state saved, and its step lands where the
+    uninterrupted run's did."""
     _close(resumed["loaded"], fsdp["at_save"], atol=0)
     _close_optim(resumed["optim_loaded"], fsdp["optim_at_save"])
     assert resumed["extra"]["step"] == 2 and resumed["extra"]["data_position"] == 8

@@ -198,12 +198,13 @@ def run_and_save(rank: int, world_size: int, folder, batches, ckpt_dir, out, *, 
                             "final": gathered_params(model), "export": export})
 
 
-def resume_and_step(rank: int, world_size: int, folder, batch, ckpt_dir, out, *, shard: bool = True) -> None:
+def resume_and_step(rank: int, world_size: int, folder, batch, ckpt_dir, out, *, lora: bool = False,
+                    checkpointing: bool = False, shard: bool = True) -> None:
     """Load the checkpoint into a fresh model (sharded over `world_size` ranks, or whole), then train on
     `batch`; rank 0 writes the loaded weights and optimizer state, `extra`, the loss and the final weights."""
     from honed.train.dist_checkpoint import load_sharded
 
-    model, optimizer, scheduler = _prepare(folder, lora=False, checkpointing=False, shard=shard)
+    model, optimizer, scheduler = _prepare(folder, lora=lora, checkpointing=checkpointing, shard=shard)
     extra = load_sharded(ckpt_dir, model, optimizer)
     scheduler.load_state_dict(extra["scheduler"])
     loaded, optim_loaded = gathered_params(model), full_optimizer_state(model, optimizer)
