@@ -150,7 +150,9 @@ def test_save_and_load_in_one_process_round_trip(qwen2, tmp_path):
 
     model, optimizer, scheduler = _trained(qwen2)
     torch.manual_seed(7)
-    save_sharded(tmp_path / "ckpt", model, optimizer, extra={"step": 2, "scheduler": scheduler.state_dict(), "rng": rng_state()})
+    save_sharded(tmp_path / "ckpt", model, optimizer, extra={"step": 2, "scheduler": scheduler.state_dict(), "rng": rng_state()},
+                 files={"trainer_state.json": '{"step": 2}'})
+    assert (tmp_path / "ckpt" / "trainer_state.json").read_text() == '{"step": 2}'
     assert is_sharded_checkpoint(tmp_path / "ckpt") and not is_sharded_checkpoint(tmp_path)
     fresh = build_model(qwen2)
     fresh_optimizer, fresh_scheduler = make_optimizer(fresh)
