@@ -45,14 +45,16 @@ def one_process(tiny_model_dir, batches, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def two_ranks(tiny_model_dir, batches, tmp_path_factory):
-    """2 ranks under FSDP2 with a sharded checkpoint saved before the last step."""
+    """2 ranks under FSDP2, recomputing each layer in backward (the model's own gradient checkpointing,
+    which the reference does not use: the numbers must not change), with a sharded checkpoint saved
+    before the last step."""
     tmp = tmp_path_factory.mktemp("fsdp2")
     ckpt, out = tmp / "checkpoint-000002", tmp / "result.pt"
-    spawn(run_and_save, 2, tiny_model_dir("qwen2"), batches, ckpt, out)
+    spawn(run_and_save, 2, tiny_model_dir("qwen2"), batches, ckpt, out, checkpointing=True)
     return torch.load(out), ckpt
 
 
-def test_fsdp_full_finetuning_on_two_ranks_matches_one_process(one_process, two_ranks):
+def test_fsdp_full_finetuning_with_gradient_checkpointing_on_two_ranks_matches_one_process(one_process, two_ranks):
     fsdp, _ = two_ranks
     torch.testing.assert_close(fsdp["losses"], one_process["losses"], atol=1e-5, rtol=0)
     assert len(set(round(x, 3) for x in fsdp["losses"])) == STEPS  # the steps did change the model
