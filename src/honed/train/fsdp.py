@@ -98,11 +98,13 @@ def _check_trainable_dtypes(model: nn.Module, layers: list[nn.Module]) -> None:
                              f"{unit} {found}; load the model in one dtype (model.dtype) or use distributed.strategy: ddp")
 
 
-def _mesh_device_type() -> str:
-    # The mesh's device type picks where FSDP2 keeps the shards and runs the collectives: nccl → cuda.
+def _mesh_device_type(model: nn.Module) -> str:
+    """Where FSDP2 keeps the shards and runs the collectives: CUDA for a model on a GPU or a process
+    group with NCCL in it (`nccl`, or torch's default pair `cuda:nccl,cpu:gloo`), else the CPU."""
     import torch.distributed as dist
 
-    return "cuda" if dist.get_backend() == "nccl" else "cpu"
+    on_gpu = any(p.device.type == "cuda" for p in model.parameters())
+    return "cuda" if on_gpu or "nccl" in str(dist.get_backend()) else "cpu"
 
 
 def apply_fsdp(model: nn.Module, cfg, *, param_dtype: torch.dtype | None, reduce_dtype: torch.dtype | None) -> nn.Module:
@@ -133,7 +135,7 @@ def apply_fsdp(model: nn.Module, cfg, *, param_dtype: torch.dtype | None, reduce
         raise ModelError(f"distributed.strategy: fsdp found no decoder layers in {type(model).__name__} (no "
                          "_no_split_modules and no `layers` list) to shard one by one; use distributed.strategy: ddp")
     _check_trainable_dtypes(model, layers)
-    mesh = init_device_mesh(_mesh_device_type(), (dist.get_world_size(),))
+    mesh = init_device_mesh(_mesh_device_type(model), (dist.get_world_size(),))
     mixed = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=reduce_dtype) if cfg.fsdp_mixed_precision \
         else MixedPrecisionPolicy()
     # Pinned host memory makes the offload copies asynchronous; it exists only beside a CUDA device.
