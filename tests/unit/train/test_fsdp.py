@@ -239,3 +239,13 @@ def test_a_ddp_wrapped_lora_model_saves_under_the_plain_names_and_loads_without_
     trained = dict(model.named_parameters())
     for name, p in fresh.named_parameters():
         assert torch.equal(p, trained[name]), name
+
+
+@pytest.mark.parametrize("backend, want", [("gloo", "cpu"), ("nccl", "cuda"), ("cuda:nccl,cpu:gloo", "cuda")])
+def test_the_mesh_follows_the_process_groups_backend(monkeypatch, backend, want):
+    import torch.distributed as dist
+
+    from honed.train.fsdp import _mesh_device_type
+
+    monkeypatch.setattr(dist, "get_backend", lambda group=None: backend)
+    assert _mesh_device_type(nn.Linear(2, 2)) == want
