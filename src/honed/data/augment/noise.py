@@ -17,6 +17,8 @@ from honed.data.augment.base import Transform, clone, protected_spans, record, r
 
 RESOURCES = Path(__file__).parent / "resources"
 KINDS = ("swap", "drop", "duplicate", "keyboard", "punctuation", "spacing", "homophone")
+# Typos are rules, not a library's: the augmentation libraries (nlpaug, textattack) neither take
+# our seeded Random nor spare protected spans, digits and negations, which is the point here.
 KEY_ROWS = ("qwertyuiop", "asdfghjkl", "zxcvbnm")
 WIDTH = dict(zip("，。！？：；（）", ",.!?:;()")) | dict(zip(",.!?:;()", "，。！？：；（）"))
 PUNCT = set(WIDTH) | set("、…\"'“”")
