@@ -124,7 +124,8 @@ def wordnet_synonyms(word: str) -> tuple[str, ...]:
 
 
 @functools.lru_cache(maxsize=1)
-def _cilin_groups() -> tuple[tuple[str, ...], ...]:
+def cilin_groups() -> tuple[tuple[str, ...], ...]:
+    """Cilin's synonym (`=`) groups, as the package ships them."""
     path = _package_file("cilin", "data/cilin_tree.json", "Chinese synonyms (Cilin)")
     tree = json.loads(path.read_text(encoding="utf-8"))
     groups: list[tuple[str, ...]] = []
@@ -151,7 +152,7 @@ def _cilin_table() -> dict[str, tuple[str, ...]]:
     dictionary frequency >= CILIN_MIN_FREQ: no archaic words) and of at most two senses itself
     (不行, 可以 sit in many groups and are wrong in most)."""
     member_of: dict[str, list[tuple[str, ...]]] = {}
-    for group in _cilin_groups():
+    for group in cilin_groups():
         for w in group:
             member_of.setdefault(w, []).append(group)
     jieba = _jieba()

