@@ -175,7 +175,7 @@ def cilin_synonyms(word: str) -> tuple[str, ...]:
     """Replacements for a Chinese word from Cilin's synonym groups (see `_cilin_table`).
 
     >>> cilin_synonyms("医生")
-    ('先生', '医师', '大夫', '郎中')
+    ('医师', '大夫', '郎中')
     """
     return _cilin_table().get(word, ())
 
@@ -210,3 +210,31 @@ def lexicon_words(text: str, lexicons) -> list[tuple[int, int, str, str]]:
         for run in _CJK_RUN.finditer(text):
             found += [(run.start() + s, run.start() + e, w, "cilin") for w, s, e in _jieba().tokenize(run.group())]
     return sorted(found)
+
+
+HOMOPHONE_CHARS, HOMOPHONES_PER_CHAR = 3000, 6
+
+
+@functools.lru_cache(maxsize=1)
+def homophone_table() -> dict[str, tuple[str, ...]]:
+    """Common Chinese character → the most frequent other common characters with its pinyin
+    (tones ignored): the candidates a pinyin input method offers for the same keystrokes, so the
+    typos it leads to. Readings from `pypinyin` (its most common reading of each character), the
+    HOMOPHONE_CHARS most frequent single characters of jieba's dictionary, HOMOPHONES_PER_CHAR each.
+
+    >>> homophone_table()["在"][:2], homophone_table()["的"]
+    (('再', '载'), ('得', '德'))
+    """
+    try:
+        from pypinyin import Style, lazy_pinyin
+    except ImportError:
+        raise LexiconMissing("Chinese homophones: the package `pypinyin` is not installed; pip install pypinyin "
+                             "(a honed dependency)") from None
+    freq = _jieba().dt.FREQ
+    chars = sorted((w for w, f in freq.items() if len(w) == 1 and "\u4e00" <= w <= "\u9fff" and f > 0),
+                   key=lambda c: (-freq[c], c))[:HOMOPHONE_CHARS]
+    by_sound: dict[str, list[str]] = {}
+    for c in chars:  # most frequent first, so each list is in input-method order
+        by_sound.setdefault(lazy_pinyin(c, style=Style.NORMAL)[0], []).append(c)
+    return {c: tuple(x for x in group if x != c)[:HOMOPHONES_PER_CHAR]
+            for group in by_sound.values() if len(group) > 1 for c in group}

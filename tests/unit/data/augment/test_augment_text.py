@@ -210,3 +210,22 @@ def test_turn_delimiters_fold_history_into_one_prompt():
     out = get_transform("turn_delimiters")(s, random.Random(0))
     assert out.roles() == ["system", "user", "assistant"] and out.messages[-1].content == "b"
     assert out.messages[1].content == "### Human: A?\n### Assistant: a\n### Human: B?\n### Assistant:"
+
+
+def test_chinese_homophone_noise_comes_from_pinyin_readings():
+    from pypinyin import Style, lazy_pinyin
+
+    from honed.data.lexicons import homophone_table
+
+    table = homophone_table()
+    assert table["的"] == ("得", "德") and table["在"][:2] == ("再", "载")
+    for c in "在做是他已们":  # every candidate reads as the character does (tones aside), per pypinyin itself
+        assert table[c] and all(lazy_pinyin(x, style=Style.NORMAL) == lazy_pinyin(c, style=Style.NORMAL) for x in table[c])
+    s = Conversation([Message("user", "我在医院做了血糖检查，结果还没出来"), Message("assistant", "好的")])
+    t = get_transform("noise", {"rate": 0.2, "kinds": ["homophone"]})
+    assert [t(s, random.Random(i)).messages[0].content for i in range(3)] == [
+        "我在医院坐了血糖检查，结果还没出来", "卧在医院做了血糖件叉，结果还没岀来", "我在已愿做了血糖检查，结国还没出来"]
+    assert "没" in t(s, random.Random(1)).messages[0].content  # a negation is never touched
+    # Without homophones only the shipped look-alike groups are left (做/作 is one of them).
+    only_table = get_transform("noise", {"rate": 0.2, "kinds": ["homophone"], "homophones": False})
+    assert only_table(s, random.Random(0)).messages[0].content == "我在医院作了血糖检查，结果还没出来"
