@@ -63,6 +63,12 @@ def _stem(word: str) -> str:
     return _stemmer().stem(word)
 
 
+def _key(word: str) -> str:
+    """What a group is looked up by: the Porter stem of a Latin word, other words as they are."""
+    word = word.lower()
+    return _stem(word) if word.isascii() else word
+
+
 class SynonymTable:
     """Groups of interchangeable words, looked up by Porter stem, optionally backed by WordNet.
 
@@ -86,11 +92,11 @@ class SynonymTable:
         for group_id, group in enumerate(groups):
             self._count += 1
             for word in group:
-                self._groups_of.setdefault(_stem(word.lower()), set()).add(group_id)
+                self._groups_of.setdefault(_key(word), set()).add(group_id)
 
     def are_synonyms(self, a: str, b: str) -> bool:
-        groups_a = self._groups_of.get(_stem(a.lower()))
-        if groups_a and groups_a & self._groups_of.get(_stem(b.lower()), set()):
+        groups_a = self._groups_of.get(_key(a))
+        if groups_a and groups_a & self._groups_of.get(_key(b), set()):
             return True
         return self.wordnet and a.isascii() and b.isascii() and _wordnet_synonyms(a.lower(), b.lower())
 
