@@ -49,7 +49,7 @@ def stub_server():
 
     `url = stub_server(reply_fn)`: reply_fn(request_body) → the assistant text, or an int to answer
     with that HTTP error status. `stub_server.calls` lists the request bodies and `stub_server.requests`
-    the (path, headers) of each. A timer stops the server after 120 s whatever the test does.
+    the (path, headers) of each (headers look up case-insensitively: clients send `authorization`). A timer stops the server after 120 s whatever the test does.
     """
     import json
     import threading
@@ -64,7 +64,7 @@ def stub_server():
             def do_POST(self):  # noqa: N802 (http.server's naming)
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 calls.append(body)
-                requests.append((self.path, dict(self.headers)))
+                requests.append((self.path, self.headers))  # case-insensitive lookups
                 reply = reply_fn(body) if status == 200 else status
                 if isinstance(reply, int):
                     self.send_response(reply)

@@ -157,6 +157,10 @@ def register_shaping_verbs(verbs) -> None:
     p.add_argument("--model", help="model name at the endpoint")
     p.add_argument("--local-model", help="or: a local model/adapter folder run through honed")
     p.add_argument("--key-env", default="OPENAI_API_KEY", help="environment variable holding the API key")
+    p.add_argument("--timeout", type=float, default=60, help="seconds to wait for each reply (default 60)")
+    p.add_argument("--retries", type=int, default=2,
+                   help="retries on connection errors, 408/409/429 and 5xx, with back-off (default 2)")
+    p.add_argument("--max-tokens", type=int, default=512, help="longest reply, in tokens (default 512)")
     p.add_argument("--template", help="prompt template file ({examples}, {keys}, {task}); default: the shipped one")
     p.add_argument("--shots", type=int, default=3, help="examples shown per call")
     p.add_argument("--task", default="", help="one line describing the task, put into the prompt")
@@ -335,9 +339,10 @@ def run_synth(args) -> int:
         spec = {"kind": "dry_run"}
     elif args.endpoint:
         spec = {"kind": "openai", "base_url": args.endpoint, "model": args.model or "default",
-                "api_key_env": args.key_env, "temperature": args.temperature}
+                "api_key_env": args.key_env, "temperature": args.temperature, "timeout": args.timeout,
+                "retries": args.retries, "max_tokens": args.max_tokens}
     elif args.local_model:
-        spec = {"kind": "local", "path": args.local_model, "temperature": args.temperature}
+        spec = {"kind": "local", "path": args.local_model, "temperature": args.temperature, "max_tokens": args.max_tokens}
     else:
         raise ConfigError("honed data synth: give --endpoint URL (with --model), --local-model DIR, or --dry-run")
     if not args.dry_run:

@@ -7,9 +7,9 @@ A generator answers a list of messages with text. Three kinds, chosen by a small
     generator: {kind: local, path: runs/my-model, adapter: null, temperature: 0.8, max_tokens: 256}
     generator: {kind: dry_run}     # records every prompt, calls nothing, answers None
 
-`openai` speaks the OpenAI chat-completions protocol over plain HTTP (vLLM, llama.cpp server,
-Ollama, `honed serve`, or api.openai.com); the key is read from the named environment variable and
-never stored. `local` runs a honed/transformers model through honed.infer.generate.ChatModel: running
+`openai` speaks the OpenAI chat-completions protocol through the official `openai` client (vLLM,
+llama.cpp server, Ollama, `honed serve`, or api.openai.com); the key is read from the named
+environment variable and never stored in a spec (specs end up in recipes and run records). `local` runs a honed/transformers model through honed.infer.generate.ChatModel: running
 a model is a layer above the data, so `honed.infer` registers that kind here when it is imported
 (`register_kind`); the honed CLI and `honed.train` import it.
 
@@ -24,9 +24,6 @@ from __future__ import annotations
 import functools
 import json
 import os
-import time
-import urllib.error
-import urllib.request
 from typing import Callable
 
 from honed.data.conversation import Message
@@ -60,43 +57,55 @@ class DryRunGenerator:
 
 
 class OpenAIGenerator:
-    """Any OpenAI-compatible `/chat/completions` endpoint, over urllib (no client library needed)."""
+    """Any OpenAI-compatible `/chat/completions` endpoint, through the official `openai` client.
+
+    The client does the protocol, the timeouts and the retries (connection errors, 408, 409, 429
+    and 5xx, with exponential back-off and `Retry-After`); this class turns its errors into a
+    GeneratorError naming the endpoint. `api_key` wins over `api_key_env`; with neither, a
+    placeholder is sent (local servers such as vLLM, llama.cpp or `honed serve` ignore it).
+    `http_client` (an httpx client, e.g. over a mock transport) is for tests and proxies.
+    """
 
     def __init__(self, base_url: str, model: str, api_key_env: str | None = "OPENAI_API_KEY", temperature: float = 0.7,
-                 max_tokens: int = 512, timeout: float = 60, retries: int = 2):
-        self.url = base_url.rstrip("/") + "/chat/completions"
+                 max_tokens: int = 512, timeout: float = 60, retries: int = 2, *, api_key: str | None = None,
+                 http_client=None):
+        import openai
+
+        self.base_url = base_url.rstrip("/")
+        self.url = self.base_url + "/chat/completions"
         self.name = f"{model} at {base_url}"
         self.model, self.temperature, self.max_tokens = model, temperature, max_tokens
         self.timeout, self.retries = timeout, retries
-        self.api_key = os.environ.get(api_key_env) if api_key_env else None
+        key = api_key or (os.environ.get(api_key_env) if api_key_env else None)
+        self._openai = openai
+        self.client = openai.OpenAI(base_url=self.base_url, api_key=key or "not-needed", timeout=timeout,
+                                    max_retries=retries, http_client=http_client)
 
     def complete(self, messages: list[Message], *, seed: int | None = None) -> str:
-        body = {"model": self.model, "messages": [{"role": m.role, "content": m.content} for m in messages],
-                "temperature": self.temperature, "max_tokens": self.max_tokens}
-        if seed is not None:
-            body["seed"] = seed  # honoured by servers that support it: repeatable generations
-        headers = {"Content-Type": "application/json"}
-        if self.api_key:
-            headers["Authorization"] = f"Bearer {self.api_key}"
-        request = urllib.request.Request(self.url, data=json.dumps(body).encode(), headers=headers, method="POST")
-        for attempt in range(self.retries + 1):
-            try:
-                with urllib.request.urlopen(request, timeout=self.timeout) as resp:
-                    reply = json.loads(resp.read().decode("utf-8"))
-                return reply["choices"][0]["message"]["content"]
-            except urllib.error.HTTPError as err:
-                # 4xx will not get better by asking again; 5xx and 429 may.
-                if (err.code < 500 and err.code != 429) or attempt == self.retries:
-                    detail = err.read().decode("utf-8", "replace")[:300]
-                    raise GeneratorError(f"generator {self.url}: HTTP {err.code}: {detail}") from None
-            except (urllib.error.URLError, TimeoutError, ConnectionError) as err:
-                if attempt == self.retries:
-                    raise GeneratorError(f"generator {self.url}: cannot connect ({getattr(err, 'reason', err)}); "
-                                         "is the server running and the base_url right?", unreachable=True) from None
-            except (KeyError, IndexError, TypeError, json.JSONDecodeError):
-                raise GeneratorError(f"generator {self.url}: the reply is not an OpenAI chat completion") from None
-            time.sleep(0.5 * 2 ** attempt)
-        raise AssertionError("unreachable")
+        openai = self._openai
+        extra = {} if seed is None else {"seed": seed}  # honoured by servers that support it: repeatable generations
+        try:
+            reply = self.client.chat.completions.create(
+                model=self.model, messages=[{"role": m.role, "content": m.content} for m in messages],
+                temperature=self.temperature, max_tokens=self.max_tokens, **extra)
+        except openai.APIStatusError as err:  # the client already retried what asking again may fix
+            detail = (err.response.text or "")[:300]
+            raise GeneratorError(f"generator {self.url}: HTTP {err.status_code}: {detail}") from None
+        except openai.APITimeoutError:
+            raise GeneratorError(f"generator {self.url}: no answer within {self.timeout} s "
+                                 f"(after {self.retries} retries); raise `timeout` or check the server", unreachable=True) from None
+        except openai.APIConnectionError as err:
+            raise GeneratorError(f"generator {self.url}: cannot connect ({err.__cause__ or err}); "
+                                 "is the server running and the base_url right?", unreachable=True) from None
+        except openai.OpenAIError as err:  # e.g. a reply that is not JSON
+            raise GeneratorError(f"generator {self.url}: {err}") from None
+        try:
+            content = reply.choices[0].message.content
+        except (AttributeError, IndexError, TypeError):
+            content = None
+        if not isinstance(content, str):
+            raise GeneratorError(f"generator {self.url}: the reply is not an OpenAI chat completion")
+        return content
 
 
 def check_spec(spec, where: str = "generator") -> dict:

@@ -26,8 +26,7 @@ from honed.eval.config import EvalConfig
 from honed.eval.extras import add_extra_metrics
 from honed.eval.fitting import run_fitting
 from honed.eval.metrics import aggregate_stability, answer_stability, latency_percentiles, tokens_per_second
-from honed.eval.metrics._synonyms import DEFAULT_GROUPS
-from honed.eval.metrics.meteor import SynonymTable, default_synonyms
+from honed.eval.metrics.meteor import meteor_synonyms
 from honed.eval.models import ModelSpec, checkpoint_specs, resolve_models, size_on_disk
 from honed.eval.samples import EvalSample, load_samples
 from honed.eval.scoring import Scorer, build_detector, score_model
@@ -283,7 +282,7 @@ def evaluate(cfg: EvalConfig, *, show_progress: bool = True, write: bool = True)
     specs = resolve_models(cfg.models)
     if cfg.fitting.checkpoints == "all":
         specs += checkpoint_specs(specs[0])
-    synonyms = SynonymTable([*DEFAULT_GROUPS, *cfg.meteor_synonyms]) if cfg.meteor_synonyms else default_synonyms()
+    synonyms = meteor_synonyms(cfg.meteor_synonyms)
     scorer = Scorer(build_detector(cfg.refusal), cfg.labels, synonyms, cfg.refusal.threshold)
     pairs = None
     if cfg.preference is not None:  # read before any model loads: a bad record stops the run at once

@@ -1,4 +1,5 @@
-"""METEOR against nltk's implementation (WordNet replaced by a stub) and hand-computed values."""
+"""METEOR against nltk's implementation (WordNet replaced by a stub, or the packaged WordNet 3.0) and
+hand-computed values."""
 
 import itertools
 import random
@@ -138,8 +139,8 @@ def test_strings_are_tokenized_and_lower_cased():
         meteor_tokens(["the", "cat", "sat"], ["the", "cat", "sat"]))
 
 
-def test_chinese_is_segmented_and_uses_the_shipped_synonyms():
-    # jieba: 我们/用/电脑/训练/模型 vs 我们/使用/计算机/训练/模型. 电脑~计算机 (shipped table);
+def test_chinese_is_segmented_and_uses_the_cilin_synonyms():
+    # jieba: 我们/用/电脑/训练/模型 vs 我们/使用/计算机/训练/模型. 电脑~计算机 (one Cilin group);
     # 4 matches: (0,0) then (2,2),(3,3),(4,4) → 2 chunks. P = R = Fmean = 4/5.
     expected = 0.8 * (1 - 0.5 * (2 / 4) ** 3)  # 0.75
     hyp, ref = "我们用电脑训练模型", "我们使用计算机训练模型"
@@ -164,3 +165,34 @@ def test_corpus_meteor_and_errors():
     assert result.scores["meteor"] == pytest.approx(1 - 0.5 * (1 / 3) ** 3)
     assert meteor("...", "the cat").scores["meteor"] == 0.0
     assert meteor("the cat", "!!!").error == "reference has no words"
+
+
+# With the real WordNet 3.0 (packaged, offline), against nltk's meteor_score given the same reader.
+WORDNET_PAIRS = [
+    # start~begin and car~auto are WordNet synonyms: 5 matches, 2 chunks, P = 5/6, R = 1.
+    ("he will start the old car", "he will begin the auto", (5 / 6) / 0.85 * (1 - 0.5 * (2 / 5) ** 3)),
+    ("the doctor ordered a blood test", "the physician asked for a blood check", None),
+    ("the patient feels sick", "the patient is ill", None),
+]
+
+
+@pytest.mark.parametrize("hyp,ref,hand", WORDNET_PAIRS)
+def test_equals_nltk_with_the_packaged_wordnet(hyp, ref, hand):
+    from honed.data.lexicons import english_wordnet
+    from honed.eval.metrics.meteor import default_synonyms
+
+    expected = nltk_meteor([ref.split()], hyp.split(), wordnet=english_wordnet())
+    assert meteor(hyp, ref).scores["meteor"] == pytest.approx(expected)
+    assert meteor_tokens(hyp.split(), ref.split(), default_synonyms()) > meteor_tokens(hyp.split(), ref.split())
+    if hand is not None:
+        assert expected == pytest.approx(hand)
+
+
+def test_wordnet_synonyms_that_nltk_misses_on_its_porter_stems():
+    from honed.data.lexicons import english_wordnet
+
+    # nltk looks "larg" (the Porter stem of "large") up in WordNet and finds nothing:
+    # 2 matches in 2 chunks → 1/3. Ours matches large~big: 3 matches, 1 chunk, P = R = 1.
+    hyp, ref = "a large dose", "a big dose"
+    assert nltk_meteor([ref.split()], hyp.split(), wordnet=english_wordnet()) == pytest.approx(1 / 3)
+    assert meteor(hyp, ref).scores["meteor"] == pytest.approx(1 - 0.5 * (1 / 3) ** 3)

@@ -116,6 +116,10 @@ class Transform:
     def setup(self) -> None:
         """Check parameters against each other and the label set; prepare tables."""
 
+    def observe(self, samples) -> None:
+        """See the whole input before any draw (the recipe calls it); a transform that builds new
+        samples from the user's other records (boundary_case) collects them here."""
+
     def bad_param(self, key: str, why: str) -> ConfigError:
         return ConfigError(f"{self.where}.{key}: {why}")
 

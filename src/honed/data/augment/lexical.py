@@ -1,4 +1,4 @@
-"""Text level: synonym replacement from dictionaries (9) and rule-based sentence rewriting (10).
+"""Text level: synonym replacement from lexicons and word lists (9) and rule-based sentence rewriting (10).
 
 Both leave protected spans alone: the recipe's label words, `meta["protected"]` strings and the
 `protect` regexes of the step. By default they edit user text only.
@@ -71,47 +71,83 @@ class _TextTransform(Transform):
         return out, notes
 
 
+# Lexicons looked up word by word (too large for one regex): name → (which tokens, lookup).
+LEXICONS = ("wordnet", "cilin")
+
+
 @register
 class SynonymReplace(_TextTransform):
-    """Replace dictionary words by a synonym: "这部电影非常精彩" → "这部电影十分出色".
+    """Replace words by a synonym: "这部电影非常精彩" → "这部影片非常出色", "a terrible ending" →
+    "an awful ending".
 
+    `dictionaries` lists lexicons and word lists, merged:
+    - `wordnet`: English WordNet 3.0 (most frequent sense of each word; `honed.data.lexicons`),
+    - `cilin`: the Chinese Tongyici Cilin's synonym groups, on jieba's words,
+    - `en`, `zh`: the small hand-made lists shipped with honed (kept as examples of the format),
+    - a file path: comma-separated groups of synonyms, one group a line (`#` comments); its
+      entries may be phrases, and they win over the lexicons where both match.
     Each candidate is replaced with probability `rate`; when the draw picks none, one is still
-    replaced, so a drawn step always changes the sample if it can. `dictionaries` lists built-ins
-    (zh, en) and/or file paths in the same format.
+    replaced, so a drawn step always changes the sample if it can.
 
     >>> import random
     >>> from honed.data import Conversation, Message
     >>> s = Conversation([Message("user", "这部电影非常精彩"), Message("assistant", "同意")])
-    >>> SynonymReplace({"rate": 1.0})(s, random.Random(1)).messages[0].content in {
-    ...     f"这部{a}{b}{c}" for a in ("电影", "影片") for b in ("非常", "十分", "特别", "格外") for c in ("精彩", "出色", "精妙")}
-    True
+    >>> SynonymReplace({"rate": 0.5})(s, random.Random(1)).messages[0].content
+    '这部影片非常精彩'
     """
 
     name, family = "synonym_replace", "lexical"
-    defaults = {"dictionaries": ["zh", "en"], "rate": 0.3, "max_replacements": None, "roles": ["user"], "protect": []}
+    defaults = {"dictionaries": ["wordnet", "cilin"], "rate": 0.3, "max_replacements": None, "roles": ["user"],
+                "protect": []}
 
     def setup(self):
         super().setup()
         if not 0.0 <= self.p["rate"] <= 1.0:
             raise self.bad_param("rate", f"expected a number in [0, 1], got {self.p['rate']!r}")
         self.table: dict[str, tuple[str, ...]] = {}
+        self.lexicons = [str(d) for d in self.p["dictionaries"] if str(d) in LEXICONS]
         for spec in self.p["dictionaries"]:
+            if str(spec) in LEXICONS:
+                continue
             path = _resource_path(str(spec), BUILTIN_DICTIONARIES, f"{self.where}.dictionaries")
             for w, alts in load_synonyms(str(path)).items():
                 self.table[w] = tuple(sorted(set(self.table.get(w, ())) | set(alts)))
         self.pattern = words_pattern(self.table)
+        if self.lexicons:
+            from honed.data import lexicons
+
+            try:  # load now, so a missing package is an error at setup, naming the parameter
+                for name in self.lexicons:
+                    getattr(lexicons, f"{name}_synonyms")("test")
+            except lexicons.LexiconMissing as err:
+                raise self.bad_param("dictionaries", str(err)) from None
+
+    def _candidates(self, text: str, protected) -> list[tuple[int, int, tuple[str, ...]]]:
+        """(start, end, alternatives) of each replaceable word, in text order, not overlapping."""
+        found = [(m.start(), m.end(), self.table[m.group().lower()]) for m in self.pattern.finditer(text)] \
+            if self.pattern else []
+        if self.lexicons:
+            from honed.data import lexicons
+
+            taken = [(s, e) for s, e, _ in found]
+            for s, e, word, lexicon in lexicons.lexicon_words(text, self.lexicons):
+                if not overlaps(taken, s, e):
+                    alts = getattr(lexicons, f"{lexicon}_synonyms")(word)
+                    if alts:
+                        found.append((s, e, alts))
+        return sorted(c for c in found if not overlaps(protected, c[0], c[1]))
 
     def _edit(self, text: str, protected, rng: random.Random):
-        cands = [m for m in self.pattern.finditer(text) if not overlaps(protected, *m.span())] if self.pattern else []
+        cands = self._candidates(text, protected)
         if not cands:
             return text, []
-        chosen = [m for m in cands if rng.random() < self.p["rate"]] or [rng.choice(cands)]
+        chosen = [c for c in cands if rng.random() < self.p["rate"]] or [rng.choice(cands)]
         if self.p["max_replacements"] is not None:
-            chosen = sorted(rng.sample(chosen, min(len(chosen), self.p["max_replacements"])), key=lambda m: m.start())
-        news = [match_case(m.group(), rng.choice(self.table[m.group().lower()])) for m in chosen]
-        spans = [m.span() for m in chosen]
+            chosen = sorted(rng.sample(chosen, min(len(chosen), self.p["max_replacements"])))
+        news = [match_case(text[s:e], rng.choice(alts)) for s, e, alts in chosen]
+        spans = [(s, e) for s, e, _ in chosen]
+        notes = [f"{text[s:e]}→{new}" for (s, e), new in zip(spans, news)]
         text, spans = _fix_articles(text, spans, news)
-        notes = [f"{m.group()}→{new}" for m, new in zip(chosen, news)]
         return replace_spans(text, spans, news), notes
 
     def apply(self, sample, rng: random.Random):

@@ -237,12 +237,22 @@ SUBJECTS = {"zh": ["这部电影", "这家餐厅", "这个产品", "这次服务
             "en": ["The movie", "The restaurant", "This product", "The service", "The book"]}
 
 
+# Mixed evidence: a clause of this record beside a clause of a record with another label.
+MIXED_PATTERNS = {"zh": ["{a}，不过{b}。", "{a}，但是{b}。", "虽然{a}，但{b}。"],
+                  "en": ["{a}, but {b}.", "{a}; on the other hand, {b}.", "Although {a}, {b}."]}
+
+
 @register
 class BoundaryCase(Transform):
     """A new sample with the same instruction and an ambiguous input, labelled with the neutral label.
 
-    Inputs come from templates in the input's language (`{subject}` drawn from `subjects`); the
-    answer keeps its wording with the label word moved to the neutral label's matching word.
+    With `source: auto` (the default) or `sample`, the input is built from the user's own records:
+    this record's sentence joined to the sentence of a record with another (non-neutral) label in
+    the same language, "服务太糟糕了，不过我对这个结果感到高兴。" — evidence both ways, so neutral
+    (the recipe shows the transform all its input first; see `observe`). `auto` falls back to the
+    templates (`{subject}` drawn from `subjects`) when no such pair exists (a neutral record, a
+    multi-sentence input, one label only); `sample` then makes nothing; `templates` never pairs.
+    The answer keeps its wording with the label word moved to the neutral label's matching word.
 
     >>> import random
     >>> from honed.data import Conversation, Message
@@ -255,20 +265,69 @@ class BoundaryCase(Transform):
     """
 
     name, family, expands, needs_labels = "boundary_case", "negatives", True, True
-    defaults = {"neutral": "neutral", "templates": {}, "replace_templates": False, "subjects": {}}
+    defaults = {"neutral": "neutral", "source": "auto", "templates": {}, "replace_templates": False, "subjects": {},
+                "patterns": {}}
+    choices = {"source": ("auto", "sample", "templates")}
 
     def setup(self):
         if self.p["neutral"] not in self.labels.words:
             raise self.bad_param("neutral", f"{self.p['neutral']!r} is not a label of the recipe; "
                                             f"labels: {', '.join(self.labels.words)}")
-        self.templates, self.subjects = {}, {}
+        self.templates, self.subjects, self.patterns = {}, {}, {}
         for lang in BOUNDARY_TEMPLATES:
             own = self.p["templates"].get(lang, [])
             self.templates[lang] = own if self.p["replace_templates"] else [*BOUNDARY_TEMPLATES[lang], *own]
             self.subjects[lang] = self.p["subjects"].get(lang) or SUBJECTS[lang]
-        for key in ("templates", "subjects"):
+            self.patterns[lang] = self.p["patterns"].get(lang) or MIXED_PATTERNS[lang]
+            bad = [p for p in self.patterns[lang] if "{a}" not in p or "{b}" not in p]
+            if bad:
+                raise self.bad_param(f"patterns.{lang}", f"{bad[0]!r} needs both {{a}} and {{b}}")
+        for key in ("templates", "subjects", "patterns"):
             if set(self.p[key]) - set(BOUNDARY_TEMPLATES):
                 raise self.bad_param(key, f"languages are {', '.join(BOUNDARY_TEMPLATES)}")
+        self.clauses: dict[str, dict[str, list[tuple[str, str]]]] = {}  # lang → label → [(clause, source)]
+
+    def _clause(self, sample) -> tuple[str, str, str] | None:
+        """(label key, language, the input as one clause without its end mark), or None."""
+        raw = sample.meta.get("label")
+        key = self.labels.key_of(raw) if raw is not None else None
+        u = next((i for i in range(len(sample.messages) - 1, -1, -1) if sample.messages[i].role == "user"), None)
+        if key is None or key == self.p["neutral"] or u is None:
+            return None
+        text = sample.messages[u].content
+        s, e = input_span(text, sample.meta)
+        if len(split_sentences(text[s:e])) != 1:
+            return None
+        core = re.sub(r"[。！？!?.…~～]+$", "", text[s:e].strip())
+        return (key, lang_of(core), core) if core else None
+
+    def observe(self, samples) -> None:
+        """Collect each in-domain record's one-sentence input by label and language."""
+        self.clauses = {}
+        if self.p["source"] == "templates":
+            return
+        for sample in samples:
+            found = self._clause(sample)
+            if found:
+                key, lang, core = found
+                self.clauses.setdefault(lang, {}).setdefault(key, []).append((core, sample.source or ""))
+
+    def _mixed(self, sample, rng: random.Random):
+        found = self._clause(sample)
+        if not found:
+            return None
+        key, lang, core = found
+        others = [c for label, pool in sorted(self.clauses.get(lang, {}).items()) if label != key
+                  for c in pool if c[0] != core]
+        if not others:
+            return None
+        other, other_source = rng.choice(others)
+        first, second = (core, other) if rng.random() < 0.5 else (other, core)
+        pattern = rng.choice(self.patterns[lang])
+        if lang == "en":
+            first = first if pattern.startswith("{a}") else _lower_first(first)
+            second = _lower_first(second)
+        return pattern.replace("{a}", first).replace("{b}", second), {"pattern": pattern, "paired_with": other_source}
 
     def apply(self, sample, rng: random.Random):
         u, a = turn_indices(self, sample)
@@ -279,9 +338,15 @@ class BoundaryCase(Transform):
             return []
         text = sample.messages[u].content
         s, e = input_span(text, sample.meta)
-        lang = lang_of(text[s:e])
-        tpl = rng.choice(self.templates[lang])
-        ambiguous = tpl.replace("{subject}", rng.choice(self.subjects[lang]))
+        mixed = self._mixed(sample, rng) if self.p["source"] != "templates" else None
+        if mixed is not None:
+            ambiguous, details = mixed
+        elif self.p["source"] == "sample":
+            return []
+        else:
+            lang = lang_of(text[s:e])
+            tpl = rng.choice(self.templates[lang])
+            ambiguous, details = tpl.replace("{subject}", rng.choice(self.subjects[lang])), {"template": tpl}
         new = clone(sample)
         new.messages[u].content = text[:s] + ambiguous + text[e:]
         new.messages[a].content = answer
@@ -289,4 +354,4 @@ class BoundaryCase(Transform):
         if isinstance(new.meta.get("input"), str):
             new.meta["input"] = ambiguous
         new.meta["boundary_of"] = sample.source
-        return [record(new, self.name, template=tpl)]
+        return [record(new, self.name, **details)]

@@ -17,6 +17,8 @@ from honed.data.augment.base import Transform, clone, protected_spans, record, r
 
 RESOURCES = Path(__file__).parent / "resources"
 KINDS = ("swap", "drop", "duplicate", "keyboard", "punctuation", "spacing", "homophone")
+# Typos are rules, not a library's: the augmentation libraries (nlpaug, textattack) neither take
+# our seeded Random nor spare protected spans, digits and negations, which is the point here.
 KEY_ROWS = ("qwertyuiop", "asdfghjkl", "zxcvbnm")
 WIDTH = dict(zip("，。！？：；（）", ",.!?:;()")) | dict(zip(",.!?:;()", "，。！？：；（）"))
 PUNCT = set(WIDTH) | set("、…\"'“”")
@@ -58,8 +60,10 @@ class Noise(Transform):
     """Add typos and character noise at `rate` (the chance each eligible character is edited).
 
     Kinds: swap (adjacent letters), drop, duplicate, keyboard (neighbour key), punctuation
-    (drop/double/full↔half width), spacing (double or missing space), homophone (Chinese
-    homophone / look-alike from `char_table`). Latin letters are edited only inside words of at
+    (drop/double/full↔half width), spacing (double or missing space), homophone (a Chinese
+    character typed as another: `homophones` from pypinyin's readings, the candidates a pinyin input
+    method offers for the same keys; plus look-alikes from `char_table`, by default the shipped
+    `char_noise_zh.txt`, which no library lists). Latin letters are edited only inside words of at
     least `min_word_len` letters. At least one edit is made when any position is eligible.
 
     >>> import random
@@ -72,7 +76,7 @@ class Noise(Transform):
 
     name, family = "noise", "noise"
     defaults = {"rate": 0.05, "kinds": list(KINDS), "roles": ["user"], "min_word_len": 4, "max_edits": None,
-                "char_table": None, "protect": []}
+                "homophones": True, "char_table": None, "protect": []}
 
     def setup(self):
         if not 0.0 < self.p["rate"] <= 1.0:
@@ -87,7 +91,17 @@ class Noise(Transform):
         path = self.p["char_table"] or str(RESOURCES / "char_noise_zh.txt")
         if not Path(path).is_file():
             raise self.bad_param("char_table", f"{path!r} is not a file")
-        self.chars = load_char_groups(str(path))
+        table = {c: set(alts) for c, alts in load_char_groups(str(path)).items()}
+        if self.p["homophones"]:
+            from honed.data.lexicons import LexiconMissing, homophone_table
+
+            try:
+                homophones = homophone_table()
+            except LexiconMissing as err:
+                raise self.bad_param("homophones", str(err)) from None
+            for c, alts in homophones.items():
+                table.setdefault(c, set()).update(alts)
+        self.chars = {c: tuple(sorted(alts)) for c, alts in table.items() if alts}
 
     def _ops(self, text: str, i: int, word_len: int, blocked: set[int]) -> list[str]:
         """Edits that are allowed at position i, given the kinds asked for."""

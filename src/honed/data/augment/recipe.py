@@ -204,6 +204,9 @@ class Recipe:
         stats = stats if stats is not None else AugmentStats()
         if not stats.steps:
             stats.steps = [StepStats(s.name) for s in self.steps]
+        samples = list(samples)
+        for step in self.steps:
+            step.transform.observe(samples)
         out: list[Conversation] = []
         for i, sample in enumerate(samples):
             stats.samples_in += 1

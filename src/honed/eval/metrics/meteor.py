@@ -16,13 +16,18 @@ reference r:
 
 A chunk is a maximal run of matches adjacent in both h and r.
 
-Synonyms: WordNet is replaced by groups of interchangeable words — a small shipped table
-(`_synonyms.py`, English and Chinese) plus any groups the caller passes. Two words are
-synonyms when their Porter stems fall in one group, so "automobiles" matches "cars".
-With no synonym groups the score equals nltk's `meteor_score` whenever nltk's greedy
-alignment (each word to the last free equal word) has the fewest chunks — always when no word
-repeats; otherwise ours is the higher, correct one (tests pin both). nltk also looks synonyms up
-on the Porter stems left over from its stem stage, so "car"/"automobile" never match there.
+Synonyms: English words are synonyms when WordNet 3.0 says so (one lists the other, or its base
+form, among the lemmas of its synsets, as nltk's METEOR asks), read offline from the data honed
+installs (`honed.data.lexicons`); Chinese words when the Tongyici Cilin puts them in one synonym
+group (the same table `synonym_replace` uses); plus any groups the caller passes, matched by
+Porter stem ("automobiles" ~ "cars" once car/automobile are a group).
+
+Against nltk's `meteor_score` (given the same WordNet): equal whenever nltk's greedy alignment
+(each word to the last free equal word) has the fewest chunks — always when no word repeats —
+and the synonym words are their own Porter stems. Otherwise ours is the higher, correct one:
+nltk keeps a worse alignment when words repeat ("a b a" / "a b": 0.476 vs 0.893), and looks
+synonyms up on the Porter stems left over from its stem stage, so "movie" ("movi") never meets
+"film" there. Tests pin both. Chinese is ours alone: nltk's stemmer and WordNet are English.
 
 Text is split by `word_tokens` (jieba for Chinese; punctuation dropped).
 """
@@ -40,7 +45,6 @@ from honed.eval.metrics._common import (
     pair_error,
     require,
 )
-from honed.eval.metrics._synonyms import DEFAULT_GROUPS
 from honed.eval.metrics.language import Language, pair_language, word_tokens
 
 EXACT, STEM, SYNONYM = 0, 1, 2
@@ -59,41 +63,101 @@ def _stem(word: str) -> str:
     return _stemmer().stem(word)
 
 
+def _key(word: str) -> str:
+    """What a group is looked up by: the Porter stem of a Latin word, other words as they are."""
+    word = word.lower()
+    return _stem(word) if word.isascii() else word
+
+
 class SynonymTable:
-    """Groups of interchangeable words, looked up by Porter stem.
+    """Groups of interchangeable words, looked up by Porter stem, optionally backed by WordNet.
 
     Groups come as lists of words, or as a dict {word: [its synonyms]} (taken as the group
-    word + synonyms; a synonym relation is always symmetric here).
+    word + synonyms; a synonym relation is always symmetric here). `wordnet=True` adds English
+    WordNet 3.0 (see the module docstring).
 
     >>> table = SynonymTable([("car", "automobile")])
     >>> table.are_synonyms("cars", "automobiles"), table.are_synonyms("car", "bus")
     (True, False)
+    >>> SynonymTable(wordnet=True).are_synonyms("movie", "film")
+    True
     """
 
-    def __init__(self, groups: SynonymGroups = ()):
+    def __init__(self, groups: SynonymGroups = (), wordnet: bool = False):
         if isinstance(groups, Mapping):
             groups = [(word, *synonyms) for word, synonyms in groups.items()]
+        self.wordnet = wordnet
         self._groups_of: dict[str, set[int]] = {}
+        self._count = 0
         for group_id, group in enumerate(groups):
+            self._count += 1
             for word in group:
-                self._groups_of.setdefault(_stem(word.lower()), set()).add(group_id)
+                self._groups_of.setdefault(_key(word), set()).add(group_id)
 
     def are_synonyms(self, a: str, b: str) -> bool:
-        groups_a = self._groups_of.get(_stem(a.lower()))
-        return bool(groups_a and groups_a & self._groups_of.get(_stem(b.lower()), set()))
+        groups_a = self._groups_of.get(_key(a))
+        if groups_a and groups_a & self._groups_of.get(_key(b), set()):
+            return True
+        return self.wordnet and a.isascii() and b.isascii() and _wordnet_synonyms(a.lower(), b.lower())
 
     def __len__(self) -> int:
-        return len({g for groups in self._groups_of.values() for g in groups})
+        return self._count
+
+
+@lru_cache(maxsize=65536)
+def _wordnet_lemmas(word: str) -> frozenset[str]:
+    """The word, its base form and every single-word lemma of its synsets (nltk's morphy finds
+    the base form, as `wordnet.synsets` does inside nltk's METEOR)."""
+    from honed.data.lexicons import english_wordnet
+
+    wn = english_wordnet()
+    names = {word, wn.morphy(word) or word}
+    for synset in wn.synsets(word):
+        names.update(n.lower() for n in synset.lemma_names() if "_" not in n)
+    return frozenset(names)
+
+
+def _wordnet_synonyms(a: str, b: str) -> bool:
+    lemmas_a, lemmas_b = _wordnet_lemmas(a), _wordnet_lemmas(b)
+    return bool({b, _base(b)} & lemmas_a or {a, _base(a)} & lemmas_b)
+
+
+@lru_cache(maxsize=65536)
+def _base(word: str) -> str:
+    from honed.data.lexicons import english_wordnet
+
+    return english_wordnet().morphy(word) or word
+
+
+def _chinese_groups() -> list[tuple[str, ...]]:
+    """Cilin's synonym groups, words of 2+ characters (one character is a synonym only in set
+    phrases). Unlike `synonym_replace`, every sense counts: matching, like nltk's use of all of a
+    word's synsets, only asks whether the two words can mean the same."""
+    from honed.data.lexicons import cilin_groups
+
+    return [group for group in (tuple(w for w in g if len(w) >= 2) for g in cilin_groups()) if len(group) > 1]
+
+
+def meteor_synonyms(extra_groups: SynonymGroups = ()) -> SynonymTable:
+    """The default synonyms (WordNet, Cilin) plus the caller's groups.
+
+    >>> meteor_synonyms([("HbA1c", "A1C")]).are_synonyms("hba1c", "a1c")
+    True
+    """
+    if isinstance(extra_groups, Mapping):
+        extra_groups = [(word, *synonyms) for word, synonyms in extra_groups.items()]
+    extra = [tuple(g) for g in extra_groups]
+    return SynonymTable([*_chinese_groups(), *extra], wordnet=True) if extra else default_synonyms()
 
 
 @lru_cache(maxsize=1)
 def default_synonyms() -> SynonymTable:
-    """The shipped synonym table (see `_synonyms.py`).
+    """English WordNet and the Chinese Cilin groups (built once per process).
 
-    >>> default_synonyms().are_synonyms("begin", "start")
-    True
+    >>> default_synonyms().are_synonyms("begin", "start"), default_synonyms().are_synonyms("电脑", "计算机")
+    (True, True)
     """
-    return SynonymTable(DEFAULT_GROUPS)
+    return SynonymTable(_chinese_groups(), wordnet=True)
 
 
 def _candidates(hyp: Sequence[str], ref: Sequence[str],
@@ -182,19 +246,16 @@ def meteor_tokens(hypothesis: Sequence[str], reference: Sequence[str],
 
 def _synonym_table(synonyms: SynonymGroups | SynonymTable | None,
                    use_default_synonyms: bool) -> SynonymTable | None:
-    if isinstance(synonyms, SynonymTable) and not use_default_synonyms:
+    if isinstance(synonyms, SynonymTable):
+        if use_default_synonyms:
+            raise TypeError("pass your groups (list or dict), not a SynonymTable, to merge them "
+                            "with the defaults; or set use_default_synonyms=False")
         return synonyms
-    groups: list = list(DEFAULT_GROUPS) if use_default_synonyms else []
+    if use_default_synonyms:
+        return meteor_synonyms(synonyms or ())
     if isinstance(synonyms, Mapping):
-        groups += [(word, *alternatives) for word, alternatives in synonyms.items()]
-    elif isinstance(synonyms, SynonymTable):
-        raise TypeError("pass your groups (list or dict), not a SynonymTable, to merge them "
-                        "with the defaults; or set use_default_synonyms=False")
-    elif synonyms is not None:
-        groups += [tuple(group) for group in synonyms]
-    if not groups:
-        return None
-    return default_synonyms() if groups == list(DEFAULT_GROUPS) else SynonymTable(groups)
+        return SynonymTable(synonyms)
+    return SynonymTable([tuple(g) for g in synonyms]) if synonyms else None
 
 
 def meteor(prediction: str | None, reference: str | None,
@@ -203,7 +264,7 @@ def meteor(prediction: str | None, reference: str | None,
            alpha: float = 0.9, beta: float = 3.0, gamma: float = 0.5) -> SampleResult:
     """METEOR of one pair, in [0, 1]; Chinese is segmented by jieba.
 
-    `synonyms` adds groups to the shipped table (or replaces it with
+    `synonyms` adds groups to WordNet and Cilin (or replaces them with
     `use_default_synonyms=False`): [("car", "automobile"), ...] or {"car": ["automobile"]}.
 
     >>> meteor("he starts the car", "he begins the automobile").scores["meteor"]

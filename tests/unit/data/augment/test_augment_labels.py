@@ -9,6 +9,7 @@ import pytest
 from honed.data import Conversation, Message
 from honed.data.augment import LabelSet, Unfit, get_transform
 from honed.data.augment.base import input_span
+from honed.errors import ConfigError
 
 FLIP = {"positive": "negative", "negative": "positive"}
 
@@ -178,3 +179,38 @@ def test_negative_sample_number_and_given_strategies():
     plain = Conversation([Message("user", "Hello?"), Message("assistant", "Hi there.")], source="m:2")
     with pytest.raises(Unfit, match="m:2"):
         get_transform("negative_sample")(plain, random.Random(0))
+
+
+def test_boundary_cases_are_built_from_the_users_own_records(labels, sentiment):
+    from honed.data.augment import Recipe
+
+    recipe = Recipe.from_config({"seed": 3, "labels": labels, "steps": [{"name": "boundary_case"}]})
+    made = [o for o in recipe.apply(sentiment) if o.meta.get("boundary_of")]
+    inputs = [o.meta["input"] for o in made]
+    # Each pairs this record's sentence with one of another label, in its language, seeded.
+    assert inputs[:2] == ["虽然我对这个结果感到高兴，但服务太糟糕了，等了一个小时。",
+                          "服务太糟糕了，等了一个小时，但是这部电影非常精彩，我十分喜欢。"]
+    assert inputs[4:6] == ["I liked it a lot; on the other hand, it was a terrible waste of money.",
+                           "Although the food was awful, the movie was great and the actors were excellent."]
+    assert [o.meta["augmentations"][0]["details"]["paired_with"] for o in made[:2]] == [
+        "sentiment.jsonl:3", "sentiment.jsonl:3"]
+    assert {o.meta["label"] for o in made} == {"neutral"} and len(made) == len(sentiment)
+    assert [o.messages[-1].content for o in made[:2]] == ["中性", "类别：中性"]  # the answer's wording kept
+
+
+def test_boundary_case_falls_back_to_templates_or_makes_nothing(ls, sentiment):
+    from honed.data.augment.negatives import BOUNDARY_TEMPLATES
+
+    only_positive = [s for s in sentiment if s.meta["label"] == "positive"]
+    auto = get_transform("boundary_case", labels=ls)
+    auto.observe(only_positive)  # one label only: nothing to pair with
+    (n,) = auto(only_positive[0], random.Random(0))
+    assert n.meta["augmentations"][0]["details"]["template"] in BOUNDARY_TEMPLATES["zh"]
+    strict = get_transform("boundary_case", {"source": "sample"}, labels=ls)
+    strict.observe(only_positive)
+    assert strict(only_positive[0], random.Random(0)) == []
+    strict.observe(sentiment)
+    (n,) = strict(only_positive[0], random.Random(0))
+    assert n.meta["augmentations"][0]["details"]["paired_with"] in {"sentiment.jsonl:3"}
+    with pytest.raises(ConfigError, match=r"params.patterns.en: .*needs both \{a\} and \{b\}"):
+        get_transform("boundary_case", {"patterns": {"en": ["{a} only"]}}, labels=ls)

