@@ -1,0 +1,84 @@
+"""Training across processes (torchrun / torch.distributed, gloo on the CPU) equals one process.
+
+Every multi-process run here is tiny (a 2-layer model, 8 samples, 2-4 ranks, one thread each).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from honed.config import config_from_dict
+from honed.testing.distributed import free_port, spawn_training
+from honed.train.sft import train
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def raw_config(tmp_path, qa_file, tiny_model_dir):
+    """A tiny LoRA run as a dict: 8 samples, one row per micro-batch, no validation, loss at every step."""
+
+    def make(out: str, *, accumulation: int, epochs: int = 2, **training) -> dict:
+        return {
+            "model": {"name_or_path": str(tiny_model_dir("qwen2"))},
+            "data": {"train": [str(qa_file)], "system_prompt": "You answer lab questions.", "max_seq_length": 96, "packing": False},
+            "lora": {"r": 4, "alpha": 8},
+            "training": {"output_dir": str(tmp_path / out), "epochs": epochs, "batch_size": 1, "learning_rate": 5e-3, "seed": 3,
+                         "tensorboard": False, "logging_steps": 1, "gradient_accumulation_steps": accumulation, "device": "cpu",
+                         "lr_scheduler": "linear", **training},
+        }
+
+    return make
+
+
+def losses_of(out: Path) -> dict[int, float]:
+    return {row["step"]: row["loss"] for row in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if row["kind"] == "train"}
+
+
+def child_env(**extra) -> dict:
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    env.update(extra)
+    return env
+
+
+def write_config(raw: dict, path: Path) -> Path:
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def assert_same_losses(got: dict[int, float], want: dict[int, float]) -> None:
+    assert sorted(got) == sorted(want)
+    for step in want:
+        assert got[step] == pytest.approx(want[step], abs=1e-5, rel=1e-5), step
+
+
+def test_two_ranks_through_the_cli_equal_one_process_with_the_same_global_batch(raw_config, tmp_path):
+    one = train(config_from_dict(raw_config("one", accumulation=2)), show_progress=False)
+    cfg = write_config(raw_config("two", accumulation=1), tmp_path / "two.yaml")
+    proc = subprocess.run([sys.executable, "-m", "honed", "train", str(cfg), "--nproc-per-node", "2", "--no-progress"],
+                          env=child_env(), capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    two = tmp_path / "two"
+    # metrics.jsonl holds each step once: rank 1 wrote nothing
+    assert_same_losses(losses_of(two), losses_of(one.output_dir))
+    assert len(losses_of(two)) == one.steps == 8
+    got, want = load_file(two / "adapter_model.safetensors"), load_file(one.output_dir / "adapter_model.safetensors")
+    assert sorted(got) == sorted(want)
+    for name in want:
+        torch.testing.assert_close(got[name], want[name], atol=1e-5, rtol=1e-4)
+    info = json.loads((two / "run_info.json").read_text())["model"]
+    assert (info["world_size"], info["global_batch_rows"]) == (2, 2)
+    assert "global batch = 2 process(es) × 1 rows per micro-batch × 1 accumulation = 2 rows" in proc.stderr
+    assert sorted(p.name for p in two.iterdir()) == sorted(p.name for p in one.output_dir.iterdir())
