@@ -82,3 +82,33 @@ def test_two_ranks_through_the_cli_equal_one_process_with_the_same_global_batch(
     assert (info["world_size"], info["global_batch_rows"]) == (2, 2)
     assert "global batch = 2 process(es) × 1 rows per micro-batch × 1 accumulation = 2 rows" in proc.stderr
     assert sorted(p.name for p in two.iterdir()) == sorted(p.name for p in one.output_dir.iterdir())
+
+
+def test_resume_of_a_two_rank_checkpoint_on_one_and_on_four_ranks_continues_the_same_curve(raw_config, tmp_path):
+    # 7 training samples (one goes to validation): each epoch's second step has 3 micro-batches for
+    # 4 slots, so a rank idles there; the validation loss is summed over ranks' shares.
+    extra = {"epochs": 3, "eval_steps": 2}
+    def cfg(out, accumulation):
+        raw = raw_config(out, accumulation=accumulation, **extra)
+        raw["data"]["val_ratio"] = 0.125
+        return raw
+
+    reference = train(config_from_dict(cfg("ref", 4)), show_progress=False)
+    assert reference.steps == 6
+    spawn_training(cfg("two", 2), world_size=2, stop_after_steps=3)
+    two = tmp_path / "two"
+    assert (two / "checkpoints" / "checkpoint-000003" / "trainer_state.json").is_file()
+    assert_same_losses(losses_of(two), {s: v for s, v in losses_of(reference.output_dir).items() if s <= 3})
+    import shutil
+
+    shutil.copytree(two, tmp_path / "four")
+    # one process: gradient_accumulation_steps 2 becomes 4 to keep the checkpoint's 4 micro-batches per step
+    resumed = train(config_from_dict(cfg("two", 2) | {"training": {**cfg("two", 2)["training"], "resume": True}}), show_progress=False)
+    assert resumed.steps == 6
+    assert_same_losses(losses_of(two), losses_of(reference.output_dir))
+    assert [v for _, v in resumed.val_losses] == pytest.approx([v for s, v in reference.val_losses if s > 3], abs=1e-5)
+    # four processes: accumulation 1
+    raw4 = cfg("four", 2)
+    raw4["training"]["resume"] = True
+    spawn_training(raw4, world_size=4)
+    assert_same_losses(losses_of(tmp_path / "four"), losses_of(reference.output_dir))

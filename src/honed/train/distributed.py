@@ -223,7 +223,13 @@ def wrap_ddp(ctx: DistContext, model, path, objective, *, bucket_mb: int, device
     weights are broadcast to the others at construction."""
     from torch.nn.parallel import DistributedDataParallel
 
+    # Buffers (rotary tables) are equal on every rank: no broadcast before each forward. The keyword
+    # was renamed in torch 2.13; 2.11 knows only the old one.
+    import inspect
+
+    no_buffer_sync = ({"forward_sync_buffers": False} if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
+                      else {"broadcast_buffers": False})
     ddp = DistributedDataParallel(_LossModule(model, path, objective), device_ids=[device.index] if device.type == "cuda" else None,
-                                  bucket_cap_mb=bucket_mb, broadcast_buffers=False)  # buffers (rotary tables) are equal everywhere
+                                  bucket_cap_mb=bucket_mb, **no_buffer_sync)
     ddp.register_comm_hook(state=None, hook=_sum_gradients)
     return ddp
