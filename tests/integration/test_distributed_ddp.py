@@ -112,3 +112,75 @@ def test_resume_of_a_two_rank_checkpoint_on_one_and_on_four_ranks_continues_the_
     raw4["training"]["resume"] = True
     spawn_training(raw4, world_size=4)
     assert_same_losses(losses_of(tmp_path / "four"), losses_of(reference.output_dir))
+
+
+def worker_pid(job: str, rank: int, timeout: float = 120.0) -> int:
+    """The pid of the torchrun worker of `rank` in the job tagged `job` (found by its environment)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                env = dict(kv.split("=", 1) for kv in (entry / "environ").read_bytes().decode(errors="replace").split("\0") if "=" in kv)
+            except OSError:
+                continue
+            if env.get("HONED_TEST_JOB") == job and env.get("RANK") == str(rank) and "TORCHELASTIC_RUN_ID" in env:
+                return int(entry.name)
+        time.sleep(0.2)
+    raise AssertionError(f"no worker of rank {rank}")
+
+
+def start_two_rank_job(cfg: Path, out: Path) -> tuple[subprocess.Popen, int]:
+    """`honed train CFG --nproc-per-node 2` in the background, once it has trained a step: (process, rank 1's pid)."""
+    job = uuid.uuid4().hex
+    proc = subprocess.Popen([sys.executable, "-m", "honed", "train", str(cfg), "--nproc-per-node", "2", "--no-progress"],
+                            env=child_env(HONED_TEST_JOB=job), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    pid = worker_pid(job, 1)
+    deadline = time.time() + 180
+    while not ((out / "metrics.jsonl").is_file() and (out / "metrics.jsonl").read_text().strip()):
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()[1][-3000:]
+        time.sleep(0.1)
+    return proc, pid
+
+
+def test_a_killed_rank_ends_the_job_with_an_error_naming_it(raw_config, tmp_path):
+    cfg = write_config(raw_config("out", accumulation=1, epochs=200), tmp_path / "c.yaml")
+    proc, pid = start_two_rank_job(cfg, tmp_path / "out")
+    os.kill(pid, signal.SIGKILL)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 2
+    assert "error: distributed run failed: rank 1 (local rank 1 on " in err
+    assert "): killed by SIGKILL (exit code -9)" in err
+
+
+def test_sigterm_to_one_rank_stops_all_at_one_step_with_a_checkpoint_and_resume_finishes(raw_config, tmp_path):
+    reference = train(config_from_dict(raw_config("ref", accumulation=2, epochs=20)), show_progress=False)
+    raw = raw_config("out", accumulation=1, epochs=20)
+    cfg = write_config(raw, tmp_path / "c.yaml")
+    proc, pid = start_two_rank_job(cfg, tmp_path / "out")
+    os.kill(pid, signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-3000:]
+    assert "interrupted" in err and "Traceback" not in err
+    saved = sorted((tmp_path / "out" / "checkpoints").iterdir())[-1]
+    stopped_at = json.loads((saved / "trainer_state.json").read_text())["step"]
+    assert 1 <= stopped_at < reference.steps
+    raw["training"]["resume"] = True
+    resumed = train(config_from_dict(raw), show_progress=False)
+    assert resumed.steps == reference.steps
+    assert_same_losses(losses_of(tmp_path / "out"), losses_of(reference.output_dir))
+
+
+def test_two_torchrun_node_groups_with_a_c10d_rendezvous_train_as_two_ranks(raw_config, tmp_path):
+    one = train(config_from_dict(raw_config("one", accumulation=2)), show_progress=False)
+    cfg = write_config(raw_config("two", accumulation=1), tmp_path / "two.yaml")
+    endpoint = f"127.0.0.1:{free_port()}"
+    nodes = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node-rank", str(k),
+                               "--nproc-per-node", "1", "--rdzv-backend", "c10d", "--rdzv-endpoint", endpoint, "--rdzv-id", "t",
+                               "-m", "honed", "train", str(cfg), "--no-progress"],
+                              env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for k in (0, 1)]
+    for node in nodes:
+        _, err = node.communicate(timeout=240)
+        assert node.returncode == 0, err[-3000:]
+    assert_same_losses(losses_of(tmp_path / "two"), losses_of(one.output_dir))

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 
 from honed.errors import HonedError
 
@@ -57,11 +58,16 @@ def launch(honed_args: list[str], **kwargs) -> int:
 
 
 def describe_failures(failures: dict) -> str:
-    """One line per failed rank: 'rank 1 (local rank 1 on HOST): killed by SIGKILL' or its error."""
-    lines = []
-    for rank, f in sorted(failures.items()):
-        lines.append(f"rank {rank} (local rank {f.local_rank} on {getattr(f, 'hostname', '?')}): {failure_cause(f)}")
-    return "distributed run failed: " + "; ".join(lines) + ". The other ranks were stopped; see each rank's log above"
+    """'rank 1 (local rank 1 on HOST): killed by SIGKILL (exit code -9)' for each rank that failed by
+    itself; ranks the launcher then stopped (SIGTERM) are named after them."""
+    host = socket.gethostname()  # each host's launcher reports the workers it started
+    stopped = {r for r, f in failures.items() if f.exitcode == -signal.SIGTERM}
+    causes = sorted(set(failures) - stopped) or sorted(failures)
+    text = "; ".join(f"rank {r} (local rank {failures[r].local_rank} on {host}): {failure_cause(failures[r])}" for r in causes)
+    others = sorted(stopped - set(causes))
+    if others:
+        text += f"; then stopped: rank{'s' if len(others) > 1 else ''} {', '.join(map(str, others))}"
+    return f"distributed run failed: {text}. See each rank's log above"
 
 
 def failure_cause(failure) -> str:
