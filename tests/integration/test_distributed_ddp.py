@@ -184,3 +184,23 @@ def test_two_torchrun_node_groups_with_a_c10d_rendezvous_train_as_two_ranks(raw_
         _, err = node.communicate(timeout=240)
         assert node.returncode == 0, err[-3000:]
     assert_same_losses(losses_of(tmp_path / "two"), losses_of(one.output_dir))
+
+
+def test_fsdp_full_finetuning_on_two_ranks_equals_one_process_and_resumes_on_one(raw_config, tmp_path):
+    def cfg(out, accumulation, **training):
+        raw = raw_config(out, accumulation=accumulation, **training)
+        raw["method"] = "full"
+        raw["training"]["learning_rate"] = 1e-3
+        raw["distributed"] = {"strategy": "fsdp"}
+        return raw
+
+    one = train(config_from_dict(cfg("one", 2)), show_progress=False)
+    spawn_training(cfg("two", 1), world_size=2, stop_after_steps=5)
+    two = tmp_path / "two"
+    assert (two / "checkpoints" / "checkpoint-000005" / ".metadata").is_file()  # sharded (Distributed Checkpoint)
+    train(config_from_dict(cfg("two", 1, resume=True)), show_progress=False)  # one process, no torchrun: accumulation 2
+    assert_same_losses(losses_of(two), losses_of(one.output_dir))
+    got, want = load_file(two / "model.safetensors"), load_file(one.output_dir / "model.safetensors")
+    assert sorted(got) == sorted(want)
+    for name in want:
+        torch.testing.assert_close(got[name], want[name], atol=1e-5, rtol=1e-4)

@@ -10,14 +10,8 @@ under several ranks; the command line path is tested through torchrun itself.
 from __future__ import annotations
 
 import os
-import socket
 
-
-def free_port() -> int:
-    """A TCP port nobody listens on now (for a rendezvous on 127.0.0.1)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from honed.testing.fsdp_worker import free_port
 
 
 def _worker(rank: int, world_size: int, port: int, raw: dict, stop_after_steps: int | None) -> None:

@@ -29,7 +29,7 @@ import torch
 from honed.config import TrainConfig
 from honed.data.dataset import check_token_ids, data_fingerprint
 from honed.data.packing import plan_batches
-from honed.engine import select_path, with_memory_fallback
+from honed.engine import PlainPath, select_path, with_memory_fallback
 from honed.errors import ConfigError
 from honed.model.adapters import apply_lora, count_parameters
 from honed.model.load import load_model, load_tokenizer, pick_device
@@ -40,7 +40,8 @@ from honed.train.distributed import (DistContext, accumulation_for, all_reduce_s
 from honed.train.metrics_log import MetricsLog, NullMetrics
 from honed.train.objectives import ObjectiveData, get_objective
 from honed.train.optim import build_optimizer, build_scheduler, warmup_steps_for
-from honed.train.outputs import save_model_files
+from honed.train.outputs import save_model_files, save_weights_atomic
+from honed.train import sharding
 from honed.utils.fs import check_output_dir, prepare_output_dir
 from honed.engine.settings import EngineSettings, resolve_engine_settings
 from honed.utils.precision import autocast_context
@@ -84,6 +85,7 @@ class TrainingRun:
     last_checkpoint: Path | None = None
     dist: DistContext = field(default_factory=DistContext)  # which process of a torchrun job (default: the only one)
     ddp: torch.nn.Module | None = None  # the DDP-wrapped loss the steps run through (None: one process, or fsdp)
+    strategy: str | None = None  # ddp | fsdp under torchrun (distributed.strategy resolved), None for one process
     accumulation: int = 0  # micro-batches per optimizer step on this process (0: training.gradient_accumulation_steps)
 
     @property
@@ -196,7 +198,10 @@ def resume_state(run: TrainingRun, resume_from: Path | None) -> TrainState:
     state = TrainState(total_steps=run.schedule.total_steps, data_fingerprint=run.fingerprint, micro_batches_per_step=run.micro_per_step)
     if resume_from is None:
         return state
-    state = ckpt.load_checkpoint(resume_from, run.model, run.optimizer, run.scheduler, run.scaler)
+    if run.strategy == "fsdp" or sharding.is_sharded_checkpoint(resume_from):
+        state = sharding.load_sharded_checkpoint(resume_from, run)
+    else:
+        state = ckpt.load_checkpoint(resume_from, run.model, run.optimizer, run.scheduler, run.scaler)
     state.micro_batches_per_step = run.micro_per_step
     if state.data_fingerprint and state.data_fingerprint != run.fingerprint:
         raise ConfigError(f"training.resume: {resume_from} was trained on other data (the data files or data settings changed); resume with the same data, or start a new run")
@@ -239,7 +244,12 @@ def setup_run(cfg: TrainConfig) -> TrainingRun:
     log.info("data: %s", data.report.summary())
     check_data_fits_model(model, objective, data, cfg.model.name_or_path)
     model, info = finish_training_model(model, info, cfg)
-    path, model = prepare_training_path(model, settings)
+    strategy = sharding.choose_strategy(cfg, dist_ctx, device, model)
+    if strategy == "fsdp":  # FSDP2 gathers each layer's weights in its own hooks; the fused kernels read them directly
+        log.info("distributed.strategy fsdp: the plain training path (the fused path runs under ddp)")
+    path, model = prepare_training_path(model, settings, PlainPath() if strategy == "fsdp" else None)
+    if strategy == "fsdp":
+        model = sharding.shard_model(model, cfg, precision)  # before the optimizer: it must see the shards
     trainable, total = count_parameters(model)
     info.update(method=cfg.method, objective=objective.name, precision=precision, device=str(device), trainable_params=trainable,
                 total_params=total, training_path=path.name)
@@ -261,7 +271,8 @@ def setup_run(cfg: TrainConfig) -> TrainingRun:
         rows = micro_per_step * t.batch_size
         log.info("global batch = %d process(es) × %d rows per micro-batch × %d accumulation = %d rows per optimizer step",
                  dist_ctx.world_size, t.batch_size, accumulation, rows)
-        info.update(world_size=dist_ctx.world_size, strategy="ddp", gradient_accumulation_steps=accumulation, global_batch_rows=rows)
+        info.update(world_size=dist_ctx.world_size, strategy=strategy, gradient_accumulation_steps=accumulation, global_batch_rows=rows)
+        run.strategy = strategy
     run.state = resume_state(run, resume_from)
     prepare = getattr(objective, "prepare_reference", None)  # preference objectives: cached reference log-probs
     if prepare is not None:
@@ -272,7 +283,7 @@ def setup_run(cfg: TrainConfig) -> TrainingRun:
             prepare(run)
     # Rows past the resumed step (or every row, when a run died before its first checkpoint) go.
     run.metrics = MetricsLog(out, tensorboard=t.tensorboard, resume_step=run.state.step) if dist_ctx.is_main else NullMetrics()
-    if dist_ctx.enabled:
+    if strategy == "ddp":
         run.ddp = wrap_ddp(dist_ctx, model, path, objective, bucket_mb=cfg.distributed.ddp_bucket_mb, device=device)
     return run
 
@@ -325,17 +336,19 @@ def accumulate_gradients(run: TrainingRun, micro_batches: list, total_weight: in
     for i, batch in enumerate(micro_batches):
         batch = {k: v.to(run.settings.device, non_blocking=True) for k, v in batch.items()}
         last = i == len(micro_batches) - 1
+        if run.strategy == "fsdp":
+            run.model.set_requires_gradient_sync(last)  # reduce-scatter once, after the last micro-batch
         with run.ddp.no_sync() if run.ddp is not None and not last else contextlib.nullcontext():
             with autocast_context(run.settings.precision, run.settings.device):
                 out = run.ddp(batch) if run.ddp is not None else run.objective.loss(run.path, run.model, batch)
             loss = out.loss_sum / max(total_weight, 1)
-            if scale != 1.0:
-                loss = loss * scale
-            (run.scaler.scale(loss) if run.scaler else loss).backward()
-        losses.append(loss.detach())
+            # FSDP2 averages gradients over ranks: ×world size makes that the sum (DDP sums by its comm hook)
+            backward = loss * (scale * run.dist.world_size if run.strategy == "fsdp" else scale)
+            (run.scaler.scale(backward) if run.scaler else backward).backward()
+        losses.append(loss.detach() * scale)
         for key, value in out.metrics.items():
             metrics[key] = metrics.get(key, 0.0) + float(value) * scale
-        del out, loss  # the graph goes now, not during the next forward (engine.graphs needs it gone)
+        del out, loss, backward  # the graph goes now, not during the next forward (engine.graphs needs it gone)
     return losses, metrics
 
 
@@ -353,6 +366,8 @@ def train_step(run: TrainingRun, micro_batches: list[dict[str, torch.Tensor]], *
         run.scaler.unscale_(run.optimizer)
     clip = run.cfg.training.max_grad_norm
     grad_norm = torch.nn.utils.clip_grad_norm_(run.params, clip or float("inf")) if clip or run.measure_grad_norm else None
+    if hasattr(grad_norm, "full_tensor"):  # FSDP2: the norm is a DTensor over the shards
+        grad_norm = grad_norm.full_tensor()
     lr = run.scheduler.get_last_lr()[0]
     if run.scaler:
         run.scaler.step(run.optimizer)
@@ -381,12 +396,15 @@ def evaluate(run: TrainingRun, samples: list | None = None) -> float:
     total, count = 0.0, 0
     lengths = [run.objective.sample_length(s) for s in samples]
     planned = plan_batches(lengths, batch_size=cfg.training.batch_size, max_seq_length=cfg.data.max_seq_length, packing=cfg.data.packing)
-    for rows in rank_share(run.dist, planned):  # each process its share; the sums are added up below
+    share = [(rows, 1) for rows in rank_share(run.dist, planned)]  # each process its share; the sums are added up below
+    if run.strategy == "fsdp" and planned:  # every rank runs as many forwards (each one gathers weights): pad with weight 0
+        share += [(planned[0], 0)] * (math.ceil(len(planned) / run.dist.world_size) - len(share))
+    for rows, counted in share:
         batch = run.objective.collate(samples, rows, pad_id=run.tokenizer.pad_token_id, packing=cfg.data.packing, padding_free=run.path.padding_free)
         batch = {k: v.to(run.settings.device) for k, v in batch.items()}
         with autocast_context(run.settings.precision, run.settings.device):
             out = run.objective.loss(run.path, model, batch)
-        total, count = total + float(out.loss_sum), count + out.weight
+        total, count = total + counted * float(out.loss_sum), count + counted * out.weight
     model.train()
     total, count = all_reduce_sum(run.dist, [total, count], run.settings.device)
     return total / max(count, 1)
@@ -398,12 +416,24 @@ def save_checkpoint(run: TrainingRun) -> Path:
     save_files = None
     if run.cfg.method != "full":
         save_files = functools.partial(save_model_files, run.model, None, scope_prompt=run_scope_prompt(run))  # the adapter, loadable by peft
-    if run.dist.is_main:  # with DDP every process holds the whole state: rank 0's is the checkpoint
+    target = ckpt.checkpoint_dir(run.output_dir, run.state.step)
+    if run.strategy == "fsdp":  # every rank writes its shards
+        sharding.save_sharded_checkpoint(target, run, run.state, keep=run.cfg.training.save_total_limit)
+    elif run.dist.is_main:  # with DDP every process holds the whole state: rank 0's is the checkpoint
         ckpt.save_checkpoint(run.output_dir, run.model, run.optimizer, run.scheduler, run.state, scaler=run.scaler,
                              save_model_files=save_files, keep=run.cfg.training.save_total_limit)
     barrier(run.dist)  # nobody goes on (or exits) before the checkpoint is complete
-    run.last_checkpoint = ckpt.checkpoint_dir(run.output_dir, run.state.step)
+    run.last_checkpoint = target
     return run.last_checkpoint
+
+
+def save_weights(run: TrainingRun, target: Path) -> None:
+    """The model's weights (the adapter for LoRA) into `target`, written by rank 0; under FSDP every
+    rank calls this, since the weights are gathered from the shards first."""
+    if run.strategy == "fsdp":
+        sharding.save_gathered_weights(run, target, lambda state: save_weights_atomic(run.model, run.tokenizer, target, run_scope_prompt(run), state))
+    elif run.dist.is_main:
+        save_weights_atomic(run.model, run.tokenizer, target, run_scope_prompt(run))
 
 
 def run_scope_prompt(run: TrainingRun) -> str | None:

@@ -23,7 +23,7 @@ from honed.config import TrainConfig
 from honed.train.scoring import score_samples
 from honed.errors import HonedError
 from honed.train.metrics_log import read_metrics
-from honed.train.outputs import plot_losses, save_weights_atomic, write_run_record
+from honed.train.outputs import plot_losses, write_run_record
 from honed.train.defaults import resolve_data_defaults
 from honed.train.distributed import any_rank, barrier, sharded_scorer
 from honed.train.progress import TrainProgress
@@ -34,8 +34,8 @@ from honed.train.recipe import (
     epoch_batches,
     evaluate,
     local_micro_batches,
-    run_scope_prompt,
     save_checkpoint,
+    save_weights,
     setup_run,
     train_step,
     training_model_config,  # noqa: F401  (public: tests and callers import it from here)
@@ -145,8 +145,7 @@ def evaluate_and_keep_best(run: TrainingRun, result: TrainResult, progress: Trai
     progress.note(f"step {state.step}: validation loss {val_loss:.4f}")
     if state.best_val_loss is None or val_loss < state.best_val_loss:
         state.best_val_loss, state.best_step, state.evals_without_improvement = val_loss, state.step, 0
-        if run.dist.is_main:
-            save_weights_atomic(run.model, run.tokenizer, run.output_dir / "best", run_scope_prompt(run))
+        save_weights(run, run.output_dir / "best")
         result.best_step = state.step
     else:
         state.evals_without_improvement += 1
@@ -167,16 +166,18 @@ def end_epoch(run: TrainingRun) -> None:
     """Let the epoch strategy learn from the finished epoch (hard mining scores it), then the next."""
     state = run.state
     scorer = functools.partial(score_samples, run.model, device=run.settings.device, pad_id=run.tokenizer.pad_token_id, precision=run.settings.precision)
-    run.data.epochs.end_epoch(state.epoch, sharded_scorer(run.dist, scorer))  # every process learns the same scores
+    # Every process must learn the same scores: each scores its share and they are gathered; under
+    # FSDP each forward is collective, so every process scores all of them.
+    run.data.epochs.end_epoch(state.epoch, scorer if run.strategy == "fsdp" else sharded_scorer(run.dist, scorer))
     state.epoch, state.batch_in_epoch = state.epoch + 1, 0
 
 
 def finish_run(run: TrainingRun, started: float) -> None:
     """The final weights, run_info.json (what the path did included) and the loss curve (rank 0)."""
+    save_weights(run, run.output_dir)
     if not run.dist.is_main:
         barrier(run.dist)
         return
-    save_weights_atomic(run.model, run.tokenizer, run.output_dir, run_scope_prompt(run))
     info = dict(run.info)
     info.update(path_record(run.path))
     write_run_record(run.output_dir, run.cfg, fingerprint=run.fingerprint, info=info, report=run.data.report.to_dict(), started=started)
