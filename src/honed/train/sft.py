@@ -25,7 +25,7 @@ from honed.errors import HonedError
 from honed.train.metrics_log import read_metrics
 from honed.train.outputs import plot_losses, write_run_record
 from honed.train.defaults import resolve_data_defaults
-from honed.train.distributed import any_rank, barrier, sharded_scorer
+from honed.train.distributed import any_rank, barrier, launched_by_torchrun, sharded_scorer
 from honed.train.progress import TrainProgress
 from honed.train.recipe import (
     StepResult,
@@ -74,7 +74,9 @@ class _StopSignal:
         return self
 
     def _handle(self, signum, frame):
-        if self.received is not None:  # second Ctrl-C: stop now
+        # A second Ctrl-C stops now; not under torchrun, whose agent passes the terminal's Ctrl-C on to
+        # its workers (each gets it twice) and kills them itself if they take too long.
+        if self.received is not None and not launched_by_torchrun():
             raise KeyboardInterrupt
         self.received = signum
         log.warning("signal %s received: finishing this step, saving a checkpoint, then exiting", signal.Signals(signum).name)
