@@ -18,6 +18,7 @@ samples fell into micro-batches and processes).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import logging
 import math
@@ -232,6 +233,10 @@ def setup_run(cfg: TrainConfig) -> TrainingRun:
     accumulation = accumulation_for(dist_ctx, t.gradient_accumulation_steps, ckpt.saved_micro_per_step(resume_from))
     set_seed(t.seed)
     settings = resolve_engine_settings(cfg, device)  # precision resolved (and fp8 checked) here, once
+    if dist_ctx.enabled and settings.cuda_graphs:
+        # A captured graph would replay DDP's bucket all-reduces outside DDP's control: eager steps only.
+        log.warning("training.cuda_graphs: off under torchrun (the gradient all-reduce cannot be captured with the step)")
+        settings = dataclasses.replace(settings, cuda_graphs=False)
     device, precision = settings.device, settings.precision
     check_method_precision(cfg, precision)
 
