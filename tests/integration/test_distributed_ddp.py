@@ -156,8 +156,8 @@ def test_a_killed_rank_ends_the_job_with_an_error_naming_it(raw_config, tmp_path
 
 
 def test_sigterm_to_one_rank_stops_all_at_one_step_with_a_checkpoint_and_resume_finishes(raw_config, tmp_path):
-    reference = train(config_from_dict(raw_config("ref", accumulation=2, epochs=12)), show_progress=False)
-    raw = raw_config("out", accumulation=1, epochs=12)
+    reference = train(config_from_dict(raw_config("ref", accumulation=2, epochs=6)), show_progress=False)
+    raw = raw_config("out", accumulation=1, epochs=6)
     cfg = write_config(raw, tmp_path / "c.yaml")
     proc, pid = start_two_rank_job(cfg, tmp_path / "out")
     os.kill(pid, signal.SIGTERM)

@@ -40,8 +40,8 @@ def torchrun_args(honed_args: list[str], *, nproc_per_node: int, nnodes: str = "
 
 
 def launch(honed_args: list[str], **kwargs) -> int:
-    """Run `honed HONED_ARGS` in torchrun's workers; 0 on success, INTERRUPTED when every failed
-    worker stopped on a signal after saving a checkpoint; otherwise LaunchError."""
+    """Run `honed HONED_ARGS` in torchrun's workers; 0 on success, INTERRUPTED when the workers stopped
+    on a signal after saving a checkpoint; otherwise LaunchError."""
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import get_args_parser, run
@@ -52,7 +52,9 @@ def launch(honed_args: list[str], **kwargs) -> int:
         run(args)
     except ChildFailedError as err:
         failures = err.failures
-        if failures and all(f.exitcode == INTERRUPTED for f in failures.values()):
+        # Interrupted ranks exit together after saving; the launcher may SIGTERM the last ones while they exit.
+        codes = {f.exitcode for f in failures.values()}
+        if INTERRUPTED in codes and codes <= {INTERRUPTED, -signal.SIGTERM}:
             return INTERRUPTED
         raise LaunchError(describe_failures(failures)) from None
     except SignalException:  # Ctrl-C / SIGTERM to this launcher: torchrun passed it on to the workers, which saved
