@@ -212,3 +212,20 @@ def test_fsdp_full_finetuning_on_two_ranks_equals_one_process_and_resumes_on_one
     assert sorted(got) == sorted(want)
     for name in want:
         torch.testing.assert_close(got[name], want[name], atol=1e-5, rtol=1e-4)
+
+
+def test_fsdp_lora_on_two_ranks_saves_the_adapter_one_process_saves(raw_config, tmp_path):
+    def cfg(out, accumulation):
+        raw = raw_config(out, accumulation=accumulation, epochs=1)
+        raw["distributed"] = {"strategy": "fsdp"}
+        return raw
+
+    one = train(config_from_dict(cfg("one", 2)), show_progress=False)
+    spawn_training(cfg("two", 1), world_size=2)
+    two = tmp_path / "two"
+    assert_same_losses(losses_of(two), losses_of(one.output_dir))
+    got, want = load_file(two / "adapter_model.safetensors"), load_file(one.output_dir / "adapter_model.safetensors")
+    assert sorted(got) == sorted(want)
+    for name in want:
+        torch.testing.assert_close(got[name], want[name], atol=1e-5, rtol=1e-4)
+    assert json.loads((two / "adapter_config.json").read_text())["r"] == 4
