@@ -173,6 +173,15 @@ def sharded_scorer(ctx: DistContext, scorer):
     return score
 
 
+def main_first(ctx: DistContext, fn) -> None:
+    """`fn()` on rank 0, then on the others (e.g. rank 0 writes a cache file the others then read)."""
+    if ctx.is_main:
+        fn()
+    barrier(ctx)
+    if not ctx.is_main:
+        fn()
+
+
 # ---- the global batch ----------------------------------------------------------------------------
 
 
@@ -189,6 +198,14 @@ def accumulation_for(ctx: DistContext, configured: int, saved_micro_per_step: in
     log.warning("resuming on %d process(es): training.gradient_accumulation_steps %d → %d, to keep the checkpoint's global batch "
                 "(%d micro-batches per optimizer step)", ctx.world_size, configured, accumulation, saved_micro_per_step)
     return accumulation
+
+
+def log_global_batch(ctx: DistContext, batch_size: int, accumulation: int) -> dict:
+    """Say once what an optimizer step takes across processes; returns it for run_info.json."""
+    rows = ctx.world_size * batch_size * accumulation
+    log.info("global batch = %d process(es) × %d rows per micro-batch × %d accumulation = %d rows per optimizer step",
+             ctx.world_size, batch_size, accumulation, rows)
+    return {"world_size": ctx.world_size, "gradient_accumulation_steps": accumulation, "global_batch_rows": rows}
 
 
 # ---- DDP ------------------------------------------------------------------------------------------

@@ -37,7 +37,7 @@ from honed.model.load import load_model, load_tokenizer, pick_device
 from honed.train import checkpoint as ckpt
 from honed.train.checkpoint import TrainState
 from honed.train.distributed import (DistContext, accumulation_for, all_reduce_sum, barrier, init_distributed, local_device,
-                                     rank_share, wrap_ddp)
+                                     log_global_batch, main_first, rank_share, wrap_ddp)
 from honed.train.metrics_log import MetricsLog, NullMetrics
 from honed.train.objectives import ObjectiveData, get_objective
 from honed.train.optim import build_optimizer, build_scheduler, warmup_steps_for
@@ -173,6 +173,18 @@ def prepare_training_path(model, settings: EngineSettings, path=None):
     return path, model
 
 
+def prepare_strategy_and_path(cfg: TrainConfig, dist_ctx: DistContext, model, settings: EngineSettings):
+    """(strategy, path, model): under torchrun, `distributed.strategy` resolved; the training path
+    prepared; FSDP2 applied for strategy fsdp (before the optimizer is built: it must see the shards)."""
+    strategy = sharding.choose_strategy(cfg, dist_ctx, settings.device, model)
+    if strategy == "fsdp":  # FSDP2 gathers each layer's weights in its own hooks; the fused kernels read them directly
+        log.info("distributed.strategy fsdp: the plain training path (the fused path runs under ddp)")
+    path, model = prepare_training_path(model, settings, PlainPath() if strategy == "fsdp" else None)
+    if strategy == "fsdp":
+        model = sharding.shard_model(model, cfg, settings.precision)
+    return strategy, path, model
+
+
 def plan_schedule(cfg: TrainConfig, objective, data: ObjectiveData, micro_per_step: int | None = None) -> Schedule:
     """Steps per epoch from the first epoch's micro-batches; the run's total from epochs or max_steps.
     `micro_per_step`: global micro-batches per optimizer step (default: gradient_accumulation_steps)."""
@@ -249,12 +261,7 @@ def setup_run(cfg: TrainConfig) -> TrainingRun:
     log.info("data: %s", data.report.summary())
     check_data_fits_model(model, objective, data, cfg.model.name_or_path)
     model, info = finish_training_model(model, info, cfg)
-    strategy = sharding.choose_strategy(cfg, dist_ctx, device, model)
-    if strategy == "fsdp":  # FSDP2 gathers each layer's weights in its own hooks; the fused kernels read them directly
-        log.info("distributed.strategy fsdp: the plain training path (the fused path runs under ddp)")
-    path, model = prepare_training_path(model, settings, PlainPath() if strategy == "fsdp" else None)
-    if strategy == "fsdp":
-        model = sharding.shard_model(model, cfg, precision)  # before the optimizer: it must see the shards
+    strategy, path, model = prepare_strategy_and_path(cfg, dist_ctx, model, settings)
     trainable, total = count_parameters(model)
     info.update(method=cfg.method, objective=objective.name, precision=precision, device=str(device), trainable_params=trainable,
                 total_params=total, training_path=path.name)
@@ -271,21 +278,13 @@ def setup_run(cfg: TrainConfig) -> TrainingRun:
     run = TrainingRun(cfg=cfg, settings=settings, model=model, path=path, objective=objective, optimizer=optimizer,
                       scheduler=scheduler, scaler=scaler, params=[p for p in model.parameters() if p.requires_grad], tokenizer=tokenizer,
                       info=info, data=data, schedule=schedule, output_dir=out, fingerprint=data_fingerprint(cfg.data),
-                      dist=dist_ctx, accumulation=accumulation)
+                      dist=dist_ctx, accumulation=accumulation, strategy=strategy)
     if dist_ctx.enabled:
-        rows = micro_per_step * t.batch_size
-        log.info("global batch = %d process(es) × %d rows per micro-batch × %d accumulation = %d rows per optimizer step",
-                 dist_ctx.world_size, t.batch_size, accumulation, rows)
-        info.update(world_size=dist_ctx.world_size, strategy=strategy, gradient_accumulation_steps=accumulation, global_batch_rows=rows)
-        run.strategy = strategy
+        info.update(strategy=strategy, **log_global_batch(dist_ctx, t.batch_size, accumulation))
     run.state = resume_state(run, resume_from)
     prepare = getattr(objective, "prepare_reference", None)  # preference objectives: cached reference log-probs
     if prepare is not None:
-        if dist_ctx.is_main:  # rank 0 computes and writes the cache; the others then read it
-            prepare(run)
-        barrier(dist_ctx)
-        if not dist_ctx.is_main:
-            prepare(run)
+        main_first(dist_ctx, lambda: prepare(run))  # rank 0 computes and writes the cache; the others then read it
     # Rows past the resumed step (or every row, when a run died before its first checkpoint) go.
     run.metrics = MetricsLog(out, tensorboard=t.tensorboard, resume_step=run.state.step) if dist_ctx.is_main else NullMetrics()
     if strategy == "ddp":
