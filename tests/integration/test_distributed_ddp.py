@@ -229,3 +229,11 @@ def test_fsdp_lora_on_two_ranks_saves_the_adapter_one_process_saves(raw_config, 
     for name in want:
         torch.testing.assert_close(got[name], want[name], atol=1e-5, rtol=1e-4)
     assert json.loads((two / "adapter_config.json").read_text())["r"] == 4
+
+
+def test_one_process_under_torchrun_runs_ddp_and_equals_the_plain_run(raw_config, tmp_path):
+    plain = train(config_from_dict(raw_config("plain", accumulation=2, epochs=1)), show_progress=False)
+    spawn_training(raw_config("ddp", accumulation=2, epochs=1), world_size=1)
+    info = json.loads((tmp_path / "ddp" / "run_info.json").read_text())["model"]
+    assert (info["world_size"], info["strategy"]) == (1, "ddp")
+    assert_same_losses(losses_of(tmp_path / "ddp"), losses_of(plain.output_dir))
