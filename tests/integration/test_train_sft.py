@@ -143,6 +143,19 @@ def test_output_folder_is_not_overwritten(make_config):
         train(cfg, show_progress=False)
 
 
+def test_overwrite_clears_the_output_only_once_the_data_has_loaded(make_config, tmp_path):
+    from honed.errors import HonedError
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "adapter_model.safetensors").write_text("the last good run")
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"messages": [{"role": "user", "content": "hi"}\n')  # cut short: not JSON
+    with pytest.raises(HonedError, match="bad.jsonl"):
+        train(make_config(data={"train": [str(bad)]}, training={"overwrite": True}), show_progress=False)
+    assert (out / "adapter_model.safetensors").read_text() == "the last good run"
+
+
 def test_gradient_checkpointing_gives_the_same_losses(make_config, tmp_path):
     plain = train(make_config(training={"max_steps": 3, "output_dir": str(tmp_path / "p")}), show_progress=False)
     ckpt = train(make_config(training={"max_steps": 3, "output_dir": str(tmp_path / "c"), "gradient_checkpointing": True}), show_progress=False)

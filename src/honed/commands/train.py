@@ -1,4 +1,4 @@
-"""`honed train CONFIG.yaml [key=value ...]`"""
+"""`honed train CONFIG.yaml [key=value ...] [--nproc-per-node N [--nnodes M --node-rank K --rdzv-endpoint HOST:PORT]]`"""
 
 from __future__ import annotations
 
@@ -8,17 +8,53 @@ def register(sub) -> None:
     p.add_argument("config", help="YAML config file (see configs/)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="override config keys, e.g. training.learning_rate=1e-4")
     p.add_argument("--no-progress", action="store_true", help="log lines instead of a progress bar")
+    dist = p.add_argument_group("several GPUs or hosts (starts torchrun's launcher; the same as `torchrun ... -m honed train`)")
+    dist.add_argument("--nproc-per-node", type=int, metavar="N", help="processes on this host, one per GPU")
+    dist.add_argument("--nnodes", default="1", metavar="M", help="hosts in the job (default 1)")
+    dist.add_argument("--node-rank", type=int, default=0, metavar="K", help="this host's index, 0..M-1")
+    dist.add_argument("--rdzv-endpoint", metavar="HOST:PORT", help="where the hosts meet (c10d rendezvous); the same on every host")
+    dist.add_argument("--rdzv-id", metavar="ID", help="job id shared by the hosts (default: honed)")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
+    if args.nproc_per_node is not None:
+        return launch_workers(args)
+    from honed.train.distributed import launched_by_torchrun
+
+    if launched_by_torchrun():  # a torchrun worker: an error is also recorded for torchrun's failure report
+        from torch.distributed.elastic.multiprocessing.errors import record
+
+        return record(train_command)(args)
+    return train_command(args)
+
+
+def launch_workers(args) -> int:
+    """`--nproc-per-node N`: torchrun's launcher runs this same command (less these flags) in N workers."""
+    from honed.errors import ConfigError
+    from honed.train.launch import INTERRUPTED, launch
+
+    if args.nproc_per_node < 1:
+        raise ConfigError(f"--nproc-per-node {args.nproc_per_node}: give at least 1")
+    honed_args = ["train", args.config, *args.overrides] + (["--no-progress"] if args.no_progress else [])
+    code = launch(honed_args, nproc_per_node=args.nproc_per_node, nnodes=args.nnodes, node_rank=args.node_rank,
+                  rdzv_endpoint=args.rdzv_endpoint, rdzv_id=args.rdzv_id)
+    if code == INTERRUPTED:
+        from rich.console import Console
+
+        Console(stderr=True).print("[yellow]interrupted[/]: a checkpoint was saved; run the same command with training.resume=true to go on")
+    return code
+
+
+def train_command(args) -> int:
     from rich.console import Console
 
     from honed.config import load_config
+    from honed.train.distributed import is_main_process
     from honed.train.sft import TrainingInterrupted, train
 
     cfg = load_config(args.config, args.overrides)
-    console = Console(stderr=True)
+    console = Console(stderr=True, quiet=not is_main_process())  # under torchrun, rank 0 reports
     if cfg.stages:
         from honed.train.stages import run_stages
 

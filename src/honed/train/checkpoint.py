@@ -38,6 +38,7 @@ class TrainState:
     tokens_seen: int = 0
     data_state: dict = field(default_factory=dict)  # EpochData.state_dict(): what a data strategy learned
     data_fingerprint: str = ""  # resuming on other data is refused
+    micro_batches_per_step: int = 0  # global (all processes); a resume on another world size keeps it (0: not recorded)
 
 
 def rng_state() -> dict:
@@ -72,9 +73,25 @@ def trainable_state(model) -> dict[str, torch.Tensor]:
     return {n: p.detach().contiguous().cpu() for n, p in model.named_parameters() if p.requires_grad}
 
 
+def checkpoint_dir(out_dir: Path, step: int) -> Path:
+    """Where the checkpoint of `step` is (or will be) written."""
+    return Path(out_dir) / CHECKPOINTS / f"checkpoint-{step:06d}"
+
+
+def saved_micro_per_step(path: Path | None) -> int | None:
+    """Global micro-batches per optimizer step the checkpoint at `path` trained with (None: no
+    checkpoint, or one from before this was recorded)."""
+    if path is None:
+        return None
+    try:
+        return json.loads((Path(path) / "trainer_state.json").read_text()).get("micro_batches_per_step") or None
+    except (OSError, ValueError):
+        return None  # load_checkpoint names the unreadable file
+
+
 def save_checkpoint(out_dir: Path, model, optimizer, scheduler, state: TrainState, *, scaler=None, save_model_files=None, keep: int | None = None) -> Path:
     """Write checkpoint-<step> under out_dir/checkpoints and prune the oldest beyond `keep`."""
-    target = Path(out_dir) / CHECKPOINTS / f"checkpoint-{state.step:06d}"
+    target = checkpoint_dir(out_dir, state.step)
     with atomic_dir(target) as tmp:
         save_file(trainable_state(model), str(tmp / "trainable.safetensors"))
         blob = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state()}

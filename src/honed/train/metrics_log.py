@@ -49,6 +49,16 @@ class MetricsLog:
             self._tb.close()
 
 
+class NullMetrics:
+    """What processes other than rank 0 log metrics to under torchrun: nothing (rank 0 writes them)."""
+
+    def write(self, kind: str, step: int, **values) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
 def _parse(line: str) -> dict | None:
     try:
         row = json.loads(line)

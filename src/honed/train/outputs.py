@@ -29,18 +29,19 @@ def package_versions() -> dict[str, str]:
     return out
 
 
-def save_model_files(model, tokenizer, folder: Path, scope_prompt: str | None = None) -> None:
-    """Weights (+ tokenizer, + the scope prompt) in the ecosystem's formats; safetensors only."""
-    model.save_pretrained(str(folder), safe_serialization=True)
+def save_model_files(model, tokenizer, folder: Path, scope_prompt: str | None = None, state_dict: dict | None = None) -> None:
+    """Weights (+ tokenizer, + the scope prompt) in the ecosystem's formats; safetensors only.
+    `state_dict`: the weights to write instead of the model's own (gathered from FSDP shards)."""
+    model.save_pretrained(str(folder), safe_serialization=True, **({"state_dict": state_dict} if state_dict is not None else {}))
     if tokenizer is not None:
         tokenizer.save_pretrained(str(folder))
     save_scope_prompt(folder, scope_prompt)
 
 
-def save_weights_atomic(model, tokenizer, target: Path, scope_prompt: str | None = None) -> None:
+def save_weights_atomic(model, tokenizer, target: Path, scope_prompt: str | None = None, state_dict: dict | None = None) -> None:
     """Save into a sibling temp folder, then move each file into `target` (other files there stay)."""
     with atomic_dir(target.with_name(f".{target.name}-staging")) as tmp:
-        save_model_files(model, tokenizer, tmp, scope_prompt)
+        save_model_files(model, tokenizer, tmp, scope_prompt, state_dict)
     staging = target.with_name(f".{target.name}-staging")
     move_contents_atomic(staging, target)
     staging.rmdir()

@@ -2,7 +2,9 @@
 
 The parts live in `honed.train.recipe` (set-up, one optimizer step, evaluation, checkpoint); this
 module is the loop a reader follows. One optimizer step = `gradient_accumulation_steps`
-micro-batches, weighted by the objective (trained tokens for SFT).
+micro-batches, weighted by the objective (trained tokens for SFT). Under torchrun every process runs
+this same loop over its share of each step's micro-batches (`honed.train.distributed`); rank 0
+alone writes outputs and shows progress.
 
 >>> result = train(load_config("configs/quickstart.yaml"))  # doctest: +SKIP
 """
@@ -21,18 +23,19 @@ from honed.config import TrainConfig
 from honed.train.scoring import score_samples
 from honed.errors import HonedError
 from honed.train.metrics_log import read_metrics
-from honed.train.outputs import plot_losses, save_weights_atomic, write_run_record
+from honed.train.outputs import plot_losses, write_run_record
 from honed.train.defaults import resolve_data_defaults
+from honed.train.distributed import any_rank, barrier, launched_by_torchrun, sharded_scorer
 from honed.train.progress import TrainProgress
 from honed.train.recipe import (
     StepResult,
     TrainingRun,
     checkpoint_is_current,
-    collate_group,
     epoch_batches,
     evaluate,
-    run_scope_prompt,
+    local_micro_batches,
     save_checkpoint,
+    save_weights,
     setup_run,
     train_step,
     training_model_config,  # noqa: F401  (public: tests and callers import it from here)
@@ -71,7 +74,9 @@ class _StopSignal:
         return self
 
     def _handle(self, signum, frame):
-        if self.received is not None:  # second Ctrl-C: stop now
+        # A second Ctrl-C stops now; not under torchrun, whose agent passes the terminal's Ctrl-C on to
+        # its workers (each gets it twice) and kills them itself if they take too long.
+        if self.received is not None and not launched_by_torchrun():
             raise KeyboardInterrupt
         self.received = signum
         log.warning("signal %s received: finishing this step, saving a checkpoint, then exiting", signal.Signals(signum).name)
@@ -88,14 +93,16 @@ def train(cfg: TrainConfig, *, stop_after_steps: int | None = None, show_progres
     run = setup_run(cfg)
     t, state, schedule = cfg.training, run.state, run.schedule
     result = TrainResult(output_dir=run.output_dir, steps=state.step, best_step=state.best_step)
-    progress = TrainProgress(schedule.total_steps, enabled=show_progress, start=state.step)
+    progress = TrainProgress(schedule.total_steps, enabled=show_progress and run.dist.is_main, start=state.step)
+    device = run.settings.device
     with contextlib.closing(run.metrics), _StopSignal() as stop, progress:
         while state.step < schedule.total_steps and not result.stopped_early:
-            samples, batches = epoch_batches(run, state.epoch)
+            samples, batches = epoch_batches(run, state.epoch)  # the same global plan on every process
             while state.batch_in_epoch < len(batches) and state.step < schedule.total_steps:
-                group = batches[state.batch_in_epoch : state.batch_in_epoch + t.gradient_accumulation_steps]
+                group = batches[state.batch_in_epoch : state.batch_in_epoch + run.micro_per_step]
                 step_start = time.perf_counter()
-                step = train_step(run, collate_group(run, samples, group))
+                micro_batches, idle = local_micro_batches(run, samples, group)
+                step = train_step(run, micro_batches, idle=idle)
                 loss = step.loss  # waits for the GPU: the time below is the step's
                 seconds = time.perf_counter() - step_start
                 state.step, state.batch_in_epoch, state.tokens_seen = state.step + 1, state.batch_in_epoch + len(group), state.tokens_seen + step.tokens
@@ -109,8 +116,9 @@ def train(cfg: TrainConfig, *, stop_after_steps: int | None = None, show_progres
                     break
                 if state.step % schedule.save_every == 0 or last:
                     result.last_checkpoint = save_checkpoint(run)
-                if stop.received is not None or (stop_after_steps is not None and state.step >= stop_after_steps):
-                    return stop_with_checkpoint(run, result, signalled=stop.received is not None)
+                signalled = any_rank(run.dist, stop.received is not None, device)  # a signal to any process stops all at this step
+                if signalled or (stop_after_steps is not None and state.step >= stop_after_steps):
+                    return stop_with_checkpoint(run, result, signalled=signalled)
             if not result.stopped_early and state.batch_in_epoch >= len(batches):
                 end_epoch(run)
     finish_run(run, started)
@@ -139,7 +147,7 @@ def evaluate_and_keep_best(run: TrainingRun, result: TrainResult, progress: Trai
     progress.note(f"step {state.step}: validation loss {val_loss:.4f}")
     if state.best_val_loss is None or val_loss < state.best_val_loss:
         state.best_val_loss, state.best_step, state.evals_without_improvement = val_loss, state.step, 0
-        save_weights_atomic(run.model, run.tokenizer, run.output_dir / "best", run_scope_prompt(run))
+        save_weights(run, run.output_dir / "best")
         result.best_step = state.step
     else:
         state.evals_without_improvement += 1
@@ -160,17 +168,23 @@ def end_epoch(run: TrainingRun) -> None:
     """Let the epoch strategy learn from the finished epoch (hard mining scores it), then the next."""
     state = run.state
     scorer = functools.partial(score_samples, run.model, device=run.settings.device, pad_id=run.tokenizer.pad_token_id, precision=run.settings.precision)
-    run.data.epochs.end_epoch(state.epoch, scorer)
+    # Every process must learn the same scores: each scores its share and they are gathered; under
+    # FSDP each forward is collective, so every process scores all of them.
+    run.data.epochs.end_epoch(state.epoch, scorer if run.strategy == "fsdp" else sharded_scorer(run.dist, scorer))
     state.epoch, state.batch_in_epoch = state.epoch + 1, 0
 
 
 def finish_run(run: TrainingRun, started: float) -> None:
-    """The final weights, run_info.json (what the path did included) and the loss curve."""
-    save_weights_atomic(run.model, run.tokenizer, run.output_dir, run_scope_prompt(run))
+    """The final weights, run_info.json (what the path did included) and the loss curve (rank 0)."""
+    save_weights(run, run.output_dir)
+    if not run.dist.is_main:
+        barrier(run.dist)
+        return
     info = dict(run.info)
     info.update(path_record(run.path))
     write_run_record(run.output_dir, run.cfg, fingerprint=run.fingerprint, info=info, report=run.data.report.to_dict(), started=started)
     plot_losses(read_metrics(run.output_dir / "metrics.jsonl"), run.output_dir / "loss_curve.png")
+    barrier(run.dist)
 
 
 def path_record(path) -> dict:

@@ -29,6 +29,7 @@ from pathlib import Path
 
 from honed.config import TrainConfig, config_from_dict, deep_merge
 from honed.errors import ConfigError
+from honed.train.distributed import is_main_process
 from honed.utils.fs import write_text_atomic
 
 log = logging.getLogger(__name__)
@@ -90,5 +91,6 @@ def run_stages(cfg: TrainConfig, *, show_progress: bool = True, stop_after_steps
         # Also when a stage is interrupted: the summary says which stages are done.
         summary = [{"stage": k + 1, "name": n, "output_dir": c.training.output_dir, "finished": _finished(Path(c.training.output_dir))}
                    for k, (n, c) in enumerate(stages)]
-        write_text_atomic(Path(cfg.training.output_dir) / "stages.json", json.dumps(summary, indent=2))
+        if is_main_process():  # under torchrun, rank 0 alone writes
+            write_text_atomic(Path(cfg.training.output_dir) / "stages.json", json.dumps(summary, indent=2))
     return results

@@ -83,8 +83,9 @@ def move_contents_atomic(src_dir: Path, dest_dir: Path) -> None:
         os.replace(item, target)
 
 
-def prepare_output_dir(path: str | Path, *, overwrite: bool, resuming: bool) -> Path:
-    """Create the output folder; refuse a non-empty one unless overwriting or resuming into it."""
+def check_output_dir(path: str | Path, *, overwrite: bool, resuming: bool) -> bool:
+    """Refuse a file, or a non-empty folder unless overwriting or resuming into it; True when the
+    folder holds something `overwrite` will clear. Touches nothing (prepare_output_dir does)."""
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise OutputExistsError(f"training.output_dir={path} is a file, not a folder")
@@ -94,6 +95,14 @@ def prepare_output_dir(path: str | Path, *, overwrite: bool, resuming: bool) -> 
                 f"training.output_dir={path} is not empty; choose another folder, set training.overwrite=true "
                 "to replace it, or training.resume=true to continue its last checkpoint"
             )
+        return True
+    return False
+
+
+def prepare_output_dir(path: str | Path, *, overwrite: bool, resuming: bool) -> Path:
+    """Create the output folder; refuse a non-empty one unless overwriting or resuming into it."""
+    path = Path(path)
+    if check_output_dir(path, overwrite=overwrite, resuming=resuming):
         shutil.rmtree(path)
     path.mkdir(parents=True, exist_ok=True)
     return path

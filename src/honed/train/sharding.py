@@ -1,0 +1,132 @@
+"""The strategy of a run under torchrun (`distributed.strategy`), and the parts of a run that differ
+under FSDP2: sharding the model, sharded checkpoints, and gathering the weights for the final save.
+
+The sharding itself and Distributed Checkpoint live in `honed.train.fsdp` and
+`honed.train.dist_checkpoint`; this module wires them into the recipe's set-up, checkpoint and save.
+
+>>> choose_strategy(cfg, ctx, torch.device("cuda", 0), model)   # doctest: +SKIP
+'ddp'
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from honed.errors import ConfigError
+from honed.train.distributed import DistContext
+
+log = logging.getLogger(__name__)
+
+# Bytes of device memory per parameter while training, beyond the weights: full fine-tuning holds
+# fp32 master weights, their gradients and AdamW's two moments (16 bytes); LoRA holds little more
+# than the frozen weights. Activations come on top, hence the 0.8 of the device's memory below.
+_FULL_BYTES_PER_PARAM = 16
+
+
+def training_bytes(model, method: str) -> int:
+    """A rough need of device memory to train `model` whole on one device (weights + optimizer state)."""
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    if method == "full":
+        return sum(p.numel() for p in model.parameters()) * _FULL_BYTES_PER_PARAM
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return weights + trainable * _FULL_BYTES_PER_PARAM
+
+
+def choose_strategy(cfg, ctx: DistContext, device: torch.device, model) -> str | None:
+    """ddp, fsdp, or None (one process without torchrun). `auto`: DDP while the model and its training
+    state fit one device — it is the cheaper one (one all-reduce of the trainable gradients, the
+    fused path on every rank) — and FSDP2 once they do not, since sharding is then the only way in."""
+    if not ctx.enabled:
+        return None
+    strategy = cfg.distributed.strategy
+    if strategy == "auto":
+        strategy = "ddp"
+        if device.type == "cuda" and ctx.world_size > 1:
+            need, have = training_bytes(model, cfg.method), torch.cuda.get_device_properties(device).total_memory
+            if need > 0.8 * have:
+                strategy = "fsdp"
+            log.info("distributed.strategy auto → %s (training needs ~%.1f GB, one GPU holds %.1f GB)", strategy, need / 1e9, have / 1e9)
+    if strategy == "fsdp":
+        from honed.train.fsdp import fsdp_unsupported_reason
+
+        reason = fsdp_unsupported_reason(model, cfg)
+        if reason:
+            raise ConfigError(reason)
+    return strategy
+
+
+def shard_model(model, cfg, precision: str):
+    """FSDP2 over `model` (in place): compute in the training precision, reduce gradients in fp32."""
+    from honed.train.fsdp import apply_fsdp
+    from honed.utils.precision import autocast_dtype
+
+    return apply_fsdp(model, cfg.distributed, param_dtype=autocast_dtype(precision), reduce_dtype=torch.float32)
+
+
+# ---- checkpoints ----------------------------------------------------------------------------------
+
+
+def save_sharded_checkpoint(target: Path, run, state, *, keep: int | None) -> None:
+    """Every rank writes its shards (Distributed Checkpoint); rank 0 adds trainer_state.json, which
+    marks the folder as a checkpoint for `resume`, and prunes the oldest beyond `keep`."""
+    from honed.model.runs import list_checkpoints
+    from honed.train.checkpoint import rng_state
+    from honed.train.dist_checkpoint import save_sharded
+    from honed.utils.fs import write_text_atomic
+
+    extra = {"scheduler": run.scheduler.state_dict(), "rng": rng_state()}
+    if run.scaler is not None:
+        extra["scaler"] = run.scaler.state_dict()
+    save_sharded(target, run.model, run.optimizer, extra=extra)
+    if run.dist.is_main:
+        write_text_atomic(target / "trainer_state.json", json.dumps(asdict(state), indent=2))
+        if keep:
+            for old in list_checkpoints(run.output_dir)[:-keep]:
+                shutil.rmtree(old, ignore_errors=True)
+
+
+def load_sharded_checkpoint(path: Path, run):
+    """Restore a sharded checkpoint on any number of ranks; returns its TrainState."""
+    from honed.train.checkpoint import TrainState, set_rng_state
+    from honed.train.dist_checkpoint import METADATA_FILE, load_sharded
+
+    if not (Path(path) / METADATA_FILE).is_file():
+        raise ConfigError(f"training.resume: {path} is a whole-model checkpoint (one process or DDP), and this run shards "
+                          "with distributed.strategy: fsdp; resume it with strategy ddp (or one process)")
+    extra = load_sharded(path, run.model, run.optimizer)
+    run.scheduler.load_state_dict(extra["scheduler"])
+    if run.scaler is not None and "scaler" in extra:
+        run.scaler.load_state_dict(extra["scaler"])
+    if extra.get("rng") is not None:
+        set_rng_state(extra["rng"])
+    return TrainState(**json.loads((Path(path) / "trainer_state.json").read_text()))
+
+
+def is_sharded_checkpoint(path: Path) -> bool:
+    """True for a checkpoint written by Distributed Checkpoint (an FSDP run): it loads on any number
+    of processes, one without torchrun included."""
+    from honed.train.dist_checkpoint import METADATA_FILE
+
+    return (Path(path) / METADATA_FILE).is_file()
+
+
+# ---- the final weights ----------------------------------------------------------------------------
+
+
+def save_gathered_weights(run, target: Path, save) -> None:
+    """`save(model, state_dict)` on rank 0 with the whole weights gathered from the shards (every rank
+    calls this: the gathering is collective). LoRA runs gather the adapter weights only."""
+    from honed.train.dist_checkpoint import full_state_dict_for_saving
+
+    state = full_state_dict_for_saving(run.model, trainable_only=run.cfg.method != "full")
+    if run.dist.is_main:
+        # A tied weight (the LM head sharing the embeddings) is saved once, under its first name, as
+        # save_pretrained does with the model's own state.
+        names = {n for n, _ in run.model.named_parameters()} | {n for n, _ in run.model.named_buffers()}
+        save({k: v for k, v in state.items() if k in names})
