@@ -140,13 +140,14 @@ def annotate(records: list[dict]) -> list[dict]:
 
 
 def merge(result_sets: list[dict]) -> dict:
-    """Several result files (each {"runs": [...], "checks": [...]}) as one; a later run of the same
-    stack and row replaces an earlier one (files in the order given, runs by their call's date)."""
+    """Several result files (each {"runs": [...], "checks": [...]}) as one. Of two runs of the same
+    stack and row the one from the later call (its date) stays; on equal dates, the later file's."""
     runs: dict[tuple, dict] = {}
     checks: dict[tuple, dict] = {}
+    every = [r for results in result_sets for r in results.get("runs", [])]
+    for r in sorted(every, key=lambda r: (r.get("call") or {}).get("date", "")):  # stable: file order within a date
+        runs[(r["stack"], *row_key(r))] = r
     for results in result_sets:
-        for r in sorted(results.get("runs", []), key=lambda r: (r.get("call") or {}).get("date", "")):
-            runs[(r["stack"], *row_key(r))] = r
         for c in results.get("checks", []):
             checks[(c["check"], c.get("world"))] = c
     return {"runs": list(runs.values()), "checks": list(checks.values())}

@@ -1,0 +1,43 @@
+"""benchmarks/scaling.py's honed side of group `ddp`, on the CPU: 2 gloo ranks, a tiny llama, 2 steps.
+
+The same code path as on the GPUs (config and data generated, torchrun on scaling_rank.py, which runs
+`honed train` through honed's CLI, each rank's record summarised), only the shape and device differ.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "scaling.py"
+SEQ = 48
+
+
+def test_two_gloo_ranks_train_through_honeds_cli_and_the_record_matches_its_log(tiny_model_dir, tmp_path):
+    spec_ = importlib.util.spec_from_file_location("scaling", SCRIPT)
+    scaling = importlib.util.module_from_spec(spec_)
+    sys.modules["scaling"] = scaling
+    spec_.loader.exec_module(scaling)
+
+    lora = scaling.plan("ddp", world_sizes=(2,), shape="tiny", seq=SEQ, batch=1, steps=1, warmup=1, device="cpu")[0]
+    assert (lora.workload, lora.world) == ("lora", 2)
+    run_dir = tmp_path / lora.name
+    record = scaling.execute(lora, run_dir, tiny_model_dir("llama3"), timeout=240, keep_outputs=True)
+    assert "error" not in record, record.get("error")
+
+    ranks = [json.loads((run_dir / "ranks" / f"rank-{r}.json").read_text()) for r in (0, 1)]
+    assert [(r["rank"], r["world_size"], r["rc"]) for r in ranks] == [(0, 2, 0), (1, 2, 0)]
+    # every packed row is full: 2 ranks × 1 row × SEQ tokens a step (the samples are longer and truncated)
+    assert [s["tokens"] for s in ranks[0]["steps"]] == [2 * SEQ, 2 * SEQ]
+    timed = ranks[0]["steps"][1]
+    assert record["tokens_per_s"] == round(2 * SEQ / timed["seconds"], 1)
+    assert record["tokens_per_s_per_gpu"] == round(record["tokens_per_s"] / 2, 1)
+    assert record["peak_alloc_gib_per_rank"] == [None, None]  # no CUDA here
+
+    out = run_dir / "output"
+    logged = [row["loss"] for row in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if row["kind"] == "train"]
+    assert record["losses"] == [round(x, 5) for x in logged]
+    model = json.loads((out / "run_info.json").read_text())["model"]
+    assert (model["world_size"], model["global_batch_rows"]) == (2, 2)  # one DDP job, not two single runs
