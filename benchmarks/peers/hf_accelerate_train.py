@@ -58,22 +58,31 @@ class RandomRows:
         return {"input_ids": self.rows[i], "labels": self.rows[i]}
 
 
-def fsdp_arguments(args, layer_class: str) -> dict:
-    """TrainingArguments' FSDP settings. transformers 5 takes `fsdp=True` plus fsdp_config keys
-    (version, cpu_offload, activation_checkpointing); earlier releases take the option string
-    "full_shard auto_wrap [offload]" and fsdp_-prefixed keys: whichever this transformers has."""
-    import dataclasses
+def fsdp_argument_forms(args, layer_class: str) -> list[dict]:
+    """TrainingArguments' FSDP settings, in the forms transformers has taken: `fsdp=True` with
+    fsdp_config keys (version, cpu_offload, activation_checkpointing; transformers ≥ 5.x's form), then
+    the older option string "full_shard auto_wrap [offload]". The first that TrainingArguments
+    accepts is used (main), so the script runs on the GPU machine's transformers and on newer ones."""
+    checkpointing = args.activation_checkpointing != "off"
+    new = {"fsdp": True, "fsdp_config": {"version": 2, "cpu_offload": args.offload, "activation_checkpointing": checkpointing,
+                                         "reshard_after_forward": True, "transformer_layer_cls_to_wrap": [layer_class]}}
+    old = {"fsdp": "full_shard auto_wrap" + (" offload" if args.offload else ""),
+           "fsdp_config": {"fsdp_version": 2, "transformer_layer_cls_to_wrap": [layer_class], "activation_checkpointing": checkpointing,
+                           "reshard_after_forward": True}}
+    return [new, old]
 
+
+def training_arguments(common: dict, forms: list[dict]):
+    """TrainingArguments of `common` plus the first of `forms` it accepts (all of them tried, the last error raised)."""
     from transformers import TrainingArguments
 
-    field = {f.name: f for f in dataclasses.fields(TrainingArguments)}["fsdp"]
-    checkpointing = args.activation_checkpointing != "off"
-    if "bool" in str(field.type) and "str" not in str(field.type):
-        return {"fsdp": True, "fsdp_config": {"version": 2, "cpu_offload": args.offload, "activation_checkpointing": checkpointing,
-                                              "reshard_after_forward": True, "transformer_layer_cls_to_wrap": [layer_class]}}
-    return {"fsdp": "full_shard auto_wrap" + (" offload" if args.offload else ""),
-            "fsdp_config": {"fsdp_version": 2, "transformer_layer_cls_to_wrap": [layer_class], "activation_checkpointing": checkpointing,
-                            "reshard_after_forward": True}}
+    error = None
+    for extra in forms or [{}]:
+        try:
+            return TrainingArguments(**common, **extra)
+        except (TypeError, ValueError) as err:
+            error = err
+    raise error
 
 
 def build_model(args, local_rank: int):
@@ -128,7 +137,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     import torch
     import torch.distributed as dist
-    from transformers import Trainer, TrainingArguments
+    from transformers import Trainer
 
     local_rank, world = int(os.environ.get("LOCAL_RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     cuda = torch.cuda.is_available()
@@ -139,14 +148,14 @@ def main(argv=None) -> int:
     checkpointing = args.activation_checkpointing == "on" or (args.activation_checkpointing == "auto" and args.workload == "full")
     args.activation_checkpointing = "on" if checkpointing else "off"
     total = args.warmup + args.steps
-    extra = fsdp_arguments(args, layer_class) if args.strategy == "fsdp" else {}
-    training = TrainingArguments(
+    forms = fsdp_argument_forms(args, layer_class) if args.strategy == "fsdp" else []
+    training = training_arguments(dict(
         output_dir=os.environ.get("TMPDIR", "/tmp") + f"/hf_accelerate_peer_{os.getpid()}", per_device_train_batch_size=args.batch,
         gradient_accumulation_steps=1, max_steps=total, learning_rate=1e-4, weight_decay=0.01, lr_scheduler_type="constant",
         warmup_steps=0, max_grad_norm=1.0, bf16=cuda, optim="adamw_torch", logging_steps=1, save_strategy="no", report_to=[],
         dataloader_num_workers=0, seed=0, use_cpu=not cuda, ddp_find_unused_parameters=False, disable_tqdm=True,
         gradient_checkpointing=checkpointing and args.strategy != "fsdp",  # FSDP checkpoints through fsdp_config
-        **extra)
+    ), forms)
     data = RandomRows(total * args.batch * world, args.seq, model.config.vocab_size)
     timer = step_timer()
     trainer = Trainer(model=model, args=training, train_dataset=data, callbacks=[timer])
@@ -162,8 +171,9 @@ def main(argv=None) -> int:
         tps = tokens / sum(timed)
         print("RESULT " + json.dumps({
             "stack": "hf-accelerate", "world": world, "tokens_per_s": round(tps, 1), "tokens_per_s_per_gpu": round(tps / world, 1),
-            "timed_steps": len(timed), "step_s": round(sum(timed) / len(timed), 4), "step_s_each": [round(s, 4) for s in timed],
+            "timed_steps": len(timed), "step_s": round(sum(timed) / len(timed), 4), "step_s_each": [round(s, 6) for s in timed],
             "peak_alloc_gib_per_rank": peaks, "losses": timer.losses, "activation_checkpointing": checkpointing,
+            "fsdp": bool(getattr(trainer, "is_fsdp_enabled", False)), "fsdp_cpu_offload": args.offload if args.strategy == "fsdp" else None,
             "transformers": __import__("transformers").__version__, "accelerate": __import__("accelerate").__version__,
         }), flush=True)
     return 0

@@ -11,16 +11,22 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
+
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "scaling.py"
 SEQ = 48
 
 
-def test_two_gloo_ranks_train_through_honeds_cli_and_the_record_matches_its_log(tiny_model_dir, tmp_path):
-    spec_ = importlib.util.spec_from_file_location("scaling", SCRIPT)
-    scaling = importlib.util.module_from_spec(spec_)
+def load_scaling():
+    spec = importlib.util.spec_from_file_location("scaling", SCRIPT)
+    scaling = importlib.util.module_from_spec(spec)
     sys.modules["scaling"] = scaling
-    spec_.loader.exec_module(scaling)
+    spec.loader.exec_module(scaling)
+    return scaling
 
+
+def test_two_gloo_ranks_train_through_honeds_cli_and_the_record_matches_its_log(tiny_model_dir, tmp_path):
+    scaling = load_scaling()
     lora = scaling.plan("ddp", world_sizes=(2,), shape="tiny", seq=SEQ, batch=1, steps=1, warmup=1, device="cpu")[0]
     assert (lora.workload, lora.world) == ("lora", 2)
     run_dir = tmp_path / lora.name
@@ -41,3 +47,15 @@ def test_two_gloo_ranks_train_through_honeds_cli_and_the_record_matches_its_log(
     assert record["losses"] == [round(x, 5) for x in logged]
     model = json.loads((out / "run_info.json").read_text())["model"]
     assert (model["world_size"], model["global_batch_rows"]) == (2, 2)  # one DDP job, not two single runs
+
+
+def test_the_hf_accelerate_peer_trains_the_same_row_on_two_gloo_ranks(tiny_model_dir, tmp_path):
+    scaling = load_scaling()
+    lora = scaling.plan("peers", world_sizes=(2,), shape="tiny", seq=SEQ, batch=1, steps=1, warmup=1, device="cpu")[0]
+    assert (lora.stack, lora.workload, lora.strategy, lora.world) == ("hf-accelerate", "lora", "ddp", 2)
+    record = scaling.execute(lora, tmp_path / lora.name, tiny_model_dir("llama3"), timeout=240)
+    assert "error" not in record, record.get("error")
+    assert (record["world"], record["timed_steps"], record["fsdp"], record["peak_alloc_gib_per_rank"]) == (2, 1, False, [None, None])
+    assert len(record["losses"]) == 2  # warm-up step and timed step, as logged by the Trainer
+    # 2 ranks × 1 row × SEQ tokens in the timed step's seconds (both rounded in the RESULT)
+    assert record["tokens_per_s"] * record["step_s_each"][0] == pytest.approx(2 * SEQ, rel=1e-3)
