@@ -23,12 +23,16 @@ what finished) with the call's device, date and commit; `--merge A.json B.json .
 calls' files, and `--markdown FILE` writes the table (scaling_report.markdown_table). On the device:
 
   python3 benchmarks/scaling.py --group ddp --results $OUT/scaling-ddp.json --markdown $OUT/scaling-ddp.md \\
-      --commit $(cat .commit) --models /tmp/bench_models
+      --commit COMMIT --models /tmp/bench_models --work /tmp/scaling_work
+
+(the working tree travels without .git: give the commit). Each group's runs on 4 GPUs; on a 2-GPU
+machine add `--world-sizes 1,2`. A group that would outrun one call splits by `--workloads`.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import datetime as dt
 import json
@@ -36,6 +40,7 @@ import os
 import random
 import shlex
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -83,8 +88,9 @@ class RunSpec:
 
 
 def plan(group: str, *, world_sizes=(1, 2, 4), shape: str = "llama-8b", seq: int = 2048, batch: int = 2, steps: int = 8,
-         warmup: int = 2, rendezvous_shape: str = "llama-1b", device: str = "cuda") -> list[RunSpec]:
-    """The runs of one group, in the order they run.
+         warmup: int = 2, rendezvous_shape: str = "llama-1b", device: str = "cuda", workloads=("lora", "qlora", "full")) -> list[RunSpec]:
+    """The runs of one group, in the order they run; `workloads` keeps only those (to split a group
+    over two calls when it would outrun one call's 10 minutes).
 
     >>> [s.name for s in plan("fsdp", world_sizes=(1, 2))]
     ['honed-llama-8b-full-fsdp-2gpu', 'honed-llama-8b-full-fsdp-offload-2gpu']
@@ -92,8 +98,9 @@ def plan(group: str, *, world_sizes=(1, 2, 4), shape: str = "llama-8b", seq: int
     if group not in GROUPS:
         raise SystemExit(f"--group {group!r}: use one of {', '.join(GROUPS)}")
     common = dict(group=group, shape=shape, seq=seq, batch=batch, steps=steps, warmup=warmup, device=device)
-    ddp_rows = [dict(workload=w, strategy="ddp", world=n) for w in ("lora", "qlora") for n in world_sizes]
-    fsdp_rows = [dict(workload="full", strategy="fsdp", world=n, offload=off) for n in world_sizes if n >= 2 for off in (False, True)]
+    ddp_rows = [dict(workload=w, strategy="ddp", world=n) for w in ("lora", "qlora") if w in workloads for n in world_sizes]
+    fsdp_rows = [dict(workload="full", strategy="fsdp", world=n, offload=off)
+                 for n in world_sizes if n >= 2 and "full" in workloads for off in (False, True)]
     if group == "ddp":
         return [RunSpec(stack="honed", **common, **r) for r in ddp_rows]
     if group == "fsdp":
@@ -218,12 +225,16 @@ def execute(spec: RunSpec, run_dir: Path, model_dir: Path, *, timeout: float, ke
     procs = []
     for k, (argv, env) in enumerate(groups):
         log = open(run_dir / f"group{k}.log", "w")
-        procs.append((subprocess.Popen(argv, env={**base_env, **env}, stdout=log, stderr=subprocess.STDOUT, text=True), log))
+        # its own session: a run that outlives --timeout is ended with every worker torchrun started
+        procs.append((subprocess.Popen(argv, env={**base_env, **env}, stdout=log, stderr=subprocess.STDOUT, text=True,
+                                       start_new_session=True), log))
     try:
         codes = [p.wait(timeout=timeout) for p, _ in procs]
     except subprocess.TimeoutExpired:
         for p, _ in procs:
-            p.kill()
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
         codes = [f"timed out after {timeout:.0f} s"]
     finally:
         for _, log in procs:
@@ -265,10 +276,10 @@ def call_info(group: str, commit: str | None) -> dict:
             "call_id": f"{group}-{now.strftime('%Y%m%dT%H%M%S')}"}
 
 
-def run_group(group: str, specs: list[RunSpec], *, work: Path, models: Path, results_path: Path, commit: str | None,
+def run_group(group: str, specs: list[RunSpec], *, call: dict, work: Path, models: Path, results_path: Path,
               timeout: float, keep_outputs: bool = False, show=print) -> dict:
-    """Run a group's specs one after another; the results file is rewritten after each run."""
-    call = call_info(group, commit)
+    """Run a group's specs one after another; the results file is rewritten after each run. `call`
+    (call_info) is the same for every group of one invocation: their rows are same-run peers."""
     results = scaling_report.load_results(results_path)
     new = {"runs": [], "checks": []}
     shapes = {}
@@ -293,6 +304,7 @@ def parse_args(argv=None):
     p.add_argument("--group", action="append", choices=GROUPS, help="group to run (repeatable); default: none, only --merge/--markdown")
     p.add_argument("--dry-run", action="store_true", help="print each group's commands and exit")
     p.add_argument("--world-sizes", default="1,2,4", help="GPUs per run (default 1,2,4; 1,2 on a 2-GPU machine)")
+    p.add_argument("--workloads", default="lora,qlora,full", help="keep only these rows (e.g. lora: the ddp group's LoRA half)")
     p.add_argument("--shape", default="llama-8b", help="model shape of ddp/fsdp/peers (honed.bench.shapes; 'tiny' for the CPU smoke test)")
     p.add_argument("--rendezvous-shape", default="llama-1b")
     p.add_argument("--seq", type=int, default=2048)
@@ -315,8 +327,9 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     worlds = tuple(int(x) for x in args.world_sizes.split(","))
     opts = dict(world_sizes=worlds, shape=args.shape, seq=args.seq, batch=args.batch, steps=args.steps, warmup=args.warmup,
-                rendezvous_shape=args.rendezvous_shape, device=args.device)
+                rendezvous_shape=args.rendezvous_shape, device=args.device, workloads=tuple(args.workloads.split(",")))
     work, models, results_path = Path(args.work).resolve(), Path(args.models).resolve(), Path(args.results)
+    call = None if args.dry_run or not args.group else call_info("+".join(args.group), args.commit)
     for group in args.group or []:
         specs = plan(group, **opts)
         if args.dry_run:
@@ -325,7 +338,7 @@ def main(argv=None) -> int:
                 for argv_, env in commands(spec, work / spec.name, model_dir=model_dir_for(spec.shape, models, build=False)):
                     print(" ".join([*(f"{k}={v}" for k, v in env.items()), *map(shlex.quote, argv_)]))
             continue
-        run_group(group, specs, work=work, models=models, results_path=results_path, commit=args.commit, timeout=args.timeout,
+        run_group(group, specs, call=call, work=work, models=models, results_path=results_path, timeout=args.timeout,
                   keep_outputs=args.keep_outputs)
     if args.dry_run:
         return 0

@@ -44,6 +44,7 @@ def test_each_group_plans_the_issue_rows(scaling):
     spec = scaling.plan("ddp")[0]
     assert (spec.seq, spec.batch, spec.steps, spec.warmup) == (2048, 2, 8, 2)
     assert [s.name for s in scaling.plan("rendezvous", world_sizes=(1, 2))][-1] == "honed-llama-1b-lora-ddp-2gpu-2nodes"
+    assert [s.name for s in scaling.plan("peers", world_sizes=(2,), workloads=("qlora",))] == ["hf-accelerate-llama-8b-qlora-ddp-2gpu"]
     with pytest.raises(SystemExit, match="2 or more GPUs"):
         scaling.plan("rendezvous", world_sizes=(1,))
 
@@ -218,3 +219,28 @@ def test_loss_check(report):
     assert report.loss_check("x", [1.0, 2.01], [1.0, 2.0], world=2)["passed"] is False  # 0.5% apart
     short = report.loss_check("x", [1.0], [1.0, 2.0], world=2)
     assert (short["passed"], short["why"]) == (False, "1 steps against 2")
+
+
+def test_one_invocation_runs_its_groups_as_one_call_and_writes_results_and_table(scaling, tmp_path, monkeypatch):
+    speeds = {("honed", 1): 10000, ("honed", 2): 19000, ("hf-accelerate", 1): 5000, ("hf-accelerate", 2): 9000}
+
+    def fake_execute(spec, run_dir, model_dir, *, timeout, keep_outputs=False):
+        assert model_dir == tmp_path / "m" / spec.shape
+        tps = speeds[(spec.stack, spec.world)]
+        losses = [2.0, 1.5001] if spec.nnodes == 2 else [2.0, 1.5]
+        return {**spec.row(), "tokens_per_s": tps, "tokens_per_s_per_gpu": tps / spec.world,
+                "peak_alloc_gib_per_rank": [10.0] * spec.world, "losses": losses}
+
+    monkeypatch.setattr(scaling, "execute", fake_execute)
+    monkeypatch.setattr(scaling, "model_dir_for", lambda shape, models, build=True: models / shape)
+    results, table = tmp_path / "r.json", tmp_path / "t.md"
+    assert scaling.main(["--group", "ddp", "--group", "peers", "--group", "rendezvous", "--world-sizes", "1,2", "--workloads", "lora",
+                         "--results", str(results), "--markdown", str(table), "--commit", "abc1234",
+                         "--work", str(tmp_path / "w"), "--models", str(tmp_path / "m")]) == 0
+    saved = json.loads(results.read_text())
+    assert len(saved["runs"]) == 6 and len({json.dumps(r["call"]) for r in saved["runs"]}) == 1
+    assert saved["runs"][0]["call"]["commit"] == "abc1234" and saved["runs"][0]["call"]["call_id"].startswith("ddp+peers+rendezvous-")
+    assert saved["checks"] == [{"check": "two node groups (c10d) against one", "world": 2, "steps": 2, "passed": True, "max_abs_diff": 0.0001}]
+    rows = [line for line in table.read_text().splitlines() if line.startswith("| llama-8b")]
+    assert rows == ["| llama-8b lora | ddp | 1 | 10,000 | 10,000 | – | 10.00 | 5,000 | 5,000 | – | 10.00 | 2.00× |",
+                    "| llama-8b lora | ddp | 2 | 19,000 | 9,500 | 95.0% | 10.00 | 9,000 | 4,500 | 90.0% | 10.00 | 2.11× |"]
