@@ -14,9 +14,10 @@ Groups (one device call each; `--group NAME`, repeatable; `--dry-run` prints the
 honed's side is its real CLI: a generated config over a random-init model folder of the shape
 (honed.bench.shapes.build_shape, the single-GPU benchmarks' models) and a data file of random-token
 samples, each longer than the row (truncated to exactly `--seq` tokens, so every packed row is full),
-run as `torchrun ... benchmarks/scaling_rank.py --record-dir DIR train CONFIG`, which is
+run as `torchrun ... benchmarks/scaling_rank.py --record-dir DIR --warmup W train CONFIG`, which is
 `torchrun ... -m honed train CONFIG` plus a per-rank record of step seconds and peak memory
-(scaling_rank.py says why). The first `--warmup` steps are not timed.
+(scaling_rank.py says why). The first `--warmup` steps are not timed, and peak memory counts from
+their end on both sides (model loading and quantization left out, as in `honed bench`).
 
 Each run's record goes into `--results` (JSON, rewritten after every run, so a call cut short keeps
 what finished) with the call's device, date and commit; `--merge A.json B.json ...` joins several
@@ -50,10 +51,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # scaling_report besid
 
 import scaling_report  # noqa: E402
 
+from honed.bench.shapes import TARGETS  # noqa: E402  (the seven projections LoRA trains in every benchmark)
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 GROUPS = ("ddp", "fsdp", "peers", "rendezvous")
-TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]  # as honed.bench.shapes.TARGETS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -184,7 +186,7 @@ def commands(spec: RunSpec, run_dir: Path, *, model_dir: Path, endpoint: str = "
                 "--strategy", spec.strategy, "--seq", str(spec.seq), "--batch", str(spec.batch), "--steps", str(spec.steps),
                 "--warmup", str(spec.warmup)] + (["--offload"] if spec.offload else [])
         return [(torchrun(spec.world) + peer, {})]
-    worker = [str(HERE / "scaling_rank.py"), "--record-dir", str(run_dir / "ranks"), "train", str(run_dir / "config.yaml"), "--no-progress"]
+    worker = [str(HERE / "scaling_rank.py"), "--record-dir", str(run_dir / "ranks"), "--warmup", str(spec.warmup), "train", str(run_dir / "config.yaml"), "--no-progress"]
     if spec.nnodes == 1:
         return [(torchrun(spec.world) + worker, {})]
     per_node = spec.world // spec.nnodes

@@ -12,7 +12,8 @@ schedule, clipping at 1.0), bf16; Trainer hands the process group, DDP and FSDP 
   full        every weight trains; FSDP2 (accelerate's plugin, fsdp_version 2) wrapping each decoder
               layer, activation checkpointing, `--offload`: parameters, gradients and optimizer
               state in host memory (accelerate's cpu_offload)
-A callback times each optimizer step (CUDA synchronised at its ends). Rank 0 prints one line
+A callback times each optimizer step (CUDA synchronised at its ends) and restarts the peak-memory
+counter after the warm-up steps, as honed's side does. Rank 0 prints one line
 `RESULT {json}`: tokens/s over the timed steps (all ranks), per GPU, every rank's peak allocated GiB
 (gathered), the losses; benchmarks/scaling_report.parse_result_line reads it.
 """
@@ -107,8 +108,9 @@ def build_model(args, local_rank: int):
     return get_peft_model(model, LoraConfig(r=16, lora_alpha=16, lora_dropout=0.0, target_modules=TARGETS, task_type="CAUSAL_LM"))
 
 
-def step_timer():
-    """A TrainerCallback that records each optimizer step's seconds and the logged losses."""
+def step_timer(warmup: int):
+    """A TrainerCallback that records each optimizer step's seconds and the logged losses; the
+    peak-memory counter starts again after `warmup` steps (model loading is not training memory)."""
     import torch
     from transformers import TrainerCallback
 
@@ -125,6 +127,8 @@ def step_timer():
             if torch.cuda.is_available():
                 torch.cuda.synchronize()
             self.seconds.append(time.perf_counter() - self._t)
+            if len(self.seconds) == warmup and torch.cuda.is_available():
+                torch.cuda.reset_peak_memory_stats()
 
         def on_log(self, args, state, control, logs=None, **kw):
             if logs and "loss" in logs:
@@ -157,9 +161,9 @@ def main(argv=None) -> int:
         gradient_checkpointing=checkpointing and args.strategy != "fsdp",  # FSDP checkpoints through fsdp_config
     ), forms)
     data = RandomRows(total * args.batch * world, args.seq, model.config.vocab_size)
-    timer = step_timer()
+    timer = step_timer(args.warmup)
     trainer = Trainer(model=model, args=training, train_dataset=data, callbacks=[timer])
-    trainer.train()  # the peak counts from the process's start, as on honed's side (model loading included)
+    trainer.train()
     peak = round(torch.cuda.max_memory_allocated() / 2**30, 3) if cuda else None
     peaks = [peak]
     if dist.is_available() and dist.is_initialized():

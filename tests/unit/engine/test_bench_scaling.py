@@ -57,7 +57,7 @@ def test_two_node_groups_split_the_gpus_and_meet_at_one_endpoint(scaling, tmp_pa
         text = " ".join(argv)
         assert "--nproc-per-node 2 " in text and "--nnodes 2 --node-rank " + str(k) in text
         assert "--rdzv-backend c10d --rdzv-endpoint 127.0.0.1:4242" in text and "--standalone" not in text
-        assert argv[-6:] == [str(scaling.HERE / "scaling_rank.py"), "--record-dir", str(tmp_path / "run" / "ranks"), "train",
+        assert argv[-8:] == [str(scaling.HERE / "scaling_rank.py"), "--record-dir", str(tmp_path / "run" / "ranks"), "--warmup", "2", "train",
                              str(tmp_path / "run" / "config.yaml"), "--no-progress"]
     one = scaling.commands(scaling.plan("rendezvous")[0], tmp_path / "r1", model_dir=tmp_path / "m")
     assert len(one) == 1 and "--standalone" in one[0][0] and one[0][1] == {}
