@@ -149,19 +149,24 @@ def honed_config(spec: RunSpec, *, model_dir: str, data_path: str, output_dir: s
     return cfg
 
 
+# llama-8b's kind of config at toy size, for the CPU smoke test: built by the same build_shape, so it has
+# the same stand-in word-level tokenizer and goes through the same chat template as the real shapes.
+TINY_SHAPE = dict(model_type="llama", hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, vocab_size=512, rope_theta=500000.0, tie_word_embeddings=False, head_dim=16)
+
+
 def model_dir_for(shape: str, models: Path, *, build: bool = True) -> Path:
-    """The random-init model folder of `shape` (built once and kept in `models`); "tiny" is a 2-layer
-    llama3 from honed.testing.tiny, for the CPU smoke test."""
-    if not build:
-        return models / shape
-    if shape == "tiny":
-        from honed.testing.tiny import build_tiny_model
-
-        out = models / "tiny"
-        return out if (out / "config.json").exists() else build_tiny_model("llama3", out)
-    from honed.bench.shapes import build_shape
-
-    return Path(build_shape(shape, str(models)))
+    """The random-init model folder of `shape` (honed.bench.shapes, or "tiny"), built once and kept in
+    `models`. It is built in a child process: built here, on the GPU, this process would keep the
+    allocator's cache on GPU 0 through every run and take memory from rank 0."""
+    out = models / shape
+    if not build or (out / "config.json").exists():
+        return out
+    code = ("import sys; from honed.bench import shapes; shapes.SHAPES['tiny'] = " + repr(TINY_SHAPE) +
+            "; shapes.build_shape(sys.argv[1], sys.argv[2])")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT / "src"), os.environ.get("PYTHONPATH")]))}
+    subprocess.run([sys.executable, "-c", code, shape, str(models)], check=True, env=env)
+    return out
 
 
 def vocab_of(model_dir: Path) -> int:

@@ -1,7 +1,9 @@
-"""benchmarks/scaling.py's honed side of group `ddp`, on the CPU: 2 gloo ranks, a tiny llama, 2 steps.
+"""benchmarks/scaling.py's group `ddp` (honed) and `peers` rows on the CPU: 2 gloo ranks, 2 steps, a
+toy llama built by the same build_shape as llama-8b (its stand-in word-level tokenizer included).
 
-The same code path as on the GPUs (config and data generated, torchrun on scaling_rank.py, which runs
-`honed train` through honed's CLI, each rank's record summarised), only the shape and device differ.
+The same code path as on the GPUs (model folder built in a child, config and data generated, torchrun
+on scaling_rank.py, which runs `honed train` through honed's CLI, each rank's record summarised; the
+peer's RESULT line parsed), only the shape and device differ.
 """
 
 from __future__ import annotations
@@ -17,20 +19,25 @@ SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "scaling.py"
 SEQ = 48
 
 
-def load_scaling():
+@pytest.fixture(scope="module")
+def scaling():
     spec = importlib.util.spec_from_file_location("scaling", SCRIPT)
-    scaling = importlib.util.module_from_spec(spec)
-    sys.modules["scaling"] = scaling
-    spec.loader.exec_module(scaling)
-    return scaling
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["scaling"] = module
+    spec.loader.exec_module(module)
+    return module
 
 
-def test_two_gloo_ranks_train_through_honeds_cli_and_the_record_matches_its_log(tiny_model_dir, tmp_path):
-    scaling = load_scaling()
+@pytest.fixture(scope="module")
+def tiny_shape(scaling, tmp_path_factory):
+    return scaling.model_dir_for("tiny", tmp_path_factory.mktemp("models"))
+
+
+def test_two_gloo_ranks_train_through_honeds_cli_and_the_record_matches_its_log(scaling, tiny_shape, tmp_path):
     lora = scaling.plan("ddp", world_sizes=(2,), shape="tiny", seq=SEQ, batch=1, steps=1, warmup=1, device="cpu")[0]
     assert (lora.workload, lora.world) == ("lora", 2)
     run_dir = tmp_path / lora.name
-    record = scaling.execute(lora, run_dir, tiny_model_dir("llama3"), timeout=240, keep_outputs=True)
+    record = scaling.execute(lora, run_dir, tiny_shape, timeout=240, keep_outputs=True)
     assert "error" not in record, record.get("error")
 
     ranks = [json.loads((run_dir / "ranks" / f"rank-{r}.json").read_text()) for r in (0, 1)]
@@ -49,11 +56,10 @@ def test_two_gloo_ranks_train_through_honeds_cli_and_the_record_matches_its_log(
     assert (model["world_size"], model["global_batch_rows"]) == (2, 2)  # one DDP job, not two single runs
 
 
-def test_the_hf_accelerate_peer_trains_the_same_row_on_two_gloo_ranks(tiny_model_dir, tmp_path):
-    scaling = load_scaling()
+def test_the_hf_accelerate_peer_trains_the_same_row_on_two_gloo_ranks(scaling, tiny_shape, tmp_path):
     lora = scaling.plan("peers", world_sizes=(2,), shape="tiny", seq=SEQ, batch=1, steps=1, warmup=1, device="cpu")[0]
     assert (lora.stack, lora.workload, lora.strategy, lora.world) == ("hf-accelerate", "lora", "ddp", 2)
-    record = scaling.execute(lora, tmp_path / lora.name, tiny_model_dir("llama3"), timeout=240)
+    record = scaling.execute(lora, tmp_path / lora.name, tiny_shape, timeout=240)
     assert "error" not in record, record.get("error")
     assert (record["world"], record["timed_steps"], record["fsdp"], record["peak_alloc_gib_per_rank"]) == (2, 1, False, [None, None])
     assert len(record["losses"]) == 2  # warm-up step and timed step, as logged by the Trainer
