@@ -325,7 +325,7 @@ def parse_args(argv=None):
     p.add_argument("--merge", nargs="*", default=[], metavar="JSON", help="result files of other calls to merge into --results")
     p.add_argument("--markdown", help="write the table here")
     p.add_argument("--commit", help="the commit being measured (default: git rev-parse --short HEAD)")
-    p.add_argument("--timeout", type=float, default=540, help="seconds one run may take")
+    p.add_argument("--timeout", type=float, default=300, help="seconds one run may take (a device call has 600 in all)")
     p.add_argument("--keep-outputs", action="store_true", help="keep each honed run's output folder (checkpoints, weights)")
     return p.parse_args(argv)
 

@@ -65,3 +65,17 @@ def test_the_hf_accelerate_peer_trains_the_same_row_on_two_gloo_ranks(scaling, t
     assert len(record["losses"]) == 2  # warm-up step and timed step, as logged by the Trainer
     # 2 ranks × 1 row × SEQ tokens in the timed step's seconds (both rounded in the RESULT)
     assert record["tokens_per_s"] * record["step_s_each"][0] == pytest.approx(2 * SEQ, rel=1e-3)
+
+
+def test_the_rendezvous_group_trains_two_node_groups_and_checks_their_losses(scaling, tiny_shape, tmp_path):
+    specs = scaling.plan("rendezvous", world_sizes=(2,), rendezvous_shape="tiny", seq=SEQ, batch=1, steps=1, warmup=1, device="cpu")
+    call = {"device": "cpu", "date": "2026-12-05 10:00 UTC", "commit": "abc1234", "call_id": "rendezvous-test"}
+    results = scaling.run_group("rendezvous", specs, call=call, work=tmp_path / "w", models=tiny_shape.parent,
+                                results_path=tmp_path / "r.json", timeout=240, show=lambda line: None)
+    assert [r.get("error") for r in results["runs"]] == [None, None]
+    assert [(r["nnodes"], r["world"]) for r in results["runs"]] == [(1, 2), (2, 2)]
+    one, two = results["runs"]
+    assert two["losses"] == pytest.approx(one["losses"], rel=1e-5)  # gloo, fp32: the same job either way
+    (check,) = results["checks"]
+    assert (check["passed"], check["steps"], check["world"]) == (True, 2, 2)
+    assert json.loads((tmp_path / "r.json").read_text()) == results
