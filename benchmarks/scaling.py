@@ -45,6 +45,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # scaling_report beside this file, also when loaded by path
@@ -235,8 +236,9 @@ def execute(spec: RunSpec, run_dir: Path, model_dir: Path, *, timeout: float, ke
         # its own session: a run that outlives --timeout is ended with every worker torchrun started
         procs.append((subprocess.Popen(argv, env={**base_env, **env}, stdout=log, stderr=subprocess.STDOUT, text=True,
                                        start_new_session=True), log))
+    deadline = time.monotonic() + timeout  # for the run, however many node groups it has
     try:
-        codes = [p.wait(timeout=timeout) for p, _ in procs]
+        codes = [p.wait(timeout=max(0.0, deadline - time.monotonic())) for p, _ in procs]
     except subprocess.TimeoutExpired:
         for p, _ in procs:
             with contextlib.suppress(ProcessLookupError):
