@@ -313,8 +313,10 @@ def train_step(run: TrainingRun, micro_batches: list[dict[str, torch.Tensor]]) -
 
 
 @torch.no_grad()
-def evaluate(run: TrainingRun, samples: list | None = None) -> float:
-    """The objective's mean loss over the validation samples (or `samples`): sum(loss_sum) / sum(weight)."""
+def evaluate(run: TrainingRun, samples: list | None = None, metrics: dict | None = None) -> float:
+    """The objective's mean loss over the validation samples (or `samples`): sum(loss_sum) / sum(weight).
+    `metrics`, when given, receives the objective's metrics summed over every batch (preference: rewards,
+    margin, accuracy and `pairs`; `objective.step_metrics` turns them into means)."""
     samples = run.data.val if samples is None else samples
     model, cfg = run.model, run.cfg
     model.eval()
@@ -326,6 +328,9 @@ def evaluate(run: TrainingRun, samples: list | None = None) -> float:
         with autocast_context(run.settings.precision, run.settings.device):
             out = run.objective.loss(run.path, model, batch)
         total, count = total + float(out.loss_sum), count + out.weight
+        if metrics is not None:
+            for key, value in out.metrics.items():
+                metrics[key] = metrics.get(key, 0.0) + float(value)
     model.train()
     return total / max(count, 1)
 
