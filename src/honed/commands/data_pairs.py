@@ -21,9 +21,9 @@ def register_make_pairs(verbs) -> None:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--device", default="auto")
     p.add_argument("--kto", action="store_true", help="write unpaired KTO records (prompt/completion/label) instead of pairs")
-    p.add_argument("--balance", choices=("downsample", "upsample", "none"), default="downsample",
-                   help="even out the two kinds: downsample (default) drops random pairs of the larger kind, upsample repeats "
-                        "the smaller kind's pairs, none keeps what was made (with a warning when one kind dominates)")
+    p.add_argument("--balance", choices=("upsample", "downsample", "none"), default="upsample",
+                   help="even out the two kinds: upsample (default) repeats the smaller kind's pairs, downsample drops random "
+                        "pairs of the larger kind, none keeps what was made (with a warning when one kind dominates)")
     p.add_argument("--max-ratio", type=float, default=1.0, help="pairs of the larger kind allowed per pair of the smaller one (default 1)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")

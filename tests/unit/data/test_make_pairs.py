@@ -89,20 +89,20 @@ def _uneven(**kw):
     return make_pairs(UNEVEN, answer=lambda convs: ["Margherita.", "Argentina."], seed=0, **kw)
 
 
-def test_downsample_is_the_default_and_keeps_a_seeded_subset_of_the_larger_kind():
-    pairs, counts = _uneven()
+def test_downsample_keeps_a_seeded_subset_of_the_larger_kind():
+    pairs, counts = _uneven(balance="downsample")
     assert counts["balance"] == "downsample" and counts["made"] == {"refusal": 2, "hard_negative": 6}
     assert counts["written"] == {"refusal": 2, "hard_negative": 2} and counts["dropped"] == 4 and counts["repeated"] == 0
     assert (counts["refusal"], counts["hard_negative"]) == (2, 2) and counts["warnings"] == []
     assert [p["source"] for p in pairs] == ["u:4", "u:6", "u:7", "u:8"]  # file order kept; which ones: seeded (seed 0)
-    assert [p["source"] for p in _uneven()[0]] == ["u:4", "u:6", "u:7", "u:8"]
-    _, ratio2 = _uneven(max_ratio=2)
+    assert [p["source"] for p in _uneven(balance="downsample")[0]] == ["u:4", "u:6", "u:7", "u:8"]
+    _, ratio2 = _uneven(balance="downsample", max_ratio=2)
     assert ratio2["written"] == {"refusal": 2, "hard_negative": 4} and ratio2["dropped"] == 2
 
 
-def test_upsample_repeats_the_smaller_kind_after_the_originals():
-    pairs, counts = _uneven(balance="upsample")
-    assert counts["written"] == {"refusal": 6, "hard_negative": 6} and counts["repeated"] == 4 and counts["dropped"] == 0
+def test_upsample_is_the_default_and_repeats_the_smaller_kind_after_the_originals():
+    pairs, counts = _uneven()
+    assert counts["balance"] == "upsample" and counts["written"] == {"refusal": 6, "hard_negative": 6} and counts["repeated"] == 4 and counts["dropped"] == 0
     assert [p["source"] for p in pairs] == [f"u:{i}" for i in range(1, 9)] + ["u:7", "u:8", "u:7", "u:8"]
     _, ratio_4 = _uneven(balance="upsample", max_ratio=4)  # 6 / 4 → 2 refusal pairs suffice
     assert ratio_4["written"] == {"refusal": 2, "hard_negative": 6} and ratio_4["repeated"] == 0
