@@ -262,8 +262,11 @@ class StageConfig(_Strict):
     """One stage of a staged run: its own data/training keys over the top-level ones (honed.train.stages)."""
 
     name: str
+    objective: Literal["sft", "dpo", "orpo", "kto", "simpo"] | None = Field(
+        None, description="this stage's objective (default: the top-level `objective`), e.g. sft then dpo on pairs")
     data: dict = Field(default_factory=dict, description="data keys of this stage (merged over the top-level data)")
     training: dict = Field(default_factory=dict, description="training keys of this stage (output_dir default: OUTPUT/stage-N-NAME)")
+    preference: dict = Field(default_factory=dict, description="preference keys of this stage (merged over the top-level preference)")
 
 
 class TrainConfig(_Strict):

@@ -153,3 +153,34 @@ def test_cli_trains_dpo_and_eval_reports_preference(tiny_model_dir, tmp_path, pa
     assert report["models"][1]["metrics"]["preference"]["accuracy"] == 0.0  # the base, as measured before training above
     assert report["models"][0]["metrics"]["preference"]["n_pairs"] == 4
     assert "preference_accuracy" in report["deltas"]["cli"]
+
+
+def test_stages_switch_objective_sft_then_dpo_from_the_sft_weights(tiny_model_dir, tmp_path, pair_files, qa_file):
+    """Stage 1 SFT on answers, stage 2 DPO on pairs from stage 1's adapter (its reference: stage 1's model)."""
+    from safetensors.torch import load_file
+
+    from honed.train.objectives.reference import CACHE_FILE
+    from honed.train.stages import run_stages, stage_configs
+
+    train_path, held_out = pair_files
+    cfg = _cfg(tiny_model_dir, tmp_path, qa_file, "staged", objective="sft",
+               data={"validation": [str(qa_file)]},  # SFT records: must not reach the DPO stage
+               training={"epochs": 1, "learning_rate": 5e-3},
+               stages=[{"name": "sft", "training": {"max_steps": 3}},
+                       {"name": "dpo", "objective": "dpo", "data": {"train": [str(train_path)], "val_ratio": 0.25},
+                        "preference": {"beta": 0.5}, "training": {"epochs": 4, "learning_rate": 1e-2}}])
+    (_, sft_cfg), (_, dpo_cfg) = stage_configs(cfg)
+    assert (sft_cfg.objective, dpo_cfg.objective) == ("sft", "dpo") and len(sft_cfg.data.validation) == 1 and dpo_cfg.data.validation == []
+    sft_result, dpo_result = run_stages(cfg, show_progress=False)
+    first, second = tmp_path / "staged" / "stage-1-sft", tmp_path / "staged" / "stage-2-dpo"
+    info = [json.loads((d / "run_info.json").read_text()) for d in (first, second)]
+    assert [i["model"]["objective"] for i in info] == ["sft", "dpo"] and sft_result.steps == 3 and dpo_result.steps == 12  # 4 epochs of 12 pairs (4 held out)
+    # Stage 2 continued stage 1's adapter, which (trained) is also its reference: policy = reference at step 1.
+    assert (second / CACHE_FILE).is_file() and dpo_result.losses[0] == pytest.approx(0.693147, abs=1e-5)
+    assert any(v.abs().sum() > 0 for k, v in load_file(str(first / "adapter_model.safetensors")).items() if "lora_B" in k)
+    before, after = _held_out_accuracy(first, held_out), _held_out_accuracy(second, held_out)
+    assert before["accuracy"] < 1.0 and after["accuracy"] == 1.0
+    # Validation of the DPO stage logs its reward metrics beside the loss.
+    evals = [json.loads(line) for line in (second / "metrics.jsonl").read_text().splitlines() if '"eval"' in line]
+    assert evals and evals[-1]["rewards/accuracy"] == 1.0 and evals[-1]["pairs"] == 4
+    assert evals[-1]["rewards/margin"] == pytest.approx(evals[-1]["rewards/chosen"] - evals[-1]["rewards/rejected"], abs=1e-6)

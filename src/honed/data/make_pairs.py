@@ -8,7 +8,10 @@ Two kinds of pair (the record's `kind` field, as in the shipped sample data, say
 - `hard_negative` (in_domain records): chosen = the record's answer, rejected = a wrong refusal,
   drawn (seeded) from the file's own refusals in the same language (built-in ones when it has none).
 
-DPO on both lowers out-of-domain answering without teaching the model to refuse what it should answer.
+DPO on both lowers out-of-domain answering without teaching the model to refuse what it should answer
+— if neither kind outweighs the other: measured on the shipped sample (224 hard negatives against 61
+refusal pairs), DPO learned that never refusing wins most pairs. So the kinds are balanced by default
+(`balance`, `max_ratio`; `balance_pairs`), and the report counts each kind as made and as written.
 
 >>> recs = [("f:1", {"kind": "in_domain", "messages": [{"role": "user", "content": "What is TSH?"},
 ...                                                     {"role": "assistant", "content": "A hormone."}]})]
@@ -20,6 +23,7 @@ DPO on both lowers out-of-domain answering without teaching the model to refuse 
 from __future__ import annotations
 
 import json
+import math
 import random
 from typing import Callable
 
@@ -27,6 +31,10 @@ from honed.data.conversation import Conversation
 from honed.data.kinds import SHOULD_REFUSE, domain_split
 from honed.errors import DataError
 
+PAIR_KINDS = ("refusal", "hard_negative")
+BALANCE_MODES = ("downsample", "upsample", "none")
+# Past this many pairs of one kind per pair of the other, a warning says the result may just learn the majority.
+DOMINANCE_WARNING_RATIO = 2.0
 FALLBACK_REFUSALS = {
     "en": "Sorry, that is outside my scope, so I can't answer it.",
     "zh": "抱歉，这个问题超出了我的范围，我无法回答。",
@@ -42,10 +50,12 @@ def _split(record: dict, split_field: str) -> str:
 
 
 def make_pairs(records, *, split_field: str = "kind", answer: Callable[[list[Conversation]], list[str]] | None = None,
-               is_refusal: Callable[[str], bool] | None = None, seed: int = 0) -> tuple[list[dict], dict]:
-    """(pair records in the OpenAI-messages layout, counts). `records` yields (location, record);
+               is_refusal: Callable[[str], bool] | None = None, seed: int = 0, balance: str = "upsample",
+               max_ratio: float = 1.0) -> tuple[list[dict], dict]:
+    """(pair records in the OpenAI-messages layout, report). `records` yields (location, record);
     `answer` answers prompt conversations (e.g. the base model's greedy replies); without it no
-    refusal pairs are made (counted as `refusal_without_model`)."""
+    refusal pairs are made (counted as `refusal_without_model`). The pairs are then balanced
+    (`balance_pairs`); the report holds `made` and `written` per kind and `warnings`."""
     from honed.data.prompts import prompt_conversation
 
     rng = random.Random(seed)
@@ -85,7 +95,60 @@ def make_pairs(records, *, split_field: str = "kind", answer: Callable[[list[Con
         extra = {k: records_kept[i][k] for k in ("id", "lang") if k in records_kept[i]}
         pairs.append({"prompt": conv.to_dict()["messages"], "chosen": [{"role": "assistant", "content": chosen}],
                       "rejected": [{"role": "assistant", "content": rejected}], "kind": kind, "source": wheres[i], **extra})
+    pairs, balanced = balance_pairs(pairs, mode=balance, max_ratio=max_ratio, seed=seed)
+    counts.update(balanced)
+    counts.update({kind: balanced["written"][kind] for kind in PAIR_KINDS})
     return pairs, counts
+
+
+def balance_pairs(pairs: list[dict], *, mode: str = "upsample", max_ratio: float = 1.0, seed: int = 0) -> tuple[list[dict], dict]:
+    """(pairs, report): at most `max_ratio` pairs of the larger kind per pair of the smaller one.
+
+    `upsample` (default: every pair made is kept, and it measured best on the shipped sample, see
+    README) repeats the smaller kind's pairs (every one `k` times, then a seeded few once more)
+    after the originals — a `val_ratio` split of the file can then hold copies of training pairs;
+    `downsample` keeps a seeded random subset of the larger kind (no pair is seen twice);
+    `none` writes what was made. A kind that was not made at all cannot be balanced: the pairs
+    are kept and a warning says so. The report: `balance`, `made` and `written` per kind,
+    `dropped` / `repeated` (pairs), `warnings`.
+
+    >>> p = [{"kind": "hard_negative"}] * 3 + [{"kind": "refusal"}]
+    >>> out, report = balance_pairs(p, mode="downsample", max_ratio=2)
+    >>> report["written"], report["dropped"]
+    ({'refusal': 1, 'hard_negative': 2}, 1)
+    """
+    if mode not in BALANCE_MODES:
+        raise DataError(f"balance: {mode!r} is not one of {', '.join(BALANCE_MODES)}")
+    if not max_ratio >= 1.0:
+        raise DataError(f"max_ratio: {max_ratio} must be at least 1 (pairs of the larger kind per pair of the smaller one)")
+    rng = random.Random(seed)
+    by_kind = {kind: [i for i, p in enumerate(pairs) if p.get("kind") == kind] for kind in PAIR_KINDS}
+    made = {kind: len(idx) for kind, idx in by_kind.items()}
+    small, large = sorted(PAIR_KINDS, key=lambda k: (made[k], k == "hard_negative"))
+    out, dropped, repeated, warnings = list(pairs), 0, 0, []
+    if mode != "none" and made[small] and made[large] > max_ratio * made[small]:
+        if mode == "downsample":
+            drop = set(by_kind[large]) - set(rng.sample(by_kind[large], int(max_ratio * made[small])))
+            out = [p for i, p in enumerate(pairs) if i not in drop]
+            dropped = len(pairs) - len(out)
+        else:
+            target = math.ceil(made[large] / max_ratio)
+            whole, rest = divmod(target - made[small], made[small])
+            extra = by_kind[small] * whole + sorted(rng.sample(by_kind[small], rest))
+            out = out + [dict(pairs[i]) for i in extra]
+            repeated = len(extra)
+    written = {kind: sum(p.get("kind") == kind for p in out) for kind in PAIR_KINDS}
+    if out and not all(written.values()):
+        missing = "refusal" if not written["refusal"] else "hard_negative"
+        warnings.append(f"no {missing} pairs: DPO on {'hard negatives' if missing == 'refusal' else 'refusal pairs'} alone "
+                        f"teaches the model to {'never refuse' if missing == 'refusal' else 'refuse everything'}"
+                        + (" (give --model to make refusal pairs)" if missing == "refusal" else ""))
+    elif out and max(written.values()) > DOMINANCE_WARNING_RATIO * min(written.values()):
+        big, other = sorted(PAIR_KINDS, key=written.get, reverse=True)
+        warnings.append(f"{written[big]} {big} pairs against {written[other]} {other}: "
+                        f"DPO may learn {'never to refuse' if big == 'hard_negative' else 'to refuse everything'}; "
+                        f"balance them (--balance downsample|upsample)")
+    return out, {"balance": mode, "made": made, "written": written, "dropped": dropped, "repeated": repeated, "warnings": warnings}
 
 
 def as_kto(pairs: list[dict]) -> list[dict]:

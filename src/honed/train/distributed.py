@@ -133,6 +133,18 @@ def all_reduce_sum(ctx: DistContext, values: list[float], device: torch.device) 
     return tensor.tolist()
 
 
+def union_of_keys(ctx: DistContext, keys) -> list[str]:
+    """The sorted union of every rank's `keys`, the same list on each rank (a rank that had nothing to
+    evaluate has no metric names of its own, yet must join the same all-reduce)."""
+    if not ctx.enabled or ctx.world_size == 1:
+        return sorted(keys)
+    import torch.distributed as dist
+
+    gathered: list = [None] * ctx.world_size
+    dist.all_gather_object(gathered, sorted(keys))
+    return sorted(set().union(*gathered))
+
+
 def any_rank(ctx: DistContext, flag: bool, device: torch.device) -> bool:
     """True on every rank when `flag` is true on at least one (so all ranks stop at the same step)."""
     if not ctx.enabled:

@@ -36,7 +36,7 @@ from honed.model.adapters import apply_lora, count_parameters
 from honed.model.load import load_model, load_tokenizer, pick_device
 from honed.train import checkpoint as ckpt
 from honed.train.checkpoint import TrainState
-from honed.train.distributed import (DistContext, accumulation_for, all_reduce_sum, barrier, init_distributed, local_device,
+from honed.train.distributed import (DistContext, accumulation_for, all_reduce_sum, barrier, union_of_keys, init_distributed, local_device,
                                      log_global_batch, main_first, rank_share, wrap_ddp)
 from honed.train.metrics_log import MetricsLog, NullMetrics
 from honed.train.objectives import ObjectiveData, get_objective
@@ -392,8 +392,10 @@ def train_step(run: TrainingRun, micro_batches: list[dict[str, torch.Tensor]], *
 
 
 @torch.no_grad()
-def evaluate(run: TrainingRun, samples: list | None = None) -> float:
-    """The objective's mean loss over the validation samples (or `samples`): sum(loss_sum) / sum(weight)."""
+def evaluate(run: TrainingRun, samples: list | None = None, metrics: dict | None = None) -> float:
+    """The objective's mean loss over the validation samples (or `samples`): sum(loss_sum) / sum(weight).
+    `metrics`, when given, receives the objective's metrics summed over every batch (preference: rewards,
+    margin, accuracy and `pairs`; `objective.step_metrics` turns them into means)."""
     samples = run.data.val if samples is None else samples
     model, cfg = run.model, run.cfg
     model.eval()
@@ -409,8 +411,15 @@ def evaluate(run: TrainingRun, samples: list | None = None) -> float:
         with autocast_context(run.settings.precision, run.settings.device):
             out = run.objective.loss(run.path, model, batch)
         total, count = total + counted * float(out.loss_sum), count + counted * out.weight
+        if metrics is not None:
+            for key, value in out.metrics.items():
+                metrics[key] = metrics.get(key, 0.0) + counted * float(value)
     model.train()
-    total, count = all_reduce_sum(run.dist, [total, count], run.settings.device)
+    keys = union_of_keys(run.dist, metrics) if metrics is not None else []
+    summed = all_reduce_sum(run.dist, [total, count, *(metrics.get(k, 0.0) for k in keys)], run.settings.device)
+    total, count = summed[0], summed[1]
+    if metrics is not None:
+        metrics.update(zip(keys, summed[2:]))
     return total / max(count, 1)
 
 

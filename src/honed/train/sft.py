@@ -139,11 +139,13 @@ def log_step(run: TrainingRun, step: StepResult, loss: float, seconds: float, re
 
 
 def evaluate_and_keep_best(run: TrainingRun, result: TrainResult, progress: TrainProgress) -> None:
-    """Validation loss now; the best weights so far go to OUTPUT/best, and patience counts the rest."""
+    """Validation loss (and a preference objective's rewards, margin and accuracy) now; the best weights
+    so far go to OUTPUT/best, and patience counts the rest."""
     state = run.state
-    val_loss = evaluate(run)
+    sums: dict[str, float] = {}
+    val_loss = evaluate(run, metrics=sums)
     result.val_losses.append((state.step, val_loss))
-    run.metrics.write("eval", state.step, loss=val_loss)
+    run.metrics.write("eval", state.step, loss=val_loss, **getattr(run.objective, "step_metrics", dict)(sums))
     progress.note(f"step {state.step}: validation loss {val_loss:.4f}")
     if state.best_val_loss is None or val_loss < state.best_val_loss:
         state.best_val_loss, state.best_step, state.evals_without_improvement = val_loss, state.step, 0

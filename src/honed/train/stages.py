@@ -18,6 +18,17 @@ A finished stage (its run_info.json exists) is not trained again, so re-running 
 after an interruption continues with the first unfinished stage (`training.resume: true` also
 resumes that stage from its last checkpoint).
 
+A stage may switch objective (`objective:` and its own `preference:` keys), e.g. SFT on answers then
+DPO on pairs; the later stage's `data.train` names its own files, and the top level's validation
+files (records of the other objective) are not inherited unless the stage names `validation`.
+DPO from the previous stage's adapter uses that stage's model as its reference
+(`preference.reference: auto` → cache).
+
+    stages:
+      - {name: sft, data: {train: answers.jsonl}}
+      - {name: dpo, objective: dpo, data: {train: pairs.jsonl, val_ratio: 0.1}, preference: {beta: 0.1},
+         training: {epochs: 2, learning_rate: 5e-6}}
+
 >>> results = run_stages(load_config("staged.yaml"))   # doctest: +SKIP
 """
 
@@ -47,9 +58,13 @@ def stage_configs(cfg: TrainConfig) -> list[tuple[str, TrainConfig]]:
     for k, stage in enumerate(cfg.stages):
         training = dict(stage.training)
         training.setdefault("output_dir", str(Path(cfg.training.output_dir) / f"stage-{k + 1}-{stage.name}"))
-        raw = deep_merge(base, {"data": stage.data, "training": training})
+        raw = deep_merge(base, {"data": stage.data, "training": training, "preference": stage.preference})
         if "train" in stage.data:
             raw["data"]["train"] = stage.data["train"]  # a stage's data replaces the top-level files, never mixes in
+        if stage.objective is not None and stage.objective != cfg.objective:
+            raw["objective"] = stage.objective
+            if "validation" not in stage.data:
+                raw["data"]["validation"] = []  # the top level's validation files are another objective's records
         out.append((stage.name, config_from_dict(raw, f"stages[{k}] ({stage.name})")))
     return out
 
