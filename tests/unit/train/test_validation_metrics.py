@@ -46,11 +46,13 @@ def _run(tmp_path):
     val = [_pair([2, 3], [4, 5], (-0.6, -0.6), "v:1"), _pair([6], [1], (-0.4, -0.4), "v:2")]
     cfg = SimpleNamespace(training=SimpleNamespace(batch_size=1), data=SimpleNamespace(max_seq_length=6, packing=True, system_prompt_file=None, system_prompt=None))  # one pair per row
     from honed.train.checkpoint import TrainState
+    from honed.train.distributed import DistContext
     from honed.train.metrics_log import MetricsLog
 
     return SimpleNamespace(data=SimpleNamespace(val=val), model=torch.nn.Identity(), cfg=cfg, objective=objective, path=LabelIdPath(),
                            tokenizer=SimpleNamespace(pad_token_id=0), settings=SimpleNamespace(device=torch.device("cpu"), precision="fp32"),
-                           state=TrainState(step=5), output_dir=tmp_path, metrics=MetricsLog(tmp_path, tensorboard=False))
+                           state=TrainState(step=5), output_dir=tmp_path, metrics=MetricsLog(tmp_path, tensorboard=False),
+                           dist=DistContext(), strategy=None)  # one process
 
 
 HAND_LOSS = (math.log(1 + math.exp(-0.2)) + math.log(1 + math.exp(0.25))) / 2  # -log σ(margin), mean over the pairs
@@ -71,7 +73,7 @@ def test_evaluate_sums_the_objective_metrics_over_its_batches(tmp_path):
 def test_the_eval_row_of_metrics_jsonl_holds_the_preference_metrics(tmp_path, monkeypatch):
     import honed.train.sft as sft
 
-    monkeypatch.setattr(sft, "save_weights_atomic", lambda *a, **k: None)  # the stub model has no weights to save
+    monkeypatch.setattr(sft, "save_weights", lambda *a, **k: None)  # the stub model has no weights to save
     run = _run(tmp_path)
     result = sft.TrainResult(output_dir=tmp_path, steps=5)
     sft.evaluate_and_keep_best(run, result, sft.TrainProgress(10, enabled=False))
