@@ -27,7 +27,9 @@ def resource_path(*parts: str) -> Path:
 
 
 def sample_data_path() -> Path:
-    return resource_path("sample_data", "clinical_lab_train.jsonl")
+    """The quickstart's training set: the sample Q&A with refusals, hard negatives and clarifying
+    replies mixed in by `honed data add-refusals` (see the sample data's README for the command)."""
+    return resource_path("sample_data", "clinical_lab_train_mix.jsonl")
 
 
 def tiny_model_path() -> Path:

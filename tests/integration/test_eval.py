@@ -61,6 +61,8 @@ def test_tuned_model_beats_its_base_and_the_report_says_so(quickstart_run, tmp_p
     assert report["deltas"]["run"]["loss"] == pytest.approx(tuned["loss"] - base["loss"])
     domain = report["models"][0]["metrics"]["domain"]
     assert domain["per_split"]["in_domain"]["n"] == 30 and domain["per_split"]["out_of_domain"]["n"] == 20
+    assert domain["per_split"]["hard_negative"]["n"] == 20  # near-domain questions that belong: their own split
+    assert tuned["hard_negative_refused"] == domain["per_split"]["hard_negative"]["refused_rate"]
     # Greedy decoding is deterministic; sampled answers were judged; the general set ran.
     assert tuned["greedy_identical_rate"] == 1.0
     # 3 prompts × 3 sampled answers: each prompt's majority share is 2/3 or 1, so their mean is one of these.
@@ -76,7 +78,7 @@ def test_tuned_model_beats_its_base_and_the_report_says_so(quickstart_run, tmp_p
     assert fitting["best_checkpoint"].endswith("best") and len(fitting["validation"]) == 3  # steps 10, 20, 26
 
     rows = [json.loads(line) for line in (out / "predictions.jsonl").read_text(encoding="utf-8").splitlines()]
-    assert len(rows) == 50 and set(rows[0]["models"]) == {"run", "base"}
+    assert len(rows) == 70 and set(rows[0]["models"]) == {"run", "base"}
     assert rows[0]["reference"] and "rougeL" in rows[0]["models"]["run"] and "loss" in rows[0]["models"]["base"]
     assert rows[0]["models"]["run"]["judge"] == {"relevance": 4, "accuracy": 3, "fluency": 5}
 
