@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -45,10 +46,20 @@ def _run(argv: list[str]) -> None:
         raise SystemExit(f"honed {argv[0]} failed; see above")
 
 
-def evaluate(model: str, out: Path, max_new_tokens: int, gate: Path | None) -> dict:
+def first_sentence_overrides() -> list[str]:
+    """`honed eval` overrides for a detector that counts an answer as a refusal only when its first
+    sentence holds one of the default refusal phrases: a tiny model's garbled answer that drifts into
+    a refusal fragment halfway ("... C marker outside my scope as it may be raised") is an answer."""
+    from honed.eval.metrics.refusal import DEFAULT_PHRASES
+
+    alternatives = "|".join(re.escape(p).replace("'", "['’]") for p in DEFAULT_PHRASES)
+    return ["refusal.phrases=[]", "refusal.patterns=" + json.dumps([rf"^[^.!?。！？\n]*?(?:{alternatives})"])]
+
+
+def evaluate(model: str, out: Path, max_new_tokens: int, gate: Path | None, extra: list[str]) -> dict:
     argv = ["eval", "--model", model, "--data", str(EVAL_DATA), "--system-prompt-file", str(SCOPE), "--output", str(out),
             "--max-new-tokens", str(max_new_tokens), "--batch-size", "16", "--device", "cpu", "--no-progress", "--overwrite"]
-    _run(argv + (["--guard", str(gate)] if gate else []))
+    _run(argv + (["--guard", str(gate)] if gate else []) + extra)
     report = json.loads((out / "report.json").read_text(encoding="utf-8"))
     return report["models"][0]["metrics"]["domain"]
 
@@ -79,6 +90,8 @@ def main() -> int:
     ap.add_argument("--tuned", help="a `honed quickstart` output folder to reuse (default: train one into OUT/tuned)")
     ap.add_argument("--sweep", default="0,0.25,0.5,0.75,1", help="merge alphas (default 0,0.25,0.5,0.75,1)")
     ap.add_argument("--max-new-tokens", type=int, default=64, help="answer length (the sample answers are <= 45 words / 70 characters)")
+    ap.add_argument("--refusal-in", choices=["answer", "first-sentence"], default="answer",
+                    help="where a refusal phrase must appear: anywhere in the answer (honed eval's default) or in its first sentence")
     ap.add_argument("--overwrite", action="store_true", help="replace a non-empty --out folder")
     args = ap.parse_args()
 
@@ -94,24 +107,25 @@ def main() -> int:
         tuned = str(out / "tuned")
         _run(["quickstart", "--output", tuned, "--device", "cpu"])
 
-    rows = [row("tuned model alone", evaluate(tuned, out / "eval-tuned", args.max_new_tokens, None))]
+    extra = first_sentence_overrides() if args.refusal_in == "first-sentence" else []
+    rows = [row("tuned model alone", evaluate(tuned, out / "eval-tuned", args.max_new_tokens, None, extra))]
     gate = out / "gate"
     _run(["guard", "fit", "--in-domain", str(sample_data_path()), "--out", str(gate)])
-    rows.append(row("gate alone (untuned base)", evaluate(str(tiny_model_path()), out / "eval-gate", args.max_new_tokens, gate)))
-    rows.append(row("gate + tuned model", evaluate(tuned, out / "eval-both", args.max_new_tokens, gate)))
+    rows.append(row("gate alone (untuned base)", evaluate(str(tiny_model_path()), out / "eval-gate", args.max_new_tokens, gate, extra)))
+    rows.append(row("gate + tuned model", evaluate(tuned, out / "eval-both", args.max_new_tokens, gate, extra)))
 
     eval_cfg = out / "sweep_eval.yaml"
     eval_cfg.write_text(f"data: {{path: {EVAL_DATA}, system_prompt_file: {SCOPE}}}\n"
                         f"generation: {{max_new_tokens: {args.max_new_tokens}, batch_size: 16}}\ndevice: cpu\n", encoding="utf-8")
     _run(["merge", "--base", str(tiny_model_path()), "--tuned", tuned, "--out", str(out / "merge"), "--sweep", args.sweep,
-          "--eval", str(eval_cfg), "--no-general", "--no-progress"])
+          "--eval", str(eval_cfg), "--no-general", "--no-progress", *[x for o in extra for x in ("--eval-set", o)]])
     sweep = json.loads((out / "merge" / "sweep.json").read_text(encoding="utf-8"))
     alpha = sweep["recommended_alpha"]
     by_name = {m["name"]: m["metrics"]["domain"] for m in
                json.loads((out / "merge" / "eval" / "report.json").read_text(encoding="utf-8"))["models"]}
     rows.append(row(f"merge, best alpha = {alpha:g}", by_name[f"alpha={alpha:g}"]))
     note = (f"Measured by `python benchmarks/domain_table.py` with `honed eval` on the shipped held-out set "
-            f"(`clinical_lab_eval.jsonl`), greedy, {args.max_new_tokens} new tokens; CPU only, the 6 MiB tiny quickstart "
+            f"(`clinical_lab_eval.jsonl`), greedy, {args.max_new_tokens} new tokens, refusal phrases looked for in the {'first sentence' if extra else 'whole answer'}; CPU only, the 6 MiB tiny quickstart "
             f"model, not a real LLM. Merge sweep {args.sweep}: {sweep['reason']}.")
     table = markdown(rows, note)
     (out / "domain_table.md").write_text(table, encoding="utf-8")

@@ -41,6 +41,14 @@ def test_quickstart_learns_the_domain_and_refuses(tmp_path, capsys):
     losses = [json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert losses[-1] < 0.25 * losses[0]
 
+    # `honed eval` on the held-out set (greedy, 64 new tokens): the numbers the README states.
+    report_dir = tmp_path / "report"
+    assert main(["eval", "--model", str(out), "--data", str(EVAL_DATA), "--output", str(report_dir), "--max-new-tokens", "64",
+                 "--batch-size", "16", "--no-progress"]) == 0
+    domain = json.loads((report_dir / "report.json").read_text(encoding="utf-8"))["models"][0]["metrics"]["domain"]
+    refused = {split: (row["refused"], row["n"]) for split, row in domain["per_split"].items() if row["n"]}
+    assert refused == {"in_domain": (4, 30), "out_of_domain": (16, 20), "hard_negative": (2, 20)}
+
     # The untuned base does not give the trained answer: the adapter did the work.
     question, expected = in_domain_probe()
     prompt = resource_path("sample_data", "system_prompt.txt").read_text(encoding="utf-8").strip()

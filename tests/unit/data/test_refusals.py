@@ -164,7 +164,9 @@ def test_the_shipped_sample_mix_is_what_add_refusals_builds(tmp_path):
                        refusals_path=d / "refusals.txt", hard_negatives_path=d / "hard_negatives.jsonl",
                        ambiguous_path=d / "ambiguous.jsonl", ratio=0.25, seed=0)
     assert (mix.count("in_domain"), mix.count("hard_negative"), mix.count("clarify"), mix.count("refusal")) == (224, 36, 8, 89)
-    assert mix.warnings == []
+    # 25% is over the over-refusal line, and the quickstart model does over-refuse (4 of 30 held-out
+    # in-domain questions): the warning stays true for the shipped mix too.
+    assert [w.split(":")[0] for w in mix.warnings] == ["refusals are 25% of the samples (more than 20%)"]
     assert (tmp_path / "mix.jsonl").read_text(encoding="utf-8") == (d / "clinical_lab_train_mix.jsonl").read_text(encoding="utf-8")
 
 
