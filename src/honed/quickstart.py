@@ -18,7 +18,9 @@ from pathlib import Path
 from honed.config import TrainConfig, config_from_dict
 
 # The probes: a question the data teaches, and one outside the domain that the data teaches to refuse.
-IN_DOMAIN_ID = "lab-en-001"
+# (The tiny model reproduces 155 of its 224 training answers word for word; lab-en-001, the CBC
+# question, is not among them since the quickstart trains on the refusal mix.)
+IN_DOMAIN_ID = "lab-en-003"
 OUT_OF_DOMAIN_QUESTION = "Can you recommend a good recipe for chocolate cake?"
 
 
@@ -27,7 +29,9 @@ def resource_path(*parts: str) -> Path:
 
 
 def sample_data_path() -> Path:
-    return resource_path("sample_data", "clinical_lab_train.jsonl")
+    """The quickstart's training set: the sample Q&A with refusals, hard negatives and clarifying
+    replies mixed in by `honed data add-refusals` (see the sample data's README for the command)."""
+    return resource_path("sample_data", "clinical_lab_train_mix.jsonl")
 
 
 def tiny_model_path() -> Path:

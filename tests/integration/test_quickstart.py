@@ -3,21 +3,28 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 
 import pytest
 
 from honed.cli import main
 from honed.quickstart import OUT_OF_DOMAIN_QUESTION, in_domain_probe, resource_path, sample_data_path, tiny_model_path
 
+EVAL_DATA = resource_path("sample_data", "clinical_lab_eval.jsonl")
 
-def test_sample_data_is_bilingual_with_refusals():
+
+def test_sample_data_is_the_refusal_mix():
+    """The quickstart trains on the add-refusals mix: in-domain answers, near-domain hard negatives,
+    clarifying replies and 25% refusals in both languages, every shipped refusal phrasing used."""
     rows = [json.loads(line) for line in sample_data_path().read_text(encoding="utf-8").splitlines()]
-    assert len(rows) >= 250
-    kinds = {(r["lang"], r["kind"]) for r in rows}
-    assert kinds == {("en", "in_domain"), ("zh", "in_domain"), ("en", "out_of_domain"), ("zh", "out_of_domain")}
-    refusals = {r["messages"][1]["content"] for r in rows if r["kind"] == "out_of_domain"}
-    assert len(refusals) >= 16  # varied, not one canned sentence
+    counts = Counter((r["lang"], r["kind"]) for r in rows)
+    assert counts == {("en", "in_domain"): 112, ("zh", "in_domain"): 112, ("en", "hard_negative"): 18, ("zh", "hard_negative"): 18,
+                      ("en", "clarify"): 4, ("zh", "clarify"): 4, ("en", "refusal"): 45, ("zh", "refusal"): 44}
+    refusals = {r["messages"][1]["content"] for r in rows if r["kind"] == "refusal"}
+    assert len(refusals) == 12  # varied, not one canned sentence
     assert OUT_OF_DOMAIN_QUESTION not in {r["messages"][0]["content"] for r in rows}
+    held_out = {json.loads(line)["messages"][0]["content"] for line in EVAL_DATA.read_text(encoding="utf-8").splitlines()}
+    assert not held_out & {r["messages"][0]["content"] for r in rows}
 
 
 @pytest.mark.slow
@@ -33,6 +40,14 @@ def test_quickstart_learns_the_domain_and_refuses(tmp_path, capsys):
         assert (out / name).exists(), name
     losses = [json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert losses[-1] < 0.25 * losses[0]
+
+    # `honed eval` on the held-out set (greedy, 64 new tokens): the numbers the README states.
+    report_dir = tmp_path / "report"
+    assert main(["eval", "--model", str(out), "--data", str(EVAL_DATA), "--output", str(report_dir), "--max-new-tokens", "64",
+                 "--batch-size", "16", "--no-progress"]) == 0
+    domain = json.loads((report_dir / "report.json").read_text(encoding="utf-8"))["models"][0]["metrics"]["domain"]
+    refused = {split: (row["refused"], row["n"]) for split, row in domain["per_split"].items() if row["n"]}
+    assert refused == {"in_domain": (4, 30), "out_of_domain": (16, 20), "hard_negative": (2, 20)}
 
     # The untuned base does not give the trained answer: the adapter did the work.
     question, expected = in_domain_probe()

@@ -45,6 +45,7 @@ def register(sub) -> None:
     p.add_argument("--language-match", action="store_true", help="share of answers in their reference's language (lingua)")
     p.add_argument("--cv", type=int, metavar="K", help="k-fold cross-validation: CONFIG is a TRAINING config; trains and "
                    "evaluates K folds of its training data and reports mean ± std (output default: cv-report)")
+    p.add_argument("--guard", metavar="DIR", help="gate folder (honed guard fit) in front of the models: a question it refuses counts as refused")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
@@ -142,7 +143,12 @@ def run(args) -> int:
         return run_cv(args)
     cfg = build_config(args)
     console = Console(stderr=True)
-    result = evaluate(cfg, show_progress=not args.no_progress)
+    gate = None
+    if args.guard:
+        from honed.guard.gate import load_gate
+
+        gate = load_gate(args.guard)
+    result = evaluate(cfg, show_progress=not args.no_progress, gate=gate)
     print_summary(result.report, Console(), result.output_dir)
     console.print(f"[green]done[/]: {len(result.runs)} model(s), {result.report['data']['n_samples']} samples")
     return 0

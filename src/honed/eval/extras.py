@@ -10,12 +10,13 @@ True
 
 from __future__ import annotations
 
+from honed.data.kinds import SHOULD_ANSWER
 from honed.eval.metrics.diversity import diversity_metrics
 from honed.eval.metrics.regression import extract_number, is_numeric_reference, regression_metrics
 
 
 def _in_domain(samples) -> list:
-    return [s for s in samples if s.split in (None, "in_domain")]
+    return [s for s in samples if s.split is None or s.split in SHOULD_ANSWER]
 
 
 def regression_enabled(cfg, references: list[str | None]) -> bool:

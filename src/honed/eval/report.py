@@ -40,6 +40,7 @@ METRICS: tuple[tuple[str, str, bool, tuple], ...] = (
     ("in_domain_answered", "in-domain answered", True, ("domain", "per_split", "in_domain", "answered_rate")),
     ("out_of_domain_refused", "out-of-domain refused", True, ("domain", "per_split", "out_of_domain", "refused_rate")),
     ("near_domain_refused", "near-domain refused", True, ("domain", "per_split", "near_domain", "refused_rate")),
+    ("hard_negative_refused", "near-domain in scope refused", False, ("domain", "per_split", "hard_negative", "refused_rate")),
     ("refusal_precision", "refusal precision", True, ("domain", "refusal_precision")),
     ("refusal_recall", "refusal recall", True, ("domain", "refusal_recall")),
     ("false_refusal_rate", "false-refusal rate", False, ("domain", "false_refusal_rate")),

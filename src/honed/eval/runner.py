@@ -269,9 +269,25 @@ def data_with_model_scope(cfg: EvalConfig):
     return cfg.data.model_copy(update={"system_prompt": found[0]})
 
 
-def evaluate(cfg: EvalConfig, *, show_progress: bool = True, write: bool = True) -> EvalResult:
+def apply_gate(gate, samples: list[EvalSample]) -> int:
+    """Put a gate (`honed.guard.gate.Gate`, or anything with its `check_many`) in front: each
+    question it refuses gets the decision "refuse", counted as refused whatever the model answers
+    (as `chat --guard` never asks the model); the others keep theirs, so they are judged from the
+    model's answer. Returns how many were refused."""
+    decisions = gate.check_many([s.prompt_text for s in samples])
+    refused = 0
+    for sample, decision in zip(samples, decisions):
+        if not decision.in_domain:
+            sample.gate_decision = "refuse"
+            refused += 1
+    log.info("the gate refuses %d of %d questions", refused, len(samples))
+    return refused
+
+
+def evaluate(cfg: EvalConfig, *, show_progress: bool = True, write: bool = True, gate=None) -> EvalResult:
     """Evaluate every model of `cfg`; with `write`, put report.json/.html and predictions.jsonl
-    into `cfg.output_dir` in one atomic step."""
+    into `cfg.output_dir` in one atomic step. `gate` (a loaded `honed guard` gate) stands in
+    front of every model: see `apply_gate`."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from honed.eval.report import build_report, write_outputs
@@ -279,6 +295,7 @@ def evaluate(cfg: EvalConfig, *, show_progress: bool = True, write: bool = True)
     if write:
         check_output_dir(cfg)
     samples = load_samples(data_with_model_scope(cfg), cfg.refusal.decision_field)
+    gated = apply_gate(gate, samples) if gate is not None else None
     specs = resolve_models(cfg.models)
     if cfg.fitting.checkpoints == "all":
         specs += checkpoint_specs(specs[0])
@@ -298,6 +315,8 @@ def evaluate(cfg: EvalConfig, *, show_progress: bool = True, write: bool = True)
             runs.append(evaluate_model(spec, role, cfg, samples, scorer, progress, pairs))
     fitting = run_fitting(specs[0].run_dir, cfg.fitting.patience) if specs[0].run_dir else None
     report = build_report(cfg, samples, runs, fitting)
+    if gated is not None:
+        report["gate"] = {"folder": str(getattr(gate, "folder", "")), "refused": gated, "n": len(samples)}
     result = EvalResult(report, runs)
     if write:
         result.output_dir = write_outputs(cfg, report, samples, runs)

@@ -20,6 +20,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Sequence
 
+from honed.data.kinds import SHOULD_ANSWER
 from honed.errors import ConfigError
 from honed.eval.config import RefusalConfig
 from honed.eval.metrics import (
@@ -123,7 +124,7 @@ def _pair_scores(prediction: str, reference: str | None, synonyms: SynonymTable)
 def _generation_aggregate(samples, predictions, per_sample) -> tuple[dict, dict]:
     # Out-/near-domain references are refusal wordings, so they are judged by domain behaviour,
     # not by n-gram overlap with one particular refusal sentence.
-    chosen = [s.index for s in samples if s.split in (None, "in_domain")]
+    chosen = [s.index for s in samples if s.split is None or s.split in SHOULD_ANSWER]
     refs = [samples[i].reference for i in chosen]
     preds = [predictions[i] for i in chosen]
     if not any(r and r.strip() for r in refs):

@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from honed.data.kinds import domain_split
+from honed.data.kinds import SHOULD_ANSWER, domain_split
 from honed.errors import DataError
 
 DATA_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
@@ -55,7 +55,8 @@ def read_questions(path: str | Path, kind: str | None = None) -> Questions:
 
         for where, record in read_records(path):
             marked = domain_split(record.get("kind"))
-            if kind and marked is not None and (marked == "in_domain") != (kind == "in_domain"):
+            # Hard negatives belong to the domain: an in-domain gate indexes them too.
+            if kind and marked is not None and (marked in SHOULD_ANSWER) != (domain_split(kind) in SHOULD_ANSWER):
                 out.skip(f"records marked kind={record.get('kind')}")
                 continue
             turns = _user_turns(record, where)

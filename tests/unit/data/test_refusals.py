@@ -162,8 +162,11 @@ def test_the_shipped_sample_mix_is_what_add_refusals_builds(tmp_path):
     d = resource_path("sample_data")
     mix = add_refusals(d / "clinical_lab_qa.jsonl", tmp_path / "mix.jsonl", ood_pool_path=d / "ood_questions.txt",
                        refusals_path=d / "refusals.txt", hard_negatives_path=d / "hard_negatives.jsonl",
-                       ambiguous_path=d / "ambiguous.jsonl", ratio=0.15, seed=0)
-    assert mix.warnings == []
+                       ambiguous_path=d / "ambiguous.jsonl", ratio=0.25, seed=0)
+    assert (mix.count("in_domain"), mix.count("hard_negative"), mix.count("clarify"), mix.count("refusal")) == (224, 36, 8, 89)
+    # 25% is over the over-refusal line, and the quickstart model does over-refuse (4 of 30 held-out
+    # in-domain questions): the warning stays true for the shipped mix too.
+    assert [w.split(":")[0] for w in mix.warnings] == ["refusals are 25% of the samples (more than 20%)"]
     assert (tmp_path / "mix.jsonl").read_text(encoding="utf-8") == (d / "clinical_lab_train_mix.jsonl").read_text(encoding="utf-8")
 
 
@@ -173,4 +176,4 @@ def test_eval_reads_the_kinds_add_refusals_writes(tmp_path):
 
     rows = [{"prompt": "q", "reference": "a", "kind": k} for k in ("in_domain", "hard_negative", "clarify", "refusal")]
     samples = load_samples(EvalData(path=str(write_jsonl(tmp_path / "e.jsonl", rows))))
-    assert [s.split for s in samples] == ["in_domain", "in_domain", "in_domain", "out_of_domain"]
+    assert [s.split for s in samples] == ["in_domain", "hard_negative", "in_domain", "out_of_domain"]

@@ -1,0 +1,138 @@
+"""The domain-restriction table of the README: which combination keeps the sample expert in its domain.
+
+On the shipped sample domain (clinical-laboratory Q&A, English + Chinese) and the tiny quickstart
+model, CPU only, it measures with `honed eval` on the held-out set (`clinical_lab_eval.jsonl`:
+in-domain, out-of-domain and near-domain questions that belong, `kind: hard_negative`):
+
+1. the tuned model alone — the quickstart adapter, trained on the refusal mix;
+2. the gate alone — `honed guard fit` (default embedder) on the training questions, in front of
+   the untuned base;
+3. both — the gate in front of the tuned model;
+4. the best merge alpha — `honed merge --sweep` interpolates base ↔ tuned and recommends an alpha
+   by its stated rule; that alpha's model alone.
+
+A gate "in front" is measured by `honed eval --guard DIR` the way `chat`/`generate --guard` behave:
+a question the gate refuses counts as refused whatever the model says; the others are judged from
+the model's answer.
+
+    python benchmarks/domain_table.py --out runs/domain-table [--tuned honed-quickstart] [--overwrite]
+
+Writes `OUT/domain_table.md` (the README's table) and `OUT/domain_table.json`, and every
+intermediate (`tuned/`, `gate/`, `eval-*/`, `merge/`) beside them. Without `--tuned` it trains the
+quickstart adapter first (a few minutes on 2 cores).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+import sys
+from pathlib import Path
+
+from honed.cli import main as honed
+from honed.quickstart import resource_path, sample_data_path, tiny_model_path
+
+EVAL_DATA = resource_path("sample_data", "clinical_lab_eval.jsonl")
+SCOPE = resource_path("sample_data", "system_prompt.txt")
+SPLITS = (("out_of_domain", "refused_rate", "OOD refused"), ("in_domain", "answered_rate", "in-domain answered"),
+          ("in_domain", "refused_rate", "in-domain false refusals"), ("hard_negative", "refused_rate", "near-domain false refusals"))
+
+
+def _run(argv: list[str]) -> None:
+    print("$ honed " + " ".join(argv), flush=True)
+    if honed(argv) != 0:
+        raise SystemExit(f"honed {argv[0]} failed; see above")
+
+
+def first_sentence_overrides() -> list[str]:
+    """`honed eval` overrides for a detector that counts an answer as a refusal only when its first
+    sentence holds one of the default refusal phrases: a tiny model's garbled answer that drifts into
+    a refusal fragment halfway ("... C marker outside my scope as it may be raised") is an answer."""
+    from honed.eval.metrics.refusal import DEFAULT_PHRASES
+
+    alternatives = "|".join(re.escape(p).replace("'", "['’]") for p in DEFAULT_PHRASES)
+    return ["refusal.phrases=[]", "refusal.patterns=" + json.dumps([rf"^[^.!?。！？\n]*?(?:{alternatives})"])]
+
+
+def evaluate(model: str, out: Path, max_new_tokens: int, gate: Path | None, extra: list[str]) -> dict:
+    argv = ["eval", "--model", model, "--data", str(EVAL_DATA), "--system-prompt-file", str(SCOPE), "--output", str(out),
+            "--max-new-tokens", str(max_new_tokens), "--batch-size", "16", "--device", "cpu", "--no-progress", "--overwrite"]
+    _run(argv + (["--guard", str(gate)] if gate else []) + extra)
+    report = json.loads((out / "report.json").read_text(encoding="utf-8"))
+    return report["models"][0]["metrics"]["domain"]
+
+
+def row(name: str, domain: dict) -> dict:
+    per_split = domain["per_split"]
+    values = {label: per_split[split][key] for split, key, label in SPLITS}
+    counts = {split: (per_split[split]["refused"], per_split[split]["n"]) for split, _, _ in SPLITS}
+    return {"system": name, **values, "counts": counts}
+
+
+def markdown(rows: list[dict], note: str) -> str:
+    head = "| system | " + " | ".join(label for _, _, label in SPLITS) + " |"
+    lines = [head, "|---" * (len(SPLITS) + 1) + "|"]
+    for r in rows:
+        cells = []
+        for split, key, label in SPLITS:
+            refused, n = r["counts"][split]
+            k = refused if key == "refused_rate" else n - refused
+            cells.append(f"{r[label]:.0%} ({k}/{n})")
+        lines.append(f"| {r['system']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n\n" + note + "\n"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", required=True, help="output folder")
+    ap.add_argument("--tuned", help="a `honed quickstart` output folder to reuse (default: train one into OUT/tuned)")
+    ap.add_argument("--sweep", default="0,0.25,0.5,0.75,1", help="merge alphas (default 0,0.25,0.5,0.75,1)")
+    ap.add_argument("--max-new-tokens", type=int, default=64, help="answer length (the sample answers are <= 45 words / 70 characters)")
+    ap.add_argument("--refusal-in", choices=["answer", "first-sentence"], default="answer",
+                    help="where a refusal phrase must appear: anywhere in the answer (honed eval's default) or in its first sentence")
+    ap.add_argument("--overwrite", action="store_true", help="replace a non-empty --out folder")
+    args = ap.parse_args()
+
+    out = Path(args.out)
+    if out.exists() and any(out.iterdir()):
+        if not args.overwrite:
+            print(f"{out} is not empty; give --overwrite to replace it", file=sys.stderr)
+            return 2
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    tuned = args.tuned
+    if tuned is None:
+        tuned = str(out / "tuned")
+        _run(["quickstart", "--output", tuned, "--device", "cpu"])
+
+    extra = first_sentence_overrides() if args.refusal_in == "first-sentence" else []
+    rows = [row("tuned model alone", evaluate(tuned, out / "eval-tuned", args.max_new_tokens, None, extra))]
+    gate = out / "gate"
+    _run(["guard", "fit", "--in-domain", str(sample_data_path()), "--out", str(gate)])
+    rows.append(row("gate alone (untuned base)", evaluate(str(tiny_model_path()), out / "eval-gate", args.max_new_tokens, gate, extra)))
+    rows.append(row("gate + tuned model", evaluate(tuned, out / "eval-both", args.max_new_tokens, gate, extra)))
+
+    eval_cfg = out / "sweep_eval.yaml"
+    eval_cfg.write_text(f"data: {{path: {EVAL_DATA}, system_prompt_file: {SCOPE}}}\n"
+                        f"generation: {{max_new_tokens: {args.max_new_tokens}, batch_size: 16}}\ndevice: cpu\n", encoding="utf-8")
+    _run(["merge", "--base", str(tiny_model_path()), "--tuned", tuned, "--out", str(out / "merge"), "--sweep", args.sweep,
+          "--eval", str(eval_cfg), "--no-general", "--no-progress", *[x for o in extra for x in ("--eval-set", o)]])
+    sweep = json.loads((out / "merge" / "sweep.json").read_text(encoding="utf-8"))
+    alpha = sweep["recommended_alpha"]
+    by_name = {m["name"]: m["metrics"]["domain"] for m in
+               json.loads((out / "merge" / "eval" / "report.json").read_text(encoding="utf-8"))["models"]}
+    rows.append(row(f"merge, best alpha = {alpha:g}", by_name[f"alpha={alpha:g}"]))
+    note = (f"Measured by `python benchmarks/domain_table.py` with `honed eval` on the shipped held-out set "
+            f"(`clinical_lab_eval.jsonl`), greedy, {args.max_new_tokens} new tokens, refusal phrases looked for in the {'first sentence' if extra else 'whole answer'}; CPU only, the 6 MiB tiny quickstart "
+            f"model, not a real LLM. Merge sweep {args.sweep}: {sweep['reason']}.")
+    table = markdown(rows, note)
+    (out / "domain_table.md").write_text(table, encoding="utf-8")
+    (out / "domain_table.json").write_text(json.dumps({"rows": rows, "sweep": sweep}, indent=2, ensure_ascii=False), encoding="utf-8")
+    print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
