@@ -2,9 +2,10 @@
 
 For each model, top to bottom: load → batched greedy answers (timed) → label log-likelihoods
 (classification) → reference loss → preference pairs → stability re-asks → general-ability set →
-free it → score. Then judge and lm-eval of each model, over-/under-fitting from the first model's
-run folder, and the report. Under torchrun every pass is sharded across ranks by whole batches
-(honed.eval.sharding) and rank 0 alone scores and writes.
+free it → score → judge → lm-eval. Then over-/under-fitting from the first model's run folder,
+and the report. Under torchrun every pass is sharded across ranks by whole batches
+(honed.eval.sharding), rank 0 alone scores and writes, and runs the judge and lm-eval after the
+last model (so the other ranks never wait on them).
 
 >>> # from honed.eval import evaluate, load_eval_config
 >>> result = evaluate(load_eval_config("eval.yaml"))                 # doctest: +SKIP
@@ -185,7 +186,7 @@ def _judge(cfg: EvalConfig, samples: list[EvalSample], run: ModelRun) -> dict | 
 
 @dataclass
 class _Measured:
-    """What one model's passes produced, before scoring (the same on every rank)."""
+    """What one model's passes produced, before scoring (stability and general: on rank 0 only)."""
 
     replies: list
     label_scores: list | None
@@ -200,7 +201,7 @@ def evaluate_model(spec: ModelSpec, role: str, cfg: EvalConfig, samples: list[Ev
                    progress=None, pairs: list | None = None, shard: EvalShard | None = None) -> ModelRun:
     """Load one model, measure everything the config asks for, and free it again. Under torchrun
     (`shard`) every rank runs its share of each pass and rank 0 alone scores: the run of another
-    rank holds the answers only. The judge and lm-eval run later (`finish_on_main`)."""
+    rank holds the answers only; the judge and lm-eval then run after the last model (`finish_on_main`)."""
     from honed.infer.generate import ChatModel
 
     shard = shard or EvalShard()
@@ -242,6 +243,8 @@ def evaluate_model(spec: ModelSpec, role: str, cfg: EvalConfig, samples: list[Ev
         progress.remove_task(task)
     if shard.is_main:
         _score(run, cfg, samples, scorer, measured, str(device))
+        if shard.world_size == 1:
+            finish_on_main(cfg, samples, run)  # at once; with several ranks, after the last model (see evaluate)
     return run
 
 
@@ -283,8 +286,8 @@ def _efficiency(cfg: EvalConfig, run: ModelRun, measured: _Measured, device: str
 
 
 def finish_on_main(cfg: EvalConfig, samples: list[EvalSample], run: ModelRun) -> None:
-    """lm-eval (it loads the model its own way) and the remote judge, after every model of ours is
-    freed; on rank 0 only, with the other ranks already done."""
+    """lm-eval (it loads the model its own way, so only once ours is freed) and the remote judge, on
+    rank 0 only; with several ranks after the last model, when the other ranks are done."""
     if cfg.lm_eval.tasks:
         from honed.eval.harness import run_lm_eval
 
@@ -376,8 +379,9 @@ def evaluate(cfg: EvalConfig, *, show_progress: bool = True, write: bool = True)
             runs.append(evaluate_model(spec, role, cfg, samples, scorer, progress, pairs, shard))
     if not shard.is_main:
         return EvalResult({}, runs)
-    for run in runs:
-        finish_on_main(cfg, samples, run)
+    if shard.world_size > 1:  # the other ranks are done: nobody waits in a collective meanwhile
+        for run in runs:
+            finish_on_main(cfg, samples, run)
     fitting = run_fitting(specs[0].run_dir, cfg.fitting.patience) if specs[0].run_dir else None
     report = build_report(cfg, samples, runs, fitting)
     result = EvalResult(report, runs)
