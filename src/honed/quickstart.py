@@ -46,9 +46,9 @@ def quickstart_config(model: str | None, output_dir: str, *, overwrite: bool = F
         "data": {
             "train": [str(sample_data_path())],
             "system_prompt_file": str(resource_path("sample_data", "system_prompt.txt")),
-            # A seeded 10% held out (the in-domain probe stays in training), so the run records
-            # a validation curve and `honed eval`'s fitting diagnosis has something true to say.
-            "val_ratio": 0.1,
+            # No validation split: holding out a seeded 10% of this small mix (measured) takes the tiny
+            # model from 4/30 to 11/30 false refusals; the held-out eval file is the check instead.
+            "val_ratio": 0.0,
             "max_seq_length": 512,
         },
         "method": "lora",

@@ -1,6 +1,8 @@
 """`honed eval CONFIG.yaml [key=value ...]` or `honed eval --model DIR [--adapter DIR] --data FILE
 [--baseline MODEL_OR_RUN ...]`: evaluate a fine-tune against its base and write a report.
 `honed eval --cv K TRAIN.yaml [key=value ...]`: k-fold cross-validation of a training config.
+`honed eval ... --nproc-per-node N` (or `torchrun --nproc-per-node N -m honed eval ...`): the same
+evaluation sharded across N processes (one per GPU); the report equals a single process's.
 
 Flags given with a config file override its keys (as `key=value` does).
 """
@@ -17,7 +19,8 @@ def register(sub) -> None:
                               "  honed eval eval.yaml generation.batch_size=16\n"
                               "  honed eval --model runs/lora --data eval.jsonl --baseline base\n"
                               "  honed eval --model runs/lora --data eval.jsonl --baseline base --checkpoints all\n"
-                              "  honed eval --cv 5 train.yaml training.epochs=2 --output cv-report")
+                              "  honed eval --cv 5 train.yaml training.epochs=2 --output cv-report\n"
+                              "  honed eval eval.yaml --nproc-per-node 4")
     p.add_argument("items", nargs="*", metavar="CONFIG.yaml | key=value", help="eval config file and/or key=value overrides")
     p.add_argument("--model", help="model folder/hub id, adapter folder, or `honed train` run folder to evaluate")
     p.add_argument("--adapter", help="LoRA adapter on top of --model")
@@ -47,6 +50,8 @@ def register(sub) -> None:
                    "evaluates K folds of its training data and reports mean ± std (output default: cv-report)")
     p.add_argument("--guard", metavar="DIR", help="gate folder (honed guard fit) in front of the models: a question it refuses counts as refused")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--nproc-per-node", type=int, metavar="N", help="shard the evaluation across N processes, one per GPU "
+                   "(starts torchrun's launcher; the same as `torchrun --nproc-per-node N -m honed eval ...`)")
     p.set_defaults(func=run)
 
 
@@ -138,20 +143,58 @@ def run(args) -> int:
 
     from honed.eval.runner import evaluate
     from honed.eval.summary import print_summary
+    from honed.train.distributed import is_main_process, launched_by_torchrun
 
     if args.cv is not None:
+        if args.nproc_per_node is not None:
+            from honed.errors import ConfigError
+
+            raise ConfigError("--cv trains its folds; --nproc-per-node applies to a plain evaluation only")
         return run_cv(args)
     cfg = build_config(args)
-    console = Console(stderr=True)
+    if args.nproc_per_node is not None:
+        return launch_workers(cfg, args)
     gate = None
     if args.guard:
         from honed.guard.gate import load_gate
 
         gate = load_gate(args.guard)
-    result = evaluate(cfg, show_progress=not args.no_progress, gate=gate)
+    if launched_by_torchrun():  # a torchrun worker: an error is also recorded for torchrun's failure report
+        from torch.distributed.elastic.multiprocessing.errors import record
+
+        result = record(evaluate)(cfg, show_progress=not args.no_progress, gate=gate)
+    else:
+        result = evaluate(cfg, show_progress=not args.no_progress, gate=gate)
+    if not is_main_process():
+        return 0  # rank 0 reports
+    console = Console(stderr=True)
     print_summary(result.report, Console(), result.output_dir)
     console.print(f"[green]done[/]: {len(result.runs)} model(s), {result.report['data']['n_samples']} samples")
     return 0
+
+
+def launch_workers(cfg, args) -> int:
+    """`--nproc-per-node N`: torchrun's launcher runs `honed eval` on the resolved config in N workers."""
+    import tempfile
+    from pathlib import Path
+
+    import yaml
+
+    from honed.errors import ConfigError
+    from honed.eval.runner import check_output_dir
+    from honed.train.launch import launch
+
+    if args.nproc_per_node < 1:
+        raise ConfigError(f"--nproc-per-node {args.nproc_per_node}: give at least 1")
+    check_output_dir(cfg)  # before any worker starts
+    # The workers read the config resolved here (file, overrides and flags in one), so each of them
+    # evaluates exactly what this command was given.
+    with tempfile.TemporaryDirectory(prefix="honed-eval-") as tmp:
+        path = Path(tmp) / "eval.yaml"
+        path.write_text(yaml.safe_dump(cfg.model_dump(mode="json"), allow_unicode=True, sort_keys=False), encoding="utf-8")
+        flags = (["--no-progress"] if args.no_progress else []) + (["--verbose"] if getattr(args, "verbose", False) else [])
+        flags += ["--guard", str(Path(args.guard).resolve())] if args.guard else []  # a flag, not a config key: passed on
+        return launch(["eval", str(path), *flags], nproc_per_node=args.nproc_per_node)
 
 
 def run_cv(args) -> int:

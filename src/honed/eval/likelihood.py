@@ -19,13 +19,14 @@ from honed.data.conversation import Conversation, Message
 from honed.data.tokenize import tokenize_conversation
 from honed.errors import DataError
 from honed.eval.metrics import LossResult, loss_and_perplexity
-from honed.train.losses import sample_loss_sums
+from honed.eval.sharding import EvalShard, loss_sums
 
 
 @torch.no_grad()
-def _summed_losses(bot, conversations: Sequence[Conversation], batch_size: int,
-                   enable_thinking: bool | None) -> list[tuple[float, int] | str]:
-    """(summed loss, scored tokens) per conversation, or why it could not be scored."""
+def _summed_losses(bot, conversations: Sequence[Conversation], batch_size: int, enable_thinking: bool | None,
+                   shard: EvalShard | None = None) -> list[tuple[float, int] | str]:
+    """(summed loss, scored tokens) per conversation, or why it could not be scored (every rank
+    tokenizes all; each scores its share of the batches)."""
     out: list[tuple[float, int] | str] = [""] * len(conversations)
     tokenized = []
     for i, conv in enumerate(conversations):
@@ -34,18 +35,20 @@ def _summed_losses(bot, conversations: Sequence[Conversation], batch_size: int,
                                                         enable_thinking=enable_thinking)))
         except DataError as err:  # e.g. a role the template cannot render: that sample only
             out[i] = str(err)
-    sums = sample_loss_sums(bot.model, [s for _, s in tokenized], device=bot.device, pad_id=bot.tokenizer.pad_token_id, batch_size=batch_size)
+    sums = loss_sums(bot.model, [s for _, s in tokenized], device=bot.device, pad_id=bot.tokenizer.pad_token_id, batch_size=batch_size,
+                     shard=shard)
     for (i, _), result in zip(tokenized, sums):
         out[i] = result
     return out
 
 
-def reference_losses(bot, samples, *, batch_size: int = 8, enable_thinking: bool | None = None
-                     ) -> tuple[LossResult | None, dict[int, float], list[tuple[int, str]]]:
+def reference_losses(bot, samples, *, batch_size: int = 8, enable_thinking: bool | None = None,
+                     shard: EvalShard | None = None) -> tuple[LossResult | None, dict[int, float], list[tuple[int, str]]]:
     """Token-weighted loss/perplexity over the samples' reference answers.
 
     Returns (aggregate or None when nothing could be scored, {sample index: mean loss of that
-    answer}, [(sample index, why it was skipped)]).
+    answer}, [(sample index, why it was skipped)]). Under torchrun (`shard`) each rank scores its
+    share of the batches and every rank returns the whole result.
     """
     convs, owners, problems = [], [], []
     for sample in samples:
@@ -57,7 +60,7 @@ def reference_losses(bot, samples, *, batch_size: int = 8, enable_thinking: bool
             owners.append(sample.index)
     per_sample: dict[int, float] = {}
     batches: list[tuple[float, int]] = []
-    for index, result in zip(owners, _summed_losses(bot, convs, batch_size, enable_thinking)):
+    for index, result in zip(owners, _summed_losses(bot, convs, batch_size, enable_thinking, shard)):
         if isinstance(result, str) or result[1] == 0:
             problems.append((index, result if isinstance(result, str) else "no answer tokens to score"))
             continue
@@ -67,7 +70,7 @@ def reference_losses(bot, samples, *, batch_size: int = 8, enable_thinking: bool
 
 
 def label_log_likelihoods(bot, samples, labels: Sequence[str], *, batch_size: int = 8,
-                          enable_thinking: bool | None = None) -> list[dict[str, float] | None]:
+                          enable_thinking: bool | None = None, shard: EvalShard | None = None) -> list[dict[str, float] | None]:
     """Per sample, the summed log-probability of each label given as the whole answer.
 
     These are the scores AUC-ROC is computed from (softmax over labels), independent of what
@@ -75,7 +78,7 @@ def label_log_likelihoods(bot, samples, labels: Sequence[str], *, batch_size: in
     """
     convs = [Conversation([*s.conversation.messages, Message("assistant", label)], source=s.source)
              for s in samples for label in labels]
-    results = _summed_losses(bot, convs, batch_size, enable_thinking)
+    results = _summed_losses(bot, convs, batch_size, enable_thinking, shard)
     rows: list[dict[str, float] | None] = []
     for k in range(len(samples)):
         chunk = results[k * len(labels) : (k + 1) * len(labels)]

@@ -39,10 +39,11 @@ def load_eval_pairs(path: str, *, system_prompt: str | None = None, max_pairs: i
     return pairs
 
 
-def pair_margins(bot, pairs: list[PreferencePair], *, batch_size: int = 8, enable_thinking: bool | None = None
-                 ) -> tuple[list[tuple[float, float, int, int]], list[tuple[str, str]]]:
-    """Per scored pair: (log p(chosen), log p(rejected), chosen tokens, rejected tokens); and the pairs skipped, with why."""
-    from honed.train.losses import sample_loss_sums
+def pair_margins(bot, pairs: list[PreferencePair], *, batch_size: int = 8, enable_thinking: bool | None = None,
+                 shard=None) -> tuple[list[tuple[float, float, int, int]], list[tuple[str, str]]]:
+    """Per scored pair: (log p(chosen), log p(rejected), chosen tokens, rejected tokens); and the pairs skipped, with why.
+    `shard` (honed.eval.sharding.EvalShard): under torchrun, each rank scores its share of the batches."""
+    from honed.eval.sharding import loss_sums
 
     tokenized, skipped = [], []
     for pair in pairs:
@@ -51,7 +52,7 @@ def pair_margins(bot, pairs: list[PreferencePair], *, batch_size: int = 8, enabl
         except DataError as err:
             skipped.append((pair.source, str(err).split(": ", 1)[-1]))
     sequences = [s for tp in tokenized for s in (tp.chosen, tp.rejected)]
-    sums = sample_loss_sums(bot.model, sequences, device=bot.device, pad_id=bot.tokenizer.pad_token_id, batch_size=batch_size)
+    sums = loss_sums(bot.model, sequences, device=bot.device, pad_id=bot.tokenizer.pad_token_id, batch_size=batch_size, shard=shard)
     rows = [(-sums[2 * k][0], -sums[2 * k + 1][0], sums[2 * k][1], sums[2 * k + 1][1]) for k in range(len(tokenized))]
     return rows, skipped
 
@@ -74,7 +75,8 @@ def summarise(rows: list[tuple[float, float, int, int]], skipped: list) -> dict:
     }
 
 
-def preference_metrics(bot, pairs: list[PreferencePair], *, batch_size: int = 8, enable_thinking: bool | None = None) -> dict:
+def preference_metrics(bot, pairs: list[PreferencePair], *, batch_size: int = 8, enable_thinking: bool | None = None,
+                       shard=None) -> dict:
     """The preference section of one model's eval metrics (see the module docstring)."""
-    rows, skipped = pair_margins(bot, pairs, batch_size=batch_size, enable_thinking=enable_thinking)
+    rows, skipped = pair_margins(bot, pairs, batch_size=batch_size, enable_thinking=enable_thinking, shard=shard)
     return summarise(rows, skipped)

@@ -1,0 +1,82 @@
+"""`honed eval` under torchrun (gloo on the CPU, 2 ranks) writes the report one process writes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from honed.eval import eval_config_from_dict, evaluate
+from honed.quickstart import resource_path
+from honed.testing.fsdp_worker import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def eval_config(tmp_path) -> dict:
+    """The shipped tiny base (it writes real words) on 11 samples (6 in-domain, 5 out-of-domain) in 3 batches of 4 (2 batches for
+    rank 0, 1 for rank 1), with every sharded pass on: answers, reference loss, preference pairs,
+    stability sampling with the greedy re-ask, and the general-ability set."""
+    records = [json.loads(line) for line in resource_path("sample_data", "clinical_lab_eval.jsonl").read_text(encoding="utf-8").splitlines()]
+    data = tmp_path / "eval.jsonl"
+    data.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records[:6] + records[15:20]), encoding="utf-8")
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps(p) + "\n" for p in (
+        {"prompt": "What is TSH?", "chosen": "A pituitary hormone.", "rejected": "Pizza is great."},
+        {"prompt": "Who won the cup?", "chosen": "I only answer clinical laboratory questions.", "rejected": "Argentina."},
+        {"prompt": "What is ALT?", "chosen": "A liver enzyme.", "rejected": "A band."})))
+    return {"models": [{"path": str(resource_path("tiny_base")), "name": "tiny"}],
+            "data": {"path": str(data), "system_prompt": "Lab questions only."}, "preference": {"path": str(pairs)},
+            "device": "cpu", "generation": {"max_new_tokens": 6, "batch_size": 4},
+            "stability": {"samples": 2, "prompts": 3}, "general": {"enabled": True, "max_new_tokens": 3},
+            "refusal": {"phrases": ["clinical laboratory"]}}
+
+
+def _predictions(folder: Path) -> list[dict]:
+    rows = [json.loads(line) for line in (folder / "predictions.jsonl").read_text(encoding="utf-8").splitlines()]
+    for row in rows:
+        row["models"]["tiny"].pop("latency_s")  # wall time of the batch
+    return rows
+
+
+def test_two_ranks_write_the_report_of_one_process(eval_config, tmp_path):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as each torchrun worker: the same kernels, the same rounding
+    try:
+        evaluate(eval_config_from_dict({**eval_config, "output_dir": str(tmp_path / "one")}), show_progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    config = tmp_path / "eval.yaml"
+    config.write_text(yaml.safe_dump(eval_config))
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(free_port()),
+                           "-m", "honed", "eval", str(config), f"output_dir={tmp_path / 'two'}", "--no-progress"],
+                          env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("honed eval: tiny") == 1 and proc.stderr.count("done: 1 model(s)") == 1  # rank 0 alone reports
+
+    one, two = (json.loads((tmp_path / d / "report.json").read_text(encoding="utf-8")) for d in ("one", "two"))
+    got, want = two["models"][0]["metrics"], one["models"][0]["metrics"]
+    assert got["efficiency"]["processes"] == 2 and want["efficiency"]["processes"] == 1
+    assert got["efficiency"]["generated_tokens"] == want["efficiency"]["generated_tokens"] == 11 * 6
+    for section in ("loss", "preference"):  # teacher-forced scores: the same within float tolerance
+        assert got.pop(section) == pytest.approx(want.pop(section), abs=1e-6), section
+    assert want["domain"]["per_split"]["out_of_domain"]["n"] == 5 and want["stability"]["n_prompts"] == 3
+    for section in ("generation", "generation_counts", "domain", "classification", "diversity", "stability", "general"):
+        assert got[section] == want[section], section
+    assert two["general_ability"] == one["general_ability"] and two["comparison"] == one["comparison"]
+
+    rows_two, rows_one = _predictions(tmp_path / "two"), _predictions(tmp_path / "one")
+    answers = [row["models"]["tiny"]["answer"] for row in rows_one]
+    assert len(set(answers)) == 11 and all(answers)  # real, distinct answers: the equality below says something
+    assert [row["models"]["tiny"]["answer"] for row in rows_two] == answers  # greedy: identical, in sample order
+    for a, b in zip(rows_two, rows_one):
+        assert a["models"]["tiny"].pop("loss") == pytest.approx(b["models"]["tiny"].pop("loss"), abs=1e-6)
+        assert a == b
