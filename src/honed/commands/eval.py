@@ -159,12 +159,12 @@ def run(args) -> int:
         from honed.guard.gate import load_gate
 
         gate = load_gate(args.guard)
+    run_eval = evaluate
     if launched_by_torchrun():  # a torchrun worker: an error is also recorded for torchrun's failure report
         from torch.distributed.elastic.multiprocessing.errors import record
 
-        result = record(evaluate)(cfg, show_progress=not args.no_progress, gate=gate)
-    else:
-        result = evaluate(cfg, show_progress=not args.no_progress, gate=gate)
+        run_eval = record(evaluate)
+    result = run_eval(cfg, show_progress=not args.no_progress, gate=gate)
     if not is_main_process():
         return 0  # rank 0 reports
     console = Console(stderr=True)

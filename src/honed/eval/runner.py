@@ -371,7 +371,6 @@ def evaluate(cfg: EvalConfig, *, show_progress: bool = True, write: bool = True,
     if write:
         check_output_dir(cfg)  # on every rank: all of them stop at once
     samples = load_samples(data_with_model_scope(cfg), cfg.refusal.decision_field)
-    gated = apply_gate(gate, samples) if gate is not None else None
     specs = resolve_models(cfg.models)
     if cfg.fitting.checkpoints == "all":
         specs += checkpoint_specs(specs[0])
@@ -382,6 +381,8 @@ def evaluate(cfg: EvalConfig, *, show_progress: bool = True, write: bool = True,
 
         pairs = load_eval_pairs(cfg.preference.path, system_prompt=scope_prompt(cfg.data), max_pairs=cfg.preference.max_pairs)
     shard = eval_shard(eval_device(cfg))
+    # The gate's decisions are read by the scorer alone, which runs on rank 0: the others skip embedding.
+    gated = apply_gate(gate, samples) if gate is not None and shard.is_main else None
     scorer = None
     if shard.is_main:  # only rank 0 scores (a refusal classifier may be a model of its own)
         synonyms = meteor_synonyms(cfg.meteor_synonyms)
