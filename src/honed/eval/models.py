@@ -10,42 +10,50 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from honed.errors import ConfigError
+from honed.errors import ConfigError, ModelError
 from honed.eval.config import ModelEntry, model_names
-from honed.model.reference import adapter_base_path, is_adapter_dir, is_run_dir, resolve_model_reference
+from honed.model.reference import ModelRef, is_adapter_dir, resolve_model_reference
 from honed.model.runs import CHECKPOINTS, checkpoint_step, list_checkpoints
 
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
+_CONFIG_KEYS = ("`path`", "`adapter`")  # what resolution errors call a models[] entry's two keys
 
 
-@dataclass
+@dataclass(init=False)
 class ModelSpec:
-    """What to load (`model_path` + optional `adapter`) and what to call it in the report.
+    """An evaluated model: its report `name`, what to load (`ref`, resolved the same way as for
+    `honed chat`/`export`/`serve`) and `step` for a checkpoint of a `honed train` run.
 
-    `run_dir` is set when the model came from a `honed train` output folder (it has
-    metrics.jsonl); `step` for a checkpoint of such a run."""
+    `model_path`, `adapter`, `run_dir`, `weights_dir` and `describe()` are the reference's.
+    `ModelSpec(name, model_path, adapter, run_dir, step)` builds one from already split paths."""
 
     name: str
-    model_path: str
-    adapter: str | None = None
-    run_dir: str | None = None
-    step: int | None = None
+    ref: ModelRef
+    step: int | None
+
+    def __init__(self, name: str, model: ModelRef | str, adapter: str | None = None, run_dir: str | None = None,
+                 step: int | None = None):
+        self.name, self.step = name, step
+        self.ref = model if isinstance(model, ModelRef) else ModelRef.of(model, adapter, run_dir)
+
+    @property
+    def model_path(self) -> str:
+        return self.ref.base
+
+    @property
+    def adapter(self) -> str | None:
+        return self.ref.adapter
+
+    @property
+    def run_dir(self) -> str | None:
+        return self.ref.run_dir
 
     @property
     def weights_dir(self) -> str:
-        return self.adapter or self.model_path
+        return self.ref.weights_dir
 
     def describe(self) -> str:
-        return f"{self.model_path} + adapter {self.adapter}" if self.adapter else self.model_path
-
-
-def run_folder_of(path: str | Path) -> str | None:
-    """The `honed train` output folder this path is (or is a checkpoint of), if any."""
-    folder = Path(path)
-    for candidate in (folder, folder.parent.parent, folder.parent):
-        if (candidate / "metrics.jsonl").is_file():
-            return str(candidate)
-    return None
+        return self.ref.describe()
 
 
 def size_on_disk(path: str | Path) -> int | None:
@@ -60,14 +68,6 @@ def size_on_disk(path: str | Path) -> int | None:
     return sum(p.stat().st_size for p in folder.iterdir() if p.is_file() and p.suffix in _WEIGHT_SUFFIXES)
 
 
-def _base_of(adapter: str, who: str) -> str:
-    base = adapter_base_path(adapter)
-    if not base:
-        raise ConfigError(f"{who}: {adapter}/adapter_config.json names no base model "
-                          "(base_model_name_or_path); give the base model as `path` and the adapter as `adapter`")
-    return base
-
-
 def resolve_models(entries: list[ModelEntry]) -> list[ModelSpec]:
     """Turn config entries into specs. `path: base` is the base model of the first model's
     adapter — the untuned model, the natural baseline."""
@@ -80,21 +80,12 @@ def resolve_models(entries: list[ModelEntry]) -> list[ModelSpec]:
             if first is None or first.adapter is None:
                 raise ConfigError(f"{who}: `base` means the base model of the first model's adapter, but the first "
                                   "model is not an adapter; give the base model's folder or hub id instead")
-            specs.append(ModelSpec(name, first.model_path))
+            specs.append(ModelSpec(name, first.ref.untuned()))
             continue
-        if entry.adapter:
-            specs.append(ModelSpec(name, entry.path, entry.adapter, run_folder_of(entry.adapter)))
-        elif is_run_dir(Path(entry.path)):  # a `honed train` run: its best, else final, else latest weights
-            ref = resolve_model_reference(entry.path)
-            specs.append(ModelSpec(name, ref.base, ref.adapter, run_folder_of(ref.weights_dir)))
-        elif is_adapter_dir(entry.path):
-            specs.append(ModelSpec(name, _base_of(entry.path, who), entry.path, run_folder_of(entry.path)))
-        else:
-            folder = Path(entry.path)
-            if folder.is_dir() and not (folder / "config.json").is_file():
-                raise ConfigError(f"{who}: {folder} holds neither a model (config.json) nor an adapter "
-                                  "(adapter_config.json); point `path` at a model, adapter or `honed train` output folder")
-            specs.append(ModelSpec(name, entry.path, None, run_folder_of(entry.path) if folder.is_dir() else None))
+        try:
+            specs.append(ModelSpec(name, resolve_model_reference(entry.path, entry.adapter, keys=_CONFIG_KEYS)))
+        except ModelError as err:
+            raise ConfigError(f"{who}: {err}") from None
     return specs
 
 
@@ -105,7 +96,7 @@ def checkpoint_specs(spec: ModelSpec) -> list[ModelSpec]:
     """
     if spec.run_dir is None:
         raise ConfigError(f"fitting.checkpoints=all: {spec.name} ({spec.weights_dir}) is not a `honed train` "
-                          "output folder (no metrics.jsonl); point the first model at a run folder")
+                          "output folder (no run_info.json or metrics.jsonl); point the first model at a run folder")
     root = Path(spec.run_dir) / CHECKPOINTS
     found = [(checkpoint_step(p), p) for p in list_checkpoints(spec.run_dir)]
     if not found:
@@ -116,5 +107,5 @@ def checkpoint_specs(spec: ModelSpec) -> list[ModelSpec]:
         if not is_adapter_dir(folder):
             raise ConfigError(f"fitting.checkpoints=all: {folder} has no adapter files; only LoRA/QLoRA "
                               "checkpoints can be evaluated (full fine-tuning keeps only training state there)")
-        specs.append(ModelSpec(f"{spec.name}@{step}", spec.model_path, str(folder), spec.run_dir, step))
+        specs.append(ModelSpec(f"{spec.name}@{step}", spec.ref.with_adapter(str(folder)), step=step))
     return specs

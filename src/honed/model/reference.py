@@ -11,7 +11,7 @@ picked some, else the final weights at the run's root, else its latest checkpoin
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from honed.errors import ModelError
@@ -38,7 +38,22 @@ class ModelRef:
         return self.adapter or self.base
 
     def describe(self) -> str:
+        """`base`, or `base + adapter ADAPTER`: how logs and reports name these weights."""
         return f"{self.base} + adapter {self.adapter}" if self.adapter else self.base
+
+    @classmethod
+    def of(cls, base: str, adapter: str | None = None, run_dir: str | None = None) -> "ModelRef":
+        """A reference already split into base + adapter (nothing on disk is read but whether `base` is a folder)."""
+        kind = "adapter" if adapter else "model" if Path(base).is_dir() else "hub"
+        return cls(base, adapter, None, kind, run_dir)
+
+    def untuned(self) -> "ModelRef":
+        """The base model under this reference's adapter, alone: the natural baseline."""
+        return ModelRef.of(self.base)
+
+    def with_adapter(self, adapter: str) -> "ModelRef":
+        """The same base, scope and run with another adapter over it (e.g. one of the run's checkpoints)."""
+        return replace(self, adapter=adapter)
 
 
 def is_adapter_dir(folder: str | Path) -> bool:
@@ -56,9 +71,11 @@ def is_run_dir(folder: Path) -> bool:
 
 
 def run_dir_of(folder: Path) -> Path | None:
-    """The run a folder belongs to: itself, or the run above its `best/` or `checkpoints/checkpoint-N`."""
+    """The run a folder belongs to: itself, or the run above its `best/` or `checkpoints/checkpoint-N`.
+
+    A run is marked by run_info.json (written when it finishes) or metrics.jsonl (written as it trains)."""
     for candidate in (folder, folder.parent, folder.parent.parent):
-        if (candidate / "run_info.json").is_file() or (candidate / "config.yaml").is_file() and (candidate / "metrics.jsonl").is_file():
+        if (candidate / "run_info.json").is_file() or (candidate / "metrics.jsonl").is_file():
             return candidate
     return None
 
@@ -93,12 +110,15 @@ def adapter_base_path(adapter_dir: str | Path) -> str | None:
         raise ModelError(f"{config} cannot be read: {err}") from None
 
 
-def adapter_base(adapter: Path) -> str:
+CLI_KEYS = ("--model", "--adapter")  # what error messages call the model and the adapter
+
+
+def adapter_base(adapter: Path, keys: tuple[str, str] = CLI_KEYS) -> str:
     """`adapter_base_path`, refusing an adapter that names no base."""
     base = adapter_base_path(adapter)
     if not base:
         raise ModelError(f"{adapter}/adapter_config.json names no base model (base_model_name_or_path); "
-                         "give the base with --model and the adapter with --adapter")
+                         f"give the base with {keys[0]} and the adapter with {keys[1]}")
     return base
 
 
@@ -115,8 +135,10 @@ def run_scope_prompt(run: Path | None) -> str | None:
     return data.get("system_prompt") or None
 
 
-def resolve_model_reference(ref: str | None, adapter: str | None = None) -> ModelRef:
+def resolve_model_reference(ref: str | None, adapter: str | None = None, *, keys: tuple[str, str] = CLI_KEYS) -> ModelRef:
     """Turn what the user named (and an optional explicit `adapter`) into base + adapter + scope.
+
+    `keys` are what error messages call the two (CLI flags; a config file passes its keys).
 
     >>> resolve_model_reference("/no/such/folder")
     Traceback (most recent call last):
@@ -128,12 +150,12 @@ def resolve_model_reference(ref: str | None, adapter: str | None = None) -> Mode
         if is_run_dir(folder) and not is_adapter_dir(folder):
             folder = pick_run_weights(folder)
         if not is_adapter_dir(folder):
-            raise ModelError(f"--adapter {adapter}: not a LoRA adapter folder (no adapter_config.json)")
-        base = resolve_model_reference(ref) if ref else None
+            raise ModelError(f"{keys[1]} {adapter}: not a LoRA adapter folder (no adapter_config.json)")
+        base = resolve_model_reference(ref, keys=keys) if ref else None
         if base is not None and base.adapter:
-            raise ModelError(f"--model {ref} is itself an adapter; give the base model with --model")
+            raise ModelError(f"{keys[0]} {ref} is itself an adapter; give the base model with {keys[0]}")
         run = run_dir_of(folder)
-        return ModelRef(base.base if base else adapter_base(folder), str(folder),
+        return ModelRef(base.base if base else adapter_base(folder, keys), str(folder),
                         _scope(folder, run), "adapter", str(run) if run else None)
     check_model_source(ref)
     folder = Path(ref).expanduser()
@@ -146,7 +168,7 @@ def resolve_model_reference(ref: str | None, adapter: str | None = None) -> Mode
         kind = "run"
     run = run_dir_of(folder)
     if is_adapter_dir(folder):
-        return ModelRef(adapter_base(folder), str(folder), _scope(folder, run), "adapter" if kind == "model" else kind,
+        return ModelRef(adapter_base(folder, keys), str(folder), _scope(folder, run), "adapter" if kind == "model" else kind,
                         str(run) if run else None)
     if is_model_dir(folder):
         return ModelRef(str(folder), None, _scope(folder, run), kind, str(run) if run else None)
