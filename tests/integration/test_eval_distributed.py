@@ -80,3 +80,64 @@ def test_two_ranks_write_the_report_of_one_process(eval_config, tmp_path):
     for a, b in zip(rows_two, rows_one):
         assert a["models"]["tiny"].pop("loss") == pytest.approx(b["models"]["tiny"].pop("loss"), abs=1e-6)
         assert a == b
+
+
+# Imported first by every process of the run below (it leads PYTHONPATH): records each gate and embedder
+# load with the rank that made it ("launcher" for `honed eval --nproc-per-node` itself).
+_RECORD_GATE_LOADS = '''
+import os
+
+import honed.guard.gate as gate_module
+
+def _recording(what, real):
+    def load(*args, **kwargs):
+        with open(os.environ["HONED_TEST_GATE_LOADS"], "a", encoding="utf-8") as log:
+            log.write(f"{what} {os.environ.get('RANK', 'launcher')}\\n")
+        return real(*args, **kwargs)
+    return load
+
+gate_module.load_gate = _recording("gate", gate_module.load_gate)
+gate_module.load_embedder = _recording("embedder", gate_module.load_embedder)
+'''
+
+
+def test_two_ranks_with_a_gate_load_it_on_rank_0_only(eval_config, tmp_path):
+    from honed.cli import main
+
+    questions = [json.loads(line)["messages"][0]["content"] for line in Path(eval_config["data"]["path"]).read_text(encoding="utf-8").splitlines()]
+    ins, ood = tmp_path / "in.txt", tmp_path / "ood.txt"  # the gate passes the 6 in-domain questions and 1 of the 5 others
+    ins.write_text("\n".join(questions[:6] + ["What is a normal TSH level?", "What does ferritin measure?"]) + "\n")
+    ood.write_text("How do I bake sourdough bread?\nWho won the football world cup?\nWrite a poem about the sea.\n")
+    gate = tmp_path / "gate"
+    assert main(["guard", "fit", "--in-domain", str(ins), "--out-of-domain", str(ood), "--out", str(gate), "--embedder", "char-ngram", "--target-tpr", "0.9"]) == 0
+    cfg = {k: v for k, v in eval_config.items() if k not in ("preference", "stability", "general")}
+    cfg["generation"] = {"max_new_tokens": 3, "batch_size": 4}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:  # the Python API takes the gate's folder too
+        evaluate(eval_config_from_dict({**cfg, "output_dir": str(tmp_path / "one")}), show_progress=False, gate=str(gate))
+    finally:
+        torch.set_num_threads(threads)
+
+    hooks = tmp_path / "hooks"
+    hooks.mkdir()
+    (hooks / "sitecustomize.py").write_text(_RECORD_GATE_LOADS, encoding="utf-8")
+    loads = tmp_path / "loads.txt"
+    config = tmp_path / "eval.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    env = {**os.environ, "PYTHONPATH": f"{hooks}{os.pathsep}{ROOT / 'src'}", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
+           "TRANSFORMERS_OFFLINE": "1", "HONED_TEST_GATE_LOADS": str(loads)}
+    proc = subprocess.run([sys.executable, "-m", "honed", "eval", str(config), f"output_dir={tmp_path / 'two'}", "--no-progress",
+                           "--nproc-per-node", "2", "--guard", str(gate)], env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert sorted(loads.read_text(encoding="utf-8").splitlines()) == ["embedder 0", "gate 0"]  # rank 1 never touched it
+
+    one, two = (json.loads((tmp_path / d / "report.json").read_text(encoding="utf-8")) for d in ("one", "two"))
+    assert two["gate"]["refused"] == one["gate"]["refused"] == 4 and two["gate"]["n"] == 11
+    rows_two = _predictions(tmp_path / "two")
+    assert [i for i, row in enumerate(rows_two) if row["models"]["tiny"].get("refused")] == [6, 7, 8, 10]  # the gate's four
+    assert two["models"][0]["metrics"]["domain"] == one["models"][0]["metrics"]["domain"]
+    rows_one = _predictions(tmp_path / "one")
+    for a, b in zip(rows_two, rows_one):
+        assert a["models"]["tiny"].pop("loss") == pytest.approx(b["models"]["tiny"].pop("loss"), abs=1e-6)
+    assert rows_two == rows_one

@@ -154,17 +154,13 @@ def run(args) -> int:
     cfg = build_config(args)
     if args.nproc_per_node is not None:
         return launch_workers(cfg, args)
-    gate = None
-    if args.guard:
-        from honed.guard.gate import load_gate
-
-        gate = load_gate(args.guard)
     run_eval = evaluate
     if launched_by_torchrun():  # a torchrun worker: an error is also recorded for torchrun's failure report
         from torch.distributed.elastic.multiprocessing.errors import record
 
         run_eval = record(evaluate)
-    result = run_eval(cfg, show_progress=not args.no_progress, gate=gate)
+    # The gate folder, not a loaded gate: under torchrun only rank 0 loads it (it alone reads the decisions).
+    result = run_eval(cfg, show_progress=not args.no_progress, gate=args.guard)
     if not is_main_process():
         return 0  # rank 0 reports
     console = Console(stderr=True)
@@ -187,6 +183,10 @@ def launch_workers(cfg, args) -> int:
     if args.nproc_per_node < 1:
         raise ConfigError(f"--nproc-per-node {args.nproc_per_node}: give at least 1")
     check_output_dir(cfg)  # before any worker starts
+    if args.guard:  # a folder that is no gate stops here, not in a worker
+        from honed.guard.gate import read_gate_config
+
+        read_gate_config(args.guard)
     # The workers read the config resolved here (file, overrides and flags in one), so each of them
     # evaluates exactly what this command was given.
     with tempfile.TemporaryDirectory(prefix="honed-eval-") as tmp:
