@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from honed.errors import ConfigError
 from honed.utils.strict import StrictModel as _Strict  # unknown keys are errors (one definition for every config)
@@ -113,6 +113,9 @@ class DataConfig(_Strict):
     augment: str | dict | list | None = Field(None, description="augmentation recipe: a YAML path or the recipe itself")
     augment_mode: Literal["on_the_fly", "materialize"] = Field("on_the_fly", description="redraw each epoch, or draw once")
     sampling: SamplingConfig | None = Field(None, description="curriculum, balance, hard_mining (honed.data.strategies)")
+    # The files as `honed train` read them for its data-size defaults, handed on to the data pipeline
+    # so nothing is read twice (honed.data.dataset.keep_read); never part of the config's values.
+    _source_read: Any = PrivateAttr(default=None)
 
     @field_validator("train", "validation", mode="before")
     @classmethod

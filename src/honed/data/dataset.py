@@ -129,12 +129,86 @@ def weighted(source: DataSource, conversations: list[Conversation], rng: random.
     return out
 
 
-def load_conversations(data: DataConfig, seed: int, report: DataReport) -> tuple[list[Conversation], list[Conversation]]:
-    """Train and validation Conversations for a data config (validation carved off when asked)."""
-    rng = random.Random(seed)
+@dataclass
+class SourceRead:
+    """The files of a data section read once: each training file's Conversations, the validation
+    files' ones, and what reading them reported (formats, counts, skipped records).
+
+    `honed train` reads the files before its `auto` keys are resolved (their values depend on the
+    data's size) and hands this read on to `build_datasets` with `keep_read`, so that no file is
+    read twice. `key` is what it was read from: the data settings and each file's size and mtime."""
+
+    key: tuple
+    per_source: list[tuple[DataSource, list[Conversation]]]
+    validation: list[Conversation]
+    report: DataReport
+
+    def __deepcopy__(self, memo):  # never changed once read: a deep copy of its config shares it
+        return self
+
+    def weighted_train(self, rng: random.Random) -> list[Conversation]:
+        """Every training file mixed by its weight, nothing carved off for validation."""
+        return [c for src, convs in self.per_source for c in weighted(src, convs, rng)]
+
+
+def _data_files(data: DataConfig) -> list[Path]:
+    """Every file whose bytes make the data: the train and validation files (a saved dataset folder's
+    files), an augmentation recipe file, the system prompt file."""
+    paths = [src.path for src in [*data.train, *data.validation]]
+    if isinstance(data.augment, str):
+        paths.append(data.augment)  # the recipe's contents, not only its name
+    if data.system_prompt_file:
+        paths.append(data.system_prompt_file)
+    files = []
+    for p in paths:
+        path = Path(p)
+        files += sorted(f for f in path.rglob("*") if f.is_file()) if path.is_dir() else [path]
+    return files
+
+
+def _read_key(data: DataConfig) -> tuple:
+    # val_ratio is left out: it decides the split, made after the read (and `auto` is resolved in between).
+    settings = json.dumps(data.model_dump(mode="json", exclude={"val_ratio"}), sort_keys=True)
+    stats = []
+    for f in _data_files(data):
+        st = f.stat() if f.exists() else None
+        stats.append((str(f), st.st_size if st else None, st.st_mtime_ns if st else None))
+    return settings, tuple(stats)
+
+
+def read_sources(data: DataConfig) -> SourceRead:
+    """Read every train and validation file of `data` into Conversations (the scope prompt injected)."""
+    report = DataReport()
+    key = _read_key(data)
     prompt = scope_prompt(data)
     per_source = [(src, load_source(src, data.on_bad_record, report, prompt)) for src in data.train]
     validation = [c for src in data.validation for c in load_source(src, data.on_bad_record, report, prompt)]
+    return SourceRead(key, per_source, validation, report)
+
+
+def keep_read(data: DataConfig, read: SourceRead) -> None:
+    """Hand `read` on to the next `build_datasets`/`load_conversations` of `data`, which then reads no file."""
+    data._source_read = read
+
+
+def _take_read(data: DataConfig) -> SourceRead | None:
+    """The read kept with `data`, once, if its settings and files are still what was read."""
+    read, data._source_read = data._source_read, None
+    if read is not None and read.key != _read_key(data):
+        log.debug("the data changed since it was read for the data-size defaults: reading it again")
+        return None
+    return read
+
+
+def load_conversations(data: DataConfig, seed: int, report: DataReport) -> tuple[list[Conversation], list[Conversation]]:
+    """Train and validation Conversations for a data config (validation carved off when asked).
+    The files are read here unless a read was kept with `data` (see `keep_read`)."""
+    rng = random.Random(seed)
+    read = _take_read(data) or read_sources(data)
+    report.formats.update(read.report.formats)
+    report.loaded.update(read.report.loaded)
+    report.skipped += read.report.skipped
+    per_source, validation = read.per_source, list(read.validation)
     if validation and data.val_ratio > 0:
         log.warning("data.val_ratio=%s is ignored: data.validation files are given", data.val_ratio)
     if not validation and data.val_ratio > 0:
@@ -182,19 +256,11 @@ def tokenize_all(conversations, tokenizer, template, data: DataConfig, report: D
 def data_fingerprint(data: DataConfig) -> str:
     """sha256 over every data file's bytes and the data settings: the identity of a run's data."""
     digest = hashlib.sha256(json.dumps(data.model_dump(mode="json"), sort_keys=True).encode())
-    paths = [src.path for src in [*data.train, *data.validation]]
-    if isinstance(data.augment, str):
-        paths.append(data.augment)  # the recipe's contents, not only its name
-    if data.system_prompt_file:
-        paths.append(data.system_prompt_file)
-    for p in paths:
-        path = Path(p)
-        files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-        for f in files:
-            digest.update(f.name.encode())
-            with open(f, "rb") as fh:
-                for chunk in iter(lambda: fh.read(1 << 20), b""):
-                    digest.update(chunk)
+    for f in _data_files(data):
+        digest.update(f.name.encode())
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(chunk)
     return digest.hexdigest()
 
 

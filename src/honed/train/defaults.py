@@ -127,14 +127,17 @@ def departures(cfg: TrainConfig, s: Suggestion) -> list[str]:
     return out
 
 
-def measure_data(cfg: TrainConfig, max_token_samples: int = 2000) -> tuple[int, float]:
+def measure_data(cfg: TrainConfig, max_token_samples: int = 2000, read=None) -> tuple[int, float]:
     """(training samples, mean tokens per sample) of the config's training data, before any
-    validation split; tokens counted with the model's tokenizer over the first `max_token_samples`."""
-    from honed.data.dataset import DataReport, load_conversations
+    validation split; tokens counted with the model's tokenizer over the first `max_token_samples`.
+    `read` (a `honed.data.dataset.SourceRead`) is the data already read; without it the files are read."""
+    import random
+
+    from honed.data.dataset import read_sources
     from honed.model.load import load_tokenizer
 
-    data = cfg.data.model_copy(update={"val_ratio": 0.0})
-    train, _ = load_conversations(data, cfg.training.seed if isinstance(cfg.training.seed, int) else 0, DataReport())
+    read = read or read_sources(cfg.data)
+    train = read.weighted_train(random.Random(cfg.training.seed if isinstance(cfg.training.seed, int) else 0))
     if not train:
         return 0, 0.0
     tokenizer = load_tokenizer(cfg.model)
@@ -145,14 +148,18 @@ def measure_data(cfg: TrainConfig, max_token_samples: int = 2000) -> tuple[int, 
 
 def resolve_data_defaults(cfg: TrainConfig) -> TrainConfig:
     """Measure the data, log the suggestion, warn where the config strays far from it, and fill
-    in `auto` keys. Called at the start of training."""
+    in `auto` keys. Called at the start of training. The files read to measure them are kept with
+    the returned config's data section: the training data pipeline takes them from there and reads
+    no file a second time (honed.data.dataset.keep_read)."""
+    from honed.data.dataset import keep_read, read_sources
     from honed.errors import ConfigError, HonedError
 
     keys = auto_keys(cfg)
     if getattr(cfg, "objective", "sft") != "sft" and not keys:
         return cfg  # preference pairs are not conversations: nothing to suggest from without `auto` keys
     try:
-        n, mean_tokens = measure_data(cfg)
+        read = read_sources(cfg.data)
+        n, mean_tokens = measure_data(cfg, read=read)
     except HonedError as err:
         if keys:
             raise ConfigError(f"{', '.join(keys)}: auto needs the training data measured, which failed: {err}") from None
@@ -166,4 +173,6 @@ def resolve_data_defaults(cfg: TrainConfig) -> TrainConfig:
     cfg = apply_auto_hyperparameters(cfg, n, mean_tokens)
     for item in departures(cfg, s):
         log.warning("config strays far from the data-size suggestion: %s; set the key to `auto` to use it", item)
+    if getattr(cfg, "objective", "sft") == "sft":  # a preference objective reads its files as pairs, not conversations
+        keep_read(cfg.data, read)
     return cfg

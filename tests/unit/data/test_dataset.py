@@ -136,3 +136,34 @@ def test_an_empty_answer_is_a_bad_record(tmp_path, record):
     report = DataReport()
     train, _ = load_conversations(DataConfig(train=[str(p)], on_bad_record="skip"), seed=0, report=report)
     assert len(train) == 2 and [w.rsplit(":", 1)[1] for w, _ in report.skipped] == ["3"]
+
+
+def test_a_kept_read_is_used_once_and_only_while_the_files_are_unchanged(tmp_path, monkeypatch):
+    import os
+
+    import honed.data.dataset as dataset
+    from honed.config import DataConfig
+
+    reads = []
+    real = dataset.read_records
+    monkeypatch.setattr(dataset, "read_records", lambda path, *a, **k: reads.append(os.path.basename(path)) or real(path, *a, **k))
+    train_file, val_file = tmp_path / "t.jsonl", tmp_path / "v.jsonl"
+    row = '{"messages": [{"role": "user", "content": "q%d"}, {"role": "assistant", "content": "a"}]}\n'
+    train_file.write_text("".join(row % i for i in range(5)) + "not json\n")
+    val_file.write_text(row % 9)
+    data = DataConfig(train=[str(train_file)], validation=[str(val_file)], on_bad_record="skip")
+    fresh = dataset.DataReport()
+    want = dataset.load_conversations(data, 0, fresh)
+    reads.clear()
+
+    dataset.keep_read(data, dataset.read_sources(data))
+    report = dataset.DataReport()
+    assert dataset.load_conversations(data, 0, report) == want and report == fresh  # the same conversations, skips and counts
+    assert reads == ["t.jsonl", "v.jsonl"]  # by read_sources alone
+    dataset.load_conversations(data, 0, dataset.DataReport())
+    assert reads == ["t.jsonl", "v.jsonl"] * 2  # a kept read serves one load
+
+    dataset.keep_read(data, dataset.read_sources(data))
+    train_file.write_text(row % 1)  # changed after the read: read again
+    train, _ = dataset.load_conversations(data, 0, dataset.DataReport())
+    assert len(train) == 1 and reads == ["t.jsonl", "v.jsonl"] * 4
