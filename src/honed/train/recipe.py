@@ -430,8 +430,9 @@ def save_checkpoint(run: TrainingRun) -> Path:
     if run.cfg.method != "full":
         save_files = functools.partial(save_model_files, run.model, None, scope_prompt=run_scope_prompt(run))  # the adapter, loadable by peft
     target = ckpt.checkpoint_dir(run.output_dir, run.state.step)
-    if run.strategy == "fsdp":  # every rank writes its shards
-        sharding.save_sharded_checkpoint(target, run, run.state, keep=run.cfg.training.save_total_limit)
+    if run.strategy == "fsdp":  # every rank writes its shards; rank 0 adds the gathered adapter
+        sharding.save_sharded_checkpoint(target, run, run.state, keep=run.cfg.training.save_total_limit,
+                                         save_model_files=save_files and (lambda folder, state: save_files(folder, state_dict=state)))
     elif run.dist.is_main:  # with DDP every process holds the whole state: rank 0's is the checkpoint
         ckpt.save_checkpoint(run.output_dir, run.model, run.optimizer, run.scheduler, run.state, scaler=run.scaler,
                              save_model_files=save_files, keep=run.cfg.training.save_total_limit)

@@ -72,23 +72,29 @@ def shard_model(model, cfg, precision: str):
 # ---- checkpoints ----------------------------------------------------------------------------------
 
 
-def save_sharded_checkpoint(target: Path, run, state, *, keep: int | None) -> None:
+def save_sharded_checkpoint(target: Path, run, state, *, keep: int | None, save_model_files=None) -> None:
     """Every rank writes its shards (Distributed Checkpoint); rank 0 adds trainer_state.json, which
-    marks the folder as a checkpoint for `resume`, and prunes the oldest beyond `keep`."""
+    marks the folder as a checkpoint for `resume`, and prunes the oldest beyond `keep`.
+
+    `save_model_files(folder, state_dict)` (LoRA runs): rank 0 also writes the adapter gathered from
+    the shards in peft's format, as a one-process checkpoint holds it, so `--adapter RUN` and every
+    command that takes a run folder can use an interrupted FSDP run's latest checkpoint."""
     from honed.model.runs import list_checkpoints
     from honed.train.checkpoint import rng_state
     from honed.train.dist_checkpoint import save_sharded
-    from honed.utils.fs import write_text_atomic
 
     extra = {"scheduler": run.scheduler.state_dict(), "rng": rng_state()}
     if run.scaler is not None:
         extra["scaler"] = run.scaler.state_dict()
-    save_sharded(target, run.model, run.optimizer, extra=extra)
-    if run.dist.is_main:
-        write_text_atomic(target / "trainer_state.json", json.dumps(asdict(state), indent=2))
-        if keep:
-            for old in list_checkpoints(run.output_dir)[:-keep]:
-                shutil.rmtree(old, ignore_errors=True)
+    write = None
+    if save_model_files is not None:
+        weights = gathered_weights(run)  # collective: every rank gathers, rank 0 receives
+        write = (lambda folder: save_model_files(folder, weights)) if run.dist.is_main else None
+    save_sharded(target, run.model, run.optimizer, extra=extra, files={"trainer_state.json": json.dumps(asdict(state), indent=2)},
+                 write=write)
+    if run.dist.is_main and keep:
+        for old in list_checkpoints(run.output_dir)[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
 
 
 def load_sharded_checkpoint(path: Path, run):
@@ -119,14 +125,23 @@ def is_sharded_checkpoint(path: Path) -> bool:
 # ---- the final weights ----------------------------------------------------------------------------
 
 
-def save_gathered_weights(run, target: Path, save) -> None:
-    """`save(model, state_dict)` on rank 0 with the whole weights gathered from the shards (every rank
-    calls this: the gathering is collective). LoRA runs gather the adapter weights only."""
+def gathered_weights(run) -> dict | None:
+    """The whole weights gathered from the shards, on rank 0 (None on the others): every rank calls
+    this, since the gathering is collective. LoRA runs gather the adapter weights only."""
     from honed.train.dist_checkpoint import full_state_dict_for_saving
 
     state = full_state_dict_for_saving(run.model, trainable_only=run.cfg.method != "full")
+    if not run.dist.is_main:
+        return None
+    # A tied weight (the LM head sharing the embeddings) is saved once, under its first name, as
+    # save_pretrained does with the model's own state.
+    names = {n for n, _ in run.model.named_parameters()} | {n for n, _ in run.model.named_buffers()}
+    return {k: v for k, v in state.items() if k in names}
+
+
+def save_gathered_weights(run, target: Path, save) -> None:
+    """`save(state_dict)` on rank 0 with the whole weights gathered from the shards (every rank
+    calls this: the gathering is collective). LoRA runs gather the adapter weights only."""
+    state = gathered_weights(run)
     if run.dist.is_main:
-        # A tied weight (the LM head sharing the embeddings) is saved once, under its first name, as
-        # save_pretrained does with the model's own state.
-        names = {n for n, _ in run.model.named_parameters()} | {n for n, _ in run.model.named_buffers()}
-        save({k: v for k, v in state.items() if k in names})
+        save(state)

@@ -1,0 +1,79 @@
+"""What an FSDP run (2 CPU ranks, gloo) leaves behind and how it loads: peft adapter files in every
+checkpoint (so a run folder works wherever a model is named), weights read from disk by rank 0 only,
+and an out-of-memory on one rank that stops or replans the whole job instead of hanging it.
+
+Tiny runs only: a 2-layer model, 8 samples, a few steps."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from honed.config import config_from_dict
+from honed.testing.distributed import spawn_training
+from honed.train.sft import train
+
+pytestmark = pytest.mark.slow  # spawns 2 processes
+
+
+@pytest.fixture
+def raw_config(tmp_path, qa_file, tiny_model_dir):
+    """A tiny LoRA run as a dict: 8 samples, one row per micro-batch, loss at every step."""
+
+    def make(out: str, *, accumulation: int, strategy: str | None = "fsdp", method: str = "lora", **training) -> dict:
+        raw = {
+            "model": {"name_or_path": str(tiny_model_dir("qwen2"))},
+            "method": method,
+            "data": {"train": [str(qa_file)], "system_prompt": "You answer lab questions.", "max_seq_length": 96, "packing": False},
+            "lora": {"r": 4, "alpha": 8},
+            "training": {"output_dir": str(tmp_path / out), "epochs": 1, "batch_size": 1, "learning_rate": 5e-3, "seed": 3,
+                         "tensorboard": False, "logging_steps": 1, "gradient_accumulation_steps": accumulation, "device": "cpu",
+                         "lr_scheduler": "linear", **training},
+        }
+        if strategy:
+            raw["distributed"] = {"strategy": strategy}
+        return raw
+
+    return make
+
+
+def losses_of(out: Path) -> dict[int, float]:
+    return {row["step"]: row["loss"] for row in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if row["kind"] == "train"}
+
+
+def test_an_interrupted_fsdp_lora_run_leaves_peft_checkpoints_that_resolve_load_and_export(raw_config, tmp_path):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from honed.export.pipeline import export_model
+    from honed.model.reference import resolve_model_reference
+
+    one = train(config_from_dict(raw_config("one", accumulation=2, strategy=None)), stop_after_steps=2, show_progress=False)
+    spawn_training(raw_config("two", accumulation=1), world_size=2, stop_after_steps=2)
+    two, name = tmp_path / "two", "checkpoints/checkpoint-000002"
+    ckpt = two / name
+    assert (ckpt / ".metadata").is_file()  # still a sharded (resumable) checkpoint ...
+    # ... that also holds every file the one-process checkpoint has beside its own resume state
+    sharded_only = {".metadata", "__0_0.distcp", "__1_0.distcp", "extra.pt"}
+    whole_only = {"trainable.safetensors", "optimizer.pt"}
+    assert {p.name for p in ckpt.iterdir()} - sharded_only == {p.name for p in (one.output_dir / name).iterdir()} - whole_only
+    got, want = load_file(ckpt / "adapter_model.safetensors"), load_file(one.output_dir / name / "adapter_model.safetensors")
+    assert sorted(got) == sorted(want) and len(want) == 28  # 2 layers x 7 projections x A, B
+    for key in want:
+        torch.testing.assert_close(got[key], want[key], atol=1e-5, rtol=0)
+
+    # The run folder, named as a model: its latest checkpoint's adapter, loadable by peft.
+    ref = resolve_model_reference(str(two))
+    assert (ref.kind, ref.adapter) == ("run", str(ckpt))
+    base = AutoModelForCausalLM.from_pretrained(ref.base, dtype=torch.float32)
+    loaded = PeftModel.from_pretrained(base, ref.adapter)
+    key = "base_model.model.model.layers.1.mlp.down_proj.lora_B.default.weight"
+    torch.testing.assert_close(loaded.state_dict()[key], got[key.replace(".default", "")], atol=0, rtol=0)
+    assert ref.scope_prompt == "You answer lab questions."
+
+    result = export_model(str(two), fmt="hf", out=tmp_path / "hf")
+    assert result.passed and (tmp_path / "hf" / "model.safetensors").is_file()
