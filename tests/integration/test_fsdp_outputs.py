@@ -77,3 +77,26 @@ def test_an_interrupted_fsdp_lora_run_leaves_peft_checkpoints_that_resolve_load_
 
     result = export_model(str(two), fmt="hf", out=tmp_path / "hf")
     assert result.passed and (tmp_path / "hf" / "model.safetensors").is_file()
+
+
+@pytest.mark.parametrize("method", ["lora", "full"])
+def test_under_fsdp_rank0_alone_reads_the_weights_and_trains_as_every_rank_loading(raw_config, tmp_path, method):
+    def cfg(out, load):
+        raw = raw_config(out, accumulation=1, method=method, learning_rate=1e-3 if method == "full" else 5e-3)
+        raw["distributed"]["fsdp_load"] = load
+        raw["lora"]["dropout"] = 0.1  # dropout draws from each rank's random state: it must be as if every rank had loaded
+        return raw
+
+    spawn_training(cfg("every", "every_rank"), world_size=2, record_loads=str(tmp_path / "every-loads"))
+    spawn_training(cfg("rank0", "rank0"), world_size=2, record_loads=str(tmp_path / "rank0-loads"))
+    assert [(tmp_path / f"every-loads.{r}").read_text() for r in (0, 1)] == ["1", "1"]
+    assert [(tmp_path / f"rank0-loads.{r}").read_text() for r in (0, 1)] == ["1", "0"]  # rank 1 never read the weights
+    every, rank0 = losses_of(tmp_path / "every"), losses_of(tmp_path / "rank0")
+    assert sorted(every) == sorted(rank0) == [1, 2, 3, 4]
+    for step in every:
+        assert rank0[step] == pytest.approx(every[step], abs=1e-6), step
+    weights = "adapter_model.safetensors" if method == "lora" else "model.safetensors"
+    got, want = load_file(tmp_path / "rank0" / weights), load_file(tmp_path / "every" / weights)
+    assert sorted(got) == sorted(want)
+    for key in want:
+        torch.testing.assert_close(got[key], want[key], atol=1e-6, rtol=0)

@@ -130,10 +130,10 @@ def check_method_precision(cfg: TrainConfig, precision: str) -> None:
         raise ConfigError("training.precision=fp16 with method=full would update fp16 master weights; use bf16 or fp32")
 
 
-def load_base_model(cfg: TrainConfig, device: torch.device):
+def load_base_model(cfg: TrainConfig, device: torch.device, model_cfg=None):
     """(model, info): the base model as `method` loads it (4-bit for qlora, fp32 master weights for
-    full fine-tuning); `finish_training_model` adds the adapters."""
-    return load_model(training_model_config(cfg), device=device, quantization=cfg.quantization if cfg.method == "qlora" else None)
+    full fine-tuning; `model_cfg` instead of `training_model_config(cfg)`); `finish_training_model` adds the adapters."""
+    return load_model(model_cfg or training_model_config(cfg), device=device, quantization=cfg.quantization if cfg.method == "qlora" else None)
 
 
 def finish_training_model(model, info: dict, cfg: TrainConfig):
@@ -173,15 +173,16 @@ def prepare_training_path(model, settings: EngineSettings, path=None):
     return path, model
 
 
-def prepare_strategy_and_path(cfg: TrainConfig, dist_ctx: DistContext, model, settings: EngineSettings):
+def prepare_strategy_and_path(cfg: TrainConfig, dist_ctx: DistContext, model, settings: EngineSettings, from_rank0: bool = False):
     """(strategy, path, model): under torchrun, `distributed.strategy` resolved; the training path
-    prepared; FSDP2 applied for strategy fsdp (before the optimizer is built: it must see the shards)."""
+    prepared; FSDP2 applied for strategy fsdp (before the optimizer is built: it must see the shards),
+    the shards filled from rank 0's weights when only rank 0 loaded them (`from_rank0`)."""
     strategy = sharding.choose_strategy(cfg, dist_ctx, settings.device, model)
     if strategy == "fsdp":  # FSDP2 gathers each layer's weights in its own hooks; the fused kernels read them directly
         log.info("distributed.strategy fsdp: the plain training path (the fused path runs under ddp)")
     path, model = prepare_training_path(model, settings, PlainPath() if strategy == "fsdp" else None)
     if strategy == "fsdp":
-        model = sharding.shard_model(model, cfg, settings.precision)
+        model = sharding.shard_model(model, cfg, settings.precision, from_rank0=from_rank0, device=settings.device)
     return strategy, path, model
 
 
@@ -253,7 +254,8 @@ def setup_run(cfg: TrainConfig) -> TrainingRun:
     check_method_precision(cfg, precision)
 
     tokenizer = load_tokenizer(cfg.model)
-    model, info = load_base_model(cfg, device)
+    model, info, from_rank0 = sharding.load_model_for_run(cfg, dist_ctx, device, training_model_config(cfg),
+                                                          lambda model_cfg, where: load_base_model(cfg, where, model_cfg))
     from honed.data.templates import get_template
 
     template = get_template(cfg.model.template, tokenizer, info["model_type"])
@@ -261,7 +263,7 @@ def setup_run(cfg: TrainConfig) -> TrainingRun:
     log.info("data: %s", data.report.summary())
     check_data_fits_model(model, objective, data, cfg.model.name_or_path)
     model, info = finish_training_model(model, info, cfg)
-    strategy, path, model = prepare_strategy_and_path(cfg, dist_ctx, model, settings)
+    strategy, path, model = prepare_strategy_and_path(cfg, dist_ctx, model, settings, from_rank0)
     trainable, total = count_parameters(model)
     info.update(method=cfg.method, objective=objective.name, precision=precision, device=str(device), trainable_params=trainable,
                 total_params=total, training_path=path.name)

@@ -61,12 +61,55 @@ def choose_strategy(cfg, ctx: DistContext, device: torch.device, model) -> str |
     return strategy
 
 
-def shard_model(model, cfg, precision: str):
-    """FSDP2 over `model` (in place): compute in the training precision, reduce gradients in fp32."""
-    from honed.train.fsdp import apply_fsdp
+def shard_model(model, cfg, precision: str, *, from_rank0: bool = False, device: torch.device | None = None):
+    """FSDP2 over `model` (in place): compute in the training precision, reduce gradients in fp32.
+    `from_rank0` (see `load_model_for_run`): rank 0's weights fill every rank's shards on `device`."""
+    from honed.train.fsdp import apply_fsdp, shard_from_rank0
     from honed.utils.precision import autocast_dtype
 
-    return apply_fsdp(model, cfg.distributed, param_dtype=autocast_dtype(precision), reduce_dtype=torch.float32)
+    def shard(module):
+        return apply_fsdp(module, cfg.distributed, param_dtype=autocast_dtype(precision), reduce_dtype=torch.float32)
+
+    if from_rank0:
+        return shard_from_rank0(model, shard, compute_device=device, cpu_offload=cfg.distributed.fsdp_cpu_offload)
+    return shard(model)
+
+
+# ---- loading the weights --------------------------------------------------------------------------
+
+
+def loads_on_rank0(cfg, ctx: DistContext, device: torch.device, model_cfg) -> bool:
+    """Whether rank 0 alone reads the weights: several ranks under torchrun, `distributed.fsdp_load:
+    rank0` (the default), and strategy fsdp, or `auto` on GPUs where the model is too large for one
+    (judged on a weightless skeleton, as `choose_strategy` judges the loaded model). A 4-bit base is
+    never sharded, so QLoRA loads on every rank."""
+    if not ctx.enabled or ctx.world_size < 2 or cfg.method == "qlora" or cfg.distributed.fsdp_load != "rank0":
+        return False
+    if cfg.distributed.strategy == "auto" and device.type == "cuda":
+        from honed.train.fsdp import build_skeleton
+
+        skeleton, _ = build_skeleton(model_cfg, device)
+        # LoRA's adapters are not on the skeleton: the weights alone, which the loaded model only exceeds
+        need = training_bytes(skeleton, "full") if cfg.method == "full" else sum(p.numel() * p.element_size() for p in skeleton.parameters())
+        return need > 0.8 * torch.cuda.get_device_properties(device).total_memory
+    return cfg.distributed.strategy == "fsdp"
+
+
+def load_model_for_run(cfg, ctx: DistContext, device: torch.device, model_cfg, load) -> tuple:
+    """(model, info, from_rank0). `load(model_cfg, device)` is how the run loads its base; under FSDP
+    with `loads_on_rank0`, only rank 0 calls it (on the CPU, in the dtype `device` would give: the one
+    copy in host memory) and the other ranks build the architecture without weights
+    (`honed.train.fsdp.build_skeleton`); `shard_model(..., from_rank0=True)` then sends each rank its shards."""
+    if not loads_on_rank0(cfg, ctx, device, model_cfg):
+        return (*load(model_cfg, device), False)
+    if not ctx.is_main:
+        from honed.train.fsdp import build_skeleton
+
+        return (*build_skeleton(model_cfg, device), True)
+    from honed.model.load import resolve_dtype
+
+    dtype = str(resolve_dtype(model_cfg.dtype, device)).removeprefix("torch.")
+    return (*load(model_cfg.model_copy(update={"dtype": dtype}), torch.device("cpu")), True)
 
 
 # ---- checkpoints ----------------------------------------------------------------------------------
