@@ -6,6 +6,7 @@ Tiny runs only: a 2-layer model, 8 samples, a few steps."""
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
@@ -100,3 +101,45 @@ def test_under_fsdp_rank0_alone_reads_the_weights_and_trains_as_every_rank_loadi
     assert sorted(got) == sorted(want)
     for key in want:
         torch.testing.assert_close(got[key], want[key], atol=1e-6, rtol=0)
+
+
+def test_an_out_of_memory_on_one_ddp_rank_makes_every_rank_replan_and_redo_the_step(raw_config, tmp_path):
+    from honed.testing.distributed import fake_out_of_memory
+
+    one = train(config_from_dict(raw_config("one", accumulation=4, strategy=None)), show_progress=False)
+    # rank 1 runs out in its first forward of step 2 (its 3rd micro-batch), where rank 0 has gone on
+    fault = functools.partial(fake_out_of_memory, on_rank=1, at_call=3, record=str(tmp_path / "replans"), recoverable=True)
+    spawn_training(raw_config("two", accumulation=2, strategy="ddp"), world_size=2, setup=fault)
+    assert [(tmp_path / f"replans.{r}").read_text() for r in (0, 1)] == ["1", "1"]  # both replanned, once
+    got, want = losses_of(tmp_path / "two"), losses_of(one.output_dir)
+    assert sorted(got) == sorted(want) == [1, 2]
+    for step in want:  # the redone step is the step one process takes
+        assert got[step] == pytest.approx(want[step], abs=1e-5), step
+    a, b = load_file(tmp_path / "two" / "adapter_model.safetensors"), load_file(one.output_dir / "adapter_model.safetensors")
+    for key in b:
+        torch.testing.assert_close(a[key], b[key], atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("strategy, in_backward, recoverable, error", [
+    # DDP, in the forward, no leaner plan: every rank stops with the same error, at the same step
+    ("ddp", False, False, "OutOfGpuMemory: out of GPU memory on the plain path (rank 1 of 2 ran out of GPU memory in this step"),
+    # DDP, in the backward whose gradient all-reduce rank 0 has begun; FSDP, anywhere: rank 1 stops the job
+    ("ddp", True, True, "RankOutOfMemory: out of GPU memory on rank 1 of 2 in the last backward of a step"),
+    ("fsdp", False, True, "RankOutOfMemory: out of GPU memory on rank 1 of 2 in an FSDP step"),
+])
+def test_an_out_of_memory_on_one_rank_stops_the_job_with_the_rank_named_not_a_hang(raw_config, tmp_path, strategy, in_backward,
+                                                                                  recoverable, error):
+    from honed.testing.distributed import fake_out_of_memory
+
+    raw = raw_config("two", accumulation=1, strategy=strategy)
+    raw["distributed"]["timeout_s"] = 300  # a hang would end in a timeout error on rank 0 after 5 minutes
+    fault = functools.partial(fake_out_of_memory, on_rank=1, at_call=2, record=str(tmp_path / "replans"), in_backward=in_backward,
+                              recoverable=recoverable)
+    with pytest.raises(Exception):
+        spawn_training(raw, world_size=2, setup=fault, errors_to=str(tmp_path / "error"))
+    assert (tmp_path / "error.1").read_text().startswith(error)
+    assert (tmp_path / "replans.1").read_text() == "0"  # nobody retried alone
+    first = (tmp_path / "error.0").read_text()
+    # rank 0: the same error, or its collective failed at once when rank 1 left (gloo), not after the timeout
+    assert first.startswith(error) if not recoverable else "Connection closed by peer" in first
+    assert losses_of(tmp_path / "two") == {1: pytest.approx(losses_of(tmp_path / "two")[1])}  # it stopped in step 2

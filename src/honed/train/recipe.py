@@ -36,8 +36,9 @@ from honed.model.adapters import apply_lora, count_parameters
 from honed.model.load import load_model, load_tokenizer, pick_device
 from honed.train import checkpoint as ckpt
 from honed.train.checkpoint import TrainState
-from honed.train.distributed import (DistContext, accumulation_for, all_reduce_sum, barrier, union_of_keys, init_distributed, local_device,
-                                     log_global_batch, main_first, rank_share, wrap_ddp)
+from honed.train.distributed import (DistContext, accumulation_for, all_ranks, all_reduce_sum, barrier, union_of_keys, init_distributed,
+                                     local_device, log_global_batch, main_first, oom_agreement, oom_stops_the_job, rank_share,
+                                     sync_next_backward, wrap_ddp)
 from honed.train.metrics_log import MetricsLog, NullMetrics
 from honed.train.objectives import ObjectiveData, get_objective
 from honed.train.optim import build_optimizer, build_scheduler, warmup_steps_for
@@ -337,25 +338,40 @@ def real_tokens(batch: dict[str, torch.Tensor]) -> int:
 def accumulate_gradients(run: TrainingRun, micro_batches: list, total_weight: int, scale: float = 1.0) -> tuple[list, dict]:
     """Forward and backward of every micro-batch, each loss divided by the step's total weight (and
     multiplied by `scale`: 0 for an idle process). Returns (each micro-batch's detached loss, the
-    objective's metrics summed). Under DDP, gradients are all-reduced in the last backward only."""
-    losses, metrics = [], {}
-    for i, batch in enumerate(micro_batches):
-        batch = {k: v.to(run.settings.device, non_blocking=True) for k, v in batch.items()}
-        last = i == len(micro_batches) - 1
-        if run.strategy == "fsdp":
-            run.model.set_requires_gradient_sync(last)  # reduce-scatter once, after the last micro-batch
-        with run.ddp.no_sync() if run.ddp is not None and not last else contextlib.nullcontext():
-            with autocast_context(run.settings.precision, run.settings.device):
-                out = run.ddp(batch) if run.ddp is not None else run.objective.loss(run.path, run.model, batch)
-            loss = out.loss_sum / max(total_weight, 1)
-            # FSDP2 averages gradients over ranks: ×world size makes that the sum (DDP sums by its comm hook)
-            backward = loss * (scale * run.dist.world_size if run.strategy == "fsdp" else scale)
-            (run.scaler.scale(backward) if run.scaler else backward).backward()
-        losses.append(loss.detach() * scale)
-        for key, value in out.metrics.items():
-            metrics[key] = metrics.get(key, 0.0) + float(value) * scale
-        del out, loss, backward  # the graph goes now, not during the next forward (engine.graphs needs it gone)
+    objective's metrics summed). Under DDP, gradients are all-reduced in the last backward only, once
+    every rank has come that far without running out of memory (see honed.train.distributed)."""
+    losses, metrics, pending = [], {}, None
+    fsdp = run.strategy == "fsdp"
+    with oom_stops_the_job(run.dist, "in an FSDP step") if fsdp else contextlib.nullcontext():
+        with oom_agreement(run.dist, run.settings.device, enabled=run.ddp is not None):
+            for i, batch in enumerate(micro_batches):
+                last = i == len(micro_batches) - 1
+                if fsdp:
+                    run.model.set_requires_gradient_sync(last)  # reduce-scatter once, after the last micro-batch
+                with run.ddp.no_sync() if run.ddp is not None else contextlib.nullcontext():
+                    pending = _micro_batch_loss(run, batch, total_weight, scale, losses, metrics)
+                    if run.ddp is None or not last:
+                        pending.backward()
+                        pending = None  # the graph goes now, not during the next forward (engine.graphs needs it gone)
+        if pending is not None:  # DDP: this backward all-reduces the gradients
+            sync_next_backward(run.ddp)
+            with oom_stops_the_job(run.dist, "in the last backward of a step (its gradient all-reduce had begun)"):
+                pending.backward()
     return losses, metrics
+
+
+def _micro_batch_loss(run: TrainingRun, batch: dict, total_weight: int, scale: float, losses: list, metrics: dict) -> torch.Tensor:
+    """One micro-batch's forward: its detached loss share and metrics appended; returns what to backpropagate."""
+    batch = {k: v.to(run.settings.device, non_blocking=True) for k, v in batch.items()}
+    with autocast_context(run.settings.precision, run.settings.device):
+        out = run.ddp(batch) if run.ddp is not None else run.objective.loss(run.path, run.model, batch)
+    loss = out.loss_sum / max(total_weight, 1)
+    # FSDP2 averages gradients over ranks: ×world size makes that the sum (DDP sums by its comm hook)
+    backward = loss * (scale * run.dist.world_size if run.strategy == "fsdp" else scale)
+    losses.append(loss.detach() * scale)
+    for key, value in out.metrics.items():
+        metrics[key] = metrics.get(key, 0.0) + float(value) * scale
+    return run.scaler.scale(backward) if run.scaler else backward
 
 
 def train_step(run: TrainingRun, micro_batches: list[dict[str, torch.Tensor]], *, idle: bool = False) -> StepResult:
@@ -367,7 +383,8 @@ def train_step(run: TrainingRun, micro_batches: list[dict[str, torch.Tensor]], *
     if run.dist.enabled:
         total_weight = int(all_reduce_sum(run.dist, [total_weight], run.settings.device)[0])
     accumulate = functools.partial(accumulate_gradients, run, micro_batches, total_weight, 0.0 if idle else 1.0)
-    losses, metrics = with_memory_fallback(run.path, run.model, accumulate)
+    agree = functools.partial(all_ranks, run.dist, device=run.settings.device) if run.ddp is not None else None
+    losses, metrics = with_memory_fallback(run.path, run.model, accumulate, agree)
     if run.scaler:
         run.scaler.unscale_(run.optimizer)
     clip = run.cfg.training.max_grad_norm
