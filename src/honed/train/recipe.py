@@ -28,18 +28,20 @@ from pathlib import Path
 import torch
 
 from honed.config import TrainConfig
-from honed.data.dataset import check_token_ids, data_fingerprint
+from honed.data.dataset import data_fingerprint
 from honed.data.packing import plan_batches
-from honed.engine import PlainPath, select_path, with_memory_fallback
+from honed.engine import with_memory_fallback
 from honed.errors import ConfigError
-from honed.model.adapters import apply_lora, count_parameters
-from honed.model.load import load_model, load_tokenizer, pick_device
+from honed.model.adapters import count_parameters
+from honed.model.load import load_tokenizer, pick_device
 from honed.train import checkpoint as ckpt
 from honed.train.checkpoint import TrainState
 from honed.train.distributed import (DistContext, accumulation_for, all_ranks, all_reduce_sum, barrier, union_of_keys, init_distributed,
                                      local_device, log_global_batch, main_first, oom_agreement, oom_stops_the_job, rank_share,
                                      sync_next_backward, wrap_ddp)
 from honed.train.metrics_log import MetricsLog, NullMetrics
+from honed.train.model_setup import (check_data_fits_model, check_method_precision, finish_training_model, load_base_model,  # noqa: F401
+                                     prepare_training_path, training_model_config)  # (public here too: bench and tests import them)
 from honed.train.objectives import ObjectiveData, get_objective
 from honed.train.optim import build_optimizer, build_scheduler, warmup_steps_for
 from honed.train.outputs import save_model_files, save_weights_atomic
@@ -114,77 +116,6 @@ class StepResult:
 
 
 # ---- set-up -------------------------------------------------------------------------------------
-
-
-def training_model_config(cfg: TrainConfig):
-    """The model settings training loads with: full fine-tuning keeps fp32 master weights when the
-    dtype is `auto` (compute still runs in bf16 under autocast), since AdamW updates applied to
-    bf16 weights round away — at lr 5e-5, most of them."""
-    if cfg.method == "full" and cfg.model.dtype == "auto":
-        return cfg.model.model_copy(update={"dtype": "float32"})
-    return cfg.model
-
-
-def check_method_precision(cfg: TrainConfig, precision: str) -> None:
-    """fp16 cannot hold full fine-tuning's master weights (bf16 and fp32 can)."""
-    if precision == "fp16" and cfg.method == "full":
-        raise ConfigError("training.precision=fp16 with method=full would update fp16 master weights; use bf16 or fp32")
-
-
-def load_base_model(cfg: TrainConfig, device: torch.device, model_cfg=None):
-    """(model, info): the base model as `method` loads it (4-bit for qlora, fp32 master weights for
-    full fine-tuning; `model_cfg` instead of `training_model_config(cfg)`); `finish_training_model` adds the adapters."""
-    return load_model(model_cfg or training_model_config(cfg), device=device, quantization=cfg.quantization if cfg.method == "qlora" else None)
-
-
-def finish_training_model(model, info: dict, cfg: TrainConfig):
-    """Adapters (LoRA/QLoRA) and gradient checkpointing on a loaded base, as `method` asks."""
-    t = cfg.training
-    if info["quantized"] and cfg.method == "full":
-        raise ConfigError(f"method=full cannot train a 4-bit model ({cfg.model.name_or_path}); use method=qlora")
-    if cfg.method in ("lora", "qlora"):
-        model = apply_lora(model, cfg.lora, quantized=info["quantized"], gradient_checkpointing=t.gradient_checkpointing)
-    if t.gradient_checkpointing:
-        # Non-reentrant checkpointing needs no input grads, so frozen embeddings are fine.
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    return model, info
-
-
-def check_data_fits_model(model, objective, data: ObjectiveData, model_name: str) -> None:
-    """Every token id of the data must index the model's input embeddings (see check_token_ids)."""
-    embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
-    if isinstance(embeddings, torch.nn.Embedding):
-        token_samples = [_TokenIds(objective.token_ids(s), getattr(s, "source", "?")) for s in (*data.train, *data.val)]
-        check_token_ids(token_samples, embeddings.num_embeddings, model_name)
-
-
-@dataclass
-class _TokenIds:
-    input_ids: list[int]
-    source: str
-
-
-def prepare_training_path(model, settings: EngineSettings, path=None):
-    """(path, model): the training path `select_path` picks (or `path`), with the model it prepared."""
-    path = path if path is not None else select_path(model, settings)
-    if settings.cuda_graphs and path.name != "fused":
-        log.info("training.cuda_graphs: not used, the %s path has no graphs (only the fused path on CUDA does)", path.name)
-    model = path.prepare(model)
-    model.train()
-    return path, model
-
-
-def prepare_strategy_and_path(cfg: TrainConfig, dist_ctx: DistContext, model, settings: EngineSettings, from_rank0: bool = False):
-    """(strategy, path, model): under torchrun, `distributed.strategy` resolved; the training path
-    prepared; FSDP2 applied for strategy fsdp (before the optimizer is built: it must see the shards),
-    the shards filled from rank 0's weights when only rank 0 loaded them (`from_rank0`)."""
-    strategy = sharding.choose_strategy(cfg, dist_ctx, settings.device, model)
-    if strategy == "fsdp":  # FSDP2 gathers each layer's weights in its own hooks; the fused kernels read them directly
-        log.info("distributed.strategy fsdp: the plain training path (the fused path runs under ddp)")
-    path, model = prepare_training_path(model, settings, PlainPath() if strategy == "fsdp" else None)
-    if strategy == "fsdp":
-        model = sharding.shard_model(model, cfg, settings.precision, from_rank0=from_rank0, device=settings.device)
-    return strategy, path, model
 
 
 def plan_schedule(cfg: TrainConfig, objective, data: ObjectiveData, micro_per_step: int | None = None) -> Schedule:
@@ -264,7 +195,7 @@ def setup_run(cfg: TrainConfig) -> TrainingRun:
     log.info("data: %s", data.report.summary())
     check_data_fits_model(model, objective, data, cfg.model.name_or_path)
     model, info = finish_training_model(model, info, cfg)
-    strategy, path, model = prepare_strategy_and_path(cfg, dist_ctx, model, settings, from_rank0)
+    strategy, path, model = sharding.prepare_strategy_and_path(cfg, dist_ctx, model, settings, from_rank0)
     trainable, total = count_parameters(model)
     info.update(method=cfg.method, objective=objective.name, precision=precision, device=str(device), trainable_params=trainable,
                 total_params=total, training_path=path.name)

@@ -75,6 +75,22 @@ def shard_model(model, cfg, precision: str, *, from_rank0: bool = False, device:
     return shard(model)
 
 
+def prepare_strategy_and_path(cfg, ctx: DistContext, model, settings, from_rank0: bool = False):
+    """(strategy, path, model): under torchrun, `distributed.strategy` resolved; the training path
+    prepared; FSDP2 applied for strategy fsdp (before the optimizer is built: it must see the shards),
+    the shards filled from rank 0's weights when only rank 0 loaded them (`from_rank0`)."""
+    from honed.engine import PlainPath
+    from honed.train.model_setup import prepare_training_path
+
+    strategy = choose_strategy(cfg, ctx, settings.device, model)
+    if strategy == "fsdp":  # FSDP2 gathers each layer's weights in its own hooks; the fused kernels read them directly
+        log.info("distributed.strategy fsdp: the plain training path (the fused path runs under ddp)")
+    path, model = prepare_training_path(model, settings, PlainPath() if strategy == "fsdp" else None)
+    if strategy == "fsdp":
+        model = shard_model(model, cfg, settings.precision, from_rank0=from_rank0, device=settings.device)
+    return strategy, path, model
+
+
 # ---- loading the weights --------------------------------------------------------------------------
 
 
