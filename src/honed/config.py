@@ -258,6 +258,10 @@ class DistributedConfig(_Strict):
     fsdp_cpu_offload: bool = Field(False, description="fsdp: keep sharded parameters and optimizer state in host memory")
     fsdp_reshard_after_forward: bool = Field(True, description="fsdp: free gathered weights after forward (less memory, "
                                              "one more all-gather in backward)")
+    fsdp_load: Literal["rank0", "every_rank"] = Field(
+        "rank0", description="fsdp: rank0 reads the weights from disk and sends each rank its shards (one copy in host "
+        "memory); every_rank: each rank loads the whole model before sharding (N copies; for models whose architecture "
+        "cannot be built without weights)")
     ddp_bucket_mb: int = Field(25, gt=0, description="ddp: gradient all-reduce bucket size (MB); buckets overlap with backward")
 
 

@@ -70,12 +70,14 @@ class OutOfGpuMemory(RuntimeError):
     """Training ran out of GPU memory and the path had no leaner plan left."""
 
 
-def with_memory_fallback(path: TrainingPath, model, accumulate: Callable[[], T]) -> T:
+def with_memory_fallback(path: TrainingPath, model, accumulate: Callable[[], T], agree: Callable[[bool], bool] | None = None) -> T:
     """Run `accumulate()` (the forward and backward passes of one optimizer step). When it runs out of
     GPU memory and the path can keep less (`recover_from_oom()` is True: it now recomputes more), the
     partial gradients are dropped and the same micro-batches run again, so the step is as if it had
     fitted the first time. Each retry is logged by the path; with nothing left to give, it raises
-    `OutOfGpuMemory` saying what to change."""
+    `OutOfGpuMemory` saying what to change. Under torchrun, `accumulate` raises the error on every rank
+    at once (honed.train.distributed.oom_agreement) and `agree(recovered)` makes every rank retry only
+    when all of them could replan."""
     while True:
         try:
             return accumulate()
@@ -87,7 +89,10 @@ def with_memory_fallback(path: TrainingPath, model, accumulate: Callable[[], T])
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
         recover = getattr(path, "recover_from_oom", None)
-        if recover is None or not recover():
+        recovered = recover is not None and recover()
+        if agree is not None:
+            recovered = agree(recovered)
+        if not recovered:
             raise OutOfGpuMemory(
                 f"out of GPU memory on the {path.name} path ({message}); lower training.batch_size or data.max_seq_length, "
                 "use method: qlora, or set training.memory: offload"

@@ -27,6 +27,7 @@ import io
 import logging
 import warnings
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -111,13 +112,16 @@ def _serialized(blob: dict) -> tuple[bytes | None, str | None]:
     return buffer.getvalue(), None
 
 
-def save_sharded(ckpt_dir: Path, model, optimizer, *, extra: dict, files: dict[str, str | bytes] | None = None) -> None:
+def save_sharded(ckpt_dir: Path, model, optimizer, *, extra: dict, files: dict[str, str | bytes] | None = None,
+                 write: Callable[[Path], None] | None = None) -> None:
     """Write the trainable weights and optimizer state of every rank, plus `extra`, as folder `ckpt_dir`.
 
     Every rank calls it (collective). `extra` is rank 0's (tensors, numbers, strings, lists and dicts
     of them, e.g. the step, the data position and `scheduler.state_dict()`), except `extra["rng"]`,
     which each rank passes for itself and which is kept for every rank. `files` (name → text or
-    bytes, rank 0's) are written into the folder too, before it appears (e.g. trainer_state.json).
+    bytes, rank 0's) are written into the folder too, before it appears (e.g. trainer_state.json), and
+    `write(folder)`, called on rank 0 only, may add more (e.g. the peft adapter files of the gathered
+    adapter, so the checkpoint is usable as an adapter as a one-process checkpoint is).
     An existing `ckpt_dir` is replaced only once the new one is complete; an `extra` that cannot be
     saved is a TypeError on every rank, before anything is written.
     """
@@ -143,6 +147,8 @@ def save_sharded(ckpt_dir: Path, model, optimizer, *, extra: dict, files: dict[s
             (tmp / EXTRA_FILE).write_bytes(payload)
             for name, content in (files or {}).items():
                 (tmp / name).write_bytes(content.encode() if isinstance(content, str) else content)
+            if write is not None:
+                write(tmp)
     if dist is not None:
         dist.barrier()  # nobody goes on (and perhaps reads it) before rank 0 has renamed it into place
 

@@ -29,7 +29,7 @@ from datetime import timedelta
 
 import torch
 
-from honed.errors import ConfigError
+from honed.errors import ConfigError, HonedError
 
 log = logging.getLogger(__name__)
 
@@ -156,6 +156,11 @@ def any_rank(ctx: DistContext, flag: bool, device: torch.device) -> bool:
     return bool(tensor.item())
 
 
+def all_ranks(ctx: DistContext, flag: bool, device: torch.device) -> bool:
+    """True on every rank when `flag` is true on all of them."""
+    return not any_rank(ctx, not flag, device)
+
+
 def _collective_device(ctx: DistContext, device: torch.device) -> torch.device:
     return device if ctx.backend == "nccl" else torch.device("cpu")
 
@@ -262,3 +267,98 @@ def wrap_ddp(ctx: DistContext, model, path, objective, *, bucket_mb: int, device
                                   bucket_cap_mb=bucket_mb, **no_buffer_sync)
     ddp.register_comm_hook(state=None, hook=_sum_gradients)
     return ddp
+
+
+# ---- running out of GPU memory on one rank -----------------------------------------------------------
+#
+# engine.with_memory_fallback retries a step with a leaner memory plan when the GPU runs out. With
+# several ranks, a rank may only retry where no peer waits for it in a collective, and every rank must
+# retry (and replan) with it. Under DDP the only collectives of a step are the gradient all-reduces of
+# its last backward: every micro-batch's forward (the last one's too, under `no_sync`) and the earlier
+# backwards run first, then all ranks say whether one of them ran out (`oom_agreement`), and only then
+# does the last backward synchronise (`sync_next_backward`). An out-of-memory in that last backward, or
+# anywhere in an FSDP step (each layer's weights are gathered by all ranks together), leaves the peers
+# inside a collective: the job stops at once (`oom_stops_the_job`), never hangs.
+
+
+class RankOutOfMemory(HonedError):
+    """A rank ran out of GPU memory while its peers waited for it in a collective: the job stops."""
+
+
+class StepOutOfMemory(torch.cuda.OutOfMemoryError):
+    """Raised on every rank when any rank ran out of GPU memory before the step's collectives: all of
+    them drop the step's gradients and retry it (with a leaner plan) together."""
+
+
+def ranks_out_of_memory(ctx: DistContext, short: bool, device: torch.device) -> list[int]:
+    """The ranks for which `short` is true (one all-gather of a flag per rank)."""
+    import torch.distributed as dist
+
+    flags = torch.zeros(ctx.world_size, dtype=torch.int32, device=_collective_device(ctx, device))
+    flags[ctx.rank] = int(short)
+    dist.all_reduce(flags, op=dist.ReduceOp.SUM)
+    return [rank for rank, flag in enumerate(flags.tolist()) if flag]
+
+
+@contextlib.contextmanager
+def oom_agreement(ctx: DistContext, device: torch.device, *, enabled: bool = True):
+    """Around the part of a step that runs no collective: an out-of-memory error there ends the block
+    on this rank, then every rank learns which ranks ran out, and each raises StepOutOfMemory when one
+    did (so that all retry the step together). Nothing is exchanged on one process or when not `enabled`."""
+    if not (enabled and ctx.enabled and ctx.world_size > 1):
+        yield
+        return
+    error = None
+    try:
+        yield
+    except torch.cuda.OutOfMemoryError as err:
+        error = f"{str(err).splitlines()[0][:200]}" if str(err) else "out of memory"
+    short = ranks_out_of_memory(ctx, error is not None, device)
+    if short:
+        which = ", ".join(map(str, short))
+        raise StepOutOfMemory(f"rank {which} of {ctx.world_size} ran out of GPU memory in this step" + (f" ({error})" if error else ""))
+
+
+@contextlib.contextmanager
+def oom_stops_the_job(ctx: DistContext, where: str):
+    """Around a part of a step whose collectives the peers may already be waiting in: an out-of-memory
+    error there aborts the process group (the peers' collectives fail at once instead of waiting for
+    `distributed.timeout_s`) and raises RankOutOfMemory naming the rank and what to change."""
+    if not (ctx.enabled and ctx.world_size > 1):
+        yield
+        return
+    try:
+        yield
+    except torch.cuda.OutOfMemoryError as err:
+        message = str(err).splitlines()[0][:200] if str(err) else "out of memory"
+    else:
+        return
+    abort_process_group()
+    raise RankOutOfMemory(
+        f"out of GPU memory on rank {ctx.rank} of {ctx.world_size} {where} ({message}); the other ranks were waiting for it in a "
+        "collective, so it cannot retry alone and the job stops. Lower training.batch_size or data.max_seq_length, set "
+        "training.gradient_checkpointing: true or training.memory: offload, or use more GPUs (distributed.strategy: fsdp)")
+
+
+def abort_process_group() -> None:
+    """End this rank's part of the process group now, pending collectives included, so that the peers'
+    collectives fail at once (gloo closes its connections; NCCL aborts its communicators)."""
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        return
+    try:
+        from torch.distributed.distributed_c10d import _abort_process_group
+
+        _abort_process_group()
+    except Exception:  # a backend without abort (or an older torch): destroying the group closes it too
+        with contextlib.suppress(Exception):
+            dist.destroy_process_group()
+
+
+def sync_next_backward(ddp) -> None:
+    """Make the next backward all-reduce the gradients, after a forward run under `ddp.no_sync()`:
+    the two calls DDP's own forward makes when it synchronises (with find_unused_parameters off)."""
+    ddp.require_forward_param_sync = True
+    ddp.reducer.prepare_for_forward()
+    ddp.reducer.prepare_for_backward([])

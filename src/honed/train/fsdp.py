@@ -149,3 +149,97 @@ def apply_fsdp(model: nn.Module, cfg, *, param_dtype: torch.dtype | None, reduce
     log.info("FSDP2: %d decoder layers and the root sharded over %d ranks (mixed precision %s, CPU offload %s)",
              len(layers), dist.get_world_size(), cfg.fsdp_mixed_precision, cfg.fsdp_cpu_offload)
     return model
+
+
+# ---- loading on rank 0 only -------------------------------------------------------------------------
+
+
+def build_skeleton(model_cfg, device: torch.device):
+    """(model, info): the architecture `model_cfg` names, with every weight on the meta device (no
+    storage, nothing read but config.json), in the dtype `load_model` would give it on `device`. What
+    the ranks other than 0 build under FSDP when rank 0 alone reads the weights; `info` is the one
+    `honed.model.load.load_model` returns."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from honed.model.load import model_type_of, resolve_dtype
+
+    dtype = resolve_dtype(model_cfg.dtype, device)
+    model_type, prequant = model_type_of(model_cfg.name_or_path, model_cfg)
+    config = AutoConfig.from_pretrained(model_cfg.name_or_path, revision=model_cfg.revision, trust_remote_code=model_cfg.trust_remote_code)
+    kwargs = {"dtype": dtype, "trust_remote_code": model_cfg.trust_remote_code}
+    if model_cfg.attn_implementation:
+        kwargs["attn_implementation"] = model_cfg.attn_implementation
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, **kwargs)
+    model.config.use_cache = False
+    return model, {"model_type": model_type, "dtype": str(dtype).removeprefix("torch."), "quantized": bool(prequant),
+                   "prequantized": bool(prequant)}
+
+
+def _non_persistent_buffers(model: nn.Module) -> list[tuple[str, nn.Module, str]]:
+    """(full name, module, name) of each buffer the state dict leaves out (rotary `inv_freq` tables):
+    loading a state dict never fills them, so a rank that built the model on meta must get them otherwise."""
+    return [(f"{prefix}.{name}" if prefix else name, module, name) for prefix, module in model.named_modules()
+            for name in module._non_persistent_buffers_set if module._buffers.get(name) is not None]
+
+
+def _tied_names(model: nn.Module) -> list[list[str]]:
+    """The names of each parameter registered under several names (an LM head tied to the embeddings)."""
+    names: dict[int, list[str]] = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        names.setdefault(id(p), []).append(name)
+    return [group for group in names.values() if len(group) > 1]
+
+
+def _retie(model: nn.Module, tied: list[list[str]]) -> None:
+    for first, *others in tied:
+        shared = model.get_parameter(first)
+        for name in others:
+            owner, _, attr = name.rpartition(".")
+            setattr(model.get_submodule(owner), attr, shared)
+
+
+def shard_from_rank0(model: nn.Module, shard, *, compute_device: torch.device, cpu_offload: bool) -> nn.Module:
+    """Shard `model` with `shard(model)` (apply_fsdp) and fill every rank's shards from rank 0's weights.
+
+    Rank 0 passes the model it loaded (on the CPU: the one copy in host memory); the other ranks pass
+    a `build_skeleton` model with the same adapters. Rank 0 keeps its weights aside and empties its
+    model too, so that every rank shards the same meta-device structure; the shards then get storage
+    (on the CPU when `cpu_offload`, else on `compute_device`) and rank 0 broadcasts each weight, every
+    rank keeping its own piece (`set_model_state_dict(..., broadcast_from_rank0=True)`). Buffers the
+    state dict leaves out (rotary tables) are broadcast from rank 0 as they are, and so is rank 0's
+    random state: LoRA's initialisation drew from it on rank 0 only, and every rank must go on as if
+    it had built the model itself (dropout draws the same masks as when every rank loads)."""
+    import torch.distributed as dist
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+    main = dist.get_rank() == 0
+    state, buffers = {}, {}
+    if main:
+        state = model.state_dict()  # views of the loaded weights: they stay alive after the model is emptied
+        buffers = {full: module._buffers[name].detach().clone() for full, module, name in _non_persistent_buffers(model)}
+        tied = _tied_names(model)
+        model.to_empty(device="meta")  # gives each module its own new parameter: tied weights come apart ...
+        _retie(model, tied)  # ... and are shared again, as on the ranks that built a skeleton
+    model = shard(model)
+    model.to_empty(device="cpu" if cpu_offload else compute_device)
+    if cpu_offload:  # FSDP2 keeps the offloaded shards on the CPU, and the buffers beside the compute
+        for module in model.modules():
+            for name, buf in module._buffers.items():
+                if buf is not None:
+                    module._buffers[name] = buf.to(compute_device)
+    # strict (the default): a weight of the model that rank 0's state dict lacks is an error, not garbage
+    set_model_state_dict(model, state, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
+    del state
+    with torch.no_grad():
+        for full, module, name in _non_persistent_buffers(model):
+            if main:
+                module._buffers[name].copy_(buffers[full])
+            dist.broadcast(module._buffers[name], src=0)
+    rng = [torch.get_rng_state(), torch.cuda.get_rng_state(compute_device) if compute_device.type == "cuda" else None]
+    dist.broadcast_object_list(rng, src=0)
+    torch.set_rng_state(rng[0])
+    if rng[1] is not None:
+        torch.cuda.set_rng_state(rng[1], compute_device)
+    log.info("FSDP2: rank 0 read the weights and sent each rank its shards (%d non-persistent buffers copied)", len(buffers))
+    return model

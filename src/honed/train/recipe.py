@@ -28,17 +28,20 @@ from pathlib import Path
 import torch
 
 from honed.config import TrainConfig
-from honed.data.dataset import check_token_ids, data_fingerprint
+from honed.data.dataset import data_fingerprint
 from honed.data.packing import plan_batches
-from honed.engine import PlainPath, select_path, with_memory_fallback
+from honed.engine import with_memory_fallback
 from honed.errors import ConfigError
-from honed.model.adapters import apply_lora, count_parameters
-from honed.model.load import load_model, load_tokenizer, pick_device
+from honed.model.adapters import count_parameters
+from honed.model.load import load_tokenizer, pick_device
 from honed.train import checkpoint as ckpt
 from honed.train.checkpoint import TrainState
-from honed.train.distributed import (DistContext, accumulation_for, all_reduce_sum, barrier, union_of_keys, init_distributed, local_device,
-                                     log_global_batch, main_first, rank_share, wrap_ddp)
+from honed.train.distributed import (DistContext, accumulation_for, all_ranks, all_reduce_sum, barrier, union_of_keys, init_distributed,
+                                     local_device, log_global_batch, main_first, oom_agreement, oom_stops_the_job, rank_share,
+                                     sync_next_backward, wrap_ddp)
 from honed.train.metrics_log import MetricsLog, NullMetrics
+from honed.train.model_setup import (check_data_fits_model, check_method_precision, finish_training_model, load_base_model,  # noqa: F401
+                                     prepare_training_path, training_model_config)  # (public here too: bench and tests import them)
 from honed.train.objectives import ObjectiveData, get_objective
 from honed.train.optim import build_optimizer, build_scheduler, warmup_steps_for
 from honed.train.outputs import save_model_files, save_weights_atomic
@@ -115,76 +118,6 @@ class StepResult:
 # ---- set-up -------------------------------------------------------------------------------------
 
 
-def training_model_config(cfg: TrainConfig):
-    """The model settings training loads with: full fine-tuning keeps fp32 master weights when the
-    dtype is `auto` (compute still runs in bf16 under autocast), since AdamW updates applied to
-    bf16 weights round away — at lr 5e-5, most of them."""
-    if cfg.method == "full" and cfg.model.dtype == "auto":
-        return cfg.model.model_copy(update={"dtype": "float32"})
-    return cfg.model
-
-
-def check_method_precision(cfg: TrainConfig, precision: str) -> None:
-    """fp16 cannot hold full fine-tuning's master weights (bf16 and fp32 can)."""
-    if precision == "fp16" and cfg.method == "full":
-        raise ConfigError("training.precision=fp16 with method=full would update fp16 master weights; use bf16 or fp32")
-
-
-def load_base_model(cfg: TrainConfig, device: torch.device):
-    """(model, info): the base model as `method` loads it (4-bit for qlora, fp32 master weights for
-    full fine-tuning); `finish_training_model` adds the adapters."""
-    return load_model(training_model_config(cfg), device=device, quantization=cfg.quantization if cfg.method == "qlora" else None)
-
-
-def finish_training_model(model, info: dict, cfg: TrainConfig):
-    """Adapters (LoRA/QLoRA) and gradient checkpointing on a loaded base, as `method` asks."""
-    t = cfg.training
-    if info["quantized"] and cfg.method == "full":
-        raise ConfigError(f"method=full cannot train a 4-bit model ({cfg.model.name_or_path}); use method=qlora")
-    if cfg.method in ("lora", "qlora"):
-        model = apply_lora(model, cfg.lora, quantized=info["quantized"], gradient_checkpointing=t.gradient_checkpointing)
-    if t.gradient_checkpointing:
-        # Non-reentrant checkpointing needs no input grads, so frozen embeddings are fine.
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    return model, info
-
-
-def check_data_fits_model(model, objective, data: ObjectiveData, model_name: str) -> None:
-    """Every token id of the data must index the model's input embeddings (see check_token_ids)."""
-    embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
-    if isinstance(embeddings, torch.nn.Embedding):
-        token_samples = [_TokenIds(objective.token_ids(s), getattr(s, "source", "?")) for s in (*data.train, *data.val)]
-        check_token_ids(token_samples, embeddings.num_embeddings, model_name)
-
-
-@dataclass
-class _TokenIds:
-    input_ids: list[int]
-    source: str
-
-
-def prepare_training_path(model, settings: EngineSettings, path=None):
-    """(path, model): the training path `select_path` picks (or `path`), with the model it prepared."""
-    path = path if path is not None else select_path(model, settings)
-    if settings.cuda_graphs and path.name != "fused":
-        log.info("training.cuda_graphs: not used, the %s path has no graphs (only the fused path on CUDA does)", path.name)
-    model = path.prepare(model)
-    model.train()
-    return path, model
-
-
-def prepare_strategy_and_path(cfg: TrainConfig, dist_ctx: DistContext, model, settings: EngineSettings):
-    """(strategy, path, model): under torchrun, `distributed.strategy` resolved; the training path
-    prepared; FSDP2 applied for strategy fsdp (before the optimizer is built: it must see the shards)."""
-    strategy = sharding.choose_strategy(cfg, dist_ctx, settings.device, model)
-    if strategy == "fsdp":  # FSDP2 gathers each layer's weights in its own hooks; the fused kernels read them directly
-        log.info("distributed.strategy fsdp: the plain training path (the fused path runs under ddp)")
-    path, model = prepare_training_path(model, settings, PlainPath() if strategy == "fsdp" else None)
-    if strategy == "fsdp":
-        model = sharding.shard_model(model, cfg, settings.precision)
-    return strategy, path, model
-
-
 def plan_schedule(cfg: TrainConfig, objective, data: ObjectiveData, micro_per_step: int | None = None) -> Schedule:
     """Steps per epoch from the first epoch's micro-batches; the run's total from epochs or max_steps.
     `micro_per_step`: global micro-batches per optimizer step (default: gradient_accumulation_steps)."""
@@ -253,7 +186,8 @@ def setup_run(cfg: TrainConfig) -> TrainingRun:
     check_method_precision(cfg, precision)
 
     tokenizer = load_tokenizer(cfg.model)
-    model, info = load_base_model(cfg, device)
+    model, info, from_rank0 = sharding.load_model_for_run(cfg, dist_ctx, device, training_model_config(cfg),
+                                                          lambda model_cfg, where: load_base_model(cfg, where, model_cfg))
     from honed.data.templates import get_template
 
     template = get_template(cfg.model.template, tokenizer, info["model_type"])
@@ -261,7 +195,7 @@ def setup_run(cfg: TrainConfig) -> TrainingRun:
     log.info("data: %s", data.report.summary())
     check_data_fits_model(model, objective, data, cfg.model.name_or_path)
     model, info = finish_training_model(model, info, cfg)
-    strategy, path, model = prepare_strategy_and_path(cfg, dist_ctx, model, settings)
+    strategy, path, model = sharding.prepare_strategy_and_path(cfg, dist_ctx, model, settings, from_rank0)
     trainable, total = count_parameters(model)
     info.update(method=cfg.method, objective=objective.name, precision=precision, device=str(device), trainable_params=trainable,
                 total_params=total, training_path=path.name)
@@ -335,25 +269,40 @@ def real_tokens(batch: dict[str, torch.Tensor]) -> int:
 def accumulate_gradients(run: TrainingRun, micro_batches: list, total_weight: int, scale: float = 1.0) -> tuple[list, dict]:
     """Forward and backward of every micro-batch, each loss divided by the step's total weight (and
     multiplied by `scale`: 0 for an idle process). Returns (each micro-batch's detached loss, the
-    objective's metrics summed). Under DDP, gradients are all-reduced in the last backward only."""
-    losses, metrics = [], {}
-    for i, batch in enumerate(micro_batches):
-        batch = {k: v.to(run.settings.device, non_blocking=True) for k, v in batch.items()}
-        last = i == len(micro_batches) - 1
-        if run.strategy == "fsdp":
-            run.model.set_requires_gradient_sync(last)  # reduce-scatter once, after the last micro-batch
-        with run.ddp.no_sync() if run.ddp is not None and not last else contextlib.nullcontext():
-            with autocast_context(run.settings.precision, run.settings.device):
-                out = run.ddp(batch) if run.ddp is not None else run.objective.loss(run.path, run.model, batch)
-            loss = out.loss_sum / max(total_weight, 1)
-            # FSDP2 averages gradients over ranks: ×world size makes that the sum (DDP sums by its comm hook)
-            backward = loss * (scale * run.dist.world_size if run.strategy == "fsdp" else scale)
-            (run.scaler.scale(backward) if run.scaler else backward).backward()
-        losses.append(loss.detach() * scale)
-        for key, value in out.metrics.items():
-            metrics[key] = metrics.get(key, 0.0) + float(value) * scale
-        del out, loss, backward  # the graph goes now, not during the next forward (engine.graphs needs it gone)
+    objective's metrics summed). Under DDP, gradients are all-reduced in the last backward only, once
+    every rank has come that far without running out of memory (see honed.train.distributed)."""
+    losses, metrics, pending = [], {}, None
+    fsdp = run.strategy == "fsdp"
+    with oom_stops_the_job(run.dist, "in an FSDP step") if fsdp else contextlib.nullcontext():
+        with oom_agreement(run.dist, run.settings.device, enabled=run.ddp is not None):
+            for i, batch in enumerate(micro_batches):
+                last = i == len(micro_batches) - 1
+                if fsdp:
+                    run.model.set_requires_gradient_sync(last)  # reduce-scatter once, after the last micro-batch
+                with run.ddp.no_sync() if run.ddp is not None else contextlib.nullcontext():
+                    pending = _micro_batch_loss(run, batch, total_weight, scale, losses, metrics)
+                    if run.ddp is None or not last:
+                        pending.backward()
+                        pending = None  # the graph goes now, not during the next forward (engine.graphs needs it gone)
+        if pending is not None:  # DDP: this backward all-reduces the gradients
+            sync_next_backward(run.ddp)
+            with oom_stops_the_job(run.dist, "in the last backward of a step (its gradient all-reduce had begun)"):
+                pending.backward()
     return losses, metrics
+
+
+def _micro_batch_loss(run: TrainingRun, batch: dict, total_weight: int, scale: float, losses: list, metrics: dict) -> torch.Tensor:
+    """One micro-batch's forward: its detached loss share and metrics appended; returns what to backpropagate."""
+    batch = {k: v.to(run.settings.device, non_blocking=True) for k, v in batch.items()}
+    with autocast_context(run.settings.precision, run.settings.device):
+        out = run.ddp(batch) if run.ddp is not None else run.objective.loss(run.path, run.model, batch)
+    loss = out.loss_sum / max(total_weight, 1)
+    # FSDP2 averages gradients over ranks: ×world size makes that the sum (DDP sums by its comm hook)
+    backward = loss * (scale * run.dist.world_size if run.strategy == "fsdp" else scale)
+    losses.append(loss.detach() * scale)
+    for key, value in out.metrics.items():
+        metrics[key] = metrics.get(key, 0.0) + float(value) * scale
+    return run.scaler.scale(backward) if run.scaler else backward
 
 
 def train_step(run: TrainingRun, micro_batches: list[dict[str, torch.Tensor]], *, idle: bool = False) -> StepResult:
@@ -365,7 +314,8 @@ def train_step(run: TrainingRun, micro_batches: list[dict[str, torch.Tensor]], *
     if run.dist.enabled:
         total_weight = int(all_reduce_sum(run.dist, [total_weight], run.settings.device)[0])
     accumulate = functools.partial(accumulate_gradients, run, micro_batches, total_weight, 0.0 if idle else 1.0)
-    losses, metrics = with_memory_fallback(run.path, run.model, accumulate)
+    agree = functools.partial(all_ranks, run.dist, device=run.settings.device) if run.ddp is not None else None
+    losses, metrics = with_memory_fallback(run.path, run.model, accumulate, agree)
     if run.scaler:
         run.scaler.unscale_(run.optimizer)
     clip = run.cfg.training.max_grad_norm
@@ -430,8 +380,9 @@ def save_checkpoint(run: TrainingRun) -> Path:
     if run.cfg.method != "full":
         save_files = functools.partial(save_model_files, run.model, None, scope_prompt=run_scope_prompt(run))  # the adapter, loadable by peft
     target = ckpt.checkpoint_dir(run.output_dir, run.state.step)
-    if run.strategy == "fsdp":  # every rank writes its shards
-        sharding.save_sharded_checkpoint(target, run, run.state, keep=run.cfg.training.save_total_limit)
+    if run.strategy == "fsdp":  # every rank writes its shards; rank 0 adds the gathered adapter
+        sharding.save_sharded_checkpoint(target, run, run.state, keep=run.cfg.training.save_total_limit,
+                                         save_model_files=save_files and (lambda folder, state: save_files(folder, state_dict=state)))
     elif run.dist.is_main:  # with DDP every process holds the whole state: rank 0's is the checkpoint
         ckpt.save_checkpoint(run.output_dir, run.model, run.optimizer, run.scheduler, run.state, scaler=run.scaler,
                              save_model_files=save_files, keep=run.cfg.training.save_total_limit)

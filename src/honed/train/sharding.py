@@ -61,34 +61,99 @@ def choose_strategy(cfg, ctx: DistContext, device: torch.device, model) -> str |
     return strategy
 
 
-def shard_model(model, cfg, precision: str):
-    """FSDP2 over `model` (in place): compute in the training precision, reduce gradients in fp32."""
-    from honed.train.fsdp import apply_fsdp
+def shard_model(model, cfg, precision: str, *, from_rank0: bool = False, device: torch.device | None = None):
+    """FSDP2 over `model` (in place): compute in the training precision, reduce gradients in fp32.
+    `from_rank0` (see `load_model_for_run`): rank 0's weights fill every rank's shards on `device`."""
+    from honed.train.fsdp import apply_fsdp, shard_from_rank0
     from honed.utils.precision import autocast_dtype
 
-    return apply_fsdp(model, cfg.distributed, param_dtype=autocast_dtype(precision), reduce_dtype=torch.float32)
+    def shard(module):
+        return apply_fsdp(module, cfg.distributed, param_dtype=autocast_dtype(precision), reduce_dtype=torch.float32)
+
+    if from_rank0:
+        return shard_from_rank0(model, shard, compute_device=device, cpu_offload=cfg.distributed.fsdp_cpu_offload)
+    return shard(model)
+
+
+def prepare_strategy_and_path(cfg, ctx: DistContext, model, settings, from_rank0: bool = False):
+    """(strategy, path, model): under torchrun, `distributed.strategy` resolved; the training path
+    prepared; FSDP2 applied for strategy fsdp (before the optimizer is built: it must see the shards),
+    the shards filled from rank 0's weights when only rank 0 loaded them (`from_rank0`)."""
+    from honed.engine import PlainPath
+    from honed.train.model_setup import prepare_training_path
+
+    strategy = choose_strategy(cfg, ctx, settings.device, model)
+    if strategy == "fsdp":  # FSDP2 gathers each layer's weights in its own hooks; the fused kernels read them directly
+        log.info("distributed.strategy fsdp: the plain training path (the fused path runs under ddp)")
+    path, model = prepare_training_path(model, settings, PlainPath() if strategy == "fsdp" else None)
+    if strategy == "fsdp":
+        model = shard_model(model, cfg, settings.precision, from_rank0=from_rank0, device=settings.device)
+    return strategy, path, model
+
+
+# ---- loading the weights --------------------------------------------------------------------------
+
+
+def loads_on_rank0(cfg, ctx: DistContext, device: torch.device, model_cfg) -> bool:
+    """Whether rank 0 alone reads the weights: several ranks under torchrun, `distributed.fsdp_load:
+    rank0` (the default), and strategy fsdp, or `auto` on GPUs where the model is too large for one
+    (judged on a weightless skeleton, as `choose_strategy` judges the loaded model). A 4-bit base is
+    never sharded, so QLoRA loads on every rank."""
+    if not ctx.enabled or ctx.world_size < 2 or cfg.method == "qlora" or cfg.distributed.fsdp_load != "rank0":
+        return False
+    if cfg.distributed.strategy == "auto" and device.type == "cuda":
+        from honed.train.fsdp import build_skeleton
+
+        skeleton, _ = build_skeleton(model_cfg, device)
+        # LoRA's adapters are not on the skeleton: the weights alone, which the loaded model only exceeds
+        need = training_bytes(skeleton, "full") if cfg.method == "full" else sum(p.numel() * p.element_size() for p in skeleton.parameters())
+        return need > 0.8 * torch.cuda.get_device_properties(device).total_memory
+    return cfg.distributed.strategy == "fsdp"
+
+
+def load_model_for_run(cfg, ctx: DistContext, device: torch.device, model_cfg, load) -> tuple:
+    """(model, info, from_rank0). `load(model_cfg, device)` is how the run loads its base; under FSDP
+    with `loads_on_rank0`, only rank 0 calls it (on the CPU, in the dtype `device` would give: the one
+    copy in host memory) and the other ranks build the architecture without weights
+    (`honed.train.fsdp.build_skeleton`); `shard_model(..., from_rank0=True)` then sends each rank its shards."""
+    if not loads_on_rank0(cfg, ctx, device, model_cfg):
+        return (*load(model_cfg, device), False)
+    if not ctx.is_main:
+        from honed.train.fsdp import build_skeleton
+
+        return (*build_skeleton(model_cfg, device), True)
+    from honed.model.load import resolve_dtype
+
+    dtype = str(resolve_dtype(model_cfg.dtype, device)).removeprefix("torch.")
+    return (*load(model_cfg.model_copy(update={"dtype": dtype}), torch.device("cpu")), True)
 
 
 # ---- checkpoints ----------------------------------------------------------------------------------
 
 
-def save_sharded_checkpoint(target: Path, run, state, *, keep: int | None) -> None:
+def save_sharded_checkpoint(target: Path, run, state, *, keep: int | None, save_model_files=None) -> None:
     """Every rank writes its shards (Distributed Checkpoint); rank 0 adds trainer_state.json, which
-    marks the folder as a checkpoint for `resume`, and prunes the oldest beyond `keep`."""
+    marks the folder as a checkpoint for `resume`, and prunes the oldest beyond `keep`.
+
+    `save_model_files(folder, state_dict)` (LoRA runs): rank 0 also writes the adapter gathered from
+    the shards in peft's format, as a one-process checkpoint holds it, so `--adapter RUN` and every
+    command that takes a run folder can use an interrupted FSDP run's latest checkpoint."""
     from honed.model.runs import list_checkpoints
     from honed.train.checkpoint import rng_state
     from honed.train.dist_checkpoint import save_sharded
-    from honed.utils.fs import write_text_atomic
 
     extra = {"scheduler": run.scheduler.state_dict(), "rng": rng_state()}
     if run.scaler is not None:
         extra["scaler"] = run.scaler.state_dict()
-    save_sharded(target, run.model, run.optimizer, extra=extra)
-    if run.dist.is_main:
-        write_text_atomic(target / "trainer_state.json", json.dumps(asdict(state), indent=2))
-        if keep:
-            for old in list_checkpoints(run.output_dir)[:-keep]:
-                shutil.rmtree(old, ignore_errors=True)
+    write = None
+    if save_model_files is not None:
+        weights = gathered_weights(run)  # collective: every rank gathers, rank 0 receives
+        write = (lambda folder: save_model_files(folder, weights)) if run.dist.is_main else None
+    save_sharded(target, run.model, run.optimizer, extra=extra, files={"trainer_state.json": json.dumps(asdict(state), indent=2)},
+                 write=write)
+    if run.dist.is_main and keep:
+        for old in list_checkpoints(run.output_dir)[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
 
 
 def load_sharded_checkpoint(path: Path, run):
@@ -119,14 +184,23 @@ def is_sharded_checkpoint(path: Path) -> bool:
 # ---- the final weights ----------------------------------------------------------------------------
 
 
-def save_gathered_weights(run, target: Path, save) -> None:
-    """`save(model, state_dict)` on rank 0 with the whole weights gathered from the shards (every rank
-    calls this: the gathering is collective). LoRA runs gather the adapter weights only."""
+def gathered_weights(run) -> dict | None:
+    """The whole weights gathered from the shards, on rank 0 (None on the others): every rank calls
+    this, since the gathering is collective. LoRA runs gather the adapter weights only."""
     from honed.train.dist_checkpoint import full_state_dict_for_saving
 
     state = full_state_dict_for_saving(run.model, trainable_only=run.cfg.method != "full")
+    if not run.dist.is_main:
+        return None
+    # A tied weight (the LM head sharing the embeddings) is saved once, under its first name, as
+    # save_pretrained does with the model's own state.
+    names = {n for n, _ in run.model.named_parameters()} | {n for n, _ in run.model.named_buffers()}
+    return {k: v for k, v in state.items() if k in names}
+
+
+def save_gathered_weights(run, target: Path, save) -> None:
+    """`save(state_dict)` on rank 0 with the whole weights gathered from the shards (every rank
+    calls this: the gathering is collective). LoRA runs gather the adapter weights only."""
+    state = gathered_weights(run)
     if run.dist.is_main:
-        # A tied weight (the LM head sharing the embeddings) is saved once, under its first name, as
-        # save_pretrained does with the model's own state.
-        names = {n for n, _ in run.model.named_parameters()} | {n for n, _ in run.model.named_buffers()}
-        save({k: v for k, v in state.items() if k in names})
+        save(state)

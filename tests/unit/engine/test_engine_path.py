@@ -261,9 +261,9 @@ def test_honed_train_records_the_fused_paths_memory_plan(tmp_path, monkeypatch):
 
     from honed.testing import build_tiny_model
     from honed.testing.lora import train_config, write_numbered_qa
-    from honed.train import recipe, sft
+    from honed.train import model_setup, sft
 
-    monkeypatch.setattr(recipe, "select_path", lambda model, settings: FusedPath(settings))  # never chosen on a CPU
+    monkeypatch.setattr(model_setup, "select_path", lambda model, settings: FusedPath(settings))  # never chosen on a CPU
     base = build_tiny_model("qwen2", tmp_path / "base", hidden_size=64, layers=2)
     cfg = train_config(base, write_numbered_qa(tmp_path / "qa.jsonl"), tmp_path / "out", max_steps=2, learning_rate=1e-3, memory="offload")
     sft.train(cfg, show_progress=False)
@@ -281,9 +281,9 @@ def test_honed_train_replays_the_stack_and_records_it(tmp_path, monkeypatch):
     from honed.engine.graphs import RerunBackend
     from honed.testing import build_tiny_model
     from honed.testing.lora import train_config, write_numbered_qa
-    from honed.train import recipe, sft
+    from honed.train import model_setup, sft
 
-    monkeypatch.setattr(recipe, "select_path", lambda model, settings: FusedPath(settings))
+    monkeypatch.setattr(model_setup, "select_path", lambda model, settings: FusedPath(settings))
     monkeypatch.setattr(FusedPath, "graph_backend", RerunBackend)
     base = build_tiny_model("qwen2", tmp_path / "base", hidden_size=64, layers=2)
     data = write_numbered_qa(tmp_path / "qa.jsonl")

@@ -142,9 +142,9 @@ def test_off_cuda_the_path_leaves_the_table_alone(tiny_model_dir, caplog):
 def test_honed_train_records_where_the_embeddings_were(tmp_path, monkeypatch):
     from honed.testing import build_tiny_model
     from honed.testing.lora import train_config, write_numbered_qa
-    from honed.train import recipe, sft
+    from honed.train import model_setup, sft
 
-    monkeypatch.setattr(recipe, "select_path", lambda model, settings: AnywherePath(settings))
+    monkeypatch.setattr(model_setup, "select_path", lambda model, settings: AnywherePath(settings))
     base = build_tiny_model("llama3", tmp_path / "base", hidden_size=64, layers=2)
     data = write_numbered_qa(tmp_path / "qa.jsonl")
     losses = {}

@@ -249,3 +249,25 @@ def test_the_mesh_follows_the_process_groups_backend(monkeypatch, backend, want)
 
     monkeypatch.setattr(dist, "get_backend", lambda group=None: backend)
     assert _mesh_device_type(nn.Linear(2, 2)) == want
+
+
+def test_skeleton_has_the_loaded_models_structure_without_weights_and_names_what_a_state_dict_misses(qwen2):
+    from honed.config import ModelConfig
+    from honed.model.load import load_model
+    from honed.train.fsdp import _non_persistent_buffers, _retie, _tied_names, build_skeleton
+
+    cfg = ModelConfig(name_or_path=str(qwen2))
+    loaded, loaded_info = load_model(cfg, device=torch.device("cpu"))
+    skeleton, info = build_skeleton(cfg, torch.device("cpu"))
+    assert info == loaded_info
+    assert {p.device.type for p in skeleton.parameters()} == {"meta"}
+    assert [(n, tuple(t.shape), t.dtype) for n, t in skeleton.state_dict().items()] == \
+        [(n, tuple(t.shape), t.dtype) for n, t in loaded.state_dict().items()]
+    # The rotary tables are buffers a state dict leaves out: rank 0 must send them
+    assert [full for full, _, _ in _non_persistent_buffers(loaded)] == ["model.rotary_emb.inv_freq", "model.rotary_emb.original_inv_freq"]
+    tied = _tied_names(loaded)
+    assert tied == [["model.embed_tokens.weight", "lm_head.weight"]]
+    loaded.to_empty(device="meta")
+    assert loaded.lm_head.weight is not loaded.model.embed_tokens.weight  # what _retie is for
+    _retie(loaded, tied)
+    assert loaded.lm_head.weight is loaded.model.embed_tokens.weight
