@@ -199,6 +199,9 @@ class TrainingConfig(_Strict):
     save_steps: int | None = Field(None, gt=0, description="checkpoint every N steps (None: once per epoch)")
     save_total_limit: int | None = Field(2, gt=0)
     early_stopping_patience: int | None = Field(None, gt=0, description="stop after N evaluations without improvement")
+    save_best: bool = Field(
+        True, description="keep the weights of the lowest validation loss in OUTPUT/best (what a run folder then resolves to); "
+        "false: validation is only measured and logged, and the run folder resolves to its final weights")
     resume: bool | str = Field(False, description="true: latest checkpoint in output_dir; or a checkpoint path")
     tensorboard: bool = True
     device: str = Field("auto", description="auto, cpu, cuda, cuda:1")

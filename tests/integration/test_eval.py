@@ -28,6 +28,7 @@ def quickstart_run(tmp_path_factory):
     cfg = quickstart_config(None, str(out), epochs=2, device="cpu")
     cfg.data.validation = [DataSource(path=str(EVAL_DATA))]
     cfg.training.eval_steps, cfg.training.save_steps, cfg.training.save_total_limit = 10, 20, 3
+    cfg.training.save_best = True  # the report names the best weights' folder (the quickstart keeps its last)
     cfg.training.tensorboard = False
     result = train(cfg, show_progress=False)
     assert result.steps == 24

@@ -27,6 +27,24 @@ def test_sample_data_is_the_refusal_mix():
     assert not held_out & {r["messages"][0]["content"] for r in rows}
 
 
+def test_validation_file_rewords_training_questions_and_holds_nothing_else_seen():
+    """The quickstart validates on its own file: training questions reworded (the training answer kept),
+    and out-of-domain questions that appear in no training, evaluation or pool file."""
+    from honed.quickstart import validation_data_path
+
+    train = {r["id"]: r for r in map(json.loads, sample_data_path().read_text(encoding="utf-8").splitlines())}
+    rows = [json.loads(line) for line in validation_data_path().read_text(encoding="utf-8").splitlines()]
+    assert Counter(r["kind"] for r in rows) == {"in_domain": 16, "hard_negative": 4, "refusal": 6}
+    seen = {r["messages"][0]["content"] for r in train.values()}
+    seen |= {json.loads(line)["messages"][0]["content"] for line in EVAL_DATA.read_text(encoding="utf-8").splitlines()}
+    for pool in ("ood_en.txt", "ood_zh.txt"):
+        seen |= {line.split("\t")[-1].strip() for line in resource_path("refusals", pool).read_text(encoding="utf-8").splitlines()}
+    assert not seen & {r["messages"][0]["content"] for r in rows}
+    for r in rows:
+        if "reworded_from" in r:
+            assert r["messages"][1]["content"] == train[r["reworded_from"]]["messages"][1]["content"]
+
+
 @pytest.mark.slow
 def test_quickstart_learns_the_domain_and_refuses(tmp_path, capsys, caplog):
     from honed.data.conversation import Message
@@ -40,8 +58,12 @@ def test_quickstart_learns_the_domain_and_refuses(tmp_path, capsys, caplog):
     assert "✗" not in shown and shown.count("✓") == 2
     for name in ("adapter_model.safetensors", "loss_curve.png", "config.yaml", "run_info.json", "metrics.jsonl"):
         assert (out / name).exists(), name
-    losses = [json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in rows if r["kind"] == "train"]
     assert losses[-1] < 0.25 * losses[0]
+    # Validated on its own file once per epoch (12 epochs), the final weights kept (no best/).
+    assert [r["step"] for r in rows if r["kind"] == "eval"] == list(range(12, 145, 12))
+    assert not (out / "best").exists()
 
     # `honed eval` on the held-out set (greedy, 64 new tokens): the numbers the README states.
     report_dir = tmp_path / "report"
@@ -50,6 +72,9 @@ def test_quickstart_learns_the_domain_and_refuses(tmp_path, capsys, caplog):
     domain = json.loads((report_dir / "report.json").read_text(encoding="utf-8"))["models"][0]["metrics"]["domain"]
     refused = {split: (row["refused"], row["n"]) for split, row in domain["per_split"].items() if row["n"]}
     assert refused == {"in_domain": (4, 30), "out_of_domain": (16, 20), "hard_negative": (2, 20)}
+    # The report's fitting diagnosis reads the validation curve: the tiny recipe memorises (on purpose).
+    fitting = json.loads((report_dir / "report.json").read_text(encoding="utf-8"))["fitting"]
+    assert fitting["diagnosis"] == "overfitting" and fitting["best_step"] == 144 and fitting["best_checkpoint"] is None
 
     # The untuned base does not give the trained answer: the adapter did the work.
     question, expected = in_domain_probe()

@@ -10,6 +10,7 @@ import threading
 import pytest
 import torch
 
+from honed.model.reference import resolve_model_reference
 from honed.train.sft import TrainingInterrupted, train
 
 from .conftest import QA
@@ -105,6 +106,14 @@ def test_validation_best_checkpoint_and_early_stopping(make_config):
     assert os.path.exists(os.path.join(cfg.training.output_dir, "best", "adapter_model.safetensors"))
     assert result.stopped_early
     assert [s for s, _ in result.val_losses][-1] - result.best_step == 2
+
+
+def test_save_best_false_measures_validation_and_keeps_only_the_final_weights(make_config, capsys):
+    cfg = make_config(data={"val_ratio": 0.25}, training={"epochs": 3, "eval_steps": 1, "save_best": False})
+    result = train(cfg, show_progress=False)
+    assert len(result.val_losses) == result.steps and result.best_step == min(result.val_losses, key=lambda x: x[1])[0]
+    assert not os.path.exists(os.path.join(cfg.training.output_dir, "best"))
+    assert resolve_model_reference(cfg.training.output_dir).adapter == cfg.training.output_dir  # the run resolves to its final weights
 
 
 def test_sigterm_saves_checkpoint_and_resume_finishes(make_config):

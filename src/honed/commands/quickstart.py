@@ -39,6 +39,9 @@ def run(args) -> int:
     res = run_quickstart(args.model, args.output, overwrite=args.overwrite, epochs=args.epochs, device=args.device)
     console.rule("loss")
     console.print(f"{res.losses[0]:.3f} {sparkline(res.losses)} {res.losses[-1]:.3f}  ({len(res.losses)} steps)")
+    if res.val_losses:
+        val = [loss for _, loss in res.val_losses]
+        console.print(f"{val[0]:.3f} {sparkline(val)} {val[-1]:.3f}  (validation, {len(val)} evaluations)")
     console.rule("the tuned model answers")
     table = Table("question", "answer", "expected", "ok", show_lines=True)
     for probe in res.probes:

@@ -73,7 +73,8 @@ def train_command(args) -> int:
         return 130
     console.print(f"[green]done[/]: {result.steps} steps, final train loss {result.losses[-1]:.4f}" if result.losses else "[green]done[/]")
     if result.best_step is not None:
-        console.print(f"best validation loss at step {result.best_step}: {result.output_dir / 'best'}")
+        kept = f": {result.output_dir / 'best'}" if cfg.training.save_best else " (training.save_best: false, not kept)"
+        console.print(f"best validation loss at step {result.best_step}{kept}")
     if result.stopped_early:
         console.print("stopped early: validation loss stopped improving")
     console.print(f"outputs: {result.output_dir} (weights, config.yaml, run_info.json, metrics.jsonl, loss_curve.png, checkpoints/)")

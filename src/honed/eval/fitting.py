@@ -96,8 +96,12 @@ def _verdict(f: dict) -> str:
                 f"{f['best_step']} while training loss fell; use the best checkpoint (step {f['best_step']}) "
                 "or train fewer epochs / with a lower learning rate")
     if diagnosis == "overfitting":
+        # The minimum can be the last evaluation (the validation loss still falls, slowly): then there is no
+        # earlier checkpoint to prefer.
+        last_step = f["validation"][-1][0] if f["validation"] else None
+        remedy = "more data" if f["best_step"] == last_step else f"the best checkpoint (step {f['best_step']}), more data"
         return (f"over-fitting (memorising): final validation loss is {f['gap']:.3f} above the training loss; "
-                f"use the best checkpoint (step {f['best_step']}), more data, fewer epochs or a lower learning rate")
+                f"use {remedy}, fewer epochs or a lower learning rate")
     if diagnosis == "underfitting":
         return (f"under-fitting: validation loss was still falling at the last evaluation (step {f['best_step']}) "
                 "with a small train/validation gap; train longer or raise the learning rate")

@@ -149,7 +149,8 @@ def evaluate_and_keep_best(run: TrainingRun, result: TrainResult, progress: Trai
     progress.note(f"step {state.step}: validation loss {val_loss:.4f}")
     if state.best_val_loss is None or val_loss < state.best_val_loss:
         state.best_val_loss, state.best_step, state.evals_without_improvement = val_loss, state.step, 0
-        save_weights(run, run.output_dir / "best")
+        if run.cfg.training.save_best:
+            save_weights(run, run.output_dir / "best")
         result.best_step = state.step
     else:
         state.evals_without_improvement += 1

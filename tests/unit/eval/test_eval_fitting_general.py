@@ -54,6 +54,15 @@ def test_training_far_below_validation_is_memorising():
     train = [(s, 0.056) for s in range(1, 21)]
     f = analyse_fitting(_rows(train, [(5, 1.1), (10, 1.0), (15, 1.0), (20, 1.0)]))
     assert f["diagnosis"] == "overfitting" and "memorising" in f["verdict"]
+    assert "best checkpoint (step 10)" in f["verdict"]  # the minimum (earliest of the ties) came before the end
+
+
+def test_memorising_with_the_minimum_last_names_no_earlier_checkpoint():
+    # The quickstart's curve: validation still creeping down at the end, far above the training loss.
+    train = [(s, 0.2) for s in range(1, 21)]
+    f = analyse_fitting(_rows(train, [(5, 2.0), (10, 1.6), (15, 1.53), (20, 1.52)]))
+    assert f["diagnosis"] == "overfitting" and f["best_step"] == 20
+    assert "best checkpoint" not in f["verdict"] and "use more data, fewer epochs" in f["verdict"]
 
 
 def test_without_validation_data_nothing_is_claimed():
