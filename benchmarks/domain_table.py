@@ -5,8 +5,8 @@ model, CPU only, it measures with `honed eval` on the held-out set (`clinical_la
 in-domain, out-of-domain and near-domain questions that belong, `kind: hard_negative`):
 
 1. the tuned model alone — the quickstart adapter, trained on the refusal mix;
-2. the gate alone — `honed guard fit` (default embedder) on the training questions, in front of
-   the untuned base;
+2. the gate alone — `honed guard fit` (default embedder) on the training questions, with the training
+   mix's out-of-domain questions as contrast examples, in front of the untuned base;
 3. both — the gate in front of the tuned model;
 4. the best merge alpha — `honed merge --sweep` interpolates base ↔ tuned and recommends an alpha
    by its stated rule; that alpha's model alone.
@@ -110,7 +110,8 @@ def main() -> int:
     extra = first_sentence_overrides() if args.refusal_in == "first-sentence" else []
     rows = [row("tuned model alone", evaluate(tuned, out / "eval-tuned", args.max_new_tokens, None, extra))]
     gate = out / "gate"
-    _run(["guard", "fit", "--in-domain", str(sample_data_path()), "--out", str(gate)])
+    # The training mix's refusal records are the out-of-domain examples (indexed for the gate's contrast).
+    _run(["guard", "fit", "--in-domain", str(sample_data_path()), "--out-of-domain", str(sample_data_path()), "--out", str(gate)])
     rows.append(row("gate alone (untuned base)", evaluate(str(tiny_model_path()), out / "eval-gate", args.max_new_tokens, gate, extra)))
     rows.append(row("gate + tuned model", evaluate(tuned, out / "eval-both", args.max_new_tokens, gate, extra)))
 

@@ -1,6 +1,6 @@
 """`honed guard fit|score|eval|drift`: the out-of-domain gate in front of the model.
 
-  honed guard fit   --in-domain FILE [--out-of-domain FILE] --out DIR [--embedder auto] [--target-tpr 0.95]
+  honed guard fit   --in-domain FILE [--out-of-domain FILE [--contrast 1]] --out DIR [--embedder auto] [--target-tpr 0.95]
   honed guard score --guard DIR --input FILE [--output FILE]
   honed guard eval  --guard DIR --in-domain FILE --out-of-domain FILE
   honed guard drift --guard DIR --queries FILE
@@ -21,7 +21,10 @@ def register(sub) -> None:
     fit = verbs.add_parser("fit", help="index in-domain questions and calibrate the threshold", formatter_class=argparse.RawDescriptionHelpFormatter,
                            epilog="example:\n  honed guard fit --in-domain train.jsonl --out-of-domain ood.txt --out runs/gate")
     fit.add_argument("--in-domain", required=True, metavar="FILE", help="data file (its user turns) or text file, one question per line")
-    fit.add_argument("--out-of-domain", metavar="FILE", help="optional: questions to refuse, only scored for the report")
+    fit.add_argument("--out-of-domain", metavar="FILE", help="optional: questions to refuse (a data file's records marked out of domain, or "
+                     "text); indexed for --contrast, a held-out share scored for the report")
+    fit.add_argument("--contrast", type=float, default=1.0, metavar="W", help="with --out-of-domain: a question's score is its in-domain "
+                     "score minus W x its score against the out-of-domain examples (default 1); 0: they are only scored for the report")
     fit.add_argument("--out", required=True, metavar="DIR", help="gate folder to write")
     fit.add_argument("--embedder", default="auto", help="auto (MiniLM for Latin script, char-ngram for Chinese), default, char-ngram, llm:DIR, or a sentence-transformers folder")
     fit.add_argument("--score", default="knn", choices=["knn", "centroid", "mahalanobis"])
@@ -80,13 +83,13 @@ def run_fit(args) -> int:
         raise DataError(f"--in-domain {args.in_domain}: no questions found (an empty file?); the gate needs examples of the domain")
     ood = _questions(args.out_of_domain, "out_of_domain", "out-of-domain") if args.out_of_domain else None
     report = fit_gate(in_domain, args.out, embedder=args.embedder, score=args.score, k=args.k, target_tpr=args.target_tpr, out_of_domain=ood,
-                      calibration_fraction=args.calibration_fraction, seed=args.seed, refusal=args.refusal, refusal_zh=args.refusal_zh,
+                      contrast=args.contrast, calibration_fraction=args.calibration_fraction, seed=args.seed, refusal=args.refusal, refusal_zh=args.refusal_zh,
                       overwrite=args.overwrite, source=args.in_domain)
     table = Table(title=f"gate {args.out} ({args.score}, target pass rate {args.target_tpr})")
-    for col in ("route", "embedder", "indexed", "held out", "threshold", "held-out pass", "ood", "AUROC", "ood passed"):
+    for col in ("route", "embedder", "indexed", "ood indexed", "held out", "threshold", "held-out pass", "ood held out", "AUROC", "ood passed"):
         table.add_column(col)
     for p in report.parts:
-        table.add_row(p.route, p.embedder, str(p.indexed), str(p.held_out), f"{p.threshold:.4f}", f"{p.pass_rate:.1%}", str(p.ood),
+        table.add_row(p.route, p.embedder, str(p.indexed), str(p.ood_indexed), str(p.held_out), f"{p.threshold:.4f}", f"{p.pass_rate:.1%}", str(p.ood),
                       "-" if p.auroc is None else f"{p.auroc:.3f}", "-" if p.fpr is None else f"{p.fpr:.1%}")
     Console(stderr=True).print(table)
     print(f"calibration split: seed {args.seed}, {args.calibration_fraction:.0%} of the distinct in-domain questions held out per route", file=sys.stderr)

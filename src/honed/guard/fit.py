@@ -1,4 +1,5 @@
-"""Fitting a gate: index the in-domain questions, calibrate the threshold on a held-out share.
+"""Fitting a gate: index the in-domain questions (and, when given, most out-of-domain examples, whose
+score is subtracted: see `GatePart`), calibrate the threshold on a held-out share of the in-domain ones.
 
 Everything is written into a temporary folder beside `--out` and renamed into place at the end, so
 a failure (a missing model, an empty file, an interrupt) leaves nothing half-written.
@@ -19,7 +20,7 @@ import numpy as np
 from honed.errors import ConfigError, DataError, OutputExistsError
 from honed.guard.calibration import MAHALANOBIS_MAX_ROWS, SCORE_KINDS, ScoreStats, split_for_calibration, threshold_for
 from honed.guard.embedders import load_embedder
-from honed.guard.gate import AUTO_EMBEDDERS, CALIBRATION_FILE, DEFAULT_REFUSALS, GATE_FILE, GATE_VERSION, table_name
+from honed.guard.gate import AUTO_EMBEDDERS, CALIBRATION_FILE, DEFAULT_REFUSALS, GATE_FILE, GATE_VERSION, GatePart, stats_file, table_name
 from honed.guard.index import VectorIndex
 from honed.guard.routing import script_of
 from honed.utils.fs import atomic_dir
@@ -36,9 +37,10 @@ class PartReport:
     held_out: int
     threshold: float
     pass_rate: float
-    ood: int = 0
+    ood: int = 0  # out-of-domain questions scored for the report (held out from the index when contrast is on)
     auroc: float | None = None
     fpr: float | None = None  # share of out-of-domain questions that pass the threshold
+    ood_indexed: int = 0  # out-of-domain examples in the route's contrast index
 
 
 @dataclass
@@ -65,11 +67,11 @@ def _group(texts: list[str], embedder: str, merge_small: bool = True) -> dict[st
     return groups
 
 
-def _batches(embedder, texts: list[str], keep: list[np.ndarray] | None):
+def _batches(embedder, texts: list[str], keep: list[np.ndarray] | None, what: str = "in-domain"):
     from rich.progress import track
 
     starts = range(0, len(texts), EMBED_BATCH)
-    for start in track(starts, description="embedding in-domain questions", disable=len(starts) < 3, transient=True):
+    for start in track(starts, description=f"embedding {what} questions", disable=len(starts) < 3, transient=True):
         chunk = texts[start : start + EMBED_BATCH]
         vectors = embedder.encode(chunk)
         if keep is not None and sum(map(len, keep)) < MAHALANOBIS_MAX_ROWS:
@@ -77,15 +79,38 @@ def _batches(embedder, texts: list[str], keep: list[np.ndarray] | None):
         yield vectors, chunk
 
 
+def _index_part(folder: Path, name: str, emb, texts: list[str], score: str, what: str) -> tuple[VectorIndex, ScoreStats]:
+    """The index of `texts` (table `name`) and the score statistics fitted on their vectors."""
+    keep: list[np.ndarray] | None = [] if score != "knn" else None
+    index = VectorIndex.create(folder, name, _batches(emb, texts, keep, what))
+    return index, (ScoreStats.fit(score, np.concatenate(keep)) if keep else ScoreStats("knn"))
+
+
+def _split_out_of_domain(texts: list[str], contrast: float, fraction: float, seed: int, where: str) -> tuple[list[str], list[str]]:
+    """(indexed, held out for the report): all held out without contrast; with it, `fraction` held out
+    when there are at least 2 distinct questions (else the one indexed, nothing to report)."""
+    if not contrast:
+        return [], texts
+    if len(set(t.strip() for t in texts if t.strip())) < 2:
+        return [t for t in texts if t.strip()], []
+    return split_for_calibration(texts, fraction, seed, where)
+
+
 def fit_gate(in_domain: list[str], out: str | Path, *, embedder: str = "auto", score: str = "knn", k: int = 3, target_tpr: float = 0.95,
-             out_of_domain: list[str] | None = None, calibration_fraction: float = 0.2, seed: int = 0, refusal: str | None = None,
-             refusal_zh: str | None = None, overwrite: bool = False, source: str = "in-domain questions", device: str = "cpu") -> FitReport:
-    """Fit a gate on `in_domain` questions into folder `out`; `out_of_domain` (optional) is only scored, for the report."""
+             out_of_domain: list[str] | None = None, contrast: float = 1.0, calibration_fraction: float = 0.2, seed: int = 0,
+             refusal: str | None = None, refusal_zh: str | None = None, overwrite: bool = False, source: str = "in-domain questions",
+             device: str = "cpu") -> FitReport:
+    """Fit a gate on `in_domain` questions into folder `out`. With `out_of_domain` examples and `contrast`
+    W > 0 (default 1), most of them are indexed too and a question's score becomes its in-domain score
+    minus W × its score against them (the rest, held out, are scored for the report); with W = 0 they
+    are only scored for the report."""
     out = Path(out)
     if score not in SCORE_KINDS:
         raise ConfigError(f"--score={score}: choose one of {', '.join(SCORE_KINDS)}")
     if k < 1:
         raise ConfigError(f"--k={k}: give at least 1 neighbour")
+    if contrast < 0:
+        raise ConfigError(f"--contrast={contrast}: give a weight >= 0 (0: out-of-domain questions only scored for the report)")
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
         raise OutputExistsError(f"{out} exists; choose another --out or pass --overwrite")
     if not in_domain:
@@ -99,26 +124,31 @@ def fit_gate(in_domain: list[str], out: str | Path, *, embedder: str = "auto", s
         for route in [r for r in ood_groups if r not in groups]:
             ood_groups.setdefault(next(iter(groups)), []).extend(ood_groups.pop(route))
     report = FitReport(out)
-    config = {"version": GATE_VERSION, "embedder": embedder if embedder == "auto" else embedders[embedder].name, "score": score, "k": k,
+    contrast = contrast if ood_groups else 0.0
+    config = {"version": GATE_VERSION if contrast else 1, "contrast": contrast, "embedder": embedder if embedder == "auto" else embedders[embedder].name, "score": score, "k": k,
               "target_tpr": target_tpr, "refusals": _refusals(refusal, refusal_zh), "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
               "calibration": {"fraction": calibration_fraction, "seed": seed, "source": source}, "parts": {}}
     calibration_lines = []
     with atomic_dir(out) as tmp:
         for route, (fit_texts, held) in splits.items():
             emb = embedders[names[route]]
-            keep: list[np.ndarray] | None = [] if score != "knn" else None
-            index = VectorIndex.create(tmp, table_name(route), _batches(emb, fit_texts, keep))
-            stats = ScoreStats.fit(score, np.concatenate(keep)) if keep else ScoreStats("knn")
-            stats.save(tmp / f"stats-{route}.npz")
-            held_scores = stats.score(emb.encode(held), index, k)
+            index, stats = _index_part(tmp, table_name(route), emb, fit_texts, score, "in-domain")
+            stats.save(tmp / stats_file(route))
+            scorer = GatePart(route, emb, index, stats, threshold=float("nan"), contrast=contrast)
+            ood_fit, ood_held = _split_out_of_domain(ood_groups.get(route, []), contrast, calibration_fraction, seed, f"out-of-domain questions ({route})")
+            if ood_fit:
+                scorer.ood_index, scorer.ood_stats = _index_part(tmp, table_name(route, out_of_domain=True), emb, ood_fit, score, "out-of-domain")
+                scorer.ood_stats.save(tmp / stats_file(route, out_of_domain=True))
+            held_scores = scorer.scores(held, k)
             threshold = threshold_for(held_scores, target_tpr)
-            part = PartReport(route, emb.name, index.rows, len(held), threshold, float(np.mean(held_scores >= threshold)))
-            if ood_groups.get(route):
-                _score_ood(part, stats.score(emb.encode(ood_groups[route]), index, k), held_scores)
+            part = PartReport(route, emb.name, index.rows, len(held), threshold, float(np.mean(held_scores >= threshold)),
+                              ood_indexed=scorer.ood_index.rows if ood_fit else 0)
+            if ood_held:
+                _score_ood(part, scorer.scores(ood_held, k), held_scores)
             report.parts.append(part)
             config["parts"][route] = {"embedder": emb.name, "indexed": index.rows, "held_out": len(held), "threshold": threshold,
-                                      "pass_rate": part.pass_rate, "ood": part.ood, "auroc": part.auroc, "fpr": part.fpr,
-                                      "calibration_mean": float(np.mean(held_scores)), "calibration_std": float(np.std(held_scores))}
+                                      "pass_rate": part.pass_rate, "ood_indexed": part.ood_indexed, "ood": part.ood, "auroc": part.auroc,
+                                      "fpr": part.fpr, "calibration_mean": float(np.mean(held_scores)), "calibration_std": float(np.std(held_scores))}
             calibration_lines += [json.dumps({"route": route, "text": t, "score": float(s)}, ensure_ascii=False) for t, s in zip(held, held_scores)]
         (tmp / CALIBRATION_FILE).write_text("\n".join(calibration_lines) + "\n", encoding="utf-8")
         (tmp / GATE_FILE).write_text(json.dumps(config, indent=2, ensure_ascii=False), encoding="utf-8")

@@ -2,7 +2,8 @@
 
 A gate folder holds `gate.json` (embedder, score kind, k, threshold, calibration split and stats,
 version), the LanceDB index of in-domain questions (`index.lance`, or one `index-<route>.lance`
-per script for the bilingual `auto` gate), and `calibration.jsonl` (held-out in-domain scores, the
+per script for the bilingual `auto` gate; `…-ood.lance` beside it when out-of-domain examples were
+given, see `GatePart`), and `calibration.jsonl` (held-out in-domain scores, the
 reference for `guard drift`). The `auto` gate routes Latin-script questions to all-MiniLM-L6-v2 and
 Chinese/CJK ones to the character n-gram embedder, each with its own threshold: the small default
 model is English-only (measured in README: AUROC 0.78 on Chinese held-out questions vs 0.98).
@@ -32,7 +33,7 @@ log = logging.getLogger(__name__)
 
 GATE_FILE = "gate.json"
 CALIBRATION_FILE = "calibration.jsonl"
-GATE_VERSION = 1
+GATE_VERSION = 2  # 2: out-of-domain examples indexed and subtracted (`contrast`); a gate without them is written as 1
 AUTO_EMBEDDERS = {"latin": "default", "cjk": "char-ngram"}  # the measured best per script
 DEFAULT_REFUSALS = {
     "latin": "Sorry, that question is outside what I can help with. Please ask about this assistant's subject.",
@@ -62,23 +63,39 @@ def embedder_spec(name: str) -> str:
     return name[3:] if name.startswith("st:") else name
 
 
-def table_name(route: str) -> str:
-    return "index" if route == "all" else f"index-{route}"
+def table_name(route: str, out_of_domain: bool = False) -> str:
+    name = "index" if route == "all" else f"index-{route}"
+    return f"{name}-ood" if out_of_domain else name
+
+
+def stats_file(route: str, out_of_domain: bool = False) -> str:
+    return f"stats-{route}-ood.npz" if out_of_domain else f"stats-{route}.npz"
 
 
 @dataclass
 class GatePart:
-    """One route of a gate: its embedder, index, score statistics and threshold."""
+    """One route of a gate: its embedder, index, score statistics and threshold, and, for a gate fitted
+    with out-of-domain examples, their index and statistics and the `contrast` weight W: the score is
+    then the in-domain score minus W × the same score against the out-of-domain examples, so that a
+    question near both (a dose request among lab questions) falls below one near the domain alone."""
 
     route: str
     embedder: Embedder
     index: VectorIndex
     stats: ScoreStats
     threshold: float
+    ood_index: VectorIndex | None = None
+    ood_stats: ScoreStats | None = None
+    contrast: float = 0.0
+
+    def score_vectors(self, vectors: np.ndarray, k: int) -> np.ndarray:
+        scores = self.stats.score(vectors, self.index, k)
+        if self.ood_index is not None and self.contrast:
+            scores = scores - self.contrast * self.ood_stats.score(vectors, self.ood_index, k)
+        return scores
 
     def scores(self, texts: list[str], k: int) -> np.ndarray:
-        vectors = self.embedder.encode(texts)
-        return self.stats.score(vectors, self.index, k)
+        return self.score_vectors(self.embedder.encode(texts), k)
 
 
 class Gate:
@@ -174,13 +191,24 @@ def load_gate(folder: str | Path, *, embedder: str | None = None, device: str = 
         emb = loaded[name]
         if emb.name != name:
             raise GateMismatchError(f"{folder}: route {route} was fitted with embedder {name!r} but loading it gave {emb.name!r}; fit the gate again")
-        index = VectorIndex.open(folder, table_name(route))
-        if index.dim != emb.dim or index.rows != info.get("indexed", index.rows):
-            raise GateIndexError(f"{folder / table_name(route)}.lance: holds {index.rows} vectors of size {index.dim}, gate.json expects "
-                                 f"{info.get('indexed')} of size {emb.dim}; the index is damaged or from another gate, fit again")
-        stats = ScoreStats.load(config["score"], folder / f"stats-{route}.npz")
-        parts[route] = GatePart(route, emb, index, stats, float(info["threshold"]))
+        index = _open_index(folder, route, emb, info.get("indexed"), out_of_domain=False)
+        stats = ScoreStats.load(config["score"], folder / stats_file(route))
+        part = GatePart(route, emb, index, stats, float(info["threshold"]))
+        if info.get("ood_indexed"):
+            part.ood_index = _open_index(folder, route, emb, info["ood_indexed"], out_of_domain=True)
+            part.ood_stats = ScoreStats.load(config["score"], folder / stats_file(route, out_of_domain=True))
+            part.contrast = float(config.get("contrast", 0.0))
+        parts[route] = part
     return Gate(folder, config, parts)
+
+
+def _open_index(folder: Path, route: str, emb: Embedder, rows: int | None, *, out_of_domain: bool) -> VectorIndex:
+    name = table_name(route, out_of_domain)
+    index = VectorIndex.open(folder, name)
+    if index.dim != emb.dim or index.rows != (rows if rows is not None else index.rows):
+        raise GateIndexError(f"{folder / name}.lance: holds {index.rows} vectors of size {index.dim}, gate.json expects "
+                             f"{rows} of size {emb.dim}; the index is damaged or from another gate, fit again")
+    return index
 
 
 def read_calibration(folder: str | Path) -> list[dict]:

@@ -8,7 +8,7 @@ import shutil
 import numpy as np
 import pytest
 
-from honed.errors import DataError, ModelError, OutputExistsError
+from honed.errors import ConfigError, DataError, ModelError, OutputExistsError
 from honed.guard.calibration import split_for_calibration, threshold_for
 from honed.guard.embedders import load_embedder
 from honed.guard.fit import fit_gate
@@ -26,7 +26,8 @@ OFF = ["How do I bake sourdough bread?", "Who won the football world cup?", "Wri
 @pytest.fixture(scope="module")
 def gate_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("g") / "gate"
-    fit_gate(LAB, out, embedder="char-ngram", k=2, target_tpr=0.75, calibration_fraction=0.34, seed=1, out_of_domain=OFF)
+    # contrast 0: the out-of-domain questions are only scored for the report (contrast: its own tests below)
+    fit_gate(LAB, out, embedder="char-ngram", k=2, target_tpr=0.75, calibration_fraction=0.34, seed=1, out_of_domain=OFF, contrast=0.0)
     return out
 
 
@@ -156,7 +157,8 @@ def test_missing_and_damaged_gates_are_clear_errors(gate_dir, tmp_path):
 
 def test_auto_gate_gives_a_script_with_few_questions_no_route_of_its_own(tmp_path):
     report = fit_gate(LAB + ["血常规查什么？", "血糖需要空腹吗？"], tmp_path / "g", embedder="auto", out_of_domain=["比特币还会涨吗？", *OFF])
-    assert [(p.route, p.embedder, p.indexed + p.held_out, p.ood) for p in report.parts] == [("latin", "minilm", 14, 5)]
+    # the 5 out-of-domain questions follow to the one route: 4 indexed for the contrast, 1 held out for the report
+    assert [(p.route, p.embedder, p.indexed + p.held_out, p.ood_indexed, p.ood) for p in report.parts] == [("latin", "minilm", 14, 4, 1)]
     gate = load_gate(tmp_path / "g", embedder="auto")
     assert gate.check("比特币还会涨吗？").route == "latin"
 
@@ -178,4 +180,43 @@ def test_damaged_statistics_and_calibration_are_gate_errors(tmp_path):
         read_calibration(tmp_path / "g")
     (tmp_path / "g" / "stats-all.npz").write_bytes(b"not numpy")
     with pytest.raises(GateError, match="centroid statistics cannot be read"):
+        load_gate(tmp_path / "g")
+
+
+@pytest.mark.parametrize("weight", [1.0, 0.5])
+def test_contrast_subtracts_the_score_against_out_of_domain_examples(tmp_path, weight):
+    out = tmp_path / "g"
+    report = fit_gate(LAB, out, embedder="char-ngram", k=2, calibration_fraction=0.34, seed=1, out_of_domain=OFF, contrast=weight)
+    cfg = json.loads((out / "gate.json").read_text())
+    part = cfg["parts"]["all"]
+    assert (cfg["version"], cfg["contrast"], part["ood_indexed"], part["ood"]) == (2, weight, 3, 1)  # round(4 x 0.34) = 1 held out
+    assert (out / "index-ood.lance").is_dir() and report.parts[0].ood_indexed == 3
+    held_in = {c["text"] for c in read_calibration(out)}
+    ood_held, ood_fit = split_for_calibration(OFF, 0.34, 1, "x")[::-1]
+    assert len(ood_fit) == 3 and len(ood_held) == 1
+    emb = load_embedder("char-ngram")
+    questions = ["What is a normal potassium level?", "How do I bake bread?", "Write a poem about TSH."]
+
+    def knn(vectors, texts):
+        return np.sort(vectors @ emb.encode(texts).T, axis=1)[:, ::-1][:, :2].mean(1)
+
+    q = emb.encode(questions)
+    expected = knn(q, [t for t in LAB if t not in held_in]) - weight * knn(q, ood_fit)
+    np.testing.assert_allclose([d.score for d in load_gate(out).check_many(questions)], expected, atol=1e-5)
+    scores = {c["text"]: c["score"] for c in read_calibration(out)}  # the threshold is calibrated on contrasted scores
+    np.testing.assert_allclose([scores[t] for t in held_in], [d.score for d in load_gate(out).check_many(list(held_in))], atol=1e-5)
+
+
+def test_contrast_errors_and_a_gate_without_examples(tmp_path):
+    with pytest.raises(ConfigError, match="--contrast=-1"):
+        fit_gate(LAB, tmp_path / "neg", embedder="char-ngram", out_of_domain=OFF, contrast=-1)
+    assert not (tmp_path / "neg").exists()
+    fit_gate(LAB, tmp_path / "one", embedder="char-ngram", out_of_domain=None)
+    cfg = json.loads((tmp_path / "one" / "gate.json").read_text())
+    assert (cfg["version"], cfg["contrast"], cfg["parts"]["all"]["ood_indexed"]) == (1, 0.0, 0)  # readable by a honed without contrast
+    fit_gate(LAB, tmp_path / "g", embedder="char-ngram", out_of_domain=OFF)
+    cfg = json.loads((tmp_path / "g" / "gate.json").read_text())
+    cfg["parts"]["all"]["ood_indexed"] = 7
+    (tmp_path / "g" / "gate.json").write_text(json.dumps(cfg))
+    with pytest.raises(GateIndexError, match=r"index-ood.lance: holds 3 vectors .* expects 7"):
         load_gate(tmp_path / "g")
