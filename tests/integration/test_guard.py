@@ -51,6 +51,18 @@ def test_cli_fit_score_eval_drift(gate_dir, tmp_path, capsys):
     assert "fitted with embedder 'char-ngram:4096', not 'default'" in capsys.readouterr().err
 
 
+def test_cli_contrast_weight_reaches_the_gate(gate_dir, tmp_path):
+    part = json.loads((gate_dir / "gate.json").read_text())["parts"]["all"]
+    assert json.loads((gate_dir / "gate.json").read_text())["contrast"] == 1.0 and (part["ood_indexed"], part["ood"]) == (2, 1)
+    ins, ood = tmp_path / "in.txt", tmp_path / "ood.txt"  # the fixture's files
+    for weight, indexed, held in (("0.5", 2, 1), ("0", 0, 3)):
+        out = tmp_path / f"gate-{weight}"
+        assert main(["guard", "fit", "--in-domain", str(ins), "--out-of-domain", str(ood), "--out", str(out), "--embedder", "char-ngram",
+                     "--contrast", weight]) == 0
+        cfg = json.loads((out / "gate.json").read_text())
+        assert (cfg["contrast"], cfg["parts"]["all"]["ood_indexed"], cfg["parts"]["all"]["ood"]) == (float(weight), indexed, held)
+
+
 def test_cli_empty_in_domain_file_writes_nothing(tmp_path, capsys):
     empty = tmp_path / "empty.txt"
     empty.write_text("\n\n")
