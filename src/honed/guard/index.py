@@ -27,8 +27,14 @@ from honed.errors import HonedError
 log = logging.getLogger(__name__)
 
 ANN_MIN_ROWS = 100_000
-ANN_NPROBES = 20  # IVF partitions searched per query
-ANN_REFINE_FACTOR = 10  # candidates re-ranked with the exact vectors, per neighbour asked for
+# Search settings of the IVF-PQ index, measured on 2x10^5 MiniLM-embedded lab questions (BENCHMARKS.md,
+# "Out-of-domain gate with 10^6 indexed questions"): LanceDB's usual 20 probes x refine 10 found only
+# 0.86 of the exact top 3 for hand-written questions (the gate's score off by up to 0.024); probing
+# ~10% of the partitions (at least 50) and refining 30 per neighbour finds 0.95-0.97 (score within
+# 0.005) with 447 and with 1000 partitions (10^6 rows' count), for ~2-4 ms more per query.
+ANN_NPROBES = 50  # the fewest IVF partitions searched per query
+ANN_PROBED_SHARE = 10  # search at least 1/ANN_PROBED_SHARE of the partitions
+ANN_REFINE_FACTOR = 30  # candidates re-ranked with the exact vectors, per neighbour asked for
 SEARCH_BATCH = 1024  # queries per LanceDB call: bounds the memory of one batched search
 
 
@@ -62,13 +68,18 @@ def ann_params(rows: int, dim: int) -> dict:
     return {"num_partitions": max(1, int(rows**0.5)), "num_sub_vectors": max(1, dim // 8)}
 
 
+def ann_nprobes(rows: int) -> int:
+    """IVF partitions to search per query in an index built by `ann_params` over `rows` vectors."""
+    return max(ANN_NPROBES, ann_params(rows, 1)["num_partitions"] // ANN_PROBED_SHARE)
+
+
 class VectorIndex:
     """One LanceDB table `<folder>/<name>.lance` of unit vectors and their texts."""
 
     def __init__(self, table, folder: Path, name: str):
         self.table, self.folder, self.name = table, folder, name
-        self.nprobes, self.refine_factor = ANN_NPROBES, ANN_REFINE_FACTOR
         self.rows = table.count_rows()
+        self.nprobes, self.refine_factor = ann_nprobes(self.rows), ANN_REFINE_FACTOR
         self.dim = table.schema.field("vector").type.list_size
         self.has_ann = bool(table.list_indices())
 

@@ -2,14 +2,19 @@
 
 import numpy as np
 
-from honed.guard.index import ANN_NPROBES, ANN_REFINE_FACTOR, VectorIndex, ann_params
+from honed.guard.index import ANN_REFINE_FACTOR, VectorIndex, ann_nprobes, ann_params
 
 
 def test_ann_params_per_row_count():
     assert ann_params(100_000, 384) == {"num_partitions": 316, "num_sub_vectors": 48}
     assert ann_params(1_000_000, 384) == {"num_partitions": 1000, "num_sub_vectors": 48}
     assert ann_params(1, 4) == {"num_partitions": 1, "num_sub_vectors": 1}
-    assert (ANN_NPROBES, ANN_REFINE_FACTOR) == (20, 10)
+
+
+def test_search_settings_per_row_count():
+    # ~10% of the partitions, at least 50, and 30 candidates per neighbour: measured in BENCHMARKS.md
+    assert [ann_nprobes(rows) for rows in (600, 200_000, 1_000_000, 4_000_000)] == [50, 50, 100, 200]
+    assert ANN_REFINE_FACTOR == 30
 
 
 def test_ann_search_returns_exact_cosines_of_the_true_neighbours(tmp_path):
