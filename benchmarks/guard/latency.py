@@ -1,11 +1,18 @@
-"""Gate latency and memory with 10^6 indexed questions, on CPU.
+"""Gate latency, memory and ANN recall with up to 10^6 indexed questions, on CPU.
 
-Embedding a million texts with MiniLM on a CPU takes hours, so the index holds 10^6 random unit
-vectors of MiniLM's size (384): search cost depends on the count and size of the vectors, not on
-what they say. The gate is the real one (gate.json + LanceDB index + MiniLM embedder) and each
-query is a real question, embedded per call.
+The index holds either generated clinical-lab questions embedded with MiniLM (`--texts generated`,
+from `questions_1m.py embed`), or random unit vectors of MiniLM's size (`--texts random`: IVF-PQ's
+worst case, no clusters; kept for comparison). The gate is the real one: gate.json as the default
+`auto` gate writes it for English questions (route `latin`, MiniLM), honed's `VectorIndex` (LanceDB,
+IVF-PQ from ANN_MIN_ROWS rows), and each query is a real held-out question embedded per call: the
+sample eval file's English questions, then generated ones that are not in the index.
 
-    PYTHONPATH=src python benchmarks/guard/latency.py --rows 1000000 --out /tmp/gate-1m
+Recall@k is the ANN's top k against an exact scan (numpy, over the same vectors); `--sweep` measures
+recall and search latency for several nprobes x refine_factor settings on the same index.
+
+    PYTHONPATH=src python benchmarks/guard/questions_1m.py embed --rows 1000000 --out EMB
+    PYTHONPATH=src python benchmarks/guard/latency.py --texts generated --embeddings EMB --out DIR --sweep
+    PYTHONPATH=src python benchmarks/guard/latency.py --texts random --rows 1000000 --out DIR2
 """
 
 from __future__ import annotations
@@ -14,13 +21,23 @@ import argparse
 import json
 import resource
 import statistics
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-from honed.guard.gate import GATE_VERSION, load_gate
-from honed.guard.index import VectorIndex
+sys.path.insert(0, str(Path(__file__).parent))
+import questions_1m  # noqa: E402
+
+from honed.guard.gate import GATE_VERSION, load_gate, table_name  # noqa: E402
+from honed.guard.index import VectorIndex  # noqa: E402
+
+ROUTE = "latin"
+SAMPLE_DATA = Path(__file__).parents[2] / "src/honed/resources/sample_data"
+REAL_FILES = ("clinical_lab_eval.jsonl", "clinical_lab_qa.jsonl", "hard_negatives.jsonl")  # none of them is in the generated index
+SWEEP = [(20, 10), (20, 30), (50, 10), (50, 30), (50, 50), (100, 30), (100, 50), (200, 50)]
 
 
 def rss_mib() -> float:
@@ -30,49 +47,112 @@ def rss_mib() -> float:
     return float("nan")
 
 
-def build(out: Path, rows: int, dim: int, ann: bool) -> float:
+def random_vectors(rows: int, dim: int = 384):
     rng = np.random.default_rng(0)
+    for start in range(0, rows, 100_000):
+        n = min(100_000, rows - start)
+        v = rng.standard_normal((n, dim), dtype=np.float32)
+        yield v / np.linalg.norm(v, axis=1, keepdims=True), [f"synthetic {start + i}" for i in range(n)]
 
-    def batches():
-        for start in range(0, rows, 100_000):
-            n = min(100_000, rows - start)
-            v = rng.standard_normal((n, dim), dtype=np.float32)
-            yield v / np.linalg.norm(v, axis=1, keepdims=True), [f"synthetic {start + i}" for i in range(n)]
 
+def generated_vectors(folder: Path, rows: int):
+    vectors, texts, _ = questions_1m.load_embeddings(folder)
+    rows = min(rows, len(vectors))
+    for start in range(0, rows, 100_000):
+        end = min(start + 100_000, rows)
+        yield vectors[start:end], texts[start:end]
+
+
+def batches_for(a) -> list[tuple[np.ndarray, list[str]]]:
+    return list(random_vectors(a.rows) if a.texts == "random" else generated_vectors(Path(a.embeddings), a.rows))
+
+
+def build(out: Path, batches, ann: bool, options: dict) -> float:
     t = time.perf_counter()
-    index = VectorIndex.create(out, "index", batches(), ann=ann)
+    index = VectorIndex.create(out, table_name(ROUTE), batches, ann=ann, ann_options=options)
     seconds = time.perf_counter() - t
-    config = {"version": GATE_VERSION, "embedder": "minilm", "score": "knn", "k": 3, "target_tpr": 0.95,
-              "parts": {"all": {"embedder": "minilm", "indexed": index.rows, "threshold": 0.5}}}
+    part = {"embedder": "minilm", "indexed": index.rows, "threshold": 0.5}  # the threshold does not change the cost
+    config = {"version": GATE_VERSION, "embedder": "auto", "score": "knn", "k": 3, "target_tpr": 0.95, "parts": {ROUTE: part}}
     (out / "gate.json").write_text(json.dumps(config))
     (out / "calibration.jsonl").write_text("")
     return seconds
 
 
-def percentiles(xs):
+def held_out_questions(n: int, skip: int) -> tuple[list[str], int]:
+    """The sample data's English lab questions (in-domain and hard negatives, written by hand), then
+    generated ones past the first `skip`; and how many of them are the sample data's."""
+    rows = [json.loads(line) for name in REAL_FILES for line in (SAMPLE_DATA / name).read_text(encoding="utf-8").splitlines() if line.strip()]
+    real = list(dict.fromkeys(r["messages"][0]["content"] for r in rows if r.get("lang") == "en" and r.get("kind", "hard_negative") in ("in_domain", "hard_negative")))[:n]
+    return real + questions_1m.generate(skip + n - len(real))[skip:], len(real)
+
+
+def percentiles(xs) -> tuple[float, float]:
     xs = sorted(xs)
     return 1000 * statistics.median(xs), 1000 * xs[int(0.95 * (len(xs) - 1))]
 
 
+def exact_top(batches, queries: np.ndarray, k: int) -> tuple[np.ndarray, list[set[str]]]:
+    """The exact top-k cosines and texts of each query (the rows are unit vectors)."""
+    best_sims = np.full((len(queries), 0), -2.0, np.float32)
+    best_texts = np.empty((len(queries), 0), dtype=object)
+    for vectors, texts in batches:
+        sims = queries @ vectors.T
+        top = np.argpartition(-sims, k, axis=1)[:, :k]
+        best_sims = np.concatenate([best_sims, np.take_along_axis(sims, top, 1)], 1)
+        best_texts = np.concatenate([best_texts, np.asarray(texts, dtype=object)[top]], 1)
+        keep = np.argsort(-best_sims, axis=1)[:, :k]
+        best_sims, best_texts = np.take_along_axis(best_sims, keep, 1), np.take_along_axis(best_texts, keep, 1)
+    return best_sims, [set(row) for row in best_texts]
+
+
+def timed_search(index: VectorIndex, vectors: np.ndarray, k: int) -> tuple[list[float], list[list[str]], np.ndarray]:
+    seconds, found, sims = [], [], []
+    for v in vectors:
+        t = time.perf_counter()
+        s, texts = index.search(v[None], k)
+        seconds.append(time.perf_counter() - t)
+        found.append(texts[0]), sims.append(s[0])
+    return seconds, found, np.array(sims)
+
+
+def recall(found: list[list[str]], exact: list[set[str]], k: int) -> float:
+    return float(np.mean([len(set(f) & e) / k for f, e in zip(found, exact)]))
+
+
 def main() -> None:
-    p = argparse.ArgumentParser()
-    p.add_argument("--rows", type=int, default=1_000_000)
-    p.add_argument("--out", default="/tmp/gate-bench")
-    p.add_argument("--queries", type=int, default=100)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--texts", choices=["generated", "random"], default="generated")
+    p.add_argument("--embeddings", help="--texts generated: the folder of `questions_1m.py embed`")
+    p.add_argument("--rows", type=int, default=1_000_000, help="rows to index (generated: at most what was embedded)")
+    p.add_argument("--out", default="/tmp/gate-bench", help="the gate folder (built if it holds no gate.json)")
+    p.add_argument("--queries", type=int, default=200)
     p.add_argument("--ann", choices=["yes", "no"], default="yes")
-    p.add_argument("--exact", metavar="DIR", help="a gate over the same rows without the ANN index: report the ANN's recall and score error")
+    p.add_argument("--partitions", type=int, help="IVF partitions (default: honed's)")
+    p.add_argument("--sub-vectors", type=int, help="PQ sub-vectors (default: honed's)")
+    p.add_argument("--index-type", help="LanceDB index type, e.g. IVF_PQ, IVF_SQ, IVF_FLAT, IVF_HNSW_SQ (default: honed's)")
+    p.add_argument("--sweep", action="store_true", help="also measure recall and search latency for several nprobes x refine_factor")
+    p.add_argument("--json", help="write the results here")
     a = p.parse_args()
-    out = Path(a.out)
-    if a.exact:
-        return compare(out, Path(a.exact), a.queries)
+    if a.texts == "generated" and not a.embeddings:
+        p.error("--texts generated needs --embeddings DIR (from questions_1m.py embed)")
+    out, k = Path(a.out), 3
     if not (out / "gate.json").exists():
-        seconds = build(out, a.rows, 384, a.ann == "yes")
-        print(f"built {a.rows} rows (ann={a.ann}) in {seconds:.0f} s; on disk {sum(f.stat().st_size for f in out.rglob('*') if f.is_file()) / 2**20:.0f} MiB")
+        batches = batches_for(a)
+        options = {key: v for key, v in (("num_partitions", a.partitions), ("num_sub_vectors", a.sub_vectors), ("index_type", a.index_type)) if v}
+        seconds = build(out, batches, a.ann == "yes", options)
+        disk = sum(f.stat().st_size for f in out.rglob("*") if f.is_file()) / 2**20
+        (out / "build.json").write_text(json.dumps({"build_s": seconds, "disk_mib": disk, "options": options}))
+        print(f"built {sum(len(t) for _, t in batches)} rows (ann={a.ann} {options}) in {seconds:.0f} s; on disk {disk:.0f} MiB", flush=True)
+        del batches
+        # measure in a fresh process, so its RSS is the gate's own and not the build's
+        raise SystemExit(subprocess.run([sys.executable, *sys.argv]).returncode)
+    result: dict = {"texts": a.texts, **json.loads((out / "build.json").read_text())} if (out / "build.json").exists() else {"texts": a.texts}
     before = rss_mib()
     gate = load_gate(out)
-    questions = [f"What does test number {i} measure in the blood?" for i in range(a.queries)]
+    part = gate.parts[ROUTE]
+    skip = json.loads((Path(a.embeddings) / "meta.json").read_text())["rows"] if a.texts == "generated" else 0
+    questions, n_real = held_out_questions(a.queries, skip)
     gate.check(questions[0])  # warm-up
-    part = gate.parts["all"]
     embed, search, total = [], [], []
     for q in questions:
         t0 = time.perf_counter()
@@ -83,21 +163,34 @@ def main() -> None:
         gate.check(q)
         t3 = time.perf_counter()
         embed.append(t1 - t0), search.append(t2 - t1), total.append(t3 - t2)
-    print(f"rows {part.index.rows}, ann index: {part.index.has_ann}, {a.queries} queries, one at a time")
+    result.update(rows=part.index.rows, ann=part.index.has_ann, queries=len(questions), rss_before_mib=before, rss_after_mib=rss_mib())
+    print(f"rows {part.index.rows}, ann index: {part.index.has_ann}, {len(questions)} queries, one at a time")
     for name, xs in (("embed (MiniLM)", embed), ("search (LanceDB)", search), ("gate.check", total)):
         p50, p95 = percentiles(xs)
+        result[name.split()[0].replace(".", "_")] = {"p50_ms": p50, "p95_ms": p95}
         print(f"{name:18s} p50 {p50:7.1f} ms   p95 {p95:7.1f} ms")
-    print(f"RSS: {before:.0f} MiB before loading the gate, {rss_mib():.0f} MiB after the queries; peak {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
-
-
-def compare(ann_dir: Path, exact_dir: Path, n: int) -> None:
-    """Neighbours and knn scores of the ANN index against the exact scan, for `n` real questions."""
-    ann, exact = load_gate(ann_dir).parts["all"], load_gate(exact_dir).parts["all"]
-    vectors = ann.embedder.encode([f"What does test number {i} measure in the blood?" for i in range(n)])
-    (s_ann, t_ann), (s_exact, t_exact) = ann.index.search(vectors, 3), exact.index.search(vectors, 3)
-    recall = np.mean([len(set(a) & set(e)) / 3 for a, e in zip(t_ann, t_exact)])
-    error = np.abs(s_ann.mean(1) - s_exact.mean(1))
-    print(f"ANN vs exact on {n} queries: recall@3 {recall:.3f}; knn score error mean {error.mean():.4f}, max {error.max():.4f}")
+    print(f"RSS: {before:.0f} MiB before loading the gate, {rss_mib():.0f} MiB after the queries")
+    if part.index.has_ann:
+        vectors = part.embedder.encode(questions)
+        exact_sims, exact = exact_top(batches_for(a), vectors, k)
+        settings = SWEEP if a.sweep else [(part.index.nprobes, part.index.refine_factor)]  # honed's defaults for this index
+        result["sweep"] = []
+        print(f"ANN against the exact scan, {len(questions)} queries, k={k}:")
+        for nprobes, refine in settings:
+            part.index.nprobes, part.index.refine_factor = nprobes, refine
+            timed_search(part.index, vectors[:5], k)  # warm the partitions' cache a little, as a serving gate would be
+            seconds, found, sims = timed_search(part.index, vectors, k)
+            error = float(np.abs(sims.mean(1) - exact_sims.mean(1)).max())  # the knn score the gate thresholds
+            p50, p95 = percentiles(seconds)
+            r, r_real, r_gen = recall(found, exact, k), recall(found[:n_real], exact[:n_real], k), recall(found[n_real:], exact[n_real:], k)
+            result["sweep"].append({"nprobes": nprobes, "refine_factor": refine, "recall": r, "recall_hand_written": r_real, "recall_generated": r_gen, "max_score_error": error,
+                                    "p50_ms": p50, "p95_ms": p95})
+            print(f"  nprobes {nprobes:4d} refine {refine:3d}: recall@{k} {r:.3f} (hand-written {r_real:.3f}, generated {r_gen:.3f}), score error <= {error:.4f}"
+                  f"   search p50 {p50:6.1f} ms  p95 {p95:6.1f} ms", flush=True)
+    result["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"peak RSS {result['peak_rss_mib']:.0f} MiB (includes the exact scan's copy of the vectors)")
+    if a.json:
+        Path(a.json).write_text(json.dumps(result, indent=2))
 
 
 if __name__ == "__main__":

@@ -27,6 +27,14 @@ from honed.errors import HonedError
 log = logging.getLogger(__name__)
 
 ANN_MIN_ROWS = 100_000
+# Search settings of the IVF-PQ index, measured on 2x10^5 MiniLM-embedded lab questions (BENCHMARKS.md,
+# "Out-of-domain gate with 10^6 indexed questions"): LanceDB's usual 20 probes x refine 10 found only
+# 0.86 of the exact top 3 for hand-written questions (the gate's score off by up to 0.024); probing
+# ~10% of the partitions (at least 50) and refining 30 per neighbour finds 0.95-0.97 (score within
+# 0.005) with 447 and with 1000 partitions (10^6 rows' count), for ~2-4 ms more per query.
+ANN_NPROBES = 50  # the fewest IVF partitions searched per query
+ANN_PROBED_SHARE = 10  # search at least 1/ANN_PROBED_SHARE of the partitions
+ANN_REFINE_FACTOR = 30  # candidates re-ranked with the exact vectors, per neighbour asked for
 SEARCH_BATCH = 1024  # queries per LanceDB call: bounds the memory of one batched search
 
 
@@ -54,19 +62,33 @@ def _arrow_batch(vectors: np.ndarray, texts: list[str]):
     return pa.table({"vector": column, "text": pa.array(texts, pa.string())})
 
 
+def ann_params(rows: int, dim: int) -> dict:
+    """The IVF-PQ index's build settings for `rows` vectors of size `dim`."""
+    # ~sqrt(rows) partitions and 8-dim PQ sub-vectors: LanceDB's documented rule of thumb.
+    return {"num_partitions": max(1, int(rows**0.5)), "num_sub_vectors": max(1, dim // 8)}
+
+
+def ann_nprobes(rows: int) -> int:
+    """IVF partitions to search per query in an index built by `ann_params` over `rows` vectors."""
+    return max(ANN_NPROBES, ann_params(rows, 1)["num_partitions"] // ANN_PROBED_SHARE)
+
+
 class VectorIndex:
     """One LanceDB table `<folder>/<name>.lance` of unit vectors and their texts."""
 
     def __init__(self, table, folder: Path, name: str):
         self.table, self.folder, self.name = table, folder, name
         self.rows = table.count_rows()
+        self.nprobes, self.refine_factor = ann_nprobes(self.rows), ANN_REFINE_FACTOR
         self.dim = table.schema.field("vector").type.list_size
         self.has_ann = bool(table.list_indices())
 
     @classmethod
-    def create(cls, folder: str | Path, name: str, batches: Iterable[tuple[np.ndarray, list[str]]], *, ann: bool | None = None) -> "VectorIndex":
+    def create(cls, folder: str | Path, name: str, batches: Iterable[tuple[np.ndarray, list[str]]], *, ann: bool | None = None,
+               ann_options: dict | None = None) -> "VectorIndex":
         """Write the table from `(vectors, texts)` batches (streamed, so a million rows need not fit
-        in memory twice); build the ANN index when `ann` (default: at `ANN_MIN_ROWS` rows)."""
+        in memory twice); build the ANN index when `ann` (default: at `ANN_MIN_ROWS` rows), with
+        `ann_params` overridden by `ann_options` (LanceDB `create_index` keywords)."""
         folder = Path(folder)
         db = _lancedb().connect(str(folder))
         table = None
@@ -83,8 +105,7 @@ class VectorIndex:
         rows = table.count_rows()
         if ann if ann is not None else rows >= ANN_MIN_ROWS:
             dim = table.schema.field("vector").type.list_size
-            # ~sqrt(rows) partitions and 8-dim PQ sub-vectors: LanceDB's documented rule of thumb.
-            table.create_index(metric="cosine", vector_column_name="vector", num_partitions=max(1, int(rows**0.5)), num_sub_vectors=max(1, dim // 8))
+            table.create_index(metric="cosine", vector_column_name="vector", **{**ann_params(rows, dim), **(ann_options or {})})
         return cls(table, folder, name)
 
     @classmethod
@@ -114,7 +135,7 @@ class VectorIndex:
     def _search_into(self, queries: np.ndarray, k: int, sims: np.ndarray, texts: list[list[str]]) -> None:
         query = self.table.search(queries if len(queries) > 1 else queries[0]).distance_type("cosine").limit(k).select(["text", "_distance"])
         if self.has_ann:
-            query = query.nprobes(20).refine_factor(10)
+            query = query.nprobes(self.nprobes).refine_factor(self.refine_factor)
         try:
             result = query.to_arrow()
         except Exception as err:  # lance raises several kinds (IO, schema, value) for a damaged table
