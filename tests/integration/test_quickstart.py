@@ -56,6 +56,7 @@ def test_quickstart_learns_the_domain_and_refuses(tmp_path, capsys, caplog):
     assert [r.getMessage() for r in caplog.records if r.name == "honed.train.defaults"] == []
     shown = capsys.readouterr().out
     assert "✗" not in shown and shown.count("✓") == 2
+    assert "(144 steps)" in shown and "(validation, 12 evaluations)" in shown
     for name in ("adapter_model.safetensors", "loss_curve.png", "config.yaml", "run_info.json", "metrics.jsonl"):
         assert (out / name).exists(), name
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
