@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import subprocess
@@ -13,6 +14,7 @@ import torch
 import yaml
 
 from honed.eval import eval_config_from_dict, evaluate
+from honed.guard.gate import load_gate
 from honed.quickstart import resource_path
 from honed.testing.fsdp_worker import free_port
 
@@ -109,13 +111,15 @@ def test_two_ranks_with_a_gate_load_it_on_rank_0_only(eval_config, tmp_path):
     ins.write_text("\n".join(questions[:6] + ["What is a normal TSH level?", "What does ferritin measure?"]) + "\n")
     ood.write_text("How do I bake sourdough bread?\nWho won the football world cup?\nWrite a poem about the sea.\n")
     gate = tmp_path / "gate"
-    assert main(["guard", "fit", "--in-domain", str(ins), "--out-of-domain", str(ood), "--out", str(gate), "--embedder", "char-ngram", "--target-tpr", "0.9"]) == 0
+    assert main(["guard", "fit", "--in-domain", str(ins), "--out-of-domain", str(ood), "--out", str(gate), "--embedder", "char-ngram", "--target-tpr", "0.9",
+                 "--contrast", "0"]) == 0  # one-class: the refused indices below
     cfg = {k: v for k, v in eval_config.items() if k not in ("preference", "stability", "general")}
     cfg["generation"] = {"max_new_tokens": 3, "batch_size": 4}
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:  # the Python API takes the gate's folder too
-        evaluate(eval_config_from_dict({**cfg, "output_dir": str(tmp_path / "one")}), show_progress=False, gate=str(gate))
+        evaluate(eval_config_from_dict({**cfg, "output_dir": str(tmp_path / "one")}), show_progress=False,
+                     gate=functools.partial(load_gate, gate))
     finally:
         torch.set_num_threads(threads)
 

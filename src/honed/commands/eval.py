@@ -159,8 +159,15 @@ def run(args) -> int:
         from torch.distributed.elastic.multiprocessing.errors import record
 
         run_eval = record(evaluate)
-    # The gate folder, not a loaded gate: under torchrun only rank 0 loads it (it alone reads the decisions).
-    result = run_eval(cfg, show_progress=not args.no_progress, gate=args.guard)
+    gate = None
+    if args.guard:
+        import functools
+
+        from honed.guard.gate import load_gate, read_gate_config
+
+        read_gate_config(args.guard)  # gate.json only (no embedder): a folder that is no gate stops every rank now
+        gate = functools.partial(load_gate, args.guard)  # a loader: under torchrun only rank 0 (the scorer) calls it
+    result = run_eval(cfg, show_progress=not args.no_progress, gate=gate)
     if not is_main_process():
         return 0  # rank 0 reports
     console = Console(stderr=True)

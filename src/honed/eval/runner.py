@@ -358,8 +358,9 @@ def apply_gate(gate, samples: list[EvalSample]) -> int:
 
 def evaluate(cfg: EvalConfig, *, show_progress: bool = True, write: bool = True, gate=None) -> EvalResult:
     """Evaluate every model of `cfg`; with `write`, put report.json/.html and predictions.jsonl
-    into `cfg.output_dir` in one atomic step. `gate` (a `honed guard` gate folder, loaded on rank 0
-    alone, or a loaded gate) stands in front of every model: see `apply_gate`.
+    into `cfg.output_dir` in one atomic step. `gate` (a loaded gate, or a loader such as
+    `functools.partial(honed.guard.gate.load_gate, DIR)`, which rank 0 alone calls) stands in front of
+    every model: see `apply_gate`.
 
     Started by torchrun (`torchrun --nproc-per-node N -m honed eval ...`), each process answers and
     scores its share of the batches (honed.eval.sharding); rank 0 alone computes the metrics and
@@ -370,10 +371,6 @@ def evaluate(cfg: EvalConfig, *, show_progress: bool = True, write: bool = True,
 
     if write:
         check_output_dir(cfg)  # on every rank: all of them stop at once
-    if isinstance(gate, (str, Path)):  # its gate.json only (no embedder): a folder that is no gate stops every rank now
-        from honed.guard.gate import read_gate_config
-
-        read_gate_config(gate)
     samples = load_samples(data_with_model_scope(cfg), cfg.refusal.decision_field)
     specs = resolve_models(cfg.models)
     if cfg.fitting.checkpoints == "all":
@@ -385,12 +382,10 @@ def evaluate(cfg: EvalConfig, *, show_progress: bool = True, write: bool = True,
 
         pairs = load_eval_pairs(cfg.preference.path, system_prompt=scope_prompt(cfg.data), max_pairs=cfg.preference.max_pairs)
     shard = eval_shard(eval_device(cfg))
-    # The gate's decisions are read by the scorer alone, which runs on rank 0: the other ranks
-    # neither load the gate (nor its embedder) nor embed the questions.
-    if isinstance(gate, (str, Path)) and shard.is_main:
-        from honed.guard.gate import load_gate
-
-        gate = load_gate(gate)
+    # The gate's decisions are read by the scorer alone, which runs on rank 0: given as a loader, only
+    # rank 0 calls it, so the other ranks neither load the gate (nor its embedder) nor embed the questions.
+    if callable(gate):
+        gate = gate() if shard.is_main else None
     gated = apply_gate(gate, samples) if gate is not None and shard.is_main else None
     scorer = None
     if shard.is_main:  # only rank 0 scores (a refusal classifier may be a model of its own)

@@ -44,7 +44,7 @@ def _run(tmp_path):
     objective = DPOObjective()
     objective.settings, objective.reference = PreferenceConfig(beta=0.5), "cache"
     val = [_pair([2, 3], [4, 5], (-0.6, -0.6), "v:1"), _pair([6], [1], (-0.4, -0.4), "v:2")]
-    cfg = SimpleNamespace(training=SimpleNamespace(batch_size=1), data=SimpleNamespace(max_seq_length=6, packing=True, system_prompt_file=None, system_prompt=None))  # one pair per row
+    cfg = SimpleNamespace(training=SimpleNamespace(batch_size=1, save_best=True), data=SimpleNamespace(max_seq_length=6, packing=True, system_prompt_file=None, system_prompt=None))  # one pair per row
     from honed.train.checkpoint import TrainState
     from honed.train.distributed import DistContext
     from honed.train.metrics_log import MetricsLog
