@@ -178,9 +178,11 @@ def build_skeleton(model_cfg, device: torch.device):
 
 def _non_persistent_buffers(model: nn.Module) -> list[tuple[str, nn.Module, str]]:
     """(full name, module, name) of each buffer the state dict leaves out (rotary `inv_freq` tables):
-    loading a state dict never fills them, so a rank that built the model on meta must get them otherwise."""
+    loading a state dict never fills them, so a rank that built the model on meta must get them otherwise.
+    In registration order (the module's buffer dict), never the set's: a set of strings iterates in a
+    per-process hash order, and every rank must list them alike, since each is broadcast in turn."""
     return [(f"{prefix}.{name}" if prefix else name, module, name) for prefix, module in model.named_modules()
-            for name in module._non_persistent_buffers_set if module._buffers.get(name) is not None]
+            for name, buffer in module._buffers.items() if name in module._non_persistent_buffers_set and buffer is not None]
 
 
 def _tied_names(model: nn.Module) -> list[list[str]]:
