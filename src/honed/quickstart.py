@@ -2,7 +2,8 @@
 
 Trains a LoRA adapter on the shipped clinical-laboratory consulting data (English and Chinese,
 with a scope system prompt; refusals, near-domain hard negatives and clarifying replies mixed in
-by `honed data add-refusals` so the model refuses without over-refusing), shows the loss curve,
+by `honed data add-refusals` so the model refuses without over-refusing), validated on a file of
+its own (`clinical_lab_val.jsonl`), shows the loss curves,
 then asks the tuned model one question from its training data and one out-of-domain question.
 
 >>> result = run_quickstart(output_dir="honed-quickstart")  # doctest: +SKIP
