@@ -145,3 +145,14 @@ def test_two_ranks_with_a_gate_load_it_on_rank_0_only(eval_config, tmp_path):
     for a, b in zip(rows_two, rows_one):
         assert a["models"]["tiny"].pop("loss") == pytest.approx(b["models"]["tiny"].pop("loss"), abs=1e-6)
     assert rows_two == rows_one
+
+
+@pytest.mark.parametrize("ranks", [[], ["--nproc-per-node", "2"]])
+def test_a_folder_that_is_no_gate_stops_before_any_model_or_worker(eval_config, tmp_path, capsys, ranks):
+    from honed.cli import main
+
+    config = tmp_path / "eval.yaml"
+    config.write_text(yaml.safe_dump({**eval_config, "output_dir": str(tmp_path / "out")}))
+    assert main(["eval", str(config), "--guard", str(tmp_path / "nogate"), "--no-progress", *ranks]) == 2
+    assert "not a gate (the folder does not exist)" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

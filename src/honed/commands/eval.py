@@ -152,6 +152,10 @@ def run(args) -> int:
             raise ConfigError("--cv trains its folds; --nproc-per-node applies to a plain evaluation only")
         return run_cv(args)
     cfg = build_config(args)
+    if args.guard:  # gate.json only (no embedder): a folder that is no gate stops here, before any worker or model
+        from honed.guard.gate import read_gate_config
+
+        read_gate_config(args.guard)
     if args.nproc_per_node is not None:
         return launch_workers(cfg, args)
     run_eval = evaluate
@@ -163,9 +167,8 @@ def run(args) -> int:
     if args.guard:
         import functools
 
-        from honed.guard.gate import load_gate, read_gate_config
+        from honed.guard.gate import load_gate
 
-        read_gate_config(args.guard)  # gate.json only (no embedder): a folder that is no gate stops every rank now
         gate = functools.partial(load_gate, args.guard)  # a loader: under torchrun only rank 0 (the scorer) calls it
     result = run_eval(cfg, show_progress=not args.no_progress, gate=gate)
     if not is_main_process():
@@ -190,10 +193,6 @@ def launch_workers(cfg, args) -> int:
     if args.nproc_per_node < 1:
         raise ConfigError(f"--nproc-per-node {args.nproc_per_node}: give at least 1")
     check_output_dir(cfg)  # before any worker starts
-    if args.guard:  # a folder that is no gate stops here, not in a worker
-        from honed.guard.gate import read_gate_config
-
-        read_gate_config(args.guard)
     # The workers read the config resolved here (file, overrides and flags in one), so each of them
     # evaluates exactly what this command was given.
     with tempfile.TemporaryDirectory(prefix="honed-eval-") as tmp:

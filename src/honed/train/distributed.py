@@ -290,6 +290,11 @@ class StepOutOfMemory(torch.cuda.OutOfMemoryError):
     them drop the step's gradients and retry it (with a leaner plan) together."""
 
 
+def _oom_message(err: BaseException) -> str:
+    """The first line of an out-of-memory error (CUDA's runs on with allocator advice), for one message."""
+    return str(err).splitlines()[0][:200] if str(err) else "out of memory"
+
+
 def ranks_out_of_memory(ctx: DistContext, short: bool, device: torch.device) -> list[int]:
     """The ranks for which `short` is true (one all-gather of a flag per rank)."""
     import torch.distributed as dist
@@ -312,7 +317,7 @@ def oom_agreement(ctx: DistContext, device: torch.device, *, enabled: bool = Tru
     try:
         yield
     except torch.cuda.OutOfMemoryError as err:
-        error = f"{str(err).splitlines()[0][:200]}" if str(err) else "out of memory"
+        error = _oom_message(err)
     short = ranks_out_of_memory(ctx, error is not None, device)
     if short:
         which = ", ".join(map(str, short))
@@ -330,7 +335,7 @@ def oom_stops_the_job(ctx: DistContext, where: str):
     try:
         yield
     except torch.cuda.OutOfMemoryError as err:
-        message = str(err).splitlines()[0][:200] if str(err) else "out of memory"
+        message = _oom_message(err)
     else:
         return
     abort_process_group()
