@@ -225,14 +225,17 @@ def shard_from_rank0(model: nn.Module, shard, *, compute_device: torch.device, c
         _retie(model, tied)  # ... and are shared again, as on the ranks that built a skeleton
     model = shard(model)
     model.to_empty(device="cpu" if cpu_offload else compute_device)
-    if cpu_offload:  # FSDP2 keeps the offloaded shards on the CPU, and the buffers beside the compute
+    # strict (the default): a weight of the model that rank 0's state dict lacks is an error, not garbage
+    set_model_state_dict(model, state, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
+    del state
+    if cpu_offload:
+        # FSDP2 keeps the offloaded shards on the CPU, and the buffers beside the compute. Moved only
+        # now: torch's state-dict loader refuses a model whose state-dict tensors lie on several devices
+        # ("Multiple devices found"), which a persistent buffer on the GPU beside CPU shards would be.
         for module in model.modules():
             for name, buf in module._buffers.items():
                 if buf is not None:
                     module._buffers[name] = buf.to(compute_device)
-    # strict (the default): a weight of the model that rank 0's state dict lacks is an error, not garbage
-    set_model_state_dict(model, state, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
-    del state
     with torch.no_grad():
         for full, module, name in _non_persistent_buffers(model):
             if main:

@@ -6,7 +6,9 @@ path that computes its loss (split from `honed.train.recipe`, which re-exports t
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -49,11 +51,24 @@ def finish_training_model(model, info: dict, cfg: TrainConfig):
     if info["quantized"] and cfg.method == "full":
         raise ConfigError(f"method=full cannot train a 4-bit model ({cfg.model.name_or_path}); use method=qlora")
     if cfg.method in ("lora", "qlora"):
-        model = apply_lora(model, cfg.lora, quantized=info["quantized"], gradient_checkpointing=t.gradient_checkpointing)
+        with _quiet_on_a_skeleton(model):
+            model = apply_lora(model, cfg.lora, quantized=info["quantized"], gradient_checkpointing=t.gradient_checkpointing)
     if t.gradient_checkpointing:
         # Non-reentrant checkpointing needs no input grads, so frozen embeddings are fine.
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     return model, info
+
+
+@contextlib.contextmanager
+def _quiet_on_a_skeleton(model):
+    """Under FSDP rank-0 loading the other ranks hold a weightless (meta) skeleton: `lora.init_from`
+    reads the adapter file into it, which copies nothing, and torch warns once per adapter weight. The
+    weights reach those ranks from rank 0 when the model is sharded (`honed.train.fsdp.shard_from_rank0`),
+    so those warnings are silenced there, and only there."""
+    with warnings.catch_warnings():
+        if next(model.parameters()).device.type == "meta":
+            warnings.filterwarnings("ignore", message=r".*copying from a non-meta parameter in the checkpoint to a meta parameter")
+        yield
 
 
 def check_data_fits_model(model, objective, data, model_name: str) -> None:

@@ -98,8 +98,16 @@ def loads_on_rank0(cfg, ctx: DistContext, device: torch.device, model_cfg) -> bo
     """Whether rank 0 alone reads the weights: several ranks under torchrun, `distributed.fsdp_load:
     rank0` (the default), and strategy fsdp, or `auto` on GPUs where the model is too large for one
     (judged on a weightless skeleton, as `choose_strategy` judges the loaded model). A 4-bit base is
-    never sharded, so QLoRA loads on every rank."""
+    never sharded, so QLoRA loads on every rank, and so does a checkpoint saved quantized (`*-bnb-4bit`,
+    read from its config.json): a weightless skeleton of it would not be the quantized model rank 0
+    loads, so the ranks would disagree on what to shard; loading it everywhere, every rank reaches the
+    same refusal (`fsdp_unsupported_reason`, or method full on a 4-bit model) with the same message."""
     if not ctx.enabled or ctx.world_size < 2 or cfg.method == "qlora" or cfg.distributed.fsdp_load != "rank0":
+        return False
+    from honed.model.load import model_type_of
+
+    if model_type_of(model_cfg.name_or_path, model_cfg)[1]:
+        log.info("distributed.fsdp_load rank0: %s is saved quantized; every rank loads it", model_cfg.name_or_path)
         return False
     if cfg.distributed.strategy == "auto" and device.type == "cuda":
         from honed.train.fsdp import build_skeleton
