@@ -73,3 +73,21 @@ def test_a_bitsandbytes_4bit_base_is_refused(tiny_model_dir):
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir("qwen2"), quantization_config=quantization, device_map={"": 0})
     reason = fsdp_unsupported_reason(model)
     assert reason is not None and "bitsandbytes (Params4bit" in reason
+
+
+def test_rank0_loading_with_cpu_offload_fills_cpu_shards_and_gpu_buffers(tiny_model_dir, nccl_group):
+    # A persistent buffer beside the offloaded shards: torch's state-dict loader refuses tensors on two
+    # devices ("Multiple devices found"), so shard_from_rank0 moves the buffers to the GPU only after it.
+    from honed.train.fsdp import shard_from_rank0
+
+    folder = tiny_model_dir("qwen2")
+    plain = _losses(build_model(folder).cuda())
+    model = build_model(folder)
+    model.model.norm.register_buffer("probe", torch.arange(4.0))  # persistent: in the state dict
+    offload = DistributedConfig(fsdp_mixed_precision=False, fsdp_cpu_offload=True)
+    model = shard_from_rank0(model, lambda m: apply_fsdp(m, offload, param_dtype=None, reduce_dtype=None),
+                             compute_device=torch.device("cuda", 0), cpu_offload=True)
+    assert next(model.parameters()).device.type == "cpu"
+    assert model.model.norm.probe.device.type == "cuda" and model.model.norm.probe.tolist() == [0.0, 1.0, 2.0, 3.0]
+    assert model.model.rotary_emb.inv_freq.device.type == "cuda"
+    assert _losses(model) == pytest.approx(plain, abs=1e-4)
