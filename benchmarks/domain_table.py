@@ -46,14 +46,19 @@ def _run(argv: list[str]) -> None:
         raise SystemExit(f"honed {argv[0]} failed; see above")
 
 
-def first_sentence_overrides() -> list[str]:
-    """`honed eval` overrides for a detector that counts an answer as a refusal only when its first
-    sentence holds one of the default refusal phrases: a tiny model's garbled answer that drifts into
-    a refusal fragment halfway ("... C marker outside my scope as it may be raised") is an answer."""
+def first_sentence_pattern() -> str:
+    """A pattern that finds one of the default refusal phrases in an answer's first sentence: a tiny
+    model's garbled answer that drifts into a refusal fragment halfway ("... C marker outside my scope
+    as it may be raised") is an answer."""
     from honed.eval.metrics.refusal import DEFAULT_PHRASES
 
     alternatives = "|".join(re.escape(p).replace("'", "['’]") for p in DEFAULT_PHRASES)
-    return ["refusal.phrases=[]", "refusal.patterns=" + json.dumps([rf"^[^.!?。！？\n]*?(?:{alternatives})"])]
+    return rf"^[^.!?。！？\n]*?(?:{alternatives})"
+
+
+def first_sentence_overrides() -> list[str]:
+    """`honed eval` overrides for the first-sentence refusal detector (`first_sentence_pattern`)."""
+    return ["refusal.phrases=[]", "refusal.patterns=" + json.dumps([first_sentence_pattern()])]
 
 
 def evaluate(model: str, out: Path, max_new_tokens: int, gate: Path | None, extra: list[str]) -> dict:

@@ -38,6 +38,7 @@ class Reply:
     reasoning: str | None
     new_tokens: int
     finished: bool  # False when max_new_tokens cut the answer
+    refusal_probability: float | None = None  # P(opening with a refusal), with a refusal calibration
 
 
 def left_pad(prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -71,10 +72,36 @@ class ChatModel:
         self.model, self.tokenizer, self.template, self.device = model, tokenizer, template, device
         self.model.eval()
         self._stop_ids, self._stop_strings = self._stops()
+        self.refusal_calibration = None  # a RefusalCalibration: see use_refusal_calibration
+
+    def use_refusal_calibration(self, calibration) -> None:
+        """Decide refusals by P(refuse) against the calibration's threshold (None: plain decoding).
+        `calibration` is a `RefusalCalibration`, a file, or a folder holding one; it must have been
+        fitted with this model's tokenizer."""
+        from honed.infer.refusal_calibration import RefusalCalibration
+
+        if calibration is not None and not isinstance(calibration, RefusalCalibration):
+            calibration = RefusalCalibration.load(calibration)
+        self.refusal_calibration = calibration.checked_for(self.tokenizer, self.template) if calibration is not None else None
+
+    def refusal_processors(self, prompts: list[list[int]]) -> tuple[dict, list[float] | None]:
+        """`model.generate` kwargs that apply the refusal calibration to a left-padded batch of
+        `prompts`, and each prompt's P(refuse) (({}, None) without a calibration)."""
+        cal = self.refusal_calibration
+        if cal is None:
+            return {}, None
+        from transformers import LogitsProcessorList
+
+        from honed.infer.refusal_calibration import refusal_probabilities
+
+        probabilities = refusal_probabilities(self, prompts, cal.opening_tuples())
+        ban = cal.ban_for(probabilities, max(map(len, prompts)))
+        return {"logits_processor": LogitsProcessorList([ban])}, probabilities
 
     @classmethod
-    def load(cls, model_path: str | None = None, *, adapter: str | None = None, template: str = "auto", device: str = "auto", dtype: str = "auto", trust_remote_code: bool = False, allow_pickle: bool = False) -> "ChatModel":
-        """Load a model folder (full model, or an adapter folder whose base is found from its config)."""
+    def load(cls, model_path: str | None = None, *, adapter: str | None = None, template: str = "auto", device: str = "auto", dtype: str = "auto", trust_remote_code: bool = False, allow_pickle: bool = False, refusal_calibration=None) -> "ChatModel":
+        """Load a model folder (full model, or an adapter folder whose base is found from its config);
+        `refusal_calibration` (a file or `RefusalCalibration`) is applied to every reply."""
         from honed.data.templates import get_template
         from honed.errors import ModelError
 
@@ -94,7 +121,9 @@ class ChatModel:
             from honed.model.adapters import load_adapter
 
             model = load_adapter(model, adapter)
-        return cls(model, tokenizer, get_template(template, tokenizer, info["model_type"]), dev)
+        bot = cls(model, tokenizer, get_template(template, tokenizer, info["model_type"]), dev)
+        bot.use_refusal_calibration(refusal_calibration)
+        return bot
 
     def _stops(self) -> tuple[list[int], list[str]]:
         ids, strings = set(), []
@@ -146,8 +175,12 @@ class ChatModel:
         kwargs = dict(max_new_tokens=s.max_new_tokens, eos_token_id=self._stop_ids, pad_token_id=pad, **sampling_kwargs(s))
         if self._stop_strings:
             kwargs.update(stop_strings=self._stop_strings, tokenizer=self.tokenizer)
-        out = self.model.generate(input_ids=ids.to(self.device), attention_mask=mask.to(self.device), **kwargs)
-        return [self._decode(row[width:].tolist(), s.max_new_tokens) for row in out.cpu()]
+        calibrated, probabilities = self.refusal_processors(prompts)
+        out = self.model.generate(input_ids=ids.to(self.device), attention_mask=mask.to(self.device), **kwargs, **calibrated)
+        replies = [self._decode(row[width:].tolist(), s.max_new_tokens) for row in out.cpu()]
+        for reply, p in zip(replies, probabilities or []):
+            reply.refusal_probability = p
+        return replies
 
     def _decode(self, new_ids: list[int], limit: int) -> Reply:
         from honed.data.templates import split_thinking

@@ -1,0 +1,153 @@
+"""Calibrated refusal decisions on the sample domain: does P(refuse) tell the tuned tiny model's
+false refusals from its right ones, and does deciding on it bring false refusals to <= 5%?
+
+For each question of the shipped validation set (`clinical_lab_val.jsonl`) and held-out set
+(`clinical_lab_eval.jsonl`) it computes P(refuse) — the total probability of opening the reply with
+one of the refusal openings of the training mix (`honed.infer.refusal_calibration`) — fits the
+threshold on the validation set only, and answers the held-out set three ways: plainly (greedy, as
+`honed eval` does), with every refusal opening banned, and calibrated (banned only where P(refuse)
+is below the fitted threshold). Refusals are counted with `honed eval`'s default detector and with
+the first-sentence one of `domain_table.py`.
+
+    python benchmarks/refusal_calibration.py --out runs/refusal-calibration [--tuned honed-quickstart]
+
+Writes `OUT/refusal_calibration.json` (the fitted calibration), `OUT/results.json` (every score and
+answer) and `OUT/refusal_calibration.md` (the tables). Without `--tuned` it trains the quickstart
+adapter first (a few minutes on 2 cores).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import shutil
+import sys
+from pathlib import Path
+
+from domain_table import first_sentence_pattern
+
+from honed.cli import main as honed
+from honed.quickstart import resource_path, sample_data_path
+
+FILES = {"validation": "clinical_lab_val.jsonl", "held-out": "clinical_lab_eval.jsonl"}
+SPLITS = ("in_domain", "hard_negative", "out_of_domain")
+
+
+def questions(name: str) -> list[dict]:
+    from honed.data.kinds import domain_split
+
+    rows = [json.loads(line) for line in resource_path("sample_data", name).read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [{"id": r["id"], "split": domain_split(r["kind"]), "question": r["messages"][0]["content"]} for r in rows]
+
+
+def answer(bot, rows: list[dict], scope: str, calibration, max_new_tokens: int) -> list:
+    from honed.data.conversation import Conversation, Message
+    from honed.infer.generate import GenerationSettings
+
+    bot.refusal_calibration = calibration
+    convs = [Conversation([Message("system", scope), Message("user", r["question"])]) for r in rows]
+    return bot.generate(convs, GenerationSettings(max_new_tokens=max_new_tokens), batch_size=16)
+
+
+def counts(rows: list[dict], key: str) -> dict:
+    return {s: [sum(r[key] for r in rows if r["split"] == s), sum(r["split"] == s for r in rows)] for s in SPLITS}
+
+
+def quantiles(values: list[float]) -> str:
+    import numpy as np
+
+    q = np.quantile(values, [0, 0.25, 0.5, 0.75, 1.0])
+    return " / ".join(f"{v:.3f}" for v in q)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--tuned", help="a `honed quickstart` output folder (default: train one into OUT/tuned)")
+    ap.add_argument("--max-new-tokens", type=int, default=64)
+    ap.add_argument("--min-opening-tokens", type=int, default=1, help="shortest refusal opening, in tokens")
+    ap.add_argument("--max-false-refusal", type=float, help="fit the threshold to this share of validation false refusals "
+                    "(default: maximise Youden's J)")
+    ap.add_argument("--overwrite", action="store_true")
+    args = ap.parse_args()
+
+    out = Path(args.out)
+    if out.exists() and any(out.iterdir()):
+        if not args.overwrite:
+            print(f"{out} is not empty; give --overwrite to replace it", file=sys.stderr)
+            return 2
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    tuned = args.tuned
+    if tuned is None:
+        tuned = str(out / "tuned")
+        if honed(["quickstart", "--output", tuned, "--device", "cpu"]) != 0:
+            return 1
+
+    from honed.eval.metrics import binary_auroc
+    from honed.eval.metrics.refusal import RefusalDetector, default_detector
+    from honed.infer.generate import ChatModel
+    from honed.infer.refusal_calibration import (RefusalCalibration, RefusalOpenings, fit_threshold, replies_by_kind,
+                                                 tokenizer_fingerprint)
+
+    bot = ChatModel.load(adapter=tuned, device="cpu")
+    scope = resource_path("sample_data", "system_prompt.txt").read_text(encoding="utf-8").strip()
+    refusals, answers = replies_by_kind([sample_data_path()])
+    openings = RefusalOpenings.from_replies(refusals, answers, bot.tokenizer, bot.template, min_tokens=args.min_opening_tokens)
+    never = RefusalCalibration([list(o) for o in openings.ids], openings.texts, 0.0, tokenizer_fingerprint(bot.tokenizer, bot.template))
+    always = dataclasses.replace(never, threshold=2.0)  # every row below it: every opening banned
+    detectors = {"any": default_detector(), "first": RefusalDetector(phrases=[], patterns=[first_sentence_pattern()])}
+
+    results = {}
+    for label, name in FILES.items():
+        rows = questions(name)
+        for mode, cal in (("plain", never), ("banned", always)):
+            for r, reply in zip(rows, answer(bot, rows, scope, cal, args.max_new_tokens)):
+                r["p_refuse"] = reply.refusal_probability
+                r[f"{mode}_answer"] = reply.text
+                for d, det in detectors.items():
+                    r[f"{mode}_refused_{d}"] = det.is_refusal(reply.text)
+        results[label] = rows
+
+    val = results["validation"]
+    threshold = fit_threshold([r["p_refuse"] for r in val if r["split"] != "out_of_domain"],
+                              [r["p_refuse"] for r in val if r["split"] == "out_of_domain"], max_false_refusal=args.max_false_refusal)
+    auroc = {label: binary_auroc([r["split"] == "out_of_domain" for r in rows], [r["p_refuse"] for r in rows])
+             for label, rows in results.items()}
+    stats = {label: {s: quantiles([r["p_refuse"] for r in rows if r["split"] == s]) for s in SPLITS} for label, rows in results.items()}
+    calibration = dataclasses.replace(never, threshold=threshold, fitted={
+        "model": str(Path(tuned).resolve()), "data": str(sample_data_path()), "validation": FILES["validation"],
+        "rule": f"max false refusal {args.max_false_refusal}" if args.max_false_refusal is not None else "Youden's J",
+        "auroc_validation": auroc["validation"], "p_refuse_quantiles": stats["validation"], "dropped": openings.dropped})
+    calibration.save(out / "refusal_calibration.json")
+
+    # The calibrated answers, generated for real at the fitted threshold (not assembled from the two runs above).
+    held = results["held-out"]
+    for r, reply in zip(held, answer(bot, held, scope, calibration, args.max_new_tokens)):
+        r["calibrated_answer"] = reply.text
+        for d, det in detectors.items():
+            r[f"calibrated_refused_{d}"] = det.is_refusal(reply.text)
+
+    lines = [f"Refusal openings ({len(openings.ids)}, k = {openings.k}): " + ", ".join(f"`{t}`" for t in openings.texts), "",
+             "P(refuse) per split (min / 25% / median / 75% / max):", "",
+             "| set | AUROC (out-of-domain vs rest) | in-domain | near-domain (hard negatives) | out-of-domain |", "|---|---|---|---|---|"]
+    for label in FILES:
+        lines.append(f"| {label} | {auroc[label]:.3f} | " + " | ".join(stats[label][s] for s in SPLITS) + " |")
+    lines += ["", f"Threshold fitted on the validation set ({calibration.fitted['rule']}): **{threshold:.3f}**", "",
+              "| held-out, refusals counted | decoding | in-domain false refusals | near-domain false refusals | out-of-domain refused |",
+              "|---|---|---|---|---|"]
+    for d, what in (("any", "anywhere (honed eval default)"), ("first", "in the first sentence")):
+        for mode in ("plain", "calibrated", "banned"):
+            c = counts(held, f"{mode}_refused_{d}")
+            lines.append(f"| {what} | {mode} | " + " | ".join(f"{c[s][0]}/{c[s][1]}" for s in SPLITS) + " |")
+    table = "\n".join(lines) + "\n"
+    (out / "refusal_calibration.md").write_text(table, encoding="utf-8")
+    (out / "results.json").write_text(json.dumps({"threshold": threshold, "auroc": auroc, "stats": stats, "results": results},
+                                                 indent=1, ensure_ascii=False), encoding="utf-8")
+    print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
