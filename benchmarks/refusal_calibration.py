@@ -30,7 +30,7 @@ from domain_table import first_sentence_pattern
 from honed.cli import main as honed
 from honed.quickstart import resource_path, sample_data_path
 
-FILES = {"validation": "clinical_lab_val.jsonl", "held-out": "clinical_lab_eval.jsonl"}
+VALIDATION, HELD_OUT = "clinical_lab_val.jsonl", "clinical_lab_eval.jsonl"
 SPLITS = ("in_domain", "hard_negative", "out_of_domain")
 
 
@@ -69,6 +69,7 @@ def main() -> int:
     ap.add_argument("--min-opening-tokens", type=int, default=1, help="shortest refusal opening, in tokens")
     ap.add_argument("--max-false-refusal", type=float, help="fit the threshold to this share of validation false refusals "
                     "(default: maximise Youden's J)")
+    ap.add_argument("--gate", help="a gate folder (`honed guard fit`): also count the gate in front, as `honed eval --guard` does")
     ap.add_argument("--overwrite", action="store_true")
     args = ap.parse_args()
 
@@ -88,62 +89,64 @@ def main() -> int:
     from honed.eval.metrics import binary_auroc
     from honed.eval.metrics.refusal import RefusalDetector, default_detector
     from honed.infer.generate import ChatModel
-    from honed.infer.refusal_calibration import (RefusalCalibration, RefusalOpenings, fit_threshold, replies_by_kind,
-                                                 tokenizer_fingerprint)
+    from honed.infer.refusal_calibration import fit_calibration
 
     bot = ChatModel.load(adapter=tuned, device="cpu")
     scope = resource_path("sample_data", "system_prompt.txt").read_text(encoding="utf-8").strip()
-    refusals, answers = replies_by_kind([sample_data_path()])
-    openings = RefusalOpenings.from_replies(refusals, answers, bot.tokenizer, bot.template, min_tokens=args.min_opening_tokens)
-    never = RefusalCalibration([list(o) for o in openings.ids], openings.texts, 0.0, tokenizer_fingerprint(bot.tokenizer, bot.template))
-    always = dataclasses.replace(never, threshold=2.0)  # every row below it: every opening banned
+    calibration = fit_calibration(bot, [sample_data_path()], [resource_path("sample_data", VALIDATION)], system_prompt=scope,
+                                  min_tokens=args.min_opening_tokens, max_false_refusal=args.max_false_refusal)
+    calibration.fitted["model"] = str(Path(tuned).resolve())
+    calibration.save(out / "refusal_calibration.json")
+    threshold = calibration.threshold
+    never = dataclasses.replace(calibration, threshold=0.0)  # no P(refuse) is below 0: plain decoding, P recorded
+    always = dataclasses.replace(calibration, threshold=2.0)  # every row below it: every opening banned
     detectors = {"any": default_detector(), "first": RefusalDetector(phrases=[], patterns=[first_sentence_pattern()])}
 
-    results = {}
-    for label, name in FILES.items():
-        rows = questions(name)
-        for mode, cal in (("plain", never), ("banned", always)):
-            for r, reply in zip(rows, answer(bot, rows, scope, cal, args.max_new_tokens)):
-                r["p_refuse"] = reply.refusal_probability
-                r[f"{mode}_answer"] = reply.text
-                for d, det in detectors.items():
-                    r[f"{mode}_refused_{d}"] = det.is_refusal(reply.text)
-        results[label] = rows
-
-    val = results["validation"]
-    threshold = fit_threshold([r["p_refuse"] for r in val if r["split"] != "out_of_domain"],
-                              [r["p_refuse"] for r in val if r["split"] == "out_of_domain"], max_false_refusal=args.max_false_refusal)
-    auroc = {label: binary_auroc([r["split"] == "out_of_domain" for r in rows], [r["p_refuse"] for r in rows])
-             for label, rows in results.items()}
-    stats = {label: {s: quantiles([r["p_refuse"] for r in rows if r["split"] == s]) for s in SPLITS} for label, rows in results.items()}
-    calibration = dataclasses.replace(never, threshold=threshold, fitted={
-        "model": str(Path(tuned).resolve()), "data": str(sample_data_path()), "validation": FILES["validation"],
-        "rule": f"max false refusal {args.max_false_refusal}" if args.max_false_refusal is not None else "Youden's J",
-        "auroc_validation": auroc["validation"], "p_refuse_quantiles": stats["validation"], "dropped": openings.dropped})
-    calibration.save(out / "refusal_calibration.json")
+    held = questions(HELD_OUT)
+    for mode, cal in (("plain", never), ("banned", always)):
+        for r, reply in zip(held, answer(bot, held, scope, cal, args.max_new_tokens)):
+            r["p_refuse"] = reply.refusal_probability
+            r[f"{mode}_answer"] = reply.text
+            for d, det in detectors.items():
+                r[f"{mode}_refused_{d}"] = det.is_refusal(reply.text)
+    scores = {"validation": calibration.fitted["p_refuse"],
+              "held-out": {s: [r["p_refuse"] for r in held if r["split"] == s] for s in SPLITS}}
+    auroc = {label: binary_auroc([s == "out_of_domain" for s in SPLITS for _ in by[s]], [x for s in SPLITS for x in by[s]])
+             for label, by in scores.items()}
+    stats = {label: {s: quantiles(by[s]) for s in SPLITS} for label, by in scores.items()}
 
     # The calibrated answers, generated for real at the fitted threshold (not assembled from the two runs above).
-    held = results["held-out"]
     for r, reply in zip(held, answer(bot, held, scope, calibration, args.max_new_tokens)):
         r["calibrated_answer"] = reply.text
         for d, det in detectors.items():
             r[f"calibrated_refused_{d}"] = det.is_refusal(reply.text)
 
-    lines = [f"Refusal openings ({len(openings.ids)}, k = {openings.k}): " + ", ".join(f"`{t}`" for t in openings.texts), "",
+    modes = ["plain", "calibrated", "banned"]
+    if args.gate:  # a question the gate refuses counts as refused whatever the model says
+        from honed.guard.gate import load_gate
+
+        for r, decision in zip(held, load_gate(args.gate).check_many([r["question"] for r in held])):
+            r["gate_in_domain"] = decision.in_domain
+            for mode in ("plain", "calibrated"):
+                for d in detectors:
+                    r[f"gate + {mode}_refused_{d}"] = (not decision.in_domain) or r[f"{mode}_refused_{d}"]
+        modes += ["gate + plain", "gate + calibrated"]
+
+    lines = [f"Refusal openings ({len(calibration.openings)}, k = {calibration.k}): " + ", ".join(f"`{t}`" for t in calibration.opening_texts), "",
              "P(refuse) per split (min / 25% / median / 75% / max):", "",
              "| set | AUROC (out-of-domain vs rest) | in-domain | near-domain (hard negatives) | out-of-domain |", "|---|---|---|---|---|"]
-    for label in FILES:
+    for label in scores:
         lines.append(f"| {label} | {auroc[label]:.3f} | " + " | ".join(stats[label][s] for s in SPLITS) + " |")
     lines += ["", f"Threshold fitted on the validation set ({calibration.fitted['rule']}): **{threshold:.3f}**", "",
               "| held-out, refusals counted | decoding | in-domain false refusals | near-domain false refusals | out-of-domain refused |",
               "|---|---|---|---|---|"]
     for d, what in (("any", "anywhere (honed eval default)"), ("first", "in the first sentence")):
-        for mode in ("plain", "calibrated", "banned"):
+        for mode in modes:
             c = counts(held, f"{mode}_refused_{d}")
             lines.append(f"| {what} | {mode} | " + " | ".join(f"{c[s][0]}/{c[s][1]}" for s in SPLITS) + " |")
     table = "\n".join(lines) + "\n"
     (out / "refusal_calibration.md").write_text(table, encoding="utf-8")
-    (out / "results.json").write_text(json.dumps({"threshold": threshold, "auroc": auroc, "stats": stats, "results": results},
+    (out / "results.json").write_text(json.dumps({"threshold": threshold, "auroc": auroc, "stats": stats, "held_out": held},
                                                  indent=1, ensure_ascii=False), encoding="utf-8")
     print(table)
     return 0

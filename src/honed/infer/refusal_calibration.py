@@ -238,6 +238,45 @@ class RefusalCalibration:
         return OpeningBan(self.opening_tuples(), prompt_width, [p < self.threshold for p in probabilities])
 
 
+def fit_calibration(bot, train, validation, *, system_prompt: str | None = None, min_tokens: int = 1, max_tokens: int = 8,
+                    max_false_refusal: float | None = None) -> RefusalCalibration:
+    """Openings from the training mix `train` (files), threshold from the validation files' questions
+    (their `kind` says which should be answered and which refused; records without one are counted
+    and left out), scored with `bot` under `system_prompt` (the scope prompt the model was trained with).
+
+    >>> cal = fit_calibration(bot, ["mix.jsonl"], ["val.jsonl"], system_prompt=scope)   # doctest: +SKIP
+    >>> cal.save("runs/lora/refusal_calibration.json")                                # doctest: +SKIP
+    """
+    from honed.data.augment.io import read_conversations
+    from honed.data.dataset import inject_system_prompt
+    from honed.data.kinds import SHOULD_REFUSE, domain_split
+
+    refusals, answers = replies_by_kind(train)
+    openings = RefusalOpenings.from_replies(refusals, answers, bot.tokenizer, bot.template, min_tokens=min_tokens, max_tokens=max_tokens)
+    questions, splits, unmarked = [], [], 0
+    for conv in read_conversations(validation):
+        split = domain_split(conv.meta.get("kind"))
+        if split is None:
+            unmarked += 1
+            continue
+        turns = conv.messages[:-1] if conv.messages[-1].role == "assistant" else conv.messages
+        questions.append(inject_system_prompt(Conversation(turns, source=conv.source), system_prompt))
+        splits.append(split)
+    prompts = [render_prompt_ids(c, bot.tokenizer, bot.template) for c in questions]
+    scores = refusal_probabilities(bot, prompts, openings.ids)
+    by_split: dict[str, list[float]] = {}
+    for split, score in zip(splits, scores):
+        by_split.setdefault(split, []).append(round(score, 6))
+    refuse = [x for s, x in zip(splits, scores) if s in SHOULD_REFUSE]
+    threshold = fit_threshold([x for s, x in zip(splits, scores) if s not in SHOULD_REFUSE], refuse, max_false_refusal=max_false_refusal)
+    fitted = {"train": [str(p) for p in train], "validation": [str(p) for p in validation],
+              "rule": "Youden's J" if max_false_refusal is None else f"max false refusal {max_false_refusal}",
+              "p_refuse": by_split, "unmarked_validation_records": unmarked, "dropped_refusals": openings.dropped,
+              "model": str(getattr(bot.model, "name_or_path", "") or "")}
+    return RefusalCalibration([list(o) for o in openings.ids], openings.texts, threshold,
+                              tokenizer_fingerprint(bot.tokenizer, bot.template), fitted)
+
+
 def fit_threshold(answer_scores: list[float], refuse_scores: list[float], *, max_false_refusal: float | None = None) -> float:
     """The P(refuse) threshold fitted on validation questions that should be answered and refused.
 

@@ -180,3 +180,28 @@ def test_chat_model_bans_refusal_openings_below_the_threshold_only(bot):
     assert [r.refusal_probability for r in replies] == pytest.approx(probabilities, rel=1e-5)
     bot.use_refusal_calibration(None)
     assert bot.generate([Conversation([Message("user", QUESTIONS[0])])], GenerationSettings(max_new_tokens=2))[0].refusal_probability is None
+
+
+def test_fit_calibration_scores_the_validation_questions_under_the_scope_prompt(bot, tmp_path):
+    from honed.infer.refusal_calibration import fit_calibration
+
+    def write(name, rows):
+        path = tmp_path / name
+        path.write_text("".join(json.dumps({**({"kind": k} if k else {}), "messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]},
+                                           ensure_ascii=False) + "\n" for k, q, a in rows), encoding="utf-8")
+        return path
+
+    mix = write("mix.jsonl", [("in_domain", "What is TSH?", "TSH is a pituitary hormone."), ("refusal", "Who won?", "抱歉，我只能回答检验问题。"),
+                              ("refusal", "Bake bread?", "Sorry, lab questions only.")])
+    val = write("val.jsonl", [("in_domain", QUESTIONS[0], "x"), ("hard_negative", "Coffee before a test?", "x"), ("out_of_domain", QUESTIONS[1], "x"),
+                              (None, "unmarked question", "x")])
+    cal = fit_calibration(bot, [mix], [val], system_prompt="Lab questions only.")
+    openings = cal.opening_tuples()
+    assert len(openings) == 2  # one per refusal: neither opens like the answer
+    want = {split: [brute_force(bot, p, openings)] for split, p in
+            zip(["in_domain", "hard_negative", "out_of_domain"], prompts_of(bot, [QUESTIONS[0], "Coffee before a test?", QUESTIONS[1]]))}
+    for split, scores in want.items():
+        assert cal.fitted["p_refuse"][split] == pytest.approx(scores, abs=1e-6)
+    assert cal.threshold == pytest.approx(fit_threshold(want["in_domain"] + want["hard_negative"], want["out_of_domain"]), abs=1e-5)
+    assert cal.fitted["unmarked_validation_records"] == 1
+    assert cal.tokenizer_fingerprint == tokenizer_fingerprint(bot.tokenizer, bot.template)
