@@ -61,6 +61,25 @@ def first_sentence_overrides() -> list[str]:
     return ["refusal.phrases=[]", "refusal.patterns=" + json.dumps([first_sentence_pattern()])]
 
 
+def fresh_output(out: Path, overwrite: bool) -> bool:
+    """Make `out` an empty folder; False (and a message) when it holds files and `overwrite` is not set."""
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            print(f"{out} is not empty; give --overwrite to replace it", file=sys.stderr)
+            return False
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    return True
+
+
+def quickstart_adapter(tuned: str | None, out: Path) -> str:
+    """`tuned` (a `honed quickstart` folder to reuse), else the quickstart adapter trained into OUT/tuned."""
+    if tuned is None:
+        tuned = str(out / "tuned")
+        _run(["quickstart", "--output", tuned, "--device", "cpu"])
+    return tuned
+
+
 def evaluate(model: str, out: Path, max_new_tokens: int, gate: Path | None, extra: list[str]) -> dict:
     argv = ["eval", "--model", model, "--data", str(EVAL_DATA), "--system-prompt-file", str(SCOPE), "--output", str(out),
             "--max-new-tokens", str(max_new_tokens), "--batch-size", "16", "--device", "cpu", "--no-progress", "--overwrite"]
@@ -101,16 +120,9 @@ def main() -> int:
     args = ap.parse_args()
 
     out = Path(args.out)
-    if out.exists() and any(out.iterdir()):
-        if not args.overwrite:
-            print(f"{out} is not empty; give --overwrite to replace it", file=sys.stderr)
-            return 2
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
-    tuned = args.tuned
-    if tuned is None:
-        tuned = str(out / "tuned")
-        _run(["quickstart", "--output", tuned, "--device", "cpu"])
+    if not fresh_output(out, args.overwrite):
+        return 2
+    tuned = quickstart_adapter(args.tuned, out)
 
     extra = first_sentence_overrides() if args.refusal_in == "first-sentence" else []
     rows = [row("tuned model alone", evaluate(tuned, out / "eval-tuned", args.max_new_tokens, None, extra))]

@@ -21,13 +21,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import shutil
-import sys
 from pathlib import Path
 
-from domain_table import first_sentence_pattern
+from domain_table import first_sentence_pattern, fresh_output, quickstart_adapter
 
-from honed.cli import main as honed
 from honed.quickstart import resource_path, sample_data_path
 
 VALIDATION, HELD_OUT = "clinical_lab_val.jsonl", "clinical_lab_eval.jsonl"
@@ -74,17 +71,9 @@ def main() -> int:
     args = ap.parse_args()
 
     out = Path(args.out)
-    if out.exists() and any(out.iterdir()):
-        if not args.overwrite:
-            print(f"{out} is not empty; give --overwrite to replace it", file=sys.stderr)
-            return 2
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
-    tuned = args.tuned
-    if tuned is None:
-        tuned = str(out / "tuned")
-        if honed(["quickstart", "--output", tuned, "--device", "cpu"]) != 0:
-            return 1
+    if not fresh_output(out, args.overwrite):
+        return 2
+    tuned = quickstart_adapter(args.tuned, out)
 
     from honed.eval.metrics import binary_auroc
     from honed.eval.metrics.refusal import RefusalDetector, default_detector
