@@ -85,7 +85,7 @@ class RefusalOpenings:
         """
         if not refusals:
             raise DataError("no refusal replies to take openings from: the data needs out-of-domain records "
-                            "(`kind: refusal` / `out_of_domain`) with their refusals, or give --refusals FILE")
+                            "(`kind: refusal` / `out_of_domain`, as `honed data add-refusals` writes them) with their refusals")
         answer_ids = [reply_token_ids(a, tokenizer, template) for a in answers]
         openings: set[tuple[int, ...]] = set()
         dropped = []
@@ -102,7 +102,7 @@ class RefusalOpenings:
         kept = sorted(o for o in openings if not any(p != o and o[: len(p)] == p for p in openings))
         if not kept:
             raise DataError(f"none of the {len(dropped)} refusal(s) opens differently from every answer within "
-                            f"{max_tokens} tokens; raise --max-opening-tokens")
+                            f"{max_tokens} tokens; raise max_tokens")
         return cls(kept, [tokenizer.decode(list(o)) for o in kept], dropped)
 
 
@@ -209,7 +209,7 @@ class RefusalCalibration:
         if path.is_dir():
             path = path / CALIBRATION_FILE
         if not path.is_file():
-            raise RefusalCalibrationError(f"{path}: no refusal calibration here; make one with `honed guard calibrate-refusals`")
+            raise RefusalCalibrationError(f"{path}: no refusal calibration here; fit one with honed.infer.refusal_calibration.fit_calibration")
         try:
             raw = json.loads(path.read_text(encoding="utf-8"))
             cal = cls(**raw)
@@ -217,7 +217,7 @@ class RefusalCalibration:
                 raise ValueError("no openings")
             cal.threshold = float(cal.threshold)
         except (ValueError, TypeError) as err:
-            raise RefusalCalibrationError(f"{path}: not a refusal calibration ({err}); fit it again with `honed guard calibrate-refusals`") from None
+            raise RefusalCalibrationError(f"{path}: not a refusal calibration ({err}); fit it again (fit_calibration)") from None
         if cal.version != FORMAT_VERSION:
             raise RefusalCalibrationError(f"{path}: calibration format {cal.version}, this honed reads {FORMAT_VERSION}; fit it again")
         cal.fitted.setdefault("path", str(path))
