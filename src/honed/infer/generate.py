@@ -84,17 +84,22 @@ class ChatModel:
             calibration = RefusalCalibration.load(calibration)
         self.refusal_calibration = calibration.checked_for(self.tokenizer, self.template) if calibration is not None else None
 
-    def refusal_processors(self, prompts: list[list[int]]) -> tuple[dict, list[float] | None]:
+    def refusal_processors(self, prompts: list[list[int]], replies: list[bool] | None = None) -> tuple[dict, list[float | None] | None]:
         """`model.generate` kwargs that apply the refusal calibration to a left-padded batch of
-        `prompts`, and each prompt's P(refuse) (({}, None) without a calibration)."""
+        `prompts`, and each prompt's P(refuse) (({}, None) without a calibration). `replies` marks
+        the rows that are chat replies (default: all); the others (raw text completions, whose
+        start is no reply's start) get no P(refuse) and decode freely."""
         cal = self.refusal_calibration
-        if cal is None:
+        replies = [True] * len(prompts) if replies is None else replies
+        if cal is None or not any(replies):
             return {}, None
         from transformers import LogitsProcessorList
 
         from honed.infer.refusal_calibration import refusal_probabilities
 
-        probabilities = refusal_probabilities(self, prompts, cal.opening_tuples())
+        chosen = [p for p, is_reply in zip(prompts, replies) if is_reply]
+        scores = iter(refusal_probabilities(self, chosen, cal.opening_tuples()))
+        probabilities = [next(scores) if is_reply else None for is_reply in replies]
         ban = cal.ban_for(probabilities, max(map(len, prompts)))
         return {"logits_processor": LogitsProcessorList([ban])}, probabilities
 
@@ -107,6 +112,10 @@ class ChatModel:
 
         if not model_path and not adapter:
             raise ModelError("give --model (a model, adapter or training run folder, or a hub id)")
+        if refusal_calibration is not None and not hasattr(refusal_calibration, "checked_for"):
+            from honed.infer.refusal_calibration import RefusalCalibration
+
+            refusal_calibration = RefusalCalibration.load(refusal_calibration)  # a bad file fails before the model loads
         from honed.model.reference import resolve_model_reference
 
         # `--model` may name an adapter or a `honed train` run folder too (its best or final weights).

@@ -13,11 +13,11 @@ and spread theirs, so the single most likely first token can be a refusal's whil
   a refusal opening. A refusal phrase later in an answer is never touched, nor a token that only
   starts an opening (answers may share it).
 
-The calibration (openings, threshold, the tokenizer's fingerprint) is one JSON file; fitting it
-lives in `honed.guard.refusal_fit`, which sits above this layer.
+The calibration (openings, threshold, the tokenizer's fingerprint) is one JSON file, written by
+`honed guard fit-refusal` (`honed.guard.refusal_fit`, which sits above this layer) and read by
+`chat`, `generate`, `eval` and `serve --refusal-calibration FILE`.
 
->>> cal = RefusalCalibration.load("runs/lora/refusal_calibration.json")   # doctest: +SKIP
->>> bot.refusal_calibration = cal.checked_for(bot.tokenizer, bot.template)  # doctest: +SKIP
+>>> bot.use_refusal_calibration("runs/lora/refusal_calibration.json")   # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ import torch
 
 from honed.data.conversation import Conversation, Message
 from honed.data.tokenize import IGNORE_INDEX, render_prompt_ids, tokenize_conversation
-from honed.errors import ConfigError, DataError, HonedError
+from honed.errors import DataError, HonedError
 
 FORMAT_VERSION = 1
 CALIBRATION_FILE = "refusal_calibration.json"
@@ -104,21 +104,6 @@ class RefusalOpenings:
             raise DataError(f"none of the {len(dropped)} refusal(s) opens differently from every answer within "
                             f"{max_tokens} tokens; raise max_tokens")
         return cls(kept, [tokenizer.decode(list(o)) for o in kept], dropped)
-
-
-def replies_by_kind(paths) -> tuple[list[str], list[str]]:
-    """(refusals, answers): the final replies of a training data mix's records, split by `kind` —
-    `refusal` / `out_of_domain` / `near_domain` records are refusals (as `honed data add-refusals`
-    writes them, each phrasing the mix drew from its pool), every other record is an answer."""
-    from honed.data.augment.io import read_conversations
-    from honed.data.kinds import SHOULD_REFUSE, domain_split
-
-    refusals, answers = [], []
-    for conv in read_conversations(paths):
-        reply = conv.messages[-1].content if conv.messages and conv.messages[-1].role == "assistant" else None
-        if reply:
-            (refusals if domain_split(conv.meta.get("kind")) in SHOULD_REFUSE else answers).append(reply)
-    return refusals, answers
 
 
 @torch.no_grad()
@@ -209,7 +194,7 @@ class RefusalCalibration:
         if path.is_dir():
             path = path / CALIBRATION_FILE
         if not path.is_file():
-            raise RefusalCalibrationError(f"{path}: no refusal calibration here; fit one with honed.infer.refusal_calibration.fit_calibration")
+            raise RefusalCalibrationError(f"{path}: no refusal calibration here; fit one with `honed guard fit-refusal`")
         try:
             raw = json.loads(path.read_text(encoding="utf-8"))
             cal = cls(**raw)
@@ -217,9 +202,9 @@ class RefusalCalibration:
                 raise ValueError("no openings")
             cal.threshold = float(cal.threshold)
         except (ValueError, TypeError) as err:
-            raise RefusalCalibrationError(f"{path}: not a refusal calibration ({err}); fit it again (fit_calibration)") from None
+            raise RefusalCalibrationError(f"{path}: not a refusal calibration ({err}); fit it again with `honed guard fit-refusal`") from None
         if cal.version != FORMAT_VERSION:
-            raise RefusalCalibrationError(f"{path}: calibration format {cal.version}, this honed reads {FORMAT_VERSION}; fit it again")
+            raise RefusalCalibrationError(f"{path}: calibration format {cal.version}, this honed reads {FORMAT_VERSION}; fit it again with `honed guard fit-refusal`")
         cal.fitted.setdefault("path", str(path))
         return cal
 
@@ -230,80 +215,10 @@ class RefusalCalibration:
             where = self.fitted.get("path", "the refusal calibration")
             raise RefusalCalibrationError(
                 f"{where}: fitted for another tokenizer or chat template (fingerprint {self.tokenizer_fingerprint}, "
-                f"this model's is {mine}; fitted on {self.fitted.get('model', '?')}); fit it again for this model")
+                f"this model's is {mine}; fitted on {self.fitted.get('model', '?')}); fit one for this model with `honed guard fit-refusal`")
         return self
 
-    def ban_for(self, probabilities: list[float], prompt_width: int) -> OpeningBan:
-        """The logits processor for one batch: rows below the threshold may not open with a refusal."""
-        return OpeningBan(self.opening_tuples(), prompt_width, [p < self.threshold for p in probabilities])
-
-
-def fit_calibration(bot, train, validation, *, system_prompt: str | None = None, min_tokens: int = 1, max_tokens: int = 8,
-                    max_false_refusal: float | None = None) -> RefusalCalibration:
-    """Openings from the training mix `train` (files), threshold from the validation files' questions
-    (their `kind` says which should be answered and which refused; records without one are counted
-    and left out), scored with `bot` under `system_prompt` (the scope prompt the model was trained with).
-
-    >>> cal = fit_calibration(bot, ["mix.jsonl"], ["val.jsonl"], system_prompt=scope)   # doctest: +SKIP
-    >>> cal.save("runs/lora/refusal_calibration.json")                                # doctest: +SKIP
-    """
-    from honed.data.augment.io import read_conversations
-    from honed.data.dataset import inject_system_prompt
-    from honed.data.kinds import SHOULD_REFUSE, domain_split
-
-    refusals, answers = replies_by_kind(train)
-    openings = RefusalOpenings.from_replies(refusals, answers, bot.tokenizer, bot.template, min_tokens=min_tokens, max_tokens=max_tokens)
-    questions, splits, unmarked = [], [], 0
-    for conv in read_conversations(validation):
-        split = domain_split(conv.meta.get("kind"))
-        if split is None:
-            unmarked += 1
-            continue
-        turns = conv.messages[:-1] if conv.messages[-1].role == "assistant" else conv.messages
-        questions.append(inject_system_prompt(Conversation(turns, source=conv.source), system_prompt))
-        splits.append(split)
-    prompts = [render_prompt_ids(c, bot.tokenizer, bot.template) for c in questions]
-    scores = refusal_probabilities(bot, prompts, openings.ids)
-    by_split: dict[str, list[float]] = {}
-    for split, score in zip(splits, scores):
-        by_split.setdefault(split, []).append(round(score, 6))
-    refuse = [x for s, x in zip(splits, scores) if s in SHOULD_REFUSE]
-    threshold = fit_threshold([x for s, x in zip(splits, scores) if s not in SHOULD_REFUSE], refuse, max_false_refusal=max_false_refusal)
-    fitted = {"train": [str(p) for p in train], "validation": [str(p) for p in validation],
-              "rule": "Youden's J" if max_false_refusal is None else f"max false refusal {max_false_refusal}",
-              "p_refuse": by_split, "unmarked_validation_records": unmarked, "dropped_refusals": openings.dropped,
-              "model": str(getattr(bot.model, "name_or_path", "") or "")}
-    return RefusalCalibration([list(o) for o in openings.ids], openings.texts, threshold,
-                              tokenizer_fingerprint(bot.tokenizer, bot.template), fitted)
-
-
-def fit_threshold(answer_scores: list[float], refuse_scores: list[float], *, max_false_refusal: float | None = None) -> float:
-    """The P(refuse) threshold fitted on validation questions that should be answered and refused.
-
-    Candidates are the midpoints between neighbouring distinct scores (and just outside both
-    ends), so the threshold never sits on a measured score. Without `max_false_refusal`: the one
-    that maximises Youden's J = (share of should-refuse scores >= t) - (share of should-answer
-    scores >= t), the lowest on ties. With it (like the gate's target pass rate): the lowest
-    threshold that leaves at most that share of should-answer scores at or above it.
-
-    >>> fit_threshold([0.1, 0.2, 0.6], [0.5, 0.9])
-    0.35
-    >>> fit_threshold([0.1, 0.2, 0.6], [0.5, 0.9], max_false_refusal=0.0)
-    0.75
-    """
-    if not answer_scores or (max_false_refusal is None and not refuse_scores):
-        raise DataError("fitting a refusal threshold needs validation questions that should be answered "
-                        "and, without a false-refusal budget, questions that should be refused")
-    if max_false_refusal is not None and not 0.0 <= max_false_refusal < 1.0:
-        raise ConfigError(f"max_false_refusal={max_false_refusal}: give a share in [0, 1), e.g. 0.05")
-    points = sorted(set(answer_scores) | set(refuse_scores))
-    candidates = [points[0] / 2] + [(a + b) / 2 for a, b in zip(points, points[1:])] + [(points[-1] + 1.0) / 2]
-
-    def share_at_or_above(scores, t):
-        return sum(s >= t for s in scores) / len(scores) if scores else 0.0
-
-    if max_false_refusal is not None:
-        return round(next(t for t in candidates if share_at_or_above(answer_scores, t) <= max_false_refusal + 1e-12), 6)
-    best = max(share_at_or_above(refuse_scores, t) - share_at_or_above(answer_scores, t) for t in candidates)
-    return round(next(t for t in candidates
-                      if share_at_or_above(refuse_scores, t) - share_at_or_above(answer_scores, t) >= best - 1e-12), 6)
+    def ban_for(self, probabilities: list[float | None], prompt_width: int) -> OpeningBan:
+        """The logits processor for one batch: rows below the threshold may not open with a refusal
+        (a row without a probability — not a chat reply — decodes freely)."""
+        return OpeningBan(self.opening_tuples(), prompt_width, [p is not None and p < self.threshold for p in probabilities])

@@ -13,8 +13,9 @@ import torch
 from honed.data.conversation import Conversation, Message
 from honed.data.tokenize import render_prompt_ids
 from honed.errors import DataError, HonedError, OutputExistsError
+from honed.guard.refusal_fit import fit_threshold, replies_by_kind
 from honed.infer.refusal_calibration import (OpeningBan, RefusalCalibration, RefusalCalibrationError, RefusalOpenings,
-                                             fit_threshold, refusal_probabilities, replies_by_kind, tokenizer_fingerprint)
+                                             refusal_probabilities, tokenizer_fingerprint)
 
 QUESTIONS = ["What does HbA1c measure?", "Who won the World Cup?", "血常规查什么？"]
 
@@ -183,7 +184,7 @@ def test_chat_model_bans_refusal_openings_below_the_threshold_only(bot):
 
 
 def test_fit_calibration_scores_the_validation_questions_under_the_scope_prompt(bot, tmp_path):
-    from honed.infer.refusal_calibration import fit_calibration
+    from honed.guard.refusal_fit import fit_calibration
 
     def write(name, rows):
         path = tmp_path / name
