@@ -246,7 +246,10 @@ def run_fit_refusal(args) -> int:
         table.add_row(split, str(len(scores)), f"{ordered[0]:.3f}", f"{ordered[len(ordered) // 2]:.3f}", f"{ordered[-1]:.3f}",
                       f"{sum(x >= cal.threshold for x in scores)}/{len(scores)}")
     console = Console(stderr=True)
-    console.print(table)
+    if fitted["p_refuse"]:
+        console.print(table)
+    else:
+        console.print(f"refusal calibration {path}: threshold fixed at {cal.threshold:.4f} (no validation questions scored)")
     console.print(f"{len(cal.openings)} refusal openings (up to {cal.k} tokens): " + ", ".join(repr(t) for t in cal.opening_texts[:8])
                   + (" ..." if len(cal.openings) > 8 else ""))
     if fitted.get("validation_auroc") is not None:
