@@ -36,6 +36,7 @@ import argparse
 import json
 import re
 import shutil
+import statistics
 import sys
 from pathlib import Path
 
@@ -118,8 +119,7 @@ def p_refuse_held_out(eval_dir: Path) -> dict[str, list[float]]:
 def diagnostics(calibration: dict, held_out: dict, held_out_auroc: float, banned: dict) -> str:
     """The P(refuse) tables under the domain table: spread per split, AUROC, every opening banned."""
     def spread(values):
-        v = sorted(values)
-        return f"{v[0]:.3f} / {v[len(v) // 2]:.3f} / {v[-1]:.3f}"
+        return f"{min(values):.3f} / {statistics.median(values):.3f} / {max(values):.3f}"
 
     splits = [s for s in ("in_domain", "hard_negative", "out_of_domain") if s in held_out]
     fitted = calibration["fitted"]

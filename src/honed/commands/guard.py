@@ -203,6 +203,8 @@ def run_drift(args) -> int:
 
 
 def run_fit_refusal(args) -> int:
+    import statistics
+
     from rich.console import Console
     from rich.table import Table
 
@@ -242,8 +244,7 @@ def run_fit_refusal(args) -> int:
     for col in ("split", "questions", "P(refuse) min", "median", "max", "at or above threshold"):
         table.add_column(col)
     for split, scores in fitted["p_refuse"].items():
-        ordered = sorted(scores)
-        table.add_row(split, str(len(scores)), f"{ordered[0]:.3f}", f"{ordered[len(ordered) // 2]:.3f}", f"{ordered[-1]:.3f}",
+        table.add_row(split, str(len(scores)), f"{min(scores):.3f}", f"{statistics.median(scores):.3f}", f"{max(scores):.3f}",
                       f"{sum(x >= cal.threshold for x in scores)}/{len(scores)}")
     console = Console(stderr=True)
     if fitted["p_refuse"]:
