@@ -156,6 +156,11 @@ def test_bad_inputs_are_named(case, capsys, tmp_path, tiny_model_dir):
 
     missing = tmp_path / "missing.json"
     assert f"--refusal-calibration {missing}: no refusal calibration" in error(["chat", "--model", TINY, "--prompt", "hi", "--refusal-calibration", str(missing)])
+    data = write_jsonl(tmp_path / "eval.jsonl", [qa("in_domain", QUESTION)])
+    for ranks in ([], ["--nproc-per-node", "2"]):  # stops before any model or worker
+        assert f"--refusal-calibration {missing}" in error(["eval", "--model", TINY, "--data", str(data), "--output", str(tmp_path / "report"),
+                                                           "--refusal-calibration", str(missing), *ranks])
+    assert not (tmp_path / "report").exists()
     err = error(["serve", "--gguf", str(tmp_path / "m.gguf"), "--refusal-calibration", str(case["cal"])])
     assert "--refusal-calibration" in err and "GGUF" in err
     foreign = error(["chat", "--model", str(tiny_model_dir("llama3")), "--prompt", "hi", "--device", "cpu", "--refusal-calibration", str(case["cal"])])

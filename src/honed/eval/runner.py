@@ -251,14 +251,14 @@ def evaluate_model(spec: ModelSpec, role: str, cfg: EvalConfig, samples: list[Ev
 
 def _score(run: ModelRun, cfg: EvalConfig, samples: list[EvalSample], scorer: Scorer, measured: _Measured, device: str) -> None:
     """The metrics of one model from its answers and losses (rank 0 only under torchrun)."""
-    refusal_scores = [r.refusal_probability for r in measured.replies]  # P(refuse), with a refusal calibration
+    refusal_scores = [getattr(r, "refusal_probability", None) for r in measured.replies]  # P(refuse), with a refusal calibration
     scores = score_model(samples, run.answers, scorer, measured.label_scores,
                          refusal_scores if any(p is not None for p in refusal_scores) else None)
     run.per_sample = scores.per_sample
     for i, (row, reply) in enumerate(zip(run.per_sample, measured.replies)):
         row.update(new_tokens=reply.new_tokens, finished=reply.finished)
-        if reply.refusal_probability is not None:
-            row["refusal_probability"] = round(reply.refusal_probability, 6)
+        if refusal_scores[i] is not None:
+            row["refusal_probability"] = round(refusal_scores[i], 6)
         if measured.label_scores:
             row["label_log_likelihoods"] = measured.label_scores[i]
     m = run.metrics
