@@ -91,6 +91,10 @@ def test_fit_refusal_writes_the_openings_and_the_fitted_threshold(case, capsys):
     assert "exists" in capsys.readouterr().err and out.read_bytes() == before
     assert main([*argv, "--max-false-refusal", "0", "--overwrite"]) == 0
     assert json.loads(out.read_text(encoding="utf-8"))["fitted"]["rule"] == "max false refusal 0.0"
+    folder = case["tmp"] / "adapter"  # a folder: its refusal_calibration.json, which --refusal-calibration DIR reads
+    folder.mkdir()
+    assert main([*argv[:-4], "--out", str(folder), "--threshold", "1", "--device", "cpu"]) == 0
+    assert json.loads((folder / "refusal_calibration.json").read_text(encoding="utf-8"))["threshold"] == 1.0
 
 
 def test_chat_and_generate_with_the_flag_change_the_refusing_reply(case, capsys, tmp_path):

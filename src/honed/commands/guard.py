@@ -16,7 +16,7 @@ from pathlib import Path
 
 
 def register(sub) -> None:
-    guard = sub.add_parser("guard", help="out-of-domain gate: fit, score, eval, drift")
+    guard = sub.add_parser("guard", help="out-of-domain gate: fit, score, eval, drift; fit-refusal: calibrated refusal decisions")
     verbs = guard.add_subparsers(dest="guard_command", metavar="VERB", required=True)
 
     fit = verbs.add_parser("fit", help="index in-domain questions and calibrate the threshold", formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -73,7 +73,8 @@ def register(sub) -> None:
                          "refusal records (`kind: refusal`/`out_of_domain`) give the refusal openings, its other records the answers")
     refusal.add_argument("--validation", action="append", metavar="FILE", help="questions with a `kind` (repeatable): the threshold "
                          "separates those to answer (in_domain, hard_negative) from those to refuse (out_of_domain, near_domain)")
-    refusal.add_argument("--out", required=True, metavar="FILE", help="calibration file to write (JSON)")
+    refusal.add_argument("--out", required=True, metavar="FILE", help="calibration file to write (JSON; a folder, e.g. the adapter's: "
+                         "DIR/refusal_calibration.json, which --refusal-calibration DIR reads)")
     refusal.add_argument("--max-false-refusal", type=float, metavar="SHARE", help="the lowest threshold that refuses at most this share "
                          "of the validation questions to answer (default: maximise Youden's J)")
     refusal.add_argument("--threshold", type=float, metavar="P", help="fix the threshold instead of fitting it (0..1; 1 bans every "
@@ -211,6 +212,7 @@ def run_fit_refusal(args) -> int:
     from honed.errors import ConfigError, DataError
     from honed.guard.refusal_fit import fit_calibration
     from honed.infer.generate import ChatModel
+    from honed.infer.refusal_calibration import calibration_path
     from honed.model.reference import resolve_model_reference
     from honed.utils.fs import check_writable
 
@@ -230,7 +232,7 @@ def run_fit_refusal(args) -> int:
         for path in paths:
             if not Path(path).is_file():
                 raise DataError(f"{flag} {path}: no such file")
-    check_writable(args.out, args.overwrite)  # before the model loads
+    check_writable(calibration_path(args.out), args.overwrite)  # before the model loads
     ref = resolve_model_reference(args.model, args.adapter)
     scope = args.system if args.system is not None or args.no_scope_prompt else ref.scope_prompt
     bot = ChatModel.load(ref.base, adapter=ref.adapter, template=args.template, device=args.device, dtype=args.dtype)

@@ -42,6 +42,12 @@ class RefusalCalibrationError(HonedError):
     """A refusal calibration file is missing, unreadable, or made for another tokenizer."""
 
 
+def calibration_path(path: str | Path) -> Path:
+    """`path`, or `path/refusal_calibration.json` when it is a folder (a model or adapter folder, say)."""
+    path = Path(path)
+    return path / CALIBRATION_FILE if path.is_dir() else path
+
+
 def tokenizer_fingerprint(tokenizer, template) -> str:
     """A short hash of the vocabulary, the special tokens and the chat template's name: openings
     stored as token ids mean something only under the tokenizer that made them."""
@@ -180,19 +186,18 @@ class RefusalCalibration:
         return [tuple(o) for o in self.openings]
 
     def save(self, path: str | Path, *, overwrite: bool = False) -> Path:
-        """Write the JSON file atomically; an existing file is replaced only with `overwrite`."""
+        """Write the JSON file atomically (into a folder: as `refusal_calibration.json`); an existing
+        file is replaced only with `overwrite`."""
         from honed.utils.fs import check_writable, write_text_atomic
 
-        path = check_writable(path, overwrite)
+        path = check_writable(calibration_path(path), overwrite)
         write_text_atomic(path, json.dumps(asdict(self), indent=2, ensure_ascii=False) + "\n")
         return path
 
     @classmethod
     def load(cls, path: str | Path) -> "RefusalCalibration":
         """Read a calibration file, or a folder holding `refusal_calibration.json`."""
-        path = Path(path)
-        if path.is_dir():
-            path = path / CALIBRATION_FILE
+        path = calibration_path(path)
         if not path.is_file():
             raise RefusalCalibrationError(f"{path}: no refusal calibration here; fit one with `honed guard fit-refusal`")
         try:
