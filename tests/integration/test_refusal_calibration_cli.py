@@ -175,4 +175,7 @@ def test_bad_inputs_are_named(case, capsys, tmp_path, tiny_model_dir):
     unmarked = write_jsonl(tmp_path / "unmarked.jsonl", [qa(None, QUESTION)])
     assert f"{unmarked}: no record has a `kind`" in error([*fit, "--train", str(case["mix"]), "--validation", str(unmarked)])
     assert "--threshold 1.5" in error([*fit, "--train", str(case["mix"]), "--threshold", "1.5"])
+    answers_only = write_jsonl(tmp_path / "answers.jsonl", [qa("in_domain", "q", a) for a in ANSWERS])
+    assert f"{answers_only}: no refusal records" in error([*fit, "--train", str(answers_only), "--threshold", "1"])
+    assert f"{answers_only}: fitting a refusal threshold needs" in error([*fit, "--train", str(case["mix"]), "--validation", str(answers_only)])
     assert not (tmp_path / "c.json").exists()  # nothing written half

@@ -64,6 +64,9 @@ def fit_calibration(bot, train, validation=(), *, system_prompt: str | None = No
         raise ConfigError("fitting the threshold needs validation questions (a file whose records' `kind` says which "
                           "to answer and which to refuse), or a fixed threshold")
     refusals, answers = replies_by_kind(train)
+    if not refusals:
+        raise DataError(f"{', '.join(map(str, train))}: no refusal records to take the refusal openings from; the training mix "
+                        "needs records with `kind: refusal` / `out_of_domain` and their refusals (as `honed data add-refusals` writes them)")
     openings = RefusalOpenings.from_replies(refusals, answers, bot.tokenizer, bot.template, min_tokens=min_tokens, max_tokens=max_tokens)
     questions, splits, unmarked = validation_questions(validation, system_prompt) if validation else ([], [], 0)
     if validation and not questions:
@@ -74,8 +77,11 @@ def fit_calibration(bot, train, validation=(), *, system_prompt: str | None = No
     for split, score in zip(splits, scores):
         by_split.setdefault(split, []).append(round(score, 6))
     if threshold is None:
-        threshold = fit_threshold([x for s, x in zip(splits, scores) if s not in SHOULD_REFUSE],
-                                  [x for s, x in zip(splits, scores) if s in SHOULD_REFUSE], max_false_refusal=max_false_refusal)
+        try:
+            threshold = fit_threshold([x for s, x in zip(splits, scores) if s not in SHOULD_REFUSE],
+                                      [x for s, x in zip(splits, scores) if s in SHOULD_REFUSE], max_false_refusal=max_false_refusal)
+        except DataError as err:
+            raise DataError(f"{', '.join(map(str, validation))}: {err} (found {sorted(by_split)})") from None
         rule = "Youden's J" if max_false_refusal is None else f"max false refusal {max_false_refusal}"
     else:
         rule = "fixed"
