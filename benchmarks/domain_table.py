@@ -9,7 +9,14 @@ in-domain, out-of-domain and near-domain questions that belong, `kind: hard_nega
    mix's out-of-domain questions as contrast examples, in front of the untuned base;
 3. both — the gate in front of the tuned model;
 4. the best merge alpha — `honed merge --sweep` interpolates base ↔ tuned and recommends an alpha
-   by its stated rule; that alpha's model alone.
+   by its stated rule; that alpha's model alone;
+5. calibrated refusal decisions — `honed guard fit-refusal` takes the refusal openings from the
+   training mix and fits the P(refuse) threshold on the validation file (`clinical_lab_val.jsonl`),
+   then `honed eval --refusal-calibration` measures the tuned model with it, alone and behind the gate.
+
+Beside the table it writes the P(refuse) diagnostics of the calibration: its spread per split on
+the validation and held-out sets, its AUROC (should-refuse vs rest), and the same model with every
+refusal opening banned (`fit-refusal --threshold 1`), which shows the refusals no opening ban moves.
 
 A gate "in front" is measured by `honed eval --guard DIR` the way `chat`/`generate --guard` behave:
 a question the gate refuses counts as refused whatever the model says; the others are judged from
@@ -17,8 +24,9 @@ the model's answer.
 
     python benchmarks/domain_table.py --out runs/domain-table [--tuned honed-quickstart] [--overwrite]
 
-Writes `OUT/domain_table.md` (the README's table) and `OUT/domain_table.json`, and every
-intermediate (`tuned/`, `gate/`, `eval-*/`, `merge/`) beside them. Without `--tuned` it trains the
+Writes `OUT/domain_table.md` (the README's table and the P(refuse) diagnostics) and
+`OUT/domain_table.json`, and every intermediate (`tuned/`, `gate/`, `refusal_calibration*.json`,
+`eval-*/`, `merge/`) beside them. Without `--tuned` it trains the
 quickstart adapter first (a few minutes on 2 cores).
 """
 
@@ -28,6 +36,7 @@ import argparse
 import json
 import re
 import shutil
+import statistics
 import sys
 from pathlib import Path
 
@@ -35,6 +44,7 @@ from honed.cli import main as honed
 from honed.quickstart import resource_path, sample_data_path, tiny_model_path
 
 EVAL_DATA = resource_path("sample_data", "clinical_lab_eval.jsonl")
+VALIDATION = resource_path("sample_data", "clinical_lab_val.jsonl")
 SCOPE = resource_path("sample_data", "system_prompt.txt")
 SPLITS = (("out_of_domain", "refused_rate", "OOD refused"), ("in_domain", "answered_rate", "in-domain answered"),
           ("in_domain", "refused_rate", "in-domain false refusals"), ("hard_negative", "refused_rate", "near-domain false refusals"))
@@ -46,14 +56,38 @@ def _run(argv: list[str]) -> None:
         raise SystemExit(f"honed {argv[0]} failed; see above")
 
 
-def first_sentence_overrides() -> list[str]:
-    """`honed eval` overrides for a detector that counts an answer as a refusal only when its first
-    sentence holds one of the default refusal phrases: a tiny model's garbled answer that drifts into
-    a refusal fragment halfway ("... C marker outside my scope as it may be raised") is an answer."""
+def first_sentence_pattern() -> str:
+    """A pattern that finds one of the default refusal phrases in an answer's first sentence: a tiny
+    model's garbled answer that drifts into a refusal fragment halfway ("... C marker outside my scope
+    as it may be raised") is an answer."""
     from honed.eval.metrics.refusal import DEFAULT_PHRASES
 
     alternatives = "|".join(re.escape(p).replace("'", "['’]") for p in DEFAULT_PHRASES)
-    return ["refusal.phrases=[]", "refusal.patterns=" + json.dumps([rf"^[^.!?。！？\n]*?(?:{alternatives})"])]
+    return rf"^[^.!?。！？\n]*?(?:{alternatives})"
+
+
+def first_sentence_overrides() -> list[str]:
+    """`honed eval` overrides for the first-sentence refusal detector (`first_sentence_pattern`)."""
+    return ["refusal.phrases=[]", "refusal.patterns=" + json.dumps([first_sentence_pattern()])]
+
+
+def fresh_output(out: Path, overwrite: bool) -> bool:
+    """Make `out` an empty folder; False (and a message) when it holds files and `overwrite` is not set."""
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            print(f"{out} is not empty; give --overwrite to replace it", file=sys.stderr)
+            return False
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    return True
+
+
+def quickstart_adapter(tuned: str | None, out: Path) -> str:
+    """`tuned` (a `honed quickstart` folder to reuse), else the quickstart adapter trained into OUT/tuned."""
+    if tuned is None:
+        tuned = str(out / "tuned")
+        _run(["quickstart", "--output", tuned, "--device", "cpu"])
+    return tuned
 
 
 def evaluate(model: str, out: Path, max_new_tokens: int, gate: Path | None, extra: list[str]) -> dict:
@@ -62,6 +96,42 @@ def evaluate(model: str, out: Path, max_new_tokens: int, gate: Path | None, extr
     _run(argv + (["--guard", str(gate)] if gate else []) + extra)
     report = json.loads((out / "report.json").read_text(encoding="utf-8"))
     return report["models"][0]["metrics"]["domain"]
+
+
+def fit_refusal(tuned: str, out: Path, *extra: str) -> Path:
+    """`honed guard fit-refusal` for the tuned model under the scope prompt the evaluation uses."""
+    scope = SCOPE.read_text(encoding="utf-8").strip()
+    _run(["guard", "fit-refusal", "--model", tuned, "--train", str(sample_data_path()), "--validation", str(VALIDATION),
+          "--out", str(out), "--system", scope, "--device", "cpu", *extra])
+    return out
+
+
+def p_refuse_held_out(eval_dir: Path) -> dict[str, list[float]]:
+    """The evaluated model's P(refuse) per split, from `honed eval`'s per-sample output."""
+    by_split: dict[str, list[float]] = {}
+    for line in (eval_dir / "predictions.jsonl").read_text(encoding="utf-8").splitlines():
+        record = json.loads(line)
+        sample = next(iter(record["models"].values()))
+        by_split.setdefault(record["split"], []).append(sample["refusal_probability"])
+    return by_split
+
+
+def diagnostics(calibration: dict, held_out: dict, held_out_auroc: float, banned: dict) -> str:
+    """The P(refuse) tables under the domain table: spread per split, AUROC, every opening banned."""
+    def spread(values):
+        return f"{min(values):.3f} / {statistics.median(values):.3f} / {max(values):.3f}"
+
+    splits = [s for s in ("in_domain", "hard_negative", "out_of_domain") if s in held_out]
+    fitted = calibration["fitted"]
+    lines = [f"Refusal openings ({len(calibration['openings'])}): " + ", ".join(f"`{t}`" for t in calibration["opening_texts"]), "",
+             "| P(refuse): min / median / max | " + " | ".join(splits) + " | AUROC |", "|---" * (len(splits) + 2) + "|",
+             "| validation | " + " | ".join(spread(fitted["p_refuse"][s]) for s in splits) + f" | {fitted['validation_auroc']:.3f} |",
+             "| held-out | " + " | ".join(spread(held_out[s]) for s in splits) + f" | {held_out_auroc:.3f} |", "",
+             f"Threshold fitted on the validation set ({fitted['rule']}): {calibration['threshold']:.3f}. "
+             f"With every refusal opening banned (threshold 1): {banned['counts']['in_domain'][0]}/{banned['counts']['in_domain'][1]} "
+             f"in-domain and {banned['counts']['hard_negative'][0]}/{banned['counts']['hard_negative'][1]} near-domain false refusals, "
+             f"{banned['counts']['out_of_domain'][0]}/{banned['counts']['out_of_domain'][1]} out-of-domain refused."]
+    return "\n".join(lines) + "\n"
 
 
 def row(name: str, domain: dict) -> dict:
@@ -96,16 +166,9 @@ def main() -> int:
     args = ap.parse_args()
 
     out = Path(args.out)
-    if out.exists() and any(out.iterdir()):
-        if not args.overwrite:
-            print(f"{out} is not empty; give --overwrite to replace it", file=sys.stderr)
-            return 2
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
-    tuned = args.tuned
-    if tuned is None:
-        tuned = str(out / "tuned")
-        _run(["quickstart", "--output", tuned, "--device", "cpu"])
+    if not fresh_output(out, args.overwrite):
+        return 2
+    tuned = quickstart_adapter(args.tuned, out)
 
     extra = first_sentence_overrides() if args.refusal_in == "first-sentence" else []
     rows = [row("tuned model alone", evaluate(tuned, out / "eval-tuned", args.max_new_tokens, None, extra))]
@@ -114,6 +177,19 @@ def main() -> int:
     _run(["guard", "fit", "--in-domain", str(sample_data_path()), "--out-of-domain", str(sample_data_path()), "--out", str(gate)])
     rows.append(row("gate alone (untuned base)", evaluate(str(tiny_model_path()), out / "eval-gate", args.max_new_tokens, gate, extra)))
     rows.append(row("gate + tuned model", evaluate(tuned, out / "eval-both", args.max_new_tokens, gate, extra)))
+
+    # Calibrated refusal decisions, through the CLI: fit-refusal, then eval --refusal-calibration.
+    cal = fit_refusal(tuned, out / "refusal_calibration.json")
+    calibrated = ["--refusal-calibration", str(cal)]
+    tuned_cal = evaluate(tuned, out / "eval-tuned-calibrated", args.max_new_tokens, None, extra + calibrated)
+    rows.append(row("tuned model, calibrated refusals", tuned_cal))
+    rows.append(row("gate + tuned model, calibrated refusals",
+                    evaluate(tuned, out / "eval-both-calibrated", args.max_new_tokens, gate, extra + calibrated)))
+    every = fit_refusal(tuned, out / "refusal_calibration_ban_all.json", "--threshold", "1")
+    banned = row("every refusal opening banned", evaluate(tuned, out / "eval-tuned-banned", args.max_new_tokens, None,
+                                                          extra + ["--refusal-calibration", str(every)]))
+    calibration = json.loads(cal.read_text(encoding="utf-8"))
+    diagnosis = diagnostics(calibration, p_refuse_held_out(out / "eval-tuned-calibrated"), tuned_cal["auroc"], banned)
 
     eval_cfg = out / "sweep_eval.yaml"
     eval_cfg.write_text(f"data: {{path: {EVAL_DATA}, system_prompt_file: {SCOPE}}}\n"
@@ -128,9 +204,12 @@ def main() -> int:
     note = (f"Measured by `python benchmarks/domain_table.py` with `honed eval` on the shipped held-out set "
             f"(`clinical_lab_eval.jsonl`), greedy, {args.max_new_tokens} new tokens, refusal phrases looked for in the {'first sentence' if extra else 'whole answer'}; CPU only, the 6 MiB tiny quickstart "
             f"model, not a real LLM. Merge sweep {args.sweep}: {sweep['reason']}.")
-    table = markdown(rows, note)
+    table = markdown(rows, note) + "\n" + diagnosis
     (out / "domain_table.md").write_text(table, encoding="utf-8")
-    (out / "domain_table.json").write_text(json.dumps({"rows": rows, "sweep": sweep}, indent=2, ensure_ascii=False), encoding="utf-8")
+    (out / "domain_table.json").write_text(json.dumps({"rows": rows, "sweep": sweep, "banned": banned,
+                                                       "refusal_calibration": {"threshold": calibration["threshold"],
+                                                                               "held_out_auroc": tuned_cal["auroc"]}},
+                                                      indent=2, ensure_ascii=False), encoding="utf-8")
     print(table)
     return 0
 

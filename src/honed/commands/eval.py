@@ -49,6 +49,8 @@ def register(sub) -> None:
     p.add_argument("--cv", type=int, metavar="K", help="k-fold cross-validation: CONFIG is a TRAINING config; trains and "
                    "evaluates K folds of its training data and reports mean ± std (output default: cv-report)")
     p.add_argument("--guard", metavar="DIR", help="gate folder (honed guard fit) in front of the models: a question it refuses counts as refused")
+    p.add_argument("--refusal-calibration", metavar="FILE", help="refusal calibration (honed guard fit-refusal) for the evaluated model: "
+                   "records each sample's refusal_probability, the domain AUROC is P(refuse)'s")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--nproc-per-node", type=int, metavar="N", help="shard the evaluation across N processes, one per GPU "
                    "(starts torchrun's launcher; the same as `torchrun --nproc-per-node N -m honed eval ...`)")
@@ -156,6 +158,9 @@ def run(args) -> int:
         from honed.guard.gate import read_gate_config
 
         read_gate_config(args.guard)
+    from honed.commands.infer import load_refusal_calibration
+
+    calibration = load_refusal_calibration(args.refusal_calibration)  # a bad file stops here, before any worker or model
     if args.nproc_per_node is not None:
         return launch_workers(cfg, args)
     run_eval = evaluate
@@ -170,7 +175,7 @@ def run(args) -> int:
         from honed.guard.gate import load_gate
 
         gate = functools.partial(load_gate, args.guard)  # a loader: under torchrun only rank 0 (the scorer) calls it
-    result = run_eval(cfg, show_progress=not args.no_progress, gate=gate)
+    result = run_eval(cfg, show_progress=not args.no_progress, gate=gate, refusal_calibration=calibration)
     if not is_main_process():
         return 0  # rank 0 reports
     console = Console(stderr=True)
@@ -200,6 +205,7 @@ def launch_workers(cfg, args) -> int:
         path.write_text(yaml.safe_dump(cfg.model_dump(mode="json"), allow_unicode=True, sort_keys=False), encoding="utf-8")
         flags = (["--no-progress"] if args.no_progress else []) + (["--verbose"] if getattr(args, "verbose", False) else [])
         flags += ["--guard", str(Path(args.guard).resolve())] if args.guard else []  # a flag, not a config key: passed on
+        flags += ["--refusal-calibration", str(Path(args.refusal_calibration).resolve())] if args.refusal_calibration else []
         return launch(["eval", str(path), *flags], nproc_per_node=args.nproc_per_node)
 
 
@@ -215,9 +221,9 @@ def run_cv(args) -> int:
     overrides = [i for i in args.items if "=" in i]
     if len(files) != 1:
         raise ConfigError("--cv K needs one TRAINING config file (e.g. honed eval --cv 5 train.yaml)")
-    for flag in ("model", "adapter", "baseline", "data"):
+    for flag in ("model", "adapter", "baseline", "data", "refusal_calibration"):
         if getattr(args, flag):
-            raise ConfigError(f"--cv trains its own models on the training config's data; --{flag} does not apply")
+            raise ConfigError(f"--cv trains its own models on the training config's data; --{flag.replace('_', '-')} does not apply")
     eval_raw = _flags_as_dict(args)
     for key in ("models", "output_dir", "overwrite"):
         eval_raw.pop(key, None)

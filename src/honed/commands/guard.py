@@ -4,6 +4,7 @@
   honed guard score --guard DIR --input FILE [--output FILE]
   honed guard eval  --guard DIR --in-domain FILE --out-of-domain FILE
   honed guard drift --guard DIR --queries FILE
+  honed guard fit-refusal --model RUN_OR_MODEL [--adapter DIR] --train MIX --validation FILE --out FILE [--max-false-refusal 0.05]
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pathlib import Path
 
 
 def register(sub) -> None:
-    guard = sub.add_parser("guard", help="out-of-domain gate: fit, score, eval, drift")
+    guard = sub.add_parser("guard", help="out-of-domain gate: fit, score, eval, drift; fit-refusal: calibrated refusal decisions")
     verbs = guard.add_subparsers(dest="guard_command", metavar="VERB", required=True)
 
     fit = verbs.add_parser("fit", help="index in-domain questions and calibrate the threshold", formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -60,6 +61,33 @@ def register(sub) -> None:
     drift.add_argument("--near", type=float, default=0.05, help="near the threshold = within this calibration quantile of it")
     drift.add_argument("--cluster-distance", type=float, default=0.6, help="cosine distance that still joins two refused queries into a topic")
     drift.set_defaults(func=run_drift)
+
+
+    refusal = verbs.add_parser("fit-refusal", help="calibrated refusal decisions: fit P(refuse)'s threshold for chat/generate/eval/serve --refusal-calibration",
+                               formatter_class=argparse.RawDescriptionHelpFormatter,
+                               epilog="example:\n  honed guard fit-refusal --model honed-quickstart --train mix.jsonl --validation val.jsonl "
+                                      "--out honed-quickstart/refusal_calibration.json")
+    refusal.add_argument("--model", metavar="MODEL_OR_RUN", help="model folder, adapter folder or `honed train` run folder (its tuned weights)")
+    refusal.add_argument("--adapter", metavar="DIR", help="LoRA adapter on top of --model")
+    refusal.add_argument("--train", required=True, action="append", metavar="FILE", help="the training data mix (repeatable): its "
+                         "refusal records (`kind: refusal`/`out_of_domain`) give the refusal openings, its other records the answers")
+    refusal.add_argument("--validation", action="append", metavar="FILE", help="questions with a `kind` (repeatable): the threshold "
+                         "separates those to answer (in_domain, hard_negative) from those to refuse (out_of_domain, near_domain)")
+    refusal.add_argument("--out", required=True, metavar="FILE", help="calibration file to write (JSON; a folder, e.g. the adapter's: "
+                         "DIR/refusal_calibration.json, which --refusal-calibration DIR reads)")
+    refusal.add_argument("--max-false-refusal", type=float, metavar="SHARE", help="the lowest threshold that refuses at most this share "
+                         "of the validation questions to answer (default: maximise Youden's J)")
+    refusal.add_argument("--threshold", type=float, metavar="P", help="fix the threshold instead of fitting it (0..1; 1 bans every "
+                         "refusal opening wherever the model is not certain)")
+    refusal.add_argument("--system", help="scope prompt the questions are asked under (default: the one saved with the model)")
+    refusal.add_argument("--no-scope-prompt", action="store_true", help="ask without the scope prompt saved with the model")
+    refusal.add_argument("--min-opening-tokens", type=int, default=1, help="shortest refusal opening, in tokens (default 1)")
+    refusal.add_argument("--max-opening-tokens", type=int, default=8, help="a refusal still opening like an answer after this many tokens is dropped")
+    refusal.add_argument("--template", default="auto", help="chat template name (default: the tokenizer's own)")
+    refusal.add_argument("--device", default="auto")
+    refusal.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float16", "float32"])
+    refusal.add_argument("--overwrite", action="store_true", help="replace an existing calibration file")
+    refusal.set_defaults(func=run_fit_refusal)
 
 
 def _questions(path: str, kind: str | None, what: str) -> list[str]:
@@ -172,4 +200,66 @@ def run_drift(args) -> int:
         console.print(topics)
     else:
         console.print("no recurring out-of-domain topics")
+    return 0
+
+
+def run_fit_refusal(args) -> int:
+    import statistics
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from honed.errors import ConfigError, DataError
+    from honed.guard.refusal_fit import fit_calibration
+    from honed.infer.generate import ChatModel
+    from honed.infer.refusal_calibration import calibration_path
+    from honed.model.reference import resolve_model_reference
+    from honed.utils.fs import check_writable
+
+    if not args.model and not args.adapter:
+        raise ConfigError("give --model (a model, adapter or `honed train` run folder) and optionally --adapter DIR")
+    if args.threshold is None and not args.validation:
+        raise ConfigError("give --validation FILE (questions whose `kind` says answer or refuse) to fit the threshold, or --threshold P")
+    if args.threshold is not None and args.max_false_refusal is not None:
+        raise ConfigError("--threshold fixes the threshold; --max-false-refusal fits it: give one of them")
+    if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
+        raise ConfigError(f"--threshold {args.threshold}: a P(refuse) threshold is in [0, 1]")
+    if args.max_false_refusal is not None and not 0.0 <= args.max_false_refusal < 1.0:
+        raise ConfigError(f"--max-false-refusal {args.max_false_refusal}: give a share in [0, 1), e.g. 0.05")
+    if args.min_opening_tokens < 1 or args.max_opening_tokens < args.min_opening_tokens:
+        raise ConfigError("--min-opening-tokens must be at least 1 and --max-opening-tokens at least as large")
+    for flag, paths in (("--train", args.train), ("--validation", args.validation or [])):
+        for path in paths:
+            if not Path(path).is_file():
+                raise DataError(f"{flag} {path}: no such file")
+    check_writable(calibration_path(args.out), args.overwrite)  # before the model loads
+    ref = resolve_model_reference(args.model, args.adapter)
+    scope = args.system if args.system is not None or args.no_scope_prompt else ref.scope_prompt
+    bot = ChatModel.load(ref.base, adapter=ref.adapter, template=args.template, device=args.device, dtype=args.dtype)
+    cal = fit_calibration(bot, args.train, args.validation or [], system_prompt=scope, min_tokens=args.min_opening_tokens,
+                          max_tokens=args.max_opening_tokens, max_false_refusal=args.max_false_refusal, threshold=args.threshold)
+    cal.fitted["model"] = ref.describe()
+    cal.fitted["scope_prompt"] = bool(scope)
+    path = cal.save(args.out, overwrite=args.overwrite)
+    fitted = cal.fitted
+    table = Table(title=f"refusal calibration {path} ({fitted['rule']}, threshold {cal.threshold:.4f})")
+    for col in ("split", "questions", "P(refuse) min", "median", "max", "at or above threshold"):
+        table.add_column(col)
+    for split, scores in fitted["p_refuse"].items():
+        table.add_row(split, str(len(scores)), f"{min(scores):.3f}", f"{statistics.median(scores):.3f}", f"{max(scores):.3f}",
+                      f"{sum(x >= cal.threshold for x in scores)}/{len(scores)}")
+    console = Console(stderr=True)
+    if fitted["p_refuse"]:
+        console.print(table)
+    else:
+        console.print(f"refusal calibration {path}: threshold fixed at {cal.threshold:.4f} (no validation questions scored)")
+    console.print(f"{len(cal.openings)} refusal openings (up to {cal.k} tokens): " + ", ".join(repr(t) for t in cal.opening_texts[:8])
+                  + (" ..." if len(cal.openings) > 8 else ""))
+    if fitted.get("validation_auroc") is not None:
+        console.print(f"validation AUROC of P(refuse) (refuse vs answer): {fitted['validation_auroc']:.3f}")
+    if fitted["dropped_refusals"]:
+        console.print(f"skipped {len(fitted['dropped_refusals'])} refusal(s) that open like an answer for {args.max_opening_tokens} tokens")
+    if fitted["unmarked_validation_records"]:
+        console.print(f"skipped {fitted['unmarked_validation_records']} validation record(s) without a `kind`")
+    print(f"threshold {cal.threshold:.6f}")
     return 0

@@ -18,6 +18,8 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-scope-prompt", action="store_true", help="do not use the scope prompt saved with the model")
     p.add_argument("--guard", metavar="DIR", help="out-of-domain gate (honed guard fit): refused questions get its refusal, the LLM is not called")
     p.add_argument("--guard-log", metavar="FILE", help="append each gate decision as a JSON line (input of honed guard drift)")
+    p.add_argument("--refusal-calibration", metavar="FILE", help="refusal calibration (honed guard fit-refusal): a reply whose "
+                   "P(refuse) is below its threshold may not open with a refusal")
     p.add_argument("--max-new-tokens", type=int, default=256)
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     p.add_argument("--top-p", type=float, default=1.0)
@@ -58,8 +60,21 @@ class _LazyBot:
             from honed.infer.generate import ChatModel
 
             a = self._args
-            self._bot = ChatModel.load(a.model, adapter=a.adapter, template=a.template, device=a.device, dtype=a.dtype, trust_remote_code=a.trust_remote_code, allow_pickle=a.allow_pickle)
+            self._bot = ChatModel.load(a.model, adapter=a.adapter, template=a.template, device=a.device, dtype=a.dtype, trust_remote_code=a.trust_remote_code,
+                                       allow_pickle=a.allow_pickle, refusal_calibration=getattr(a, "calibration", None))
         return getattr(self._bot, name)
+
+
+def load_refusal_calibration(path: str | None):
+    """The `--refusal-calibration` file, read before any model loads (None without the flag)."""
+    if path is None:
+        return None
+    from honed.infer.refusal_calibration import RefusalCalibration, RefusalCalibrationError
+
+    try:
+        return RefusalCalibration.load(path)
+    except RefusalCalibrationError as err:
+        raise RefusalCalibrationError(f"--refusal-calibration {err}") from None
 
 
 def system_prompt(args) -> str | None:
@@ -89,6 +104,7 @@ def _load(args):
         from honed.infer.gating import QueryLog
 
         gate, query_log = load_gate(args.guard), QueryLog(args.guard_log)
+    args.calibration = load_refusal_calibration(args.refusal_calibration)
     settings = GenerationSettings(args.max_new_tokens, args.temperature, args.top_p, args.top_k, args.repetition_penalty, args.seed, args.enable_thinking)
     return _LazyBot(args), settings, gate, query_log
 

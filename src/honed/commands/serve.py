@@ -58,6 +58,10 @@ def build_backend(args):
     if args.gguf:
         if args.model or args.adapter:
             raise ConfigError("give either --gguf FILE or --model/--adapter, not both")
+        if args.refusal_calibration:
+            raise ConfigError(f"--refusal-calibration {args.refusal_calibration}: the GGUF backend (--gguf) cannot apply a refusal "
+                              "calibration (it is scored and applied through the transformers model and tokenizer it was fitted with); "
+                              "serve the model or adapter folder with --model/--adapter instead, or leave the flag out")
         from honed.serve.gguf import GGUFBackend
 
         return GGUFBackend.load(args.gguf, n_ctx=args.n_ctx)
@@ -65,8 +69,11 @@ def build_backend(args):
         raise ConfigError("give --model DIR (and optionally --adapter DIR), or --gguf FILE")
     from honed.serve.backends import HFBackend
 
+    from honed.commands.infer import load_refusal_calibration
+
     return HFBackend.load(args.model, adapter=args.adapter, template=args.template, device=args.device, dtype=args.dtype,
-                          trust_remote_code=args.trust_remote_code, allow_pickle=args.allow_pickle)
+                          trust_remote_code=args.trust_remote_code, allow_pickle=args.allow_pickle,
+                          refusal_calibration=load_refusal_calibration(args.refusal_calibration))
 
 
 def run_serve(args) -> int:

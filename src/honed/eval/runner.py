@@ -197,10 +197,11 @@ class _Measured:
 
 
 def evaluate_model(spec: ModelSpec, role: str, cfg: EvalConfig, samples: list[EvalSample], scorer: Scorer | None,
-                   progress=None, pairs: list | None = None, shard: EvalShard | None = None) -> ModelRun:
+                   progress=None, pairs: list | None = None, shard: EvalShard | None = None, refusal_calibration=None) -> ModelRun:
     """Load one model, measure everything the config asks for, and free it again. Under torchrun
     (`shard`) every rank runs its share of each pass and rank 0 alone scores: the run of another
-    rank holds the answers only; the judge and lm-eval then run after the last model (`finish_on_main`)."""
+    rank holds the answers only; the judge and lm-eval then run after the last model (`finish_on_main`).
+    `refusal_calibration` (a `RefusalCalibration`) decides this model's refusals as `chat` would."""
     from honed.infer.generate import ChatModel
 
     shard = shard or EvalShard()
@@ -208,7 +209,8 @@ def evaluate_model(spec: ModelSpec, role: str, cfg: EvalConfig, samples: list[Ev
     device = eval_device(cfg)
     memory = _Memory(device)
     load_started = time.perf_counter()
-    bot = ChatModel.load(spec.model_path, adapter=spec.adapter, template=cfg.template, device=str(device), dtype=cfg.dtype)
+    bot = ChatModel.load(spec.model_path, adapter=spec.adapter, template=cfg.template, device=str(device), dtype=cfg.dtype,
+                         refusal_calibration=refusal_calibration)
     load_s = time.perf_counter() - load_started
     g = cfg.generation
     task = progress.add_task(f"{spec.name}: answering", total=shard.share_size(len(samples), g.batch_size)) if progress is not None else None
@@ -249,10 +251,14 @@ def evaluate_model(spec: ModelSpec, role: str, cfg: EvalConfig, samples: list[Ev
 
 def _score(run: ModelRun, cfg: EvalConfig, samples: list[EvalSample], scorer: Scorer, measured: _Measured, device: str) -> None:
     """The metrics of one model from its answers and losses (rank 0 only under torchrun)."""
-    scores = score_model(samples, run.answers, scorer, measured.label_scores)
+    refusal_scores = [getattr(r, "refusal_probability", None) for r in measured.replies]  # P(refuse), with a refusal calibration
+    scores = score_model(samples, run.answers, scorer, measured.label_scores,
+                         refusal_scores if any(p is not None for p in refusal_scores) else None)
     run.per_sample = scores.per_sample
     for i, (row, reply) in enumerate(zip(run.per_sample, measured.replies)):
         row.update(new_tokens=reply.new_tokens, finished=reply.finished)
+        if refusal_scores[i] is not None:
+            row["refusal_probability"] = round(refusal_scores[i], 6)
         if measured.label_scores:
             row["label_log_likelihoods"] = measured.label_scores[i]
     m = run.metrics
@@ -356,11 +362,13 @@ def apply_gate(gate, samples: list[EvalSample]) -> int:
     return refused
 
 
-def evaluate(cfg: EvalConfig, *, show_progress: bool = True, write: bool = True, gate=None) -> EvalResult:
+def evaluate(cfg: EvalConfig, *, show_progress: bool = True, write: bool = True, gate=None, refusal_calibration=None) -> EvalResult:
     """Evaluate every model of `cfg`; with `write`, put report.json/.html and predictions.jsonl
     into `cfg.output_dir` in one atomic step. `gate` (a loaded gate, or a loader such as
     `functools.partial(honed.guard.gate.load_gate, DIR)`, which rank 0 alone calls) stands in front of
-    every model: see `apply_gate`.
+    every model: see `apply_gate`. `refusal_calibration` (a file from `honed guard fit-refusal`, or a
+    `RefusalCalibration`) decides the evaluated model's refusals (the first model only: baselines
+    decode plainly); each sample records its `refusal_probability` and the domain AUROC is P(refuse)'s.
 
     Started by torchrun (`torchrun --nproc-per-node N -m honed eval ...`), each process answers and
     scores its share of the batches (honed.eval.sharding); rank 0 alone computes the metrics and
@@ -371,6 +379,10 @@ def evaluate(cfg: EvalConfig, *, show_progress: bool = True, write: bool = True,
 
     if write:
         check_output_dir(cfg)  # on every rank: all of them stop at once
+    if refusal_calibration is not None and not hasattr(refusal_calibration, "checked_for"):
+        from honed.infer.refusal_calibration import RefusalCalibration
+
+        refusal_calibration = RefusalCalibration.load(refusal_calibration)  # before any model loads
     samples = load_samples(data_with_model_scope(cfg), cfg.refusal.decision_field)
     specs = resolve_models(cfg.models)
     if cfg.fitting.checkpoints == "all":
@@ -397,7 +409,8 @@ def evaluate(cfg: EvalConfig, *, show_progress: bool = True, write: bool = True,
         for spec, role in zip(specs, _roles(specs, cfg)):
             log.info("evaluating %s (%s)%s", spec.name, spec.describe(),
                      f" on {shard.world_size} processes" if shard.world_size > 1 else "")
-            runs.append(evaluate_model(spec, role, cfg, samples, scorer, progress, pairs, shard))
+            runs.append(evaluate_model(spec, role, cfg, samples, scorer, progress, pairs, shard,
+                                       refusal_calibration if role == "evaluated" else None))
     if not shard.is_main:
         return EvalResult({}, runs)
     if shard.world_size > 1:  # the other ranks are done: nobody waits in a collective meanwhile
@@ -407,6 +420,9 @@ def evaluate(cfg: EvalConfig, *, show_progress: bool = True, write: bool = True,
     report = build_report(cfg, samples, runs, fitting)
     if gated is not None:
         report["gate"] = {"folder": str(getattr(gate, "folder", "")), "refused": gated, "n": len(samples)}
+    if refusal_calibration is not None:
+        report["refusal_calibration"] = {"file": refusal_calibration.fitted.get("path"), "threshold": refusal_calibration.threshold,
+                                         "openings": len(refusal_calibration.openings), "applied_to": runs[0].spec.name}
     result = EvalResult(report, runs)
     if write:
         result.output_dir = write_outputs(cfg, report, samples, runs)

@@ -15,6 +15,7 @@ with a sample (missing reference, empty answer, a label outside the set) go into
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import logging
 from dataclasses import dataclass, field
@@ -142,7 +143,7 @@ def _generation_aggregate(samples, predictions, per_sample) -> tuple[dict, dict]
     return out, counts
 
 
-def _domain(samples, predictions, scorer: Scorer, per_sample) -> dict | None:
+def _domain(samples, predictions, scorer: Scorer, per_sample, refusal_scores=None) -> dict | None:
     if not any(s.split for s in samples):
         return None
     outcomes = []
@@ -150,9 +151,12 @@ def _domain(samples, predictions, scorer: Scorer, per_sample) -> dict | None:
         if s.split is None:
             outcomes.append(RefusalOutcome("in_domain", error="no split"))
             continue
+        p_refuse = refusal_scores[s.index] if refusal_scores is not None else None
         outcome = gate_outcome(s.split, s.gate_decision, scorer.gate_threshold)
+        if outcome is not None and p_refuse is not None:  # a gate's decision; the AUROC stays P(refuse)'s
+            outcome = dataclasses.replace(outcome, score=p_refuse)
         if outcome is None:
-            outcome = judge_refusal(answer, s.split, scorer.detector)
+            outcome = judge_refusal(answer, s.split, scorer.detector, p_refuse)
         outcomes.append(outcome)
         if outcome.refused is not None:
             per_sample[s.index]["refused"] = outcome.refused
@@ -190,8 +194,10 @@ def _classification(samples, predictions, scorer: Scorer, per_sample, label_scor
 
 
 def score_model(samples: Sequence, predictions: Sequence[str], scorer: Scorer,
-                label_scores: Sequence[dict | None] | None = None) -> ModelScores:
-    """Per-sample and aggregate scores of one model's `predictions` (one per sample)."""
+                label_scores: Sequence[dict | None] | None = None,
+                refusal_scores: Sequence[float | None] | None = None) -> ModelScores:
+    """Per-sample and aggregate scores of one model's `predictions` (one per sample). `refusal_scores`
+    (the model's P(refuse) per sample, with a refusal calibration) are the scores of the domain AUROC."""
     if len(samples) != len(predictions):
         raise ValueError(f"{len(predictions)} predictions for {len(samples)} samples")
     per_sample = []
@@ -206,7 +212,7 @@ def score_model(samples: Sequence, predictions: Sequence[str], scorer: Scorer,
             row["errors"].append("empty prediction")
         per_sample.append(row)
     generation, counts = _generation_aggregate(samples, predictions, per_sample)
-    result = ModelScores(per_sample, generation, counts, _domain(samples, predictions, scorer, per_sample))
+    result = ModelScores(per_sample, generation, counts, _domain(samples, predictions, scorer, per_sample, refusal_scores))
     if scorer.labels:
         result.classification = _classification(samples, predictions, scorer, per_sample, label_scores)
     return result

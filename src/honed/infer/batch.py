@@ -56,6 +56,8 @@ def generate_file(bot, input_path, output_path, settings, *, system=None, batch_
             row = dict(record, response=reply.text, finished=reply.finished, new_tokens=reply.new_tokens)
             if reply.reasoning is not None:
                 row["reasoning"] = reply.reasoning
+            if getattr(reply, "refusal_probability", None) is not None:  # with --refusal-calibration (a duck-typed bot may lack it)
+                row["refusal_probability"] = round(reply.refusal_probability, 6)
         if sources[i] is not None:
             row["sources"] = sources[i]
         if decisions is not None:

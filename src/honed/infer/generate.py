@@ -38,6 +38,7 @@ class Reply:
     reasoning: str | None
     new_tokens: int
     finished: bool  # False when max_new_tokens cut the answer
+    refusal_probability: float | None = None  # P(opening with a refusal), with a refusal calibration
 
 
 def left_pad(prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -71,15 +72,50 @@ class ChatModel:
         self.model, self.tokenizer, self.template, self.device = model, tokenizer, template, device
         self.model.eval()
         self._stop_ids, self._stop_strings = self._stops()
+        self.refusal_calibration = None  # a RefusalCalibration: see use_refusal_calibration
+
+    def use_refusal_calibration(self, calibration) -> None:
+        """Decide refusals by P(refuse) against the calibration's threshold (None: plain decoding).
+        `calibration` is a `RefusalCalibration`, a file, or a folder holding one; it must have been
+        fitted with this model's tokenizer."""
+        from honed.infer.refusal_calibration import RefusalCalibration
+
+        if calibration is not None and not isinstance(calibration, RefusalCalibration):
+            calibration = RefusalCalibration.load(calibration)
+        self.refusal_calibration = calibration.checked_for(self.tokenizer, self.template) if calibration is not None else None
+
+    def refusal_processors(self, prompts: list[list[int]], replies: list[bool] | None = None) -> tuple[dict, list[float | None] | None]:
+        """`model.generate` kwargs that apply the refusal calibration to a left-padded batch of
+        `prompts`, and each prompt's P(refuse) (({}, None) without a calibration). `replies` marks
+        the rows that are chat replies (default: all); the others (raw text completions, whose
+        start is no reply's start) get no P(refuse) and decode freely."""
+        cal = self.refusal_calibration
+        replies = [True] * len(prompts) if replies is None else replies
+        if cal is None or not any(replies):
+            return {}, None
+        from transformers import LogitsProcessorList
+
+        from honed.infer.refusal_calibration import refusal_probabilities
+
+        chosen = [p for p, is_reply in zip(prompts, replies) if is_reply]
+        scores = iter(refusal_probabilities(self, chosen, cal.opening_tuples()))
+        probabilities = [next(scores) if is_reply else None for is_reply in replies]
+        ban = cal.ban_for(probabilities, max(map(len, prompts)))
+        return {"logits_processor": LogitsProcessorList([ban])}, probabilities
 
     @classmethod
-    def load(cls, model_path: str | None = None, *, adapter: str | None = None, template: str = "auto", device: str = "auto", dtype: str = "auto", trust_remote_code: bool = False, allow_pickle: bool = False) -> "ChatModel":
-        """Load a model folder (full model, or an adapter folder whose base is found from its config)."""
+    def load(cls, model_path: str | None = None, *, adapter: str | None = None, template: str = "auto", device: str = "auto", dtype: str = "auto", trust_remote_code: bool = False, allow_pickle: bool = False, refusal_calibration=None) -> "ChatModel":
+        """Load a model folder (full model, or an adapter folder whose base is found from its config);
+        `refusal_calibration` (a file or `RefusalCalibration`) is applied to every reply."""
         from honed.data.templates import get_template
         from honed.errors import ModelError
 
         if not model_path and not adapter:
             raise ModelError("give --model (a model, adapter or training run folder, or a hub id)")
+        if refusal_calibration is not None and not hasattr(refusal_calibration, "checked_for"):
+            from honed.infer.refusal_calibration import RefusalCalibration
+
+            refusal_calibration = RefusalCalibration.load(refusal_calibration)  # a bad file fails before the model loads
         from honed.model.reference import resolve_model_reference
 
         # `--model` may name an adapter or a `honed train` run folder too (its best or final weights).
@@ -94,7 +130,9 @@ class ChatModel:
             from honed.model.adapters import load_adapter
 
             model = load_adapter(model, adapter)
-        return cls(model, tokenizer, get_template(template, tokenizer, info["model_type"]), dev)
+        bot = cls(model, tokenizer, get_template(template, tokenizer, info["model_type"]), dev)
+        bot.use_refusal_calibration(refusal_calibration)
+        return bot
 
     def _stops(self) -> tuple[list[int], list[str]]:
         ids, strings = set(), []
@@ -146,8 +184,12 @@ class ChatModel:
         kwargs = dict(max_new_tokens=s.max_new_tokens, eos_token_id=self._stop_ids, pad_token_id=pad, **sampling_kwargs(s))
         if self._stop_strings:
             kwargs.update(stop_strings=self._stop_strings, tokenizer=self.tokenizer)
-        out = self.model.generate(input_ids=ids.to(self.device), attention_mask=mask.to(self.device), **kwargs)
-        return [self._decode(row[width:].tolist(), s.max_new_tokens) for row in out.cpu()]
+        calibrated, probabilities = self.refusal_processors(prompts)
+        out = self.model.generate(input_ids=ids.to(self.device), attention_mask=mask.to(self.device), **kwargs, **calibrated)
+        replies = [self._decode(row[width:].tolist(), s.max_new_tokens) for row in out.cpu()]
+        for reply, p in zip(replies, probabilities or []):
+            reply.refusal_probability = p
+        return replies
 
     def _decode(self, new_ids: list[int], limit: int) -> Reply:
         from honed.data.templates import split_thinking

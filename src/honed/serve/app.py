@@ -213,6 +213,8 @@ def create_app(backend, *, gate=None, kb=None, settings: ServeSettings | None = 
             job = Job(ids, gen, stops, chat=True)
             if not body.stream:
                 r = await generate(job)
+                if getattr(r, "refusal_probability", None) is not None:  # with --refusal-calibration
+                    honed["refusal_probability"] = round(r.refusal_probability, 6)
                 return P.chat_completion(cid, settings.model_name, r.text, r.reasoning, r.finish_reason, P.usage(len(ids), r.new_tokens), honed or None)
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
 

@@ -73,7 +73,8 @@ class HFBackend:
 
     @classmethod
     def load(cls, model: str | None, *, adapter: str | None = None, **load_kwargs) -> "HFBackend":
-        """Load a model folder (and adapter) as `honed chat` does."""
+        """Load a model folder (and adapter) as `honed chat` does (`refusal_calibration=FILE` among
+        the keywords: every chat reply is decided by it, batched or not)."""
         from honed.infer.generate import ChatModel
 
         return cls(ChatModel.load(model, adapter=adapter, **load_kwargs))
@@ -121,13 +122,18 @@ class HFBackend:
         ids, mask = left_pad([j.prompt_ids for j in jobs], pad)
         seed = settings.seed
         devices = [bot.device] if bot.device.type == "cuda" else []
+        # With a refusal calibration (--refusal-calibration), chat rows unlikely to refuse may not open with a refusal.
+        calibrated, probabilities = bot.refusal_processors([j.prompt_ids for j in jobs], [j.chat for j in jobs])
         with torch.no_grad(), torch.random.fork_rng(devices=devices, enabled=seed is not None):
             if seed is not None:
                 torch.manual_seed(seed)
             bot.model.generate(input_ids=ids.to(bot.device), attention_mask=mask.to(bot.device),
                                max_new_tokens=settings.max_new_tokens, eos_token_id=bot.stop_ids, pad_token_id=pad,
-                               stopping_criteria=StoppingCriteriaList([RowStops()]), **sampling_kwargs(settings))
-        return [row.result() for row in rows]
+                               stopping_criteria=StoppingCriteriaList([RowStops()]), **sampling_kwargs(settings), **calibrated)
+        results = [row.result() for row in rows]
+        for result, p in zip(results, probabilities or []):
+            result.refusal_probability = p
+        return results
 
 
 def model_scope_prompt(*folders: str | None) -> str | None:

@@ -14,7 +14,7 @@ The same object gives the final text, so a streamed answer and a non-streamed on
 >>> row.feed(ord("N")), row.feed(ord("D"))
 (False, True)
 >>> row.result()
-RowResult(text='hi', reasoning=None, new_tokens=6, finish_reason='stop')
+RowResult(text='hi', reasoning=None, new_tokens=6, finish_reason='stop', refusal_probability=None)
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ class RowResult:
     reasoning: str | None
     new_tokens: int
     finish_reason: str  # "stop" | "length" | "cancelled"
+    refusal_probability: float | None = None  # P(opening with a refusal), with a refusal calibration
 
 
 def split_reasoning(text: str, final: bool) -> tuple[str | None, str]:
