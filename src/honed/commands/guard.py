@@ -62,7 +62,6 @@ def register(sub) -> None:
     drift.add_argument("--cluster-distance", type=float, default=0.6, help="cosine distance that still joins two refused queries into a topic")
     drift.set_defaults(func=run_drift)
 
-
     refusal = verbs.add_parser("fit-refusal", help="calibrated refusal decisions: fit P(refuse)'s threshold for chat/generate/eval/serve --refusal-calibration",
                                formatter_class=argparse.RawDescriptionHelpFormatter,
                                epilog="example:\n  honed guard fit-refusal --model honed-quickstart --train mix.jsonl --validation val.jsonl "
