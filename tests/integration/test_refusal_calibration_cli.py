@@ -152,6 +152,29 @@ def test_serve_applies_it_to_chat_rows_of_a_batch_only(case):
     assert (both[1].text, both[1].refusal_probability) == (alone.text, None)
 
 
+def test_serve_streams_the_refusal_probability_on_the_finishing_chunk(case):
+    """The openai client's stream: same text and the same P(refuse) as the non-streamed reply, on the chunk with finish_reason."""
+    import openai
+    from fastapi.testclient import TestClient
+
+    from honed.serve.app import create_app
+    from honed.serve.backends import HFBackend
+    from honed.serve.settings import ServeSettings
+
+    backend = HFBackend.load(TINY, device="cpu", refusal_calibration=str(case["cal"]))
+    messages = [{"role": "user", "content": QUESTION}]
+    with TestClient(create_app(backend, settings=ServeSettings())) as client:
+        oai = openai.OpenAI(base_url="http://testserver/v1", api_key="none", http_client=client, max_retries=0)
+        whole = oai.chat.completions.create(model="honed", messages=messages, max_tokens=NEW)
+        chunks = list(oai.chat.completions.create(model="honed", messages=messages, max_tokens=NEW, stream=True))
+    p = whole.model_extra["honed"]["refusal_probability"]
+    assert p == pytest.approx(case["p"][QUESTION], abs=2e-5)
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == whole.choices[0].message.content == case["banned"]
+    carrying = [c for c in chunks if (c.model_extra or {}).get("honed")]
+    assert len(carrying) == 1 and carrying[0] is chunks[-1] and carrying[0].choices[0].finish_reason is not None
+    assert carrying[0].model_extra["honed"] == {"refusal_probability": p}
+
+
 def test_bad_inputs_are_named(case, capsys, tmp_path, tiny_model_dir):
     def error(argv) -> str:
         capsys.readouterr()

@@ -213,8 +213,7 @@ def create_app(backend, *, gate=None, kb=None, settings: ServeSettings | None = 
             job = Job(ids, gen, stops, chat=True)
             if not body.stream:
                 r = await generate(job)
-                if getattr(r, "refusal_probability", None) is not None:  # with --refusal-calibration
-                    honed["refusal_probability"] = round(r.refusal_probability, 6)
+                honed.update(refusal_fields(r))
                 return P.chat_completion(cid, settings.model_name, r.text, r.reasoning, r.finish_reason, P.usage(len(ids), r.new_tokens), honed or None)
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
 
@@ -225,7 +224,9 @@ def create_app(backend, *, gate=None, kb=None, settings: ServeSettings | None = 
                 return P.chat_chunk(cid, settings.model_name, created, d)
 
             def final(r):
-                yield P.chat_chunk(cid, settings.model_name, created, {}, r.finish_reason)
+                # P(refuse) is known once the row has run, so it rides on the finishing chunk
+                # (the gate decision and citations, known before, ride on the first).
+                yield P.chat_chunk(cid, settings.model_name, created, {}, r.finish_reason, honed=refusal_fields(r) or None)
                 if include_usage:
                     yield {"id": cid, "object": "chat.completion.chunk", "created": created, "model": settings.model_name,
                            "choices": [], "usage": P.usage(len(ids), r.new_tokens)}
@@ -294,6 +295,12 @@ def create_app(backend, *, gate=None, kb=None, settings: ServeSettings | None = 
         return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
     return app
+
+
+def refusal_fields(result) -> dict:
+    """`{"refusal_probability": p}` for a row run with --refusal-calibration, else `{}`."""
+    p = getattr(result, "refusal_probability", None)
+    return {} if p is None else {"refusal_probability": round(p, 6)}
 
 
 def sse(obj: dict) -> str:
