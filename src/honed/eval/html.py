@@ -113,6 +113,38 @@ def _domain(report: dict) -> str:
             f"<th>refused rate</th></tr>{''.join(rows)}</table><div class='figs'>{''.join(figs)}</div>")
 
 
+def _refusal_probability(report: dict, predictions: list[dict]) -> str:
+    """P(refuse) per split for models decoded with a refusal calibration (`eval --refusal-calibration`);
+    empty when no prediction carries `refusal_probability`."""
+    names = [m["name"] for m in report["models"]
+             if any(p["models"].get(m["name"], {}).get("refusal_probability") is not None for p in predictions)]
+    if not names:
+        return ""
+    cal = report.get("refusal_calibration") or {}
+    threshold = cal.get("threshold")
+    meta = (f"Threshold <b>{_fmt(threshold)}</b> · {cal.get('openings', '—')} refusal openings · applied to "
+            f"<b>{escape(str(cal.get('applied_to', ', '.join(names))))}</b>"
+            + (f" · <code>{escape(str(cal['file']))}</code>" if cal.get("file") else "") + ". ")
+    rows, figs = [], []
+    for name in names:
+        by_split: dict[str, list[float]] = {}
+        for p in predictions:
+            value = p["models"][name].get("refusal_probability")
+            if value is not None:
+                by_split.setdefault(p.get("split") or "unmarked", []).append(value)
+        for split, values in by_split.items():
+            below = "—" if threshold is None else sum(v < threshold for v in values)
+            rows.append(f"<tr><td>{escape(name)}</td><td>{escape(split)}</td><td class='num'>{len(values)}</td>"
+                        f"<td class='num'>{_fmt(sum(values) / len(values))}</td><td class='num'>{below}</td></tr>")
+        figs.append(_img(plots.refusal_probability_histogram(by_split, threshold, f"{name}: P(refuse) per split"),
+                         f"P(refuse) histogram of {name}"))
+    return ("<h2>Calibrated refusal decisions</h2><p class='meta'>" + meta + "P(refuse) is the probability of opening "
+            "the reply with one of the training mix's refusal openings; below the threshold those openings are banned. "
+            "Out- and near-domain questions should lie above it, in-domain ones below.</p>"
+            "<table><tr><th>model</th><th>split</th><th>n</th><th>mean P(refuse)</th><th>below threshold (refusal banned)</th>"
+            f"</tr>{''.join(rows)}</table><div class='figs'>{''.join(figs)}</div>")
+
+
 def _classification(report: dict) -> str:
     models = [m for m in report["models"] if m["metrics"].get("classification")]
     if not models:
@@ -205,7 +237,7 @@ def render_html(report: dict, predictions: list[dict]) -> str:
         "<p class='meta'>↑ higher is better, ↓ lower is better. Generation metrics are on in-domain references; "
         "BLEU/chrF are shown on a 0–1 scale. Latency is the wall time of the batch a request was in.</p>",
         f"<div class='figs'>{_img(plots.metric_bars(summaries, labels), 'metrics per model')}</div>",
-        comparison_html(report), _fitting(report), _domain(report), _classification(report),
+        comparison_html(report), _fitting(report), _domain(report), _refusal_probability(report, predictions), _classification(report),
         _efficiency(report), f"<div class='figs'>{_img(plots.latency_histogram(latencies), 'latency histogram')}</div>",
         _general(report), _samples(predictions, names),
         f"<p class='meta'>schema {escape(report['schema'])} v{report['schema_version']} · full numbers in report.json</p>",

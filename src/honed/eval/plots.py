@@ -148,3 +148,24 @@ def learning_curve(points: list[dict] | None, metric: str = "rougeL") -> str | N
         right.legend(loc="upper right", fontsize=8)
     ax.legend(loc="upper left", fontsize=8)
     return _png(fig)
+
+
+def refusal_probability_histogram(by_split: dict[str, list[float]], threshold: float | None, title: str) -> str | None:
+    """P(refuse) per domain split, overlaid on 0-1 bins; the calibration's threshold as a dashed line."""
+    by_split = {k: v for k, v in by_split.items() if v}
+    if not by_split:
+        return None
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7.5, 3.2))
+    bins = [i / 20 for i in range(21)]
+    for m, (split, values) in enumerate(by_split.items()):
+        ax.hist(values, bins=bins, alpha=0.55, label=f"{split} ({len(values)})", color=COLORS[m % len(COLORS)])
+    if threshold is not None:
+        ax.axvline(threshold, color="#333", linestyle="--", linewidth=1.2, label=f"threshold {threshold:.3f}")
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("P(refuse): probability of opening with a refusal")
+    ax.set_ylabel("questions")
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _png(fig)

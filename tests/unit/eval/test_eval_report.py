@@ -92,6 +92,27 @@ def test_html_is_one_self_contained_page_with_tables_and_plots(built, tmp_path):
     assert "Δ tuned" in html and "<td class='num better'>-1.5000</td>" in html  # lower loss is better
     assert "检验之外的问题无法回答" in html and "missing reference" in html
     assert "&lt;" not in report["models"][0]["name"]
+    assert "P(refuse)" not in html  # no refusal calibration, no such section
+
+
+def test_html_shows_p_refuse_per_split_with_the_threshold(built, monkeypatch):
+    """With `refusal_probability` in the predictions: a histogram per split, the threshold marked, and the calibration's numbers."""
+    from honed.eval import plots
+
+    cfg, samples, runs, report = built
+    for row, p in zip(runs[0].per_sample, (0.2, 0.9, 0.7)):
+        row["refusal_probability"] = p
+    report["refusal_calibration"] = {"file": "/cal/refusal_calibration.json", "threshold": 0.5, "openings": 3, "applied_to": "tuned"}
+    drawn = []
+    real = plots.refusal_probability_histogram
+    monkeypatch.setattr(plots, "refusal_probability_histogram", lambda *a: drawn.append(a) or real(*a))
+    html = (write_outputs(cfg, report, samples, runs) / "report.html").read_text(encoding="utf-8")
+    assert drawn == [({"in_domain": [0.2, 0.7], "out_of_domain": [0.9]}, 0.5, "tuned: P(refuse) per split")]  # base has none
+    assert len(re.findall(r'src="data:image/png;base64,iVBORw0KGgo', html)) == 6 and 'alt="P(refuse) histogram of tuned"' in html
+    assert "Threshold <b>0.5000</b> · 3 refusal openings · applied to <b>tuned</b> · <code>/cal/refusal_calibration.json</code>" in html
+    # per split: n, mean P(refuse), how many lie below the threshold (their refusal openings banned)
+    assert ("<tr><td>tuned</td><td>in_domain</td><td class='num'>2</td><td class='num'>0.4500</td><td class='num'>1</td></tr>"
+            "<tr><td>tuned</td><td>out_of_domain</td><td class='num'>1</td><td class='num'>0.9000</td><td class='num'>0</td></tr>") in html
 
 
 def test_overwrite_never_replaces_a_folder_holding_the_inputs(tmp_path):
