@@ -20,7 +20,8 @@ import yaml
 from safetensors.torch import load_file
 
 from honed.config import config_from_dict
-from honed.testing.distributed import free_port, spawn_training
+from honed.testing.distributed import spawn_training
+from honed.testing.fsdp_worker import free_port
 from honed.train.sft import train
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -180,16 +181,35 @@ def test_sigterm_to_one_rank_stops_all_at_one_step_with_a_checkpoint_and_resume_
     assert_same_losses(losses_of(tmp_path / "out"), losses_of(reference.output_dir))
 
 
+def start_node_groups(cfg: Path) -> tuple[list[subprocess.Popen], list[str]]:
+    """Two torchrun node groups of one rank each, meeting at a c10d rendezvous that group 0 hosts
+    (`is_host`), on a port found free just before: (processes, stderr of each), the processes ended.
+
+    The port can be taken by another process before group 0 binds it (a second later, after its
+    imports); group 0 then fails at once with EADDRINUSE and the pair is started again on a new port.
+    (A port of 0 would need no retry, but group 1 has to know the port before it starts.)"""
+    for attempt in (1, 2):
+        endpoint = f"127.0.0.1:{free_port()}"
+        nodes = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node-rank", str(k),
+                                   "--nproc-per-node", "1", "--rdzv-backend", "c10d", "--rdzv-endpoint", endpoint, "--rdzv-id", "t",
+                                   "--rdzv-conf", f"is_host={int(k == 0)}", "-m", "honed", "train", str(cfg), "--no-progress"],
+                                  env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for k in (0, 1)]
+        errs = [nodes[0].communicate(timeout=240)[1]]
+        port_taken = nodes[0].returncode != 0 and ("EADDRINUSE" in errs[0] or "address already in use" in errs[0].lower())
+        if port_taken and attempt == 1:
+            nodes[1].kill()  # it waits for a store that will never come
+            nodes[1].communicate()
+            continue
+        errs.append(nodes[1].communicate(timeout=240)[1])
+        return nodes, errs
+    raise AssertionError("unreachable")
+
+
 def test_two_torchrun_node_groups_with_a_c10d_rendezvous_train_as_two_ranks(raw_config, tmp_path):
     one = train(config_from_dict(raw_config("one", accumulation=2)), show_progress=False)
     cfg = write_config(raw_config("two", accumulation=1), tmp_path / "two.yaml")
-    endpoint = f"127.0.0.1:{free_port()}"
-    nodes = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node-rank", str(k),
-                               "--nproc-per-node", "1", "--rdzv-backend", "c10d", "--rdzv-endpoint", endpoint, "--rdzv-id", "t",
-                               "-m", "honed", "train", str(cfg), "--no-progress"],
-                              env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for k in (0, 1)]
-    for node in nodes:
-        _, err = node.communicate(timeout=240)
+    nodes, errs = start_node_groups(cfg)
+    for node, err in zip(nodes, errs):
         assert node.returncode == 0, err[-3000:]
     assert_same_losses(losses_of(tmp_path / "two"), losses_of(one.output_dir))
 

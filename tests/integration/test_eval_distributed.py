@@ -16,7 +16,6 @@ import yaml
 from honed.eval import eval_config_from_dict, evaluate
 from honed.guard.gate import load_gate
 from honed.quickstart import resource_path
-from honed.testing.fsdp_worker import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -58,7 +57,9 @@ def test_two_ranks_write_the_report_of_one_process(eval_config, tmp_path):
     config = tmp_path / "eval.yaml"
     config.write_text(yaml.safe_dump(eval_config))
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(free_port()),
+    # --standalone: torchrun's agent binds port 0 for its store and the workers join it (a port found
+    # free beforehand, as --master-port needs, can be taken by another process before the agent binds it)
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--standalone",
                            "-m", "honed", "eval", str(config), f"output_dir={tmp_path / 'two'}", "--no-progress"],
                           env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 
-from honed.testing.fsdp_worker import free_port
+from honed.testing.fsdp_worker import rank_environment, rendezvous_store
 
 
 def _count_model_loads(record: str, rank: int) -> None:
@@ -40,8 +40,7 @@ def _worker(rank: int, world_size: int, port: int, raw: dict, stop_after_steps: 
         _count_model_loads(record_loads, rank)
     if setup is not None:
         setup(rank)
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_WORLD_SIZE=str(world_size),
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    os.environ.update(rank_environment(rank, world_size, port))
     from honed.config import config_from_dict
     from honed.train.sft import train
 
@@ -69,7 +68,8 @@ def spawn_training(raw: dict, *, world_size: int, stop_after_steps: int | None =
     a rank that fails writes "ErrorType: message" to ERRORS_TO.RANK."""
     import torch.multiprocessing as mp
 
-    mp.spawn(_worker, args=(world_size, free_port(), raw, stop_after_steps, record_loads, setup, errors_to), nprocs=world_size, join=True)
+    with rendezvous_store() as port:  # not a free port that rank 0 binds later: another process may take it first
+        mp.spawn(_worker, args=(world_size, port, raw, stop_after_steps, record_loads, setup, errors_to), nprocs=world_size, join=True)
 
 
 def fake_out_of_memory(rank: int, *, on_rank: int, at_call: int, record: str, in_backward: bool = False,

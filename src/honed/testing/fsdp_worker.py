@@ -8,6 +8,7 @@ sums the token losses of its share, and divides by the token count of the whole 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import traceback
@@ -18,18 +19,44 @@ import torch.nn.functional as F
 
 
 def free_port() -> int:
-    """A TCP port nobody listens on now (for the rendezvous of spawned ranks)."""
+    """A TCP port nobody listens on now. Only for a server this process starts itself at once (the
+    port can be taken by another process between this call and the bind); spawned ranks meet at
+    `rendezvous_store()`, and a torchrun of one host picks its own port (`--standalone`)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def rendezvous_store():
+    """The port of a rendezvous store (a torch TCPStore) that this process hosts while the block runs,
+    for spawned ranks to join with `rank_environment`.
+
+    Why not a free port that rank 0 binds: between finding the port and rank 0 binding it (seconds
+    later, after its imports) any other process on the machine can take it, and the run fails with
+    EADDRINUSE. Here the store binds port 0 itself and keeps it until the ranks are done; every rank
+    joins it as a client, as torchrun's workers join their agent's store (TORCHELASTIC_USE_AGENT_STORE).
+    The product code's own `init_process_group` (env://, with `distributed.timeout_s`) runs unchanged."""
+    from torch.distributed import TCPStore
+
+    store = TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False)
+    try:
+        yield store.port
+    finally:
+        del store  # stops the store's server
+
+
+def rank_environment(rank: int, world_size: int, port: int) -> dict[str, str]:
+    """torchrun's environment for `rank`, joining the store `rendezvous_store()` hosts on `port`."""
+    return {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(rank), "LOCAL_RANK": str(rank),
+            "WORLD_SIZE": str(world_size), "LOCAL_WORLD_SIZE": str(world_size), "TORCHELASTIC_USE_AGENT_STORE": "True"}
 
 
 def _entry(rank: int, world_size: int, port: int, fn, args: tuple) -> None:
     import torch.distributed as dist
 
     torch.set_num_threads(1)  # the test machine's cores are shared: one thread per rank
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world_size),
-                      LOCAL_RANK=str(rank))
+    os.environ.update(rank_environment(rank, world_size, port))
     dist.init_process_group("gloo", rank=rank, world_size=world_size)
     try:
         fn(rank, world_size, *args)
@@ -58,8 +85,9 @@ def spawn(fn, world_size: int, *args, **kwargs) -> None:
     import torch.multiprocessing as mp
 
     multiprocessing.get_context("forkserver").set_forkserver_preload(_PRELOAD)
-    mp.start_processes(_entry, args=(world_size, free_port(), functools.partial(fn, **kwargs), args), nprocs=world_size,
-                       join=True, start_method="forkserver")
+    with rendezvous_store() as port:
+        mp.start_processes(_entry, args=(world_size, port, functools.partial(fn, **kwargs), args), nprocs=world_size,
+                           join=True, start_method="forkserver")
 
 
 def make_batches(vocab: int, *, steps: int, global_batch: int, seq: int, seed: int = 0) -> list[dict[str, torch.Tensor]]:
