@@ -27,11 +27,11 @@ from honed.errors import HonedError
 log = logging.getLogger(__name__)
 
 ANN_MIN_ROWS = 100_000
-# Search settings of the IVF-PQ index, measured on 2x10^5 MiniLM-embedded lab questions (BENCHMARKS.md,
+# Search settings of the IVF-PQ index, measured on MiniLM-embedded lab questions (BENCHMARKS.md,
 # "Out-of-domain gate with 10^6 indexed questions"): LanceDB's usual 20 probes x refine 10 found only
 # 0.86 of the exact top 3 for hand-written questions (the gate's score off by up to 0.024); probing
-# ~10% of the partitions (at least 50) and refining 30 per neighbour finds 0.95-0.97 (score within
-# 0.005) with 447 and with 1000 partitions (10^6 rows' count), for ~2-4 ms more per query.
+# ~10% of the partitions (at least 50) and refining 30 per neighbour finds 0.978 (score within 0.004)
+# at 2x10^5 rows and 0.945 (score within 0.009) at 10^6 real questions, for ~2-5 ms more per query.
 ANN_NPROBES = 50  # the fewest IVF partitions searched per query
 ANN_PROBED_SHARE = 10  # search at least 1/ANN_PROBED_SHARE of the partitions
 ANN_REFINE_FACTOR = 30  # candidates re-ranked with the exact vectors, per neighbour asked for
