@@ -379,10 +379,10 @@ def evaluate(cfg: EvalConfig, *, show_progress: bool = True, write: bool = True,
 
     if write:
         check_output_dir(cfg)  # on every rank: all of them stop at once
-    if refusal_calibration is not None and not hasattr(refusal_calibration, "checked_for"):
-        from honed.infer.refusal_calibration import RefusalCalibration
+    if refusal_calibration is not None:
+        from honed.infer.refusal_calibration import as_calibration
 
-        refusal_calibration = RefusalCalibration.load(refusal_calibration)  # before any model loads
+        refusal_calibration = as_calibration(refusal_calibration)  # before any model loads
     samples = load_samples(data_with_model_scope(cfg), cfg.refusal.decision_field)
     specs = resolve_models(cfg.models)
     if cfg.fitting.checkpoints == "all":

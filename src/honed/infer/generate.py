@@ -78,10 +78,9 @@ class ChatModel:
         """Decide refusals by P(refuse) against the calibration's threshold (None: plain decoding).
         `calibration` is a `RefusalCalibration`, a file, or a folder holding one; it must have been
         fitted with this model's tokenizer."""
-        from honed.infer.refusal_calibration import RefusalCalibration
+        from honed.infer.refusal_calibration import as_calibration
 
-        if calibration is not None and not isinstance(calibration, RefusalCalibration):
-            calibration = RefusalCalibration.load(calibration)
+        calibration = as_calibration(calibration)
         self.refusal_calibration = calibration.checked_for(self.tokenizer, self.template) if calibration is not None else None
 
     def refusal_processors(self, prompts: list[list[int]], replies: list[bool] | None = None) -> tuple[dict, list[float | None] | None]:
@@ -112,10 +111,10 @@ class ChatModel:
 
         if not model_path and not adapter:
             raise ModelError("give --model (a model, adapter or training run folder, or a hub id)")
-        if refusal_calibration is not None and not hasattr(refusal_calibration, "checked_for"):
-            from honed.infer.refusal_calibration import RefusalCalibration
+        if refusal_calibration is not None:
+            from honed.infer.refusal_calibration import as_calibration
 
-            refusal_calibration = RefusalCalibration.load(refusal_calibration)  # a bad file fails before the model loads
+            refusal_calibration = as_calibration(refusal_calibration)  # a bad file fails before the model loads
         from honed.model.reference import resolve_model_reference
 
         # `--model` may name an adapter or a `honed train` run folder too (its best or final weights).

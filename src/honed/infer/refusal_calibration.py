@@ -132,11 +132,14 @@ def refusal_probabilities(bot, prompts: list[list[int]], openings: list[tuple[in
         for r, row in enumerate(rows):
             ids[r, : len(row)] = torch.tensor(row)
             mask[r, : len(row)] = 1
-        logits = bot.model(input_ids=ids.to(bot.device), attention_mask=mask.to(bot.device)).logits.float()
-        logp = torch.log_softmax(logits, dim=-1).cpu()
+        logits = bot.model(input_ids=ids.to(bot.device), attention_mask=mask.to(bot.device)).logits
         for r, (p, o) in enumerate(chunk):
             at = len(prompts[p]) - 1  # the logits at position i predict token i + 1
-            totals[p] += math.exp(sum(logp[r, at + t, tok].item() for t, tok in enumerate(o)))
+            # Only the opening's positions, on the device: the whole batch × width × vocabulary in
+            # float32 (and a host copy of it) would cost gigabytes for a real vocabulary on every request.
+            logp = torch.log_softmax(logits[r, at : at + len(o)].float(), dim=-1)
+            tokens = torch.tensor(o, device=logp.device).unsqueeze(-1)
+            totals[p] += math.exp(logp.gather(-1, tokens).double().sum().item())
     return [min(1.0, t) for t in totals]
 
 
@@ -227,3 +230,11 @@ class RefusalCalibration:
         """The logits processor for one batch: rows below the threshold may not open with a refusal
         (a row without a probability — not a chat reply — decodes freely)."""
         return OpeningBan(self.opening_tuples(), prompt_width, [p is not None and p < self.threshold for p in probabilities])
+
+
+def as_calibration(value) -> RefusalCalibration | None:
+    """`value` as a `RefusalCalibration`: None stays None, a calibration is itself, a file or folder
+    is read (so a bad file fails here, before any model loads)."""
+    if value is None or isinstance(value, RefusalCalibration):
+        return value
+    return RefusalCalibration.load(value)
