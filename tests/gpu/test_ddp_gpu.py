@@ -23,6 +23,7 @@ pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(),
 
 ROOT = Path(__file__).resolve().parents[2]
 WARMUP_STEPS = 5
+EXACT_STEPS = 10
 
 
 def _train_rows(out: Path) -> list[dict]:
@@ -74,8 +75,15 @@ def test_one_rank_ddp_on_the_fused_path_equals_plain_training(base_dir, data_fil
 
     plain_rows, ddp_rows = _train_rows(tmp_path / "plain"), _train_rows(tmp_path / "ddp")
     assert [r["step"] for r in ddp_rows] == [r["step"] for r in plain_rows]
-    # bf16 on the same kernels: the DDP wrapper (a summing comm hook, world size 1) changes no number.
-    assert [r["loss"] for r in ddp_rows] == pytest.approx([r["loss"] for r in plain_rows], rel=2e-3)
+    plain_losses, ddp_losses = [r["loss"] for r in plain_rows], [r["loss"] for r in ddp_rows]
+    # The DDP wrapper (a summing comm hook, world size 1) changes no gradient: a wrong scale or a missed
+    # all-reduce shows from the second step on. Later steps drift apart by bf16 round-off that lr 2e-3
+    # amplifies (measured on an H200: within 2e-3 up to step 12, up to 7% apart by step 30), so they are
+    # compared as a whole: both runs must learn alike (loss 7.4 -> ~1.1 over 30 steps).
+    assert ddp_losses[:EXACT_STEPS] == pytest.approx(plain_losses[:EXACT_STEPS], rel=2e-3)
+    tail = slice(-10, None)
+    assert statistics.mean(ddp_losses[tail]) == pytest.approx(statistics.mean(plain_losses[tail]), rel=0.05)
+    assert statistics.mean(plain_losses[tail]) < 0.5 * plain_losses[0]
 
     def median_tokens_per_s(rows):
         return statistics.median(r["tokens_per_s"] for r in rows[WARMUP_STEPS:])

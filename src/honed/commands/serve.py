@@ -82,8 +82,9 @@ def run_serve(args) -> int:
     try:
         import fastapi  # noqa: F401
         import uvicorn  # noqa: F401
-    except ImportError:
-        raise ConfigError("honed serve needs FastAPI and uvicorn: pip install fastapi uvicorn (core dependencies of honed)") from None
+    except ImportError as err:
+        raise ConfigError(f"honed serve needs FastAPI and uvicorn, which failed to import ({err}): "
+                          "pip install fastapi uvicorn (core dependencies of honed)") from None
     from honed.serve.app import create_app
     from honed.serve.backends import model_scope_prompt
     from honed.serve.server import run_server

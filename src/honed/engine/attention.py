@@ -183,7 +183,7 @@ def probe_native_gqa(kernel: TorchVarlen, device: torch.device) -> bool:
         kernel.native_gqa = native
         out = kernel(*xs, cu, 15)
         grads = torch.autograd.grad((out.float() * up).sum(), xs)
-        return [out, *grads]
+        return [out.detach(), *grads]
 
     try:
         with torch.enable_grad():

@@ -10,7 +10,7 @@ import random
 import pytest
 
 from honed.data import Conversation, Message
-from honed.data.augment import TRANSFORMS, AugmentStats, LabelSet, Recipe, Unfit, available, get_transform
+from honed.data.augment import AugmentStats, LabelSet, Recipe, Unfit, available, get_transform
 from honed.errors import ConfigError, DataError
 
 LABELS = {"positive": ["积极", "正面", "乐观", "positive", "favourable"],
@@ -189,7 +189,7 @@ def test_only_filter_selects_by_source_and_label(sentiment):
 def test_registry_covers_the_guide_and_reserves_synthetic():
     assert {"label_synonym", "label_expression", "output_format", "shuffle_examples", "shuffle_components",
             "rotate_context", "negative_sample", "synthetic", "synonym_replace", "rewrite_sentence", "noise",
-            "hard_negative", "boundary_case", "system_prompt", "turn_delimiters"} <= set(TRANSFORMS)
+            "hard_negative", "boundary_case", "system_prompt", "turn_delimiters"} <= set(available())
 
 
 @pytest.mark.parametrize("module", ["base", "labelset", "recipe", "labels", "formats", "structure", "negatives",
