@@ -12,7 +12,11 @@ in-domain, out-of-domain and near-domain questions that belong, `kind: hard_nega
    by its stated rule; that alpha's model alone;
 5. calibrated refusal decisions — `honed guard fit-refusal` takes the refusal openings from the
    training mix and fits the P(refuse) threshold on the validation file (`clinical_lab_val.jsonl`),
-   then `honed eval --refusal-calibration` measures the tuned model with it, alone and behind the gate.
+   then `honed eval --refusal-calibration` measures the tuned model with it, alone and behind the gate;
+6. with `--dpo`: DPO after SFT — `honed data make-pairs` builds refusal pairs (rejected = the base
+   model's own off-scope answers) and hard negatives (rejected = a wrong refusal) from the training
+   mix, balanced by `--dpo-balance`; `honed train` runs DPO with RPO's SFT term from the tuned adapter;
+   the result alone and behind the gate.
 
 Beside the table it writes the P(refuse) diagnostics of the calibration: its spread per split on
 the validation and held-out sets, its AUROC (should-refuse vs rest), and the same model with every
@@ -23,6 +27,10 @@ a question the gate refuses counts as refused whatever the model says; the other
 the model's answer.
 
     python benchmarks/domain_table.py --out runs/domain-table [--tuned honed-quickstart] [--overwrite]
+    python benchmarks/domain_table.py --out runs/domain-smollm2 --base /models/smollm2-135m --dpo   # a real model
+
+`--base DIR` measures another base model: the quickstart trains its real-model recipe on it (LoRA r=16,
+3 epochs, lr 2e-4), and the gate-alone row, the merge sweep and the DPO pairs use it.
 
 Writes `OUT/domain_table.md` (the README's table and the P(refuse) diagnostics) and
 `OUT/domain_table.json`, and every intermediate (`tuned/`, `gate/`, `refusal_calibration*.json`,
@@ -82,12 +90,38 @@ def fresh_output(out: Path, overwrite: bool) -> bool:
     return True
 
 
-def quickstart_adapter(tuned: str | None, out: Path) -> str:
-    """`tuned` (a `honed quickstart` folder to reuse), else the quickstart adapter trained into OUT/tuned."""
+def quickstart_adapter(tuned: str | None, out: Path, base: str | None) -> str:
+    """`tuned` (a `honed quickstart` folder to reuse), else the quickstart adapter trained into OUT/tuned
+    (on `base` when given, else on the shipped tiny model)."""
     if tuned is None:
         tuned = str(out / "tuned")
-        _run(["quickstart", "--output", tuned, "--device", "cpu"])
+        _run(["quickstart", "--output", tuned, "--device", "cpu", *(["--model", base] if base else [])])
     return tuned
+
+
+def dpo_after_sft(base: str, tuned: str, out: Path, balance: str, learning_rate: float) -> str:
+    """Preference pairs from the training mix (the base model's off-scope answers as the rejected side),
+    then DPO with RPO's SFT term continuing the tuned adapter; returns the DPO run folder."""
+    pairs = out / "pairs.jsonl"
+    _run(["data", "make-pairs", str(sample_data_path()), "-o", str(pairs), "--model", base, "--system-prompt-file", str(SCOPE),
+          "--balance", balance, "--max-new-tokens", "64", "--device", "cpu"])
+    adapter = json.loads((Path(tuned) / "adapter_config.json").read_text(encoding="utf-8"))
+    run = out / "dpo"
+    config = {
+        "model": {"name_or_path": base},
+        "data": {"train": [str(pairs)], "system_prompt_file": str(SCOPE), "max_seq_length": 512, "packing": True},
+        "objective": "dpo",
+        # rpo_alpha: DPO alone on these pairs lost the SFT model's refusals (README, "Preference training").
+        "preference": {"beta": 0.1, "loss_type": "sigmoid", "rpo_alpha": 1.0, "reference": "auto"},
+        "method": "lora",
+        "lora": {"r": adapter["r"], "alpha": adapter["lora_alpha"], "init_from": tuned},
+        "training": {"output_dir": str(run), "epochs": 2, "batch_size": 8, "learning_rate": learning_rate,
+                     "lr_scheduler": "cosine", "warmup_ratio": 0.1, "seed": 42, "tensorboard": False, "device": "cpu"},
+    }
+    config_file = out / "dpo.json"
+    config_file.write_text(json.dumps(config, indent=2), encoding="utf-8")
+    _run(["train", str(config_file)])
+    return str(run)
 
 
 def evaluate(model: str, out: Path, max_new_tokens: int, gate: Path | None, extra: list[str]) -> dict:
@@ -158,6 +192,11 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", required=True, help="output folder")
     ap.add_argument("--tuned", help="a `honed quickstart` output folder to reuse (default: train one into OUT/tuned)")
+    ap.add_argument("--base", help="base model folder (default: the shipped tiny model)")
+    ap.add_argument("--dpo", action="store_true", help="add DPO after SFT (make-pairs, then DPO from the tuned adapter)")
+    ap.add_argument("--dpo-balance", choices=["upsample", "downsample", "none"], default="downsample",
+                    help="make-pairs --balance for the DPO pairs (default downsample: fewest steps)")
+    ap.add_argument("--dpo-lr", type=float, help="DPO learning rate (default 5e-4 on the tiny model, 5e-5 on --base)")
     ap.add_argument("--sweep", default="0,0.25,0.5,0.75,1", help="merge alphas (default 0,0.25,0.5,0.75,1)")
     ap.add_argument("--max-new-tokens", type=int, default=64, help="answer length (the sample answers are <= 45 words / 70 characters)")
     ap.add_argument("--refusal-in", choices=["answer", "first-sentence"], default="answer",
@@ -168,14 +207,15 @@ def main() -> int:
     out = Path(args.out)
     if not fresh_output(out, args.overwrite):
         return 2
-    tuned = quickstart_adapter(args.tuned, out)
+    tuned = quickstart_adapter(args.tuned, out, args.base)
+    base = args.base or str(tiny_model_path())
 
     extra = first_sentence_overrides() if args.refusal_in == "first-sentence" else []
     rows = [row("tuned model alone", evaluate(tuned, out / "eval-tuned", args.max_new_tokens, None, extra))]
     gate = out / "gate"
     # The training mix's refusal records are the out-of-domain examples (indexed for the gate's contrast).
     _run(["guard", "fit", "--in-domain", str(sample_data_path()), "--out-of-domain", str(sample_data_path()), "--out", str(gate)])
-    rows.append(row("gate alone (untuned base)", evaluate(str(tiny_model_path()), out / "eval-gate", args.max_new_tokens, gate, extra)))
+    rows.append(row("gate alone (untuned base)", evaluate(base, out / "eval-gate", args.max_new_tokens, gate, extra)))
     rows.append(row("gate + tuned model", evaluate(tuned, out / "eval-both", args.max_new_tokens, gate, extra)))
 
     # Calibrated refusal decisions, through the CLI: fit-refusal, then eval --refusal-calibration.
@@ -194,16 +234,23 @@ def main() -> int:
     eval_cfg = out / "sweep_eval.yaml"
     eval_cfg.write_text(f"data: {{path: {EVAL_DATA}, system_prompt_file: {SCOPE}}}\n"
                         f"generation: {{max_new_tokens: {args.max_new_tokens}, batch_size: 16}}\ndevice: cpu\n", encoding="utf-8")
-    _run(["merge", "--base", str(tiny_model_path()), "--tuned", tuned, "--out", str(out / "merge"), "--sweep", args.sweep,
+    _run(["merge", "--base", base, "--tuned", tuned, "--out", str(out / "merge"), "--sweep", args.sweep,
           "--eval", str(eval_cfg), "--no-general", "--no-progress", *[x for o in extra for x in ("--eval-set", o)]])
     sweep = json.loads((out / "merge" / "sweep.json").read_text(encoding="utf-8"))
     alpha = sweep["recommended_alpha"]
     by_name = {m["name"]: m["metrics"]["domain"] for m in
                json.loads((out / "merge" / "eval" / "report.json").read_text(encoding="utf-8"))["models"]}
     rows.append(row(f"merge, best alpha = {alpha:g}", by_name[f"alpha={alpha:g}"]))
+    if args.dpo:
+        learning_rate = args.dpo_lr or (5e-5 if args.base else 5e-4)
+        dpo = dpo_after_sft(base, tuned, out, args.dpo_balance, learning_rate)
+        rows.append(row("tuned + DPO", evaluate(dpo, out / "eval-dpo", args.max_new_tokens, None, extra)))
+        rows.append(row("gate + tuned + DPO", evaluate(dpo, out / "eval-dpo-gate", args.max_new_tokens, gate, extra)))
     note = (f"Measured by `python benchmarks/domain_table.py` with `honed eval` on the shipped held-out set "
-            f"(`clinical_lab_eval.jsonl`), greedy, {args.max_new_tokens} new tokens, refusal phrases looked for in the {'first sentence' if extra else 'whole answer'}; CPU only, the 6 MiB tiny quickstart "
-            f"model, not a real LLM. Merge sweep {args.sweep}: {sweep['reason']}.")
+            f"(`clinical_lab_eval.jsonl`), greedy, {args.max_new_tokens} new tokens, refusal phrases looked for in the {'first sentence' if extra else 'whole answer'}; CPU only, "
+            + (f"base `{Path(base).name}`" if args.base else "the 6 MiB tiny quickstart model, not a real LLM")
+            + f". Merge sweep {args.sweep}: {sweep['reason']}."
+            + (f" DPO: make-pairs --balance {args.dpo_balance}, 2 epochs, batch 8, beta 0.1, rpo_alpha 1.0, lr {learning_rate:g}." if args.dpo else ""))
     table = markdown(rows, note) + "\n" + diagnosis
     (out / "domain_table.md").write_text(table, encoding="utf-8")
     (out / "domain_table.json").write_text(json.dumps({"rows": rows, "sweep": sweep, "banned": banned,
