@@ -1,5 +1,6 @@
-"""One GPU under torchrun with NCCL: DDP around honed's fused path trains exactly like `honed train`
-without torchrun, and the wrapper's cost on one rank is printed (tokens/s of both runs; not asserted).
+"""One GPU under torchrun with NCCL: DDP around honed's fused path trains like `honed train` without
+torchrun (the same first losses, then within bf16 drift), and the wrapper's cost on one rank is printed
+(tokens/s of both runs; not asserted).
 Run on the GPU machine with `pytest -m gpu -s tests/gpu/test_ddp_gpu.py`."""
 
 from __future__ import annotations
