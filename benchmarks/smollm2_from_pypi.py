@@ -41,8 +41,7 @@ def convert(gguf: Path, out: Path) -> None:
     # A model loaded from GGUF refuses save_pretrained (it counts as quantised): the same weights go into a
     # fresh model of the same config without the GGUF quantisation entry.
     config = loaded.config
-    config.quantization_config = None
-    del config.quantization_config
+    config.__dict__.pop("quantization_config", None)
     model = type(loaded)(config)
     model.load_state_dict(loaded.state_dict(), strict=True)
     model.generation_config = loaded.generation_config
