@@ -6,7 +6,8 @@ in-domain, out-of-domain and near-domain questions that belong, `kind: hard_nega
 
 1. the tuned model alone — the quickstart adapter, trained on the refusal mix;
 2. the gate alone — `honed guard fit` (default embedder) on the training questions, with the training
-   mix's out-of-domain questions as contrast examples, in front of the untuned base;
+   mix's out-of-domain questions as contrast examples (and, with `--general-questions`, honed's
+   built-in general questions), in front of the untuned base;
 3. both — the gate in front of the tuned model;
 4. the best merge alpha — `honed merge --sweep` interpolates base ↔ tuned and recommends an alpha
    by its stated rule; that alpha's model alone;
@@ -27,7 +28,7 @@ a question the gate refuses counts as refused whatever the model says; the other
 the model's answer.
 
     python benchmarks/domain_table.py --out runs/domain-table [--tuned honed-quickstart] [--overwrite]
-    python benchmarks/domain_table.py --out runs/domain-smollm2 --base /models/smollm2-135m --dpo   # a real model
+    python benchmarks/domain_table.py --out runs/domain-smollm2 --base /models/smollm2-135m --dpo --general-questions   # a real model
 
 `--base DIR` measures another base model: the quickstart trains its real-model recipe on it (LoRA r=16,
 3 epochs, lr 2e-4), and the gate-alone row, the merge sweep and the DPO pairs use it.
@@ -124,6 +125,12 @@ def dpo_after_sft(base: str, tuned: str, out: Path, balance: str, learning_rate:
     return str(run)
 
 
+def fit_gate(gate: Path, general_questions: bool) -> None:
+    """The default gate on the training mix: its in-domain questions indexed, its refusal records as contrast examples."""
+    _run(["guard", "fit", "--in-domain", str(sample_data_path()), "--out-of-domain", str(sample_data_path()), "--out", str(gate),
+          *(["--general-questions"] if general_questions else [])])
+
+
 def evaluate(model: str, out: Path, max_new_tokens: int, gate: Path | None, extra: list[str]) -> dict:
     argv = ["eval", "--model", model, "--data", str(EVAL_DATA), "--system-prompt-file", str(SCOPE), "--output", str(out),
             "--max-new-tokens", str(max_new_tokens), "--batch-size", "16", "--device", "cpu", "--no-progress", "--overwrite"]
@@ -201,6 +208,7 @@ def main() -> int:
     ap.add_argument("--max-new-tokens", type=int, default=64, help="answer length (the sample answers are <= 45 words / 70 characters)")
     ap.add_argument("--refusal-in", choices=["answer", "first-sentence"], default="answer",
                     help="where a refusal phrase must appear: anywhere in the answer (honed eval's default) or in its first sentence")
+    ap.add_argument("--general-questions", action="store_true", help="fit the gate with `--general-questions` (built-in general questions as contrast)")
     ap.add_argument("--overwrite", action="store_true", help="replace a non-empty --out folder")
     args = ap.parse_args()
 
@@ -214,7 +222,7 @@ def main() -> int:
     rows = [row("tuned model alone", evaluate(tuned, out / "eval-tuned", args.max_new_tokens, None, extra))]
     gate = out / "gate"
     # The training mix's refusal records are the out-of-domain examples (indexed for the gate's contrast).
-    _run(["guard", "fit", "--in-domain", str(sample_data_path()), "--out-of-domain", str(sample_data_path()), "--out", str(gate)])
+    fit_gate(gate, args.general_questions)
     rows.append(row("gate alone (untuned base)", evaluate(base, out / "eval-gate", args.max_new_tokens, gate, extra)))
     rows.append(row("gate + tuned model", evaluate(tuned, out / "eval-both", args.max_new_tokens, gate, extra)))
 

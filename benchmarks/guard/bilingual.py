@@ -38,7 +38,7 @@ def main() -> None:
     oods = {lang: by_lang(held, "out_of_domain")[lang] + by_lang(train, "out_of_domain")[lang] for lang in ("en", "zh")}
     scores = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for emb in ("default", "char-ngram", "auto"):
+        for emb in ("default", "char-ngram", "zh-words", "auto"):
             fit_gate(fit_texts, f"{tmp}/{emb}", embedder=emb)
             gate = load_gate(f"{tmp}/{emb}")
             for lang in ("en", "zh"):
@@ -47,7 +47,7 @@ def main() -> None:
     print(f"held out: {len(ins['en'])}+{len(ins['zh'])} in-domain, {len(oods['en'])}+{len(oods['zh'])} out-of-domain (en+zh)")
     print("| embedder | AUROC en | AUROC zh | pass in-domain en / zh | pass out-of-domain en / zh |")
     print("|---|---|---|---|---|")
-    for emb in ("default", "char-ngram", "mean", "auto"):
+    for emb in ("default", "char-ngram", "zh-words", "mean", "auto"):
         row = []
         passes = []
         for lang in ("en", "zh"):

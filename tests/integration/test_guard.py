@@ -80,7 +80,7 @@ def test_default_gate_separates_held_out_english_and_chinese_sample_questions(tm
 
     train, held = resource_path("sample_data", "clinical_lab_train.jsonl"), resource_path("sample_data", "clinical_lab_eval.jsonl")
     report = fit_gate(read_questions(train, "in_domain").texts, tmp_path / "gate")  # embedder auto
-    assert [(p.route, p.embedder, p.indexed, p.held_out) for p in report.parts] == [("latin", "minilm", 90, 22), ("cjk", "char-ngram:4096", 90, 22)]
+    assert [(p.route, p.embedder, p.indexed, p.held_out) for p in report.parts] == [("latin", "minilm", 90, 22), ("cjk", "zh-words:8192", 90, 22)]
     gate = load_gate(tmp_path / "gate")
     records = [json.loads(line) for line in held.read_text(encoding="utf-8").splitlines()]
     for lang in ("en", "zh"):
@@ -165,3 +165,16 @@ def test_interactive_chat_refuses_without_the_model(gate_dir, tmp_path, capsys, 
     shown = capsys.readouterr().out.splitlines()
     assert shown[0] == "bot> Sorry, that question is outside what I can help with. Please ask about this assistant's subject."
     assert shown[1].startswith("bot> 抱歉") and len(shown) == 2
+
+
+def test_cli_exclude_topic_needs_general_questions_and_a_known_topic(tmp_path, capsys):
+    ins = tmp_path / "in.txt"
+    ins.write_text("What is TSH?\nWhat does HbA1c measure?\nNormal potassium range?\nWhat is INR?\n", encoding="utf-8")
+    base = ["guard", "fit", "--in-domain", str(ins), "--embedder", "char-ngram"]
+    assert main(base + ["--out", str(tmp_path / "a"), "--exclude-topic", "cooking"]) == 2
+    assert "add --general-questions" in capsys.readouterr().err and not (tmp_path / "a").exists()
+    assert main(base + ["--out", str(tmp_path / "b"), "--general-questions", "--exclude-topic", "baking"]) == 2
+    assert "not a built-in topic; choose from" in capsys.readouterr().err and not (tmp_path / "b").exists()
+    assert main(base + ["--out", str(tmp_path / "c"), "--general-questions"]) == 0
+    # the 176 built-in questions, 35 held out for the report, 141 indexed as contrast
+    assert json.loads((tmp_path / "c" / "gate.json").read_text())["parts"]["all"]["ood_indexed"] == 141

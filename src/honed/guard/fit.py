@@ -99,12 +99,15 @@ def _split_out_of_domain(texts: list[str], contrast: float, fraction: float, see
 def fit_gate(in_domain: list[str], out: str | Path, *, embedder: str = "auto", score: str = "knn", k: int = 3, target_tpr: float = 0.95,
              out_of_domain: list[str] | None = None, contrast: float = 1.0, calibration_fraction: float = 0.2, seed: int = 0,
              refusal: str | None = None, refusal_zh: str | None = None, overwrite: bool = False, source: str = "in-domain questions",
-             device: str = "cpu") -> FitReport:
+             device: str = "cpu", general_questions: bool = False, exclude_topics: set[str] | frozenset[str] = frozenset()) -> FitReport:
     """Fit a gate on `in_domain` questions into folder `out`. With `out_of_domain` examples and `contrast`
     W > 0 (default 1), most of them are indexed too and a question's score becomes its in-domain score
     minus W × its score against them (the rest, held out, are scored for the report); with W = 0 they
-    are only scored for the report."""
+    are only scored for the report. `general_questions` adds honed's built-in bilingual pool of general
+    questions (the one `honed data add-refusals` draws from, minus `exclude_topics`) to `out_of_domain`."""
     out = Path(out)
+    if general_questions:
+        out_of_domain = list(out_of_domain or []) + general_pool_texts(exclude_topics)
     if score not in SCORE_KINDS:
         raise ConfigError(f"--score={score}: choose one of {', '.join(SCORE_KINDS)}")
     if k < 1:
@@ -127,7 +130,8 @@ def fit_gate(in_domain: list[str], out: str | Path, *, embedder: str = "auto", s
     contrast = contrast if ood_groups else 0.0
     config = {"version": GATE_VERSION if contrast else 1, "contrast": contrast, "embedder": embedder if embedder == "auto" else embedders[embedder].name, "score": score, "k": k,
               "target_tpr": target_tpr, "refusals": _refusals(refusal, refusal_zh), "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-              "calibration": {"fraction": calibration_fraction, "seed": seed, "source": source}, "parts": {}}
+              "calibration": {"fraction": calibration_fraction, "seed": seed, "source": source},
+              "general_questions": {"excluded_topics": sorted(exclude_topics)} if general_questions else None, "parts": {}}
     calibration_lines = []
     with atomic_dir(out) as tmp:
         for route, (fit_texts, held) in splits.items():
@@ -153,6 +157,14 @@ def fit_gate(in_domain: list[str], out: str | Path, *, embedder: str = "auto", s
         (tmp / CALIBRATION_FILE).write_text("\n".join(calibration_lines) + "\n", encoding="utf-8")
         (tmp / GATE_FILE).write_text(json.dumps(config, indent=2, ensure_ascii=False), encoding="utf-8")
     return report
+
+
+def general_pool_texts(exclude_topics: set[str] | frozenset[str] = frozenset()) -> list[str]:
+    """The built-in general questions (English and Chinese) minus `exclude_topics`; an unknown topic is an error."""
+    from honed.data.refusals import builtin_pool, check_topics
+
+    check_topics(exclude_topics)
+    return [q.text for q in builtin_pool(set(exclude_topics))]
 
 
 def _score_ood(part: PartReport, ood_scores: np.ndarray, held_scores: np.ndarray) -> None:
