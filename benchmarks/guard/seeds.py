@@ -6,9 +6,12 @@ route on `char-ngram` (the earlier default) or `zh-words` (the default now), eac
 `--general-questions`, and counts how many held-out questions each gate lets through: the eval file's
 in-domain + near-domain questions (25 per language) and out-of-domain ones (10 per language), plus
 two lists written for this benchmark and never used in fitting: 15 Chinese lab questions
-(`extra_in_domain_zh.txt`) and 40 Chinese general questions (`extra_out_of_domain_zh.txt`).
+(`extra_in_domain_zh.txt`) and 40 Chinese general questions (`extra_out_of_domain_zh.txt`). Each cell is the lowest–highest count over the seeds.
 
-    PYTHONPATH=src python benchmarks/guard/seeds.py [--seeds 5]
+`--held-out` places the threshold the other way, on a held-out fifth of the questions kept out of the
+index (what `honed guard fit` does above 10,000 questions a route), instead of cross-fitting.
+
+    PYTHONPATH=src python benchmarks/guard/seeds.py [--seeds 5] [--held-out]
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import tempfile
 from pathlib import Path
 from unittest import mock
 
+import honed.guard.calibration as calibration_module
 import honed.guard.gate as gate_module
 from honed.guard.fit import fit_gate
 from honed.guard.gate import load_gate
@@ -44,7 +48,10 @@ def held_out_sets() -> dict[str, list[str]]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", type=int, default=5, help="calibration seeds 0..N-1")
+    ap.add_argument("--held-out", action="store_true", help="calibrate on a held-out share instead of cross-fitting")
     args = ap.parse_args()
+    if args.held_out:
+        calibration_module.CROSS_FIT_MAX = 0
     mix = sample_data_path()
     in_domain, out_of_domain = read_questions(mix, "in_domain").texts, read_questions(mix, "out_of_domain").texts
     sets = held_out_sets()
@@ -60,7 +67,12 @@ def main() -> None:
                     for name, questions in sets.items():
                         passed[name].append(sum(d.in_domain for d in gate.check_many(questions)))
             contrast = "mix + general questions" if general else "mix"
-            print(f"| {cjk} | {contrast} | " + " | ".join(", ".join(map(str, counts)) for counts in passed.values()) + " |", flush=True)
+            print(f"| {cjk} | {contrast} | " + " | ".join(spread(counts) for counts in passed.values()) + " |", flush=True)
+
+
+def spread(counts: list[int]) -> str:
+    """`lo–hi` over the seeds (one number when they agree)."""
+    return str(counts[0]) if min(counts) == max(counts) else f"{min(counts)}–{max(counts)}"
 
 
 if __name__ == "__main__":

@@ -80,7 +80,7 @@ def test_default_gate_separates_held_out_english_and_chinese_sample_questions(tm
 
     train, held = resource_path("sample_data", "clinical_lab_train.jsonl"), resource_path("sample_data", "clinical_lab_eval.jsonl")
     report = fit_gate(read_questions(train, "in_domain").texts, tmp_path / "gate")  # embedder auto
-    assert [(p.route, p.embedder, p.indexed, p.held_out) for p in report.parts] == [("latin", "minilm", 90, 22), ("cjk", "zh-words:8192", 90, 22)]
+    assert [(p.route, p.embedder, p.indexed, p.held_out) for p in report.parts] == [("latin", "minilm", 112, 112), ("cjk", "zh-words:8192", 112, 112)]
     gate = load_gate(tmp_path / "gate")
     records = [json.loads(line) for line in held.read_text(encoding="utf-8").splitlines()]
     for lang in ("en", "zh"):

@@ -35,8 +35,9 @@ def register(sub) -> None:
     fit.add_argument("--score", default="knn", choices=["knn", "centroid", "mahalanobis"])
     fit.add_argument("--k", type=int, default=3, help="neighbours averaged by the knn score")
     fit.add_argument("--target-tpr", type=float, default=0.95, help="share of held-out in-domain questions the threshold lets through")
-    fit.add_argument("--calibration-fraction", type=float, default=0.2, help="share of in-domain questions held out to calibrate")
-    fit.add_argument("--seed", type=int, default=0, help="seed of the calibration split")
+    fit.add_argument("--calibration-fraction", type=float, default=0.2, help="calibration: 1/F folds of cross-fitting (up to 10,000 "
+                     "questions a route), or the share held out of the index (above)")
+    fit.add_argument("--seed", type=int, default=0, help="seed of the calibration folds or split")
     fit.add_argument("--refusal", help="answer given to out-of-domain questions (default: English or Chinese by the question)")
     fit.add_argument("--refusal-zh", help="answer given to out-of-domain Chinese questions")
     fit.add_argument("--overwrite", action="store_true", help="replace an existing gate folder")
@@ -125,7 +126,10 @@ def run_fit(args) -> int:
         table.add_row(p.route, p.embedder, str(p.indexed), str(p.ood_indexed), str(p.held_out), f"{p.threshold:.4f}", f"{p.pass_rate:.1%}", str(p.ood),
                       "-" if p.auroc is None else f"{p.auroc:.3f}", "-" if p.fpr is None else f"{p.fpr:.1%}")
     Console(stderr=True).print(table)
-    print(f"calibration split: seed {args.seed}, {args.calibration_fraction:.0%} of the distinct in-domain questions held out per route", file=sys.stderr)
+    for p in report.parts:
+        how = (f"{p.folds}-fold cross-fitting: all {p.held_out} questions indexed, each scored against the other folds" if p.folds else
+               f"{args.calibration_fraction:.0%} of the distinct questions ({p.held_out}) held out of the index")
+        print(f"calibration ({p.route}, seed {args.seed}): {how}", file=sys.stderr)
     return 0
 
 

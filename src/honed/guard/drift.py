@@ -1,6 +1,6 @@
 """Has the traffic moved away from the domain the gate was calibrated on?
 
-Compares the scores of logged live queries with the held-out calibration scores stored at fit
+Compares the scores of logged live queries with the calibration scores (out-of-fold or held out) stored at fit
 time: PSI (population stability index) and the two-sample Kolmogorov-Smirnov test (scipy), the
 share of recent queries close to the threshold, and the out-of-domain topics that keep coming back
 (agglomerative clustering of their embeddings, scikit-learn).

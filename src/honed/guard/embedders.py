@@ -24,7 +24,7 @@ from typing import Protocol
 
 import numpy as np
 
-from honed.errors import ModelError
+from honed.errors import ConfigError, ModelError
 
 
 class Embedder(Protocol):
@@ -76,6 +76,39 @@ class CharNgramEmbedder:
     def encode(self, texts, *, batch_size=64, show_progress=False):
         matrix = self._vectorizer.transform(list(texts)).astype(np.float32)
         return _normalise(np.sqrt(matrix.toarray()))  # sqrt damps repeated n-grams
+
+
+class ChineseWordEmbedder:
+    """`zh-words`: hashed, square-rooted counts of `honed.guard.zh_words.content_features` (dim/2)
+    beside `CharNgramEmbedder` (dim/2), each half unit-length and weighted √½; no model to download.
+
+    Hand-written around scikit-learn's HashingVectorizer: the segmentation and the function-word list
+    are the point; the size is part of the name, so a stored index can tell it was built with another.
+
+    >>> v = ChineseWordEmbedder().encode(["空腹血糖需要禁食多久？", "血糖检测前要空腹吗？", "去西藏旅游要准备什么？"])
+    >>> bool(v[0] @ v[1] > v[0] @ v[2])
+    True
+    """
+
+    def __init__(self, dim: int = 8192):
+        from sklearn.feature_extraction.text import HashingVectorizer
+
+        from honed.guard.zh_words import content_features
+
+        if dim < 2 or dim % 2:
+            raise ConfigError(f"embedder zh-words:{dim}: give an even size (half words, half characters), e.g. zh-words:8192")
+        self.dim = dim
+        self.name = f"zh-words:{dim}"
+        self._words = HashingVectorizer(analyzer=content_features, n_features=dim // 2, alternate_sign=False, norm=None)
+        self._chars = CharNgramEmbedder(dim // 2)
+
+    def encode(self, texts, *, batch_size=64, show_progress=False):
+        from sklearn.preprocessing import normalize
+
+        texts = list(texts)
+        words = normalize(self._words.transform(texts).astype(np.float32).sqrt()).toarray()  # sqrt damps repeats
+        both = np.hstack([words, self._chars.encode(texts)]) * np.float32(np.sqrt(0.5))
+        return normalize(both).astype(np.float32)  # a text of function words only: its characters alone
 
 
 class LLMHiddenStateEmbedder:
@@ -133,8 +166,6 @@ def load_embedder(name_or_dir: str = "default", *, device: str = "cpu") -> Embed
         _, _, dim = name_or_dir.partition(":")
         return CharNgramEmbedder(int(dim) if dim else 4096)
     if name_or_dir.startswith("zh-words"):
-        from honed.guard.zh_words import ChineseWordEmbedder
-
         _, _, dim = name_or_dir.partition(":")
         return ChineseWordEmbedder(int(dim) if dim else 8192)
     if name_or_dir.startswith("llm:"):

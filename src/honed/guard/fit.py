@@ -1,5 +1,6 @@
 """Fitting a gate: index the in-domain questions (and, when given, most out-of-domain examples, whose
-score is subtracted: see `GatePart`), calibrate the threshold on a held-out share of the in-domain ones.
+score is subtracted: see `GatePart`), calibrate the threshold on the in-domain ones: each scored against
+the other folds (cross-fitting, up to `CROSS_FIT_MAX` questions per route), or a held-out share above that.
 
 Everything is written into a temporary folder beside `--out` and renamed into place at the end, so
 a failure (a missing model, an empty file, an interrupt) leaves nothing half-written.
@@ -18,7 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from honed.errors import ConfigError, DataError, OutputExistsError
-from honed.guard.calibration import MAHALANOBIS_MAX_ROWS, SCORE_KINDS, ScoreStats, split_for_calibration, threshold_for
+from honed.guard.calibration import (MAHALANOBIS_MAX_ROWS, SCORE_KINDS, ScoreStats, calibration_folds, cross_fitted_scores, split_for_calibration,
+                                     threshold_for)
 from honed.guard.embedders import load_embedder
 from honed.guard.gate import AUTO_EMBEDDERS, CALIBRATION_FILE, DEFAULT_REFUSALS, GATE_FILE, GATE_VERSION, GatePart, stats_file, table_name
 from honed.guard.index import VectorIndex
@@ -34,13 +36,14 @@ class PartReport:
     route: str
     embedder: str
     indexed: int
-    held_out: int
+    held_out: int  # in-domain questions the threshold was placed on (all of them when cross-fitted)
     threshold: float
     pass_rate: float
     ood: int = 0  # out-of-domain questions scored for the report (held out from the index when contrast is on)
     auroc: float | None = None
     fpr: float | None = None  # share of out-of-domain questions that pass the threshold
     ood_indexed: int = 0  # out-of-domain examples in the route's contrast index
+    folds: int = 0  # cross-fitting folds (0: a held-out share, not indexed)
 
 
 @dataclass
@@ -79,11 +82,25 @@ def _batches(embedder, texts: list[str], keep: list[np.ndarray] | None, what: st
         yield vectors, chunk
 
 
-def _index_part(folder: Path, name: str, emb, texts: list[str], score: str, what: str) -> tuple[VectorIndex, ScoreStats]:
-    """The index of `texts` (table `name`) and the score statistics fitted on their vectors."""
-    keep: list[np.ndarray] | None = [] if score != "knn" else None
+def _index_part(folder: Path, name: str, emb, texts: list[str], score: str, what: str,
+                keep_vectors: bool = False) -> tuple[VectorIndex, ScoreStats, np.ndarray | None]:
+    """The index of `texts` (table `name`), the score statistics fitted on their vectors, and the
+    vectors when `keep_vectors` (for cross-fitting: at most `CROSS_FIT_MAX` rows)."""
+    keep: list[np.ndarray] | None = [] if score != "knn" or keep_vectors else None
     index = VectorIndex.create(folder, name, _batches(emb, texts, keep, what))
-    return index, (ScoreStats.fit(score, np.concatenate(keep)) if keep else ScoreStats("knn"))
+    vectors = np.concatenate(keep) if keep else None
+    return index, (ScoreStats.fit(score, vectors) if score != "knn" else ScoreStats("knn")), (vectors if keep_vectors else None)
+
+
+def _calibration_plan(texts: list[str], fraction: float, seed: int, where: str) -> tuple[list[str], list[str], int]:
+    """(questions to index, questions to place the threshold on, folds): every distinct question both
+    ways when cross-fitting, else `split_for_calibration`'s share held out of the index (folds 0)."""
+    distinct = list(dict.fromkeys(t.strip() for t in texts if t.strip()))
+    folds = calibration_folds(len(distinct), fraction)
+    if folds and len(distinct) >= 2:
+        return distinct, distinct, folds
+    fit, held = split_for_calibration(texts, fraction, seed, where)  # says what to do when there are too few
+    return fit, held, 0
 
 
 def _split_out_of_domain(texts: list[str], contrast: float, fraction: float, seed: int, where: str) -> tuple[list[str], list[str]]:
@@ -119,7 +136,7 @@ def fit_gate(in_domain: list[str], out: str | Path, *, embedder: str = "auto", s
     if not in_domain:
         raise DataError(f"{source}: no in-domain questions; the gate needs examples of what to let through")
     groups = _group(in_domain, embedder)
-    splits = {route: split_for_calibration(texts, calibration_fraction, seed, f"{source} ({route})") for route, texts in groups.items()}
+    plans = {route: _calibration_plan(texts, calibration_fraction, seed, f"{source} ({route})") for route, texts in groups.items()}
     names = {route: (AUTO_EMBEDDERS[route] if embedder == "auto" else embedder) for route in groups}
     embedders = {spec: load_embedder(spec, device=device) for spec in set(names.values())}  # a missing model fails before writing
     ood_groups = _group(out_of_domain or [], embedder, merge_small=False) if out_of_domain else {}
@@ -134,26 +151,32 @@ def fit_gate(in_domain: list[str], out: str | Path, *, embedder: str = "auto", s
               "general_questions": {"excluded_topics": sorted(exclude_topics)} if general_questions else None, "parts": {}}
     calibration_lines = []
     with atomic_dir(out) as tmp:
-        for route, (fit_texts, held) in splits.items():
+        for route, (fit_texts, held, folds) in plans.items():
             emb = embedders[names[route]]
-            index, stats = _index_part(tmp, table_name(route), emb, fit_texts, score, "in-domain")
+            index, stats, vectors = _index_part(tmp, table_name(route), emb, fit_texts, score, "in-domain", keep_vectors=bool(folds))
             stats.save(tmp / stats_file(route))
             scorer = GatePart(route, emb, index, stats, threshold=float("nan"), contrast=contrast)
             ood_fit, ood_held = _split_out_of_domain(ood_groups.get(route, []), contrast, calibration_fraction, seed, f"out-of-domain questions ({route})")
             if ood_fit:
-                scorer.ood_index, scorer.ood_stats = _index_part(tmp, table_name(route, out_of_domain=True), emb, ood_fit, score, "out-of-domain")
+                scorer.ood_index, scorer.ood_stats, _ = _index_part(tmp, table_name(route, out_of_domain=True), emb, ood_fit, score, "out-of-domain")
                 scorer.ood_stats.save(tmp / stats_file(route, out_of_domain=True))
-            held_scores = scorer.scores(held, k)
+            fold_of = None
+            if folds:
+                held_scores, fold_of = cross_fitted_scores(score, vectors, k, folds, seed)
+                held_scores = held_scores - scorer.contrast_penalty(vectors, k)
+            else:
+                held_scores = scorer.scores(held, k)
             threshold = threshold_for(held_scores, target_tpr)
             part = PartReport(route, emb.name, index.rows, len(held), threshold, float(np.mean(held_scores >= threshold)),
-                              ood_indexed=scorer.ood_index.rows if ood_fit else 0)
+                              ood_indexed=scorer.ood_index.rows if ood_fit else 0, folds=folds)
             if ood_held:
                 _score_ood(part, scorer.scores(ood_held, k), held_scores)
             report.parts.append(part)
-            config["parts"][route] = {"embedder": emb.name, "indexed": index.rows, "held_out": len(held), "threshold": threshold,
+            config["parts"][route] = {"embedder": emb.name, "indexed": index.rows, "held_out": len(held), "folds": folds, "threshold": threshold,
                                       "pass_rate": part.pass_rate, "ood_indexed": part.ood_indexed, "ood": part.ood, "auroc": part.auroc,
                                       "fpr": part.fpr, "calibration_mean": float(np.mean(held_scores)), "calibration_std": float(np.std(held_scores))}
-            calibration_lines += [json.dumps({"route": route, "text": t, "score": float(s)}, ensure_ascii=False) for t, s in zip(held, held_scores)]
+            calibration_lines += [json.dumps({"route": route, "text": t, "score": float(s), **({"fold": int(fold_of[i])} if folds else {})}, ensure_ascii=False)
+                                  for i, (t, s) in enumerate(zip(held, held_scores))]
         (tmp / CALIBRATION_FILE).write_text("\n".join(calibration_lines) + "\n", encoding="utf-8")
         (tmp / GATE_FILE).write_text(json.dumps(config, indent=2, ensure_ascii=False), encoding="utf-8")
     return report

@@ -3,8 +3,8 @@
 A gate folder holds `gate.json` (embedder, score kind, k, threshold, calibration split and stats,
 version), the LanceDB index of in-domain questions (`index.lance`, or one `index-<route>.lance`
 per script for the bilingual `auto` gate; `…-ood.lance` beside it when out-of-domain examples were
-given, see `GatePart`), and `calibration.jsonl` (held-out in-domain scores, the
-reference for `guard drift`). The `auto` gate routes Latin-script questions to all-MiniLM-L6-v2 and
+given, see `GatePart`), and `calibration.jsonl` (the in-domain scores the threshold was placed
+on — out-of-fold or held out — the reference for `guard drift`). The `auto` gate routes Latin-script questions to all-MiniLM-L6-v2 and
 Chinese/CJK ones to the `zh-words` embedder (jieba content words), each with its own threshold: the
 small default model is English-only (measured in README: AUROC 0.81 on Chinese held-out questions).
 
@@ -89,10 +89,13 @@ class GatePart:
     contrast: float = 0.0
 
     def score_vectors(self, vectors: np.ndarray, k: int) -> np.ndarray:
-        scores = self.stats.score(vectors, self.index, k)
-        if self.ood_index is not None and self.contrast:
-            scores = scores - self.contrast * self.ood_stats.score(vectors, self.ood_index, k)
-        return scores
+        return self.stats.score(vectors, self.index, k) - self.contrast_penalty(vectors, k)
+
+    def contrast_penalty(self, vectors: np.ndarray, k: int) -> np.ndarray | float:
+        """W × the score against the out-of-domain examples (0 without them)."""
+        if self.ood_index is None or not self.contrast:
+            return 0.0
+        return self.contrast * self.ood_stats.score(vectors, self.ood_index, k)
 
     def scores(self, texts: list[str], k: int) -> np.ndarray:
         return self.score_vectors(self.embedder.encode(texts), k)

@@ -13,19 +13,13 @@ the character n-grams of `char-ngram` (a cosine similarity is the mean of the tw
 sample domain over five calibration seeds (README, `benchmarks/guard/seeds.py`): fewer Chinese
 out-of-domain questions pass than with `char-ngram` alone, and no in-domain one is refused.
 
->>> e = ChineseWordEmbedder()
+The embedder itself, `ChineseWordEmbedder`, is in `honed.guard.embedders` beside the others.
+
 >>> content_features("最近有什么明星绯闻？")[:2]
 ['明星', '明']
->>> v = e.encode(["空腹血糖需要禁食多久？", "血糖检测前要空腹吗？", "去西藏旅游要准备什么？"])
->>> bool(v[0] @ v[1] > v[0] @ v[2])
-True
 """
 
 from __future__ import annotations
-
-import numpy as np
-
-from honed.errors import ConfigError
 
 # Words that carry the form of a question, not its subject: particles, pronouns, question words,
 # modal verbs, generic adverbs. Written for honed. Part of the embedder: a change to it or to
@@ -49,31 +43,3 @@ def content_features(text: str) -> list[str]:
         if len(word) > 1 and not word.isascii():  # the letters of an English word carry no meaning
             features += list(word) + [word[i : i + 2] for i in range(len(word) - 1)]
     return features
-
-
-class ChineseWordEmbedder:
-    """Hashed, square-rooted counts of `content_features` (dim/2) beside `CharNgramEmbedder` (dim/2),
-    each half unit-length and weighted √½; no model to download.
-
-    Hand-written around scikit-learn's HashingVectorizer: the segmentation and the function-word list
-    are the point; the size is part of the name, so a stored index can tell it was built with another."""
-
-    def __init__(self, dim: int = 8192):
-        from sklearn.feature_extraction.text import HashingVectorizer
-
-        from honed.guard.embedders import CharNgramEmbedder
-
-        if dim < 2 or dim % 2:
-            raise ConfigError(f"embedder zh-words:{dim}: give an even size (half words, half characters), e.g. zh-words:8192")
-        self.dim = dim
-        self.name = f"zh-words:{dim}"
-        self._words = HashingVectorizer(analyzer=content_features, n_features=dim // 2, alternate_sign=False, norm=None)
-        self._chars = CharNgramEmbedder(dim // 2)
-
-    def encode(self, texts, *, batch_size=64, show_progress=False):
-        from sklearn.preprocessing import normalize
-
-        texts = list(texts)
-        words = normalize(self._words.transform(texts).astype(np.float32).sqrt()).toarray()  # sqrt damps repeats
-        both = np.hstack([words, self._chars.encode(texts)]) * np.float32(np.sqrt(0.5))
-        return normalize(both).astype(np.float32)  # a text of function words only: its characters alone

@@ -23,7 +23,8 @@ SPORTS = ["Who won the football world cup?", "Who won the football world cup in 
 @pytest.fixture(scope="module")
 def gate(tmp_path_factory):
     out = tmp_path_factory.mktemp("g") / "gate"
-    fit_gate(LAB, out, embedder="char-ngram", k=2, calibration_fraction=0.34, seed=1)
+    # target 0.6: twelve questions leave the character n-gram gate too little margin for bread and football at 0.95
+    fit_gate(LAB, out, embedder="char-ngram", k=2, calibration_fraction=0.34, seed=1, target_tpr=0.6)
     return load_gate(out)
 
 
@@ -54,10 +55,15 @@ def test_psi_by_hand():
     assert psi_verdict(0.05) == "stable" and psi_verdict(0.2) == "moderate shift" and psi_verdict(0.3) == "major shift"
 
 
-def test_drift_of_the_calibration_set_itself_is_nil_and_off_topic_traffic_is_flagged(gate):
+def test_drift_compares_live_scores_with_the_calibration_scores_and_flags_off_topic_traffic(gate):
     calibration = read_calibration(gate.folder)
-    same = drift_report(gate, [c["text"] for c in calibration])
-    assert same.routes[0].psi == pytest.approx(0.0, abs=1e-9) and same.routes[0].ks == 0.0
+    # Cross-fitted calibration scores each question without its own fold; asked again, it finds itself
+    # in the index and scores at least as high: repeated training questions read as more in-domain.
+    texts = [c["text"] for c in calibration]
+    again = [d.score for d in gate.check_many(texts)]
+    assert all(a >= c["score"] - 1e-6 for a, c in zip(again, calibration)) and sum(a > c["score"] + 1e-6 for a, c in zip(again, calibration)) >= 10
+    same = drift_report(gate, texts)
+    assert same.routes[0].ks == pytest.approx(ks_2samp([c["score"] for c in calibration], again).statistic)
     queries = COOKING * 2 + SPORTS + ["What is TSH?"]
     moved = drift_report(gate, queries, recent=4, cluster_distance=0.6)
     route = moved.routes[0]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -47,26 +48,45 @@ def test_calibration_split_is_seeded_and_distinct():
         split_for_calibration(["only", "only"], 0.2, seed=0, where="file.txt")
 
 
-def test_gate_folder_layout_and_calibration(gate_dir):
+def top_k_mean(emb, questions: list[str], against: list[str], k: int) -> np.ndarray:
+    """The knn score by brute force: mean cosine of the k most similar of `against`."""
+    return np.sort(emb.encode(questions) @ emb.encode(against).T, axis=1)[:, ::-1][:, :k].mean(1)
+
+
+def test_gate_folder_layout_and_cross_fitted_calibration(gate_dir):
     cfg = json.loads((gate_dir / "gate.json").read_text())
     part = cfg["parts"]["all"]
-    assert (cfg["embedder"], cfg["score"], cfg["k"], part["indexed"], part["held_out"]) == ("char-ngram:4096", "knn", 2, 8, 4)
+    # 12 questions, all indexed; round(1 / 0.34) = 3 folds of 4, each scored against the other two
+    assert (cfg["embedder"], cfg["score"], cfg["k"], part["indexed"], part["held_out"], part["folds"]) == ("char-ngram:4096", "knn", 2, 12, 12, 3)
     assert (gate_dir / "index.lance").is_dir()
     calibration = read_calibration(gate_dir)
-    held = [c["text"] for c in calibration]
-    assert len(held) == 4 and set(held) <= set(LAB)
+    assert sorted(c["text"] for c in calibration) == sorted(LAB) and sorted(Counter(c["fold"] for c in calibration).values()) == [4, 4, 4]
+    emb = load_embedder("char-ngram")
+    for c in calibration:
+        others = [d["text"] for d in calibration if d["fold"] != c["fold"]]
+        assert c["score"] == pytest.approx(top_k_mean(emb, [c["text"]], others, 2)[0], abs=1e-5)
     assert part["threshold"] == threshold_for([c["score"] for c in calibration], 0.75)
     assert part["pass_rate"] == 0.75 and part["ood"] == 4
 
 
+def test_above_the_cross_fitting_size_a_share_is_held_out_of_the_index(tmp_path, monkeypatch):
+    import honed.guard.calibration as calibration_module
+
+    monkeypatch.setattr(calibration_module, "CROSS_FIT_MAX", 11)
+    fit_gate(LAB, tmp_path / "g", embedder="char-ngram", k=2, calibration_fraction=0.34, seed=1)
+    part = json.loads((tmp_path / "g" / "gate.json").read_text())["parts"]["all"]
+    assert (part["indexed"], part["held_out"], part["folds"]) == (8, 4, 0)  # round(12 x 0.34) = 4 held out
+    held = [c["text"] for c in read_calibration(tmp_path / "g")]
+    emb = load_embedder("char-ngram")
+    expected = top_k_mean(emb, held, [t for t in LAB if t not in held], 2)
+    np.testing.assert_allclose([c["score"] for c in read_calibration(tmp_path / "g")], expected, atol=1e-5)
+
+
 def test_knn_score_matches_brute_force_cosine(gate_dir):
     gate = load_gate(gate_dir)
-    held = {c["text"] for c in read_calibration(gate_dir)}
-    indexed = [t for t in LAB if t not in held]
     emb = load_embedder("char-ngram")
     questions = ["What is a normal potassium level?", "How do I bake bread?"]
-    sims = emb.encode(questions) @ emb.encode(indexed).T
-    expected = np.sort(sims, axis=1)[:, ::-1][:, :2].mean(1)
+    expected = top_k_mean(emb, questions, LAB, 2)  # cross-fitted: every question is indexed
     got = [d.score for d in gate.check_many(questions)]
     np.testing.assert_allclose(got, expected, atol=1e-5)
     d = gate.check("What is a normal potassium level?")
@@ -80,8 +100,7 @@ def test_centroid_and_mahalanobis_match_references(tmp_path, kind):
     emb = load_embedder("char-ngram:64")
     fit_gate(LAB, tmp_path / "g", embedder="char-ngram:64", score=kind, calibration_fraction=0.25)
     gate = load_gate(tmp_path / "g")
-    held = {c["text"] for c in read_calibration(tmp_path / "g")}
-    vectors = emb.encode([t for t in LAB if t not in held])
+    vectors = emb.encode(LAB)  # cross-fitted: the statistics are fitted on every question
     q = emb.encode(OFF)
     if kind == "centroid":
         mean = vectors.mean(0)
@@ -158,7 +177,7 @@ def test_missing_and_damaged_gates_are_clear_errors(gate_dir, tmp_path):
 def test_auto_gate_gives_a_script_with_few_questions_no_route_of_its_own(tmp_path):
     report = fit_gate(LAB + ["血常规查什么？", "血糖需要空腹吗？"], tmp_path / "g", embedder="auto", out_of_domain=["比特币还会涨吗？", *OFF])
     # the 5 out-of-domain questions follow to the one route: 4 indexed for the contrast, 1 held out for the report
-    assert [(p.route, p.embedder, p.indexed + p.held_out, p.ood_indexed, p.ood) for p in report.parts] == [("latin", "minilm", 14, 4, 1)]
+    assert [(p.route, p.embedder, p.indexed, p.folds, p.ood_indexed, p.ood) for p in report.parts] == [("latin", "minilm", 14, 5, 4, 1)]
     gate = load_gate(tmp_path / "g", embedder="auto")
     assert gate.check("比特币还会涨吗？").route == "latin"
 
@@ -191,20 +210,17 @@ def test_contrast_subtracts_the_score_against_out_of_domain_examples(tmp_path, w
     part = cfg["parts"]["all"]
     assert (cfg["version"], cfg["contrast"], part["ood_indexed"], part["ood"]) == (2, weight, 3, 1)  # round(4 x 0.34) = 1 held out
     assert (out / "index-ood.lance").is_dir() and report.parts[0].ood_indexed == 3
-    held_in = {c["text"] for c in read_calibration(out)}
     ood_held, ood_fit = split_for_calibration(OFF, 0.34, 1, "x")[::-1]
     assert len(ood_fit) == 3 and len(ood_held) == 1
     emb = load_embedder("char-ngram")
     questions = ["What is a normal potassium level?", "How do I bake bread?", "Write a poem about TSH."]
-
-    def knn(vectors, texts):
-        return np.sort(vectors @ emb.encode(texts).T, axis=1)[:, ::-1][:, :2].mean(1)
-
-    q = emb.encode(questions)
-    expected = knn(q, [t for t in LAB if t not in held_in]) - weight * knn(q, ood_fit)
+    expected = top_k_mean(emb, questions, LAB, 2) - weight * top_k_mean(emb, questions, ood_fit, 2)
     np.testing.assert_allclose([d.score for d in load_gate(out).check_many(questions)], expected, atol=1e-5)
-    scores = {c["text"]: c["score"] for c in read_calibration(out)}  # the threshold is calibrated on contrasted scores
-    np.testing.assert_allclose([scores[t] for t in held_in], [d.score for d in load_gate(out).check_many(list(held_in))], atol=1e-5)
+    calibration = read_calibration(out)  # the threshold is calibrated on contrasted out-of-fold scores
+    for c in calibration:
+        others = [d["text"] for d in calibration if d["fold"] != c["fold"]]
+        in_domain = top_k_mean(emb, [c["text"]], others, 2)[0]
+        assert c["score"] == pytest.approx(in_domain - weight * top_k_mean(emb, [c["text"]], ood_fit, 2)[0], abs=1e-5)
 
 
 def test_contrast_errors_and_a_gate_without_examples(tmp_path):

@@ -38,7 +38,7 @@ def test_similarity_is_the_mean_of_the_word_and_character_similarities():
 
 
 def test_one_class_auto_gate_separates_chinese_held_out_questions_better_than_characters_alone(tmp_path, monkeypatch):
-    """On the sample domain the character n-gram route reaches AUROC 0.966 for Chinese; zh-words 0.99+."""
+    """On the sample domain the character n-gram route reaches AUROC 0.981 for Chinese; zh-words 0.99+."""
     from sklearn.metrics import roc_auc_score
 
     import honed.guard.gate as gate_module
@@ -56,7 +56,7 @@ def test_one_class_auto_gate_separates_chinese_held_out_questions_better_than_ch
         report = fit_gate(questions, tmp_path / cjk)
         assert report.parts[1].embedder == embedder_name(cjk)
         aurocs[cjk] = roc_auc_score(labels, [d.score for d in load_gate(tmp_path / cjk).check_many(texts)])
-    assert aurocs["char-ngram"] == pytest.approx(0.966, abs=0.002)
+    assert aurocs["char-ngram"] == pytest.approx(0.981, abs=0.002)
     assert aurocs["zh-words"] >= 0.99
 
 
