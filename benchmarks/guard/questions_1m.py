@@ -9,7 +9,7 @@ lab tests, results, specimens, patients and question frames (English; `--lang zh
 writes DIR/emb-NNNNN.npy (EMBED_CHUNK rows each, atomically, so a crash keeps what was embedded and a
 rerun resumes) with the embedder honed's gate uses for the questions' script: `honed guard fit`'s
 default `auto` gate sends Latin-script questions to all-MiniLM-L6-v2 (`default`) and Chinese ones
-to `char-ngram`. The texts are not stored: `generate` gives them back, row for row.
+to `zh-words` (8,192 floats a question: about 31 GiB at 10^6 rows). The texts are not stored: `generate` gives them back, row for row.
 """
 
 from __future__ import annotations
@@ -162,7 +162,7 @@ def main() -> None:
     e.add_argument("--rows", type=int, default=1_000_000)
     e.add_argument("--out", required=True)
     e.add_argument("--lang", choices=sorted(VOCAB), default="en")
-    e.add_argument("--embedder", help="default: what `honed guard fit`'s auto gate uses for the language (en: default = MiniLM, zh: char-ngram)")
+    e.add_argument("--embedder", help="default: what `honed guard fit`'s auto gate uses for the language (en: default = MiniLM, zh: zh-words)")
     e.add_argument("--batch-size", type=int, default=256)
     s = sub.add_parser("sample", help="print a few generated questions")
     s.add_argument("--lang", choices=sorted(VOCAB), default="en")
@@ -172,7 +172,7 @@ def main() -> None:
         print(f"{capacity(a.lang)} slot combinations")
         print("\n".join(generate(a.n, lang=a.lang)))
         return
-    spec = a.embedder or {"en": "default", "zh": "char-ngram"}[a.lang]
+    spec = a.embedder or {"en": "default", "zh": "zh-words"}[a.lang]
     embed(Path(a.out), a.rows, a.lang, spec, a.batch_size)
 
 
