@@ -34,7 +34,7 @@ def register(sub) -> None:
     fit.add_argument("--embedder", default="auto", help="auto (MiniLM for Latin script, zh-words for Chinese), default, char-ngram, zh-words, llm:DIR, or a sentence-transformers folder")
     fit.add_argument("--score", default="knn", choices=["knn", "centroid", "mahalanobis"])
     fit.add_argument("--k", type=int, default=3, help="neighbours averaged by the knn score")
-    fit.add_argument("--target-tpr", type=float, default=0.95, help="share of held-out in-domain questions the threshold lets through")
+    fit.add_argument("--target-tpr", type=float, default=0.95, help="share of in-domain questions, each scored unseen, the threshold lets through")
     fit.add_argument("--calibration-fraction", type=float, default=0.2, help="calibration: 1/F folds of cross-fitting (up to 10,000 "
                      "questions a route), or the share held out of the index (above)")
     fit.add_argument("--seed", type=int, default=0, help="seed of the calibration folds or split")
@@ -120,7 +120,7 @@ def run_fit(args) -> int:
                       contrast=args.contrast, calibration_fraction=args.calibration_fraction, seed=args.seed, refusal=args.refusal, refusal_zh=args.refusal_zh,
                       overwrite=args.overwrite, source=args.in_domain, general_questions=args.general_questions, exclude_topics=set(args.exclude_topic))
     table = Table(title=f"gate {args.out} ({args.score}, target pass rate {args.target_tpr})")
-    for col in ("route", "embedder", "indexed", "ood indexed", "held out", "threshold", "held-out pass", "ood held out", "AUROC", "ood passed"):
+    for col in ("route", "embedder", "indexed", "ood indexed", "calibrated on", "threshold", "pass rate", "ood held out", "AUROC", "ood passed"):
         table.add_column(col)
     for p in report.parts:
         table.add_row(p.route, p.embedder, str(p.indexed), str(p.ood_indexed), str(p.held_out), f"{p.threshold:.4f}", f"{p.pass_rate:.1%}", str(p.ood),
