@@ -1,11 +1,12 @@
 """Gate latency, memory and ANN recall with up to 10^6 indexed questions, on CPU.
 
-The index holds either generated clinical-lab questions embedded with MiniLM (`--texts generated`,
-from `questions_1m.py embed`), or random unit vectors of MiniLM's size (`--texts random`: IVF-PQ's
-worst case, no clusters; kept for comparison). The gate is the real one: gate.json as the default
-`auto` gate writes it for English questions (route `latin`, MiniLM), honed's `VectorIndex` (LanceDB,
-IVF-PQ from ANN_MIN_ROWS rows), and each query is a real held-out question embedded per call: the
-sample eval file's English questions, then generated ones that are not in the index.
+The index holds either generated clinical-lab questions (`--texts generated`, from `questions_1m.py
+embed`: English ones embedded with MiniLM, or `--lang zh` ones with `zh-words`), or random unit vectors
+of MiniLM's size (`--texts random`: IVF-PQ's worst case, no clusters; kept for comparison). The gate is
+the real one: gate.json as the default `auto` gate writes it for the language's route (`latin` with
+MiniLM, `cjk` with zh-words), honed's `VectorIndex` (LanceDB, IVF-PQ from ANN_MIN_ROWS rows), and each
+query is a real held-out question in that language embedded per call: the sample data's questions,
+then generated ones that are not in the index.
 
 Recall@k is the ANN's top k against an exact scan (numpy, over the same vectors); `--sweep` measures
 recall and search latency for several nprobes x refine_factor settings on the same index.
@@ -34,7 +35,7 @@ import questions_1m  # noqa: E402
 from honed.guard.gate import GATE_VERSION, load_gate, table_name  # noqa: E402
 from honed.guard.index import VectorIndex  # noqa: E402
 
-ROUTE = "latin"
+ROUTES = {"en": "latin", "zh": "cjk"}
 SAMPLE_DATA = Path(__file__).parents[2] / "src/honed/resources/sample_data"
 REAL_FILES = ("clinical_lab_eval.jsonl", "clinical_lab_qa.jsonl", "hard_negatives.jsonl")  # none of them is in the generated index
 SWEEP = [(20, 10), (20, 30), (50, 10), (50, 30), (50, 50), (100, 30), (100, 50), (200, 50)]
@@ -67,23 +68,31 @@ def batches_for(a) -> list[tuple[np.ndarray, list[str]]]:
     return list(random_vectors(a.rows) if a.texts == "random" else generated_vectors(Path(a.embeddings), a.rows))
 
 
-def build(out: Path, batches, ann: bool, options: dict) -> float:
+def language_of(a) -> tuple[str, str]:
+    """(language, embedder name) of the index: the embeddings' own, or English MiniLM for random vectors."""
+    if a.texts == "random":
+        return "en", "minilm"
+    meta = json.loads((Path(a.embeddings) / "meta.json").read_text())
+    return meta["lang"], meta["embedder"]
+
+
+def build(out: Path, batches, ann: bool, options: dict, lang: str, embedder: str) -> float:
     t = time.perf_counter()
-    index = VectorIndex.create(out, table_name(ROUTE), batches, ann=ann, ann_options=options)
+    index = VectorIndex.create(out, table_name(ROUTES[lang]), batches, ann=ann, ann_options=options)
     seconds = time.perf_counter() - t
-    part = {"embedder": "minilm", "indexed": index.rows, "threshold": 0.5}  # the threshold does not change the cost
-    config = {"version": GATE_VERSION, "embedder": "auto", "score": "knn", "k": 3, "target_tpr": 0.95, "parts": {ROUTE: part}}
+    part = {"embedder": embedder, "indexed": index.rows, "threshold": 0.5}  # the threshold does not change the cost
+    config = {"version": GATE_VERSION, "embedder": "auto", "score": "knn", "k": 3, "target_tpr": 0.95, "parts": {ROUTES[lang]: part}}
     (out / "gate.json").write_text(json.dumps(config))
     (out / "calibration.jsonl").write_text("")
     return seconds
 
 
-def held_out_questions(n: int, skip: int) -> tuple[list[str], int]:
-    """The sample data's English lab questions (in-domain and hard negatives, written by hand), then
+def held_out_questions(n: int, skip: int, lang: str = "en") -> tuple[list[str], int]:
+    """The sample data's lab questions in `lang` (in-domain and hard negatives, written by hand), then
     generated ones past the first `skip`; and how many of them are the sample data's."""
     rows = [json.loads(line) for name in REAL_FILES for line in (SAMPLE_DATA / name).read_text(encoding="utf-8").splitlines() if line.strip()]
-    real = list(dict.fromkeys(r["messages"][0]["content"] for r in rows if r.get("lang") == "en" and r.get("kind", "hard_negative") in ("in_domain", "hard_negative")))[:n]
-    return real + questions_1m.generate(skip + n - len(real))[skip:], len(real)
+    real = list(dict.fromkeys(r["messages"][0]["content"] for r in rows if r.get("lang") == lang and r.get("kind", "hard_negative") in ("in_domain", "hard_negative")))[:n]
+    return real + questions_1m.generate(skip + n - len(real), lang=lang)[skip:], len(real)
 
 
 def percentiles(xs) -> tuple[float, float]:
@@ -139,7 +148,7 @@ def main() -> None:
     if not (out / "gate.json").exists():
         batches = batches_for(a)
         options = {key: v for key, v in (("num_partitions", a.partitions), ("num_sub_vectors", a.sub_vectors), ("index_type", a.index_type)) if v}
-        seconds = build(out, batches, a.ann == "yes", options)
+        seconds = build(out, batches, a.ann == "yes", options, *language_of(a))
         disk = sum(f.stat().st_size for f in out.rglob("*") if f.is_file()) / 2**20
         (out / "build.json").write_text(json.dumps({"build_s": seconds, "disk_mib": disk, "options": options}))
         print(f"built {sum(len(t) for _, t in batches)} rows (ann={a.ann} {options}) in {seconds:.0f} s; on disk {disk:.0f} MiB", flush=True)
@@ -149,9 +158,10 @@ def main() -> None:
     result: dict = {"texts": a.texts, **json.loads((out / "build.json").read_text())} if (out / "build.json").exists() else {"texts": a.texts}
     before = rss_mib()
     gate = load_gate(out)
-    part = gate.parts[ROUTE]
+    lang, embedder_name = language_of(a)
+    part = gate.parts[ROUTES[lang]]
     skip = json.loads((Path(a.embeddings) / "meta.json").read_text())["rows"] if a.texts == "generated" else 0
-    questions, n_real = held_out_questions(a.queries, skip)
+    questions, n_real = held_out_questions(a.queries, skip, lang)
     gate.check(questions[0])  # warm-up
     embed, search, total = [], [], []
     for q in questions:
@@ -165,7 +175,7 @@ def main() -> None:
         embed.append(t1 - t0), search.append(t2 - t1), total.append(t3 - t2)
     result.update(rows=part.index.rows, ann=part.index.has_ann, queries=len(questions), rss_before_mib=before, rss_after_mib=rss_mib())
     print(f"rows {part.index.rows}, ann index: {part.index.has_ann}, {len(questions)} queries, one at a time")
-    for name, xs in (("embed (MiniLM)", embed), ("search (LanceDB)", search), ("gate.check", total)):
+    for name, xs in ((f"embed ({embedder_name})", embed), ("search (LanceDB)", search), ("gate.check", total)):
         p50, p95 = percentiles(xs)
         result[name.split()[0].replace(".", "_")] = {"p50_ms": p50, "p95_ms": p95}
         print(f"{name:18s} p50 {p50:7.1f} ms   p95 {p95:7.1f} ms")
