@@ -23,7 +23,7 @@ from honed.guard.calibration import (MAHALANOBIS_MAX_ROWS, SCORE_KINDS, ScoreSta
                                      threshold_for)
 from honed.guard.embedders import load_embedder
 from honed.guard.gate import AUTO_EMBEDDERS, CALIBRATION_FILE, DEFAULT_REFUSALS, GATE_FILE, GATE_VERSION, GatePart, stats_file, table_name
-from honed.guard.index import VectorIndex
+from honed.guard.index import VectorIndex, refine_factor_for
 from honed.guard.routing import script_of
 from honed.utils.fs import atomic_dir
 
@@ -88,6 +88,7 @@ def _index_part(folder: Path, name: str, emb, texts: list[str], score: str, what
     vectors when `keep_vectors` (for cross-fitting: at most `CROSS_FIT_MAX` rows)."""
     keep: list[np.ndarray] | None = [] if score != "knn" or keep_vectors else None
     index = VectorIndex.create(folder, name, _batches(emb, texts, keep, what))
+    index.refine_factor = refine_factor_for(emb.name)
     vectors = np.concatenate(keep) if keep else None
     return index, (ScoreStats.fit(score, vectors) if score != "knn" else ScoreStats("knn")), (vectors if keep_vectors else None)
 

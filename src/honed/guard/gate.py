@@ -26,7 +26,7 @@ import numpy as np
 
 from honed.guard.calibration import ScoreStats
 from honed.guard.embedders import Embedder, load_embedder
-from honed.guard.index import GateError, GateIndexError, VectorIndex
+from honed.guard.index import GateError, GateIndexError, VectorIndex, refine_factor_for
 from honed.guard.routing import script_of
 
 log = logging.getLogger(__name__)
@@ -209,6 +209,7 @@ def load_gate(folder: str | Path, *, embedder: str | None = None, device: str = 
 def _open_index(folder: Path, route: str, emb: Embedder, rows: int | None, *, out_of_domain: bool) -> VectorIndex:
     name = table_name(route, out_of_domain)
     index = VectorIndex.open(folder, name)
+    index.refine_factor = refine_factor_for(emb.name)
     if index.dim != emb.dim or index.rows != (rows if rows is not None else index.rows):
         raise GateIndexError(f"{folder / name}.lance: holds {index.rows} vectors of size {index.dim}, gate.json expects "
                              f"{rows} of size {emb.dim}; the index is damaged or from another gate, fit again")

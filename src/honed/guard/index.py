@@ -27,14 +27,25 @@ from honed.errors import HonedError
 log = logging.getLogger(__name__)
 
 ANN_MIN_ROWS = 100_000
-# Search settings of the IVF-PQ index, measured on MiniLM-embedded lab questions (BENCHMARKS.md,
+# Search settings of the IVF-PQ index, measured on generated lab questions (BENCHMARKS.md,
 # "Out-of-domain gate with 10^6 indexed questions"): LanceDB's usual 20 probes x refine 10 found only
-# 0.86 of the exact top 3 for hand-written questions (the gate's score off by up to 0.024); probing
-# ~10% of the partitions (at least 50) and refining 30 per neighbour finds 0.978 (score within 0.004)
-# at 2x10^5 rows and 0.945 (score within 0.009) at 10^6 real questions, for ~2-5 ms more per query.
+# 0.86 of the exact top 3 for hand-written English questions (the gate's score off by up to 0.024);
+# probing ~10% of the partitions (at least 50) and refining 30 per neighbour finds 0.978 (score within
+# 0.004) at 2x10^5 rows and 0.945 (score within 0.009) at 10^6 real questions, for ~2-5 ms more per query.
 ANN_NPROBES = 50  # the fewest IVF partitions searched per query
 ANN_PROBED_SHARE = 10  # search at least 1/ANN_PROBED_SHARE of the partitions
 ANN_REFINE_FACTOR = 30  # candidates re-ranked with the exact vectors, per neighbour asked for
+# Hashed n-gram vectors (`char-ngram`, `zh-words`) are sparse, and product quantisation codes them
+# poorly: at 2x10^5 `zh-words` rows refining 30 let the gate's score drift by up to 0.095 from the
+# exact one, refining 50 by 0.015, for ~3 ms more. Dense vectors keep 30: on 10^6 MiniLM rows 50 cost
+# ~18 ms more per cold search for a score error no smaller (0.008 against 0.009).
+SPARSE_REFINE_FACTOR = 50
+HASHED_EMBEDDERS = ("char-ngram", "zh-words")
+
+
+def refine_factor_for(embedder_name: str) -> int:
+    """How many candidates per neighbour an index of this embedder's vectors re-ranks exactly."""
+    return SPARSE_REFINE_FACTOR if embedder_name.startswith(HASHED_EMBEDDERS) else ANN_REFINE_FACTOR
 SEARCH_BATCH = 1024  # queries per LanceDB call: bounds the memory of one batched search
 
 

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from honed.guard.index import ANN_REFINE_FACTOR, VectorIndex, ann_nprobes, ann_params
+from honed.guard.index import ANN_REFINE_FACTOR, VectorIndex, ann_nprobes, ann_params, refine_factor_for
 
 
 def test_ann_params_per_row_count():
@@ -12,9 +12,9 @@ def test_ann_params_per_row_count():
 
 
 def test_search_settings_per_row_count():
-    # ~10% of the partitions, at least 50, and 30 candidates per neighbour: measured in BENCHMARKS.md
+    # ~10% of the partitions, at least 50, and 30 candidates per neighbour (50 for hashed vectors): measured in BENCHMARKS.md
     assert [ann_nprobes(rows) for rows in (600, 200_000, 1_000_000, 4_000_000)] == [50, 50, 100, 200]
-    assert ANN_REFINE_FACTOR == 30
+    assert ANN_REFINE_FACTOR == 30 and [refine_factor_for(n) for n in ("minilm", "char-ngram:4096", "zh-words:8192", "st:/m")] == [30, 50, 50, 30]
 
 
 def test_ann_search_returns_exact_cosines_of_the_true_neighbours(tmp_path):
