@@ -100,14 +100,21 @@ def test_centroid_and_mahalanobis_match_references(tmp_path, kind):
     emb = load_embedder("char-ngram:64")
     fit_gate(LAB, tmp_path / "g", embedder="char-ngram:64", score=kind, calibration_fraction=0.25)
     gate = load_gate(tmp_path / "g")
-    vectors = emb.encode(LAB)  # cross-fitted: the statistics are fitted on every question
-    q = emb.encode(OFF)
-    if kind == "centroid":
-        mean = vectors.mean(0)
-        expected = q @ (mean / np.linalg.norm(mean))
-    else:
-        expected = -np.sqrt(LedoitWolf().fit(vectors.astype(np.float64)).mahalanobis(q.astype(np.float64)))
-    np.testing.assert_allclose([d.score for d in gate.check_many(OFF)], expected, rtol=1e-3, atol=1e-4)
+
+    def reference(fitted_on: np.ndarray, q: np.ndarray) -> np.ndarray:
+        if kind == "centroid":
+            mean = fitted_on.mean(0)
+            return q @ (mean / np.linalg.norm(mean))
+        return -np.sqrt(LedoitWolf().fit(fitted_on.astype(np.float64)).mahalanobis(q.astype(np.float64)))
+
+    # cross-fitted: the statistics a gate scores with are fitted on every question ...
+    np.testing.assert_allclose([d.score for d in gate.check_many(OFF)], reference(emb.encode(LAB), emb.encode(OFF)), rtol=1e-3, atol=1e-4)
+    # ... and each calibration score comes from statistics fitted on the other folds only
+    calibration = read_calibration(tmp_path / "g")
+    assert len({c["fold"] for c in calibration}) == 4  # round(1 / 0.25)
+    for c in calibration:
+        rest = emb.encode([d["text"] for d in calibration if d["fold"] != c["fold"]])
+        assert c["score"] == pytest.approx(float(reference(rest, emb.encode([c["text"]]))[0]), rel=1e-3, abs=1e-4)
 
 
 def test_refusals_follow_the_question_language(gate_dir, tmp_path):
