@@ -145,10 +145,11 @@ def main() -> None:
     if a.texts == "generated" and not a.embeddings:
         p.error("--texts generated needs --embeddings DIR (from questions_1m.py embed)")
     out, k = Path(a.out), 3
+    lang, embedder_name = language_of(a)
     if not (out / "gate.json").exists():
         batches = batches_for(a)
         options = {key: v for key, v in (("num_partitions", a.partitions), ("num_sub_vectors", a.sub_vectors), ("index_type", a.index_type)) if v}
-        seconds = build(out, batches, a.ann == "yes", options, *language_of(a))
+        seconds = build(out, batches, a.ann == "yes", options, lang, embedder_name)
         disk = sum(f.stat().st_size for f in out.rglob("*") if f.is_file()) / 2**20
         (out / "build.json").write_text(json.dumps({"build_s": seconds, "disk_mib": disk, "options": options}))
         print(f"built {sum(len(t) for _, t in batches)} rows (ann={a.ann} {options}) in {seconds:.0f} s; on disk {disk:.0f} MiB", flush=True)
@@ -158,7 +159,6 @@ def main() -> None:
     result: dict = {"texts": a.texts, **json.loads((out / "build.json").read_text())} if (out / "build.json").exists() else {"texts": a.texts}
     before = rss_mib()
     gate = load_gate(out)
-    lang, embedder_name = language_of(a)
     part = gate.parts[ROUTES[lang]]
     skip = json.loads((Path(a.embeddings) / "meta.json").read_text())["rows"] if a.texts == "generated" else 0
     questions, n_real = held_out_questions(a.queries, skip, lang)

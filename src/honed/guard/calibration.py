@@ -32,11 +32,16 @@ def _check_fraction(fraction: float) -> None:
         raise ConfigError(f"--calibration-fraction={fraction}: give a fraction between 0 and 1 (e.g. 0.2)")
 
 
+def distinct_texts(texts: list[str]) -> list[str]:
+    """The non-empty texts, stripped, each once, in first-seen order."""
+    return list(dict.fromkeys(t.strip() for t in texts if t.strip()))
+
+
 def split_for_calibration(texts: list[str], fraction: float, seed: int, where: str) -> tuple[list[str], list[str]]:
     """Distinct texts shuffled with `seed`, `fraction` of them (at least 1, at most `MAX_HELD_OUT`)
     held out for calibration."""
     _check_fraction(fraction)
-    distinct = list(dict.fromkeys(t.strip() for t in texts if t.strip()))
+    distinct = distinct_texts(texts)
     if len(distinct) < 2:
         raise DataError(f"{where}: {len(distinct)} distinct in-domain question(s); the gate needs at least 2 (some to index, some held out to calibrate)")
     random.Random(seed).shuffle(distinct)

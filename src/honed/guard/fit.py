@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from honed.errors import ConfigError, DataError, OutputExistsError
-from honed.guard.calibration import (MAHALANOBIS_MAX_ROWS, SCORE_KINDS, ScoreStats, calibration_folds, cross_fitted_scores, split_for_calibration,
-                                     threshold_for)
+from honed.guard.calibration import (MAHALANOBIS_MAX_ROWS, SCORE_KINDS, ScoreStats, calibration_folds, cross_fitted_scores, distinct_texts,
+                                     split_for_calibration, threshold_for)
 from honed.guard.embedders import load_embedder
 from honed.guard.gate import AUTO_EMBEDDERS, CALIBRATION_FILE, DEFAULT_REFUSALS, GATE_FILE, GATE_VERSION, GatePart, stats_file, table_name
 from honed.guard.index import VectorIndex, refine_factor_for
@@ -96,7 +96,7 @@ def _index_part(folder: Path, name: str, emb, texts: list[str], score: str, what
 def _calibration_plan(texts: list[str], fraction: float, seed: int, where: str) -> tuple[list[str], list[str], int]:
     """(questions to index, questions to place the threshold on, folds): every distinct question both
     ways when cross-fitting, else `split_for_calibration`'s share held out of the index (folds 0)."""
-    distinct = list(dict.fromkeys(t.strip() for t in texts if t.strip()))
+    distinct = distinct_texts(texts)
     folds = calibration_folds(len(distinct), fraction)
     if folds and len(distinct) >= 2:
         return distinct, distinct, folds

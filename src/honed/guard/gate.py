@@ -4,9 +4,10 @@ A gate folder holds `gate.json` (embedder, score kind, k, threshold, calibration
 version), the LanceDB index of in-domain questions (`index.lance`, or one `index-<route>.lance`
 per script for the bilingual `auto` gate; `…-ood.lance` beside it when out-of-domain examples were
 given, see `GatePart`), and `calibration.jsonl` (the in-domain scores the threshold was placed
-on — out-of-fold or held out — the reference for `guard drift`). The `auto` gate routes Latin-script questions to all-MiniLM-L6-v2 and
-Chinese/CJK ones to the `zh-words` embedder (jieba content words), each with its own threshold: the
-small default model is English-only (measured in README: AUROC 0.81 on Chinese held-out questions).
+on — out-of-fold or held out — the reference for `guard drift`). The `auto` gate routes Latin-script
+questions to all-MiniLM-L6-v2 and Chinese/CJK ones to the `zh-words` embedder (jieba content words),
+each with its own threshold: the small default model is English-only (measured in README: AUROC
+0.78 on Chinese held-out questions).
 
 >>> gate = load_gate("runs/gate")  # doctest: +SKIP
 >>> gate.check("What does HbA1c measure?")  # doctest: +SKIP

@@ -41,12 +41,12 @@ ANN_REFINE_FACTOR = 30  # candidates re-ranked with the exact vectors, per neigh
 # ~18 ms more per cold search for a score error no smaller (0.008 against 0.009).
 SPARSE_REFINE_FACTOR = 50
 HASHED_EMBEDDERS = ("char-ngram", "zh-words")
+SEARCH_BATCH = 1024  # queries per LanceDB call: bounds the memory of one batched search
 
 
 def refine_factor_for(embedder_name: str) -> int:
     """How many candidates per neighbour an index of this embedder's vectors re-ranks exactly."""
     return SPARSE_REFINE_FACTOR if embedder_name.startswith(HASHED_EMBEDDERS) else ANN_REFINE_FACTOR
-SEARCH_BATCH = 1024  # queries per LanceDB call: bounds the memory of one batched search
 
 
 class GateError(HonedError):
