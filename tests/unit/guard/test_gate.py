@@ -89,6 +89,7 @@ def test_knn_score_matches_brute_force_cosine(gate_dir):
     expected = top_k_mean(emb, questions, LAB, 2)  # cross-fitted: every question is indexed
     got = [d.score for d in gate.check_many(questions)]
     np.testing.assert_allclose(got, expected, atol=1e-5)
+    assert gate.parts["all"].index.refine_factor == 50  # hashed vectors re-rank more candidates (index.py)
     d = gate.check("What is a normal potassium level?")
     assert d.in_domain == (d.score >= d.threshold) and d.threshold == json.loads((gate_dir / "gate.json").read_text())["parts"]["all"]["threshold"]
 
@@ -187,6 +188,7 @@ def test_auto_gate_gives_a_script_with_few_questions_no_route_of_its_own(tmp_pat
     assert [(p.route, p.embedder, p.indexed, p.folds, p.ood_indexed, p.ood) for p in report.parts] == [("latin", "minilm", 14, 5, 4, 1)]
     gate = load_gate(tmp_path / "g", embedder="auto")
     assert gate.check("比特币还会涨吗？").route == "latin"
+    assert gate.parts["latin"].index.refine_factor == gate.parts["latin"].ood_index.refine_factor == 30  # dense MiniLM vectors
 
 
 def test_batched_search_gives_the_same_neighbours(gate_dir, monkeypatch):
