@@ -143,7 +143,7 @@ def test_fused_path_stores_the_lora_bases_in_fp8_and_frees_half_their_memory(tmp
 
     # hidden 512, 4 heads of 128, 2 KV heads (k/v: 256), MLP 1024: every dimension a multiple of 16.
     folder = build_tiny_model("llama3", tmp_path / "llama", hidden_size=512, layers=4)
-    cfg = path_config(folder, precision="fp8")
+    cfg = path_config(folder, precision="fp8", memory_budget_gib=8)  # a budget keeps fp8 as asked (no measured choice)
     model = lora_model(folder, torch.bfloat16)
     bases = [m.base_layer for m in model.modules() if hasattr(m, "base_layer") and hasattr(m, "lora_A")]
     assert len(bases) == 4 * 7
@@ -169,7 +169,7 @@ def test_honed_train_in_fp8_follows_the_bf16_loss_curve(tmp_path, caplog):
     # lr 1e-3, not test_engine.py's 3e-3: at 3e-3 the bf16 run itself spikes between steps, and the
     # comparison would measure that chaos rather than fp8 (CPU simulation: up to 4.7% vs 0.2-1%).
     with caplog.at_level(logging.INFO, logger="honed.engine"):
-        losses = tiny_train_losses(tmp_path, "llama3", {"fp8": {"precision": "fp8"}, "bf16": {"precision": "bf16"}}, max_steps=30, learning_rate=1e-3)
+        losses = tiny_train_losses(tmp_path, "llama3", {"fp8": {"precision": "fp8", "memory_budget_gib": 8}, "bf16": {"precision": "bf16"}}, max_steps=30, learning_rate=1e-3)
     assert "training path: fused" in caplog.text
     assert "fp8: 14 LoRA base projections stored in float8 e4m3" in caplog.text, "FusedPath.prepare did not call prepare_fp8"
     fp8, bf16 = losses["fp8"], losses["bf16"]
@@ -178,3 +178,26 @@ def test_honed_train_in_fp8_follows_the_bf16_loss_curve(tmp_path, caplog):
     assert fp8[-1] < 0.8 * fp8[0]  # it learns
     devs = [abs(a - b) / b for a, b in zip(fp8, bf16)]
     assert max(devs) <= 0.02, devs  # CPU simulation of the same math: at most 0.2%
+
+
+def test_under_memory_auto_fp8_measures_both_precisions_and_stores_the_bases_it_chose(tmp_path):
+    """The measured choice (`engine.fp8_choice`) on this GPU: real timings of one layer, both memory
+    plans, and bases stored in the precision it reports."""
+    from honed.engine.fused import FusedPath
+    from honed.testing import build_tiny_model
+    from honed.testing.lora import path_config
+
+    folder = build_tiny_model("llama3", tmp_path / "llama", hidden_size=512, layers=4)
+    model = lora_model(folder, torch.bfloat16)
+    path = FusedPath(resolve_engine_settings(path_config(folder, precision="fp8"), torch.device("cuda")))
+    path.prepare(model)
+    choice = path.describe()["fp8_choice"]
+    print(choice)
+    assert choice is not None and choice["bases"] in ("bf16", "fp8")
+    for precision in ("bf16", "fp8"):
+        times = choice["layer_base_ms"][precision]
+        assert times["forward_ms"] > 0 and times["dx_ms"] > 0 and 0 < times["rebuild_forward_ms"] < times["forward_ms"]
+    assert choice["attention_forward_ms"] > 0
+    expected = FP8_DTYPE if choice["bases"] == "fp8" else torch.bfloat16
+    bases = [m.base_layer for m in model.modules() if hasattr(m, "base_layer") and hasattr(m, "lora_A")]
+    assert {b.weight.dtype for b in bases} == {expected}

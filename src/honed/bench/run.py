@@ -175,4 +175,6 @@ def run_bench(args) -> dict:
                trainable=sum(p.numel() for p in run.params),
                memory=plan["mode"] if plan else ("checkpoint" if t.gradient_checkpointing else "none"),
                recomputed_layers=plan["checkpointed"] if plan else None, whole_mlp=bool(plan and plan["whole_mlp"]))
+    if described.get("fp8_choice") is not None:  # precision fp8 under memory auto: what was measured, which bases it chose
+        res["fp8_choice"] = described["fp8_choice"]
     return res

@@ -35,7 +35,8 @@ from honed.engine.attention import (
     varlen_batch_inputs,
     varlen_unavailable_reason,
 )
-from honed.engine.fp8 import prepare_fp8
+from honed.engine import fp8_choice
+from honed.engine.fp8 import check_fp8_device, prepare_fp8
 from honed.engine.graphs import StackGraphs
 from honed.engine.grouped import group_siblings
 from honed.engine.layers import patch_layers, patch_rope
@@ -127,6 +128,7 @@ class FusedPath:
         self.padding_free = False
         self.graphs: StackGraphs | None = None  # training.cuda_graphs: the decoder stack's graphs
         self.embeddings_on_host = False  # training.embeddings_on_host: where `prepare` put the input embeddings
+        self.fp8_decision: fp8_choice.Fp8Choice | None = None  # precision fp8 under memory auto: what was measured and chosen
 
     def compute_dtype(self) -> torch.dtype | None:
         """The autocast dtype the run computes in (None: no autocast), as `utils.precision.autocast_context` sets it."""
@@ -141,13 +143,15 @@ class FusedPath:
 
     def prepare(self, model):
         lm = causal_lm_of(model)
+        self.decoder_layers, self.model_config = lm.model.layers, lm.config
         if getattr(lm, "is_gradient_checkpointing", False):
             model.gradient_checkpointing_disable()  # the memory plan below decides what recomputes
         n_lora = patch_lora_layers(model)
         unfused = count_unfusable_lora_layers(model)
         if unfused:
             log.warning("fused path: %d LoRA projections stay on peft's slower path (lora.dropout > 0, DoRA or a trainable base); lora.dropout: 0 fuses them", unfused)
-        prepare_fp8(model, self.settings)  # before the memory plan: it frees the bf16 copies
+        if self.fp8_bases_pay(model):
+            prepare_fp8(model, self.settings)  # before the memory plan: it frees the bf16 copies
         n_groups = group_siblings(model)  # after fp8: it stores each group's fp8 bases as one matrix
         n_norm, n_mlp = patch_layers(model)
         rope_fused = patch_rope(model)
@@ -159,7 +163,6 @@ class FusedPath:
                 log.info("fused path: frozen %s back in %s (peft had upcast them to fp32)", " and ".join(self.restored), str(self.compute_dtype()).removeprefix("torch."))
         self.log_nf4_dequantisation(model)
         self.choose_attention(lm)
-        self.decoder_layers, self.model_config = lm.model.layers, lm.config
         self.plan = self.memory_plan(model)
         self.embeddings_on_host = self.place_embeddings(lm)  # may plan again, with the table's memory free
         self.warn_if_host_short()  # for the final plan only
@@ -173,6 +176,32 @@ class FusedPath:
             self.plan.estimate_gib,
         )
         return model
+
+    def fp8_bases_pay(self, model) -> bool:
+        """Whether to store the LoRA bases in fp8: when training.precision is fp8, unless `auto` is free to
+        spend the card and bf16 bases are measured to train faster here (`engine.fp8_choice`)."""
+        s = self.settings
+        if not s.fp8:
+            return False
+        if not fp8_choice.ENABLED or s.forced_memory is not None or s.memory_budget_gib is not None:
+            return True  # fp8 as asked: its use is then memory
+        check_fp8_device(self.device)  # a clear error before any fp8 matmul is measured
+        lm = causal_lm_of(model)
+        try:
+            times = fp8_choice.measure_base_times(lm.model.layers[0], self.tokens_per_micro_batch(), self.device)
+            attention_ms = fp8_choice.measure_attention_ms(lm.config, self.tokens_per_micro_batch(), s.max_seq_length, self.device)
+        except torch.cuda.OutOfMemoryError:
+            torch.cuda.empty_cache()
+            log.info("fp8: no GPU memory to measure bf16 against fp8 bases; the bases go to fp8, which halves them")
+            return True
+        torch.cuda.empty_cache()  # the probe's inputs: the memory plans below count that memory as free
+        plans = {"bf16": self.memory_plan(model), "fp8": self.memory_plan(model, extra_budget=fp8_choice.fp8_freed_bytes(model))}
+        self.fp8_decision = choice = fp8_choice.choose(len(lm.model.layers), plans, times, attention_ms)
+        step, recomputed = choice.step_ms, choice.recomputed_layers
+        log.info("fp8: bases in %s, measured faster here under memory auto (base matmuls and rebuilds, est. %.1f ms a step in fp8, %.1f in bf16; "
+                 "%d and %d of %d layers recompute)%s", choice.precision, step["fp8"], step["bf16"], recomputed["fp8"], recomputed["bf16"], len(lm.model.layers),
+                 "" if choice.precision == "fp8" else ". Set training.memory_budget_gib or a training.memory mode to keep fp8 bases regardless")
+        return choice.precision == "fp8"
 
     def place_embeddings(self, lm) -> bool:
         """training.embeddings_on_host: move the frozen input embedding table to pinned host memory
@@ -255,7 +284,9 @@ class FusedPath:
             self.attention, self.padding_free = current, uses_varlen_attention(lm)
             log.info("fused path: attention %s (varlen not used: %s)", current, reason)
 
-    def memory_plan(self, model) -> MemoryPlan:
+    def memory_plan(self, model, extra_budget: float = 0.0) -> MemoryPlan:
+        """The activation plan for the memory free now (or training.memory_budget_gib), plus `extra_budget`
+        bytes (what converting the bases to fp8 would free)."""
         s = self.settings
         lm = causal_lm_of(model)
         forced = s.forced_memory
@@ -267,6 +298,7 @@ class FusedPath:
             budget = free - _RESERVE_BYTES - 16 * trainable  # fp32 grads + AdamW moments
         else:
             budget = float("inf")
+        budget += extra_budget
         host = available_host_bytes() if self.device.type == "cuda" else None
         layers, tokens, hidden_bytes = len(lm.model.layers), self.tokens_per_micro_batch(), self.hidden_state_bytes()
         plan = plan_memory(
@@ -328,6 +360,7 @@ class FusedPath:
             "restored_embeddings": list(self.restored),
             "cuda_graphs": self.graphs.summary() if self.graphs is not None else None,
             "cuda_graph_pool_bytes": self.graphs.held_bytes() if self.graphs is not None else 0,
+            "fp8_choice": self.fp8_decision.describe() if self.fp8_decision is not None else None,
         }
 
     def hidden_states(self, model, batch):

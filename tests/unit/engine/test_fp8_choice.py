@@ -1,0 +1,158 @@
+"""`precision: fp8` under `memory: auto` keeps bf16 bases where they train faster (`engine.fp8_choice`).
+
+The matmul and attention timings need a GPU (tests/gpu/test_fp8.py measures them there); here they are
+given, and what is checked is the step estimate, the choice, which projections are measured as one
+matrix, the bytes fp8 frees, and that the fused path converts the bases exactly when the choice says so.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from honed.engine import fp8, fp8_choice, fused
+from honed.engine.fp8 import FP8_DTYPE, convert_lora_bases_to_fp8
+from honed.engine.fp8_choice import BaseTimes, choose, estimated_step_ms, fp8_freed_bytes, layer_bases
+from honed.engine.fused import FusedPath
+from honed.engine.memory import MemoryPlan
+from honed.engine.settings import EngineSettings
+from honed.testing.lora import lora_model
+
+SLOW_FP8 = {"bf16": BaseTimes(forward_ms=3.0, dx_ms=3.0, rebuild_forward_ms=2.0), "fp8": BaseTimes(forward_ms=4.0, dx_ms=5.0, rebuild_forward_ms=2.5)}
+FAST_FP8 = {"bf16": SLOW_FP8["bf16"], "fp8": BaseTimes(forward_ms=2.0, dx_ms=2.0, rebuild_forward_ms=1.0)}
+
+
+def plan(recomputed: int, keep_o: bool = True) -> MemoryPlan:
+    return MemoryPlan("checkpoint" if recomputed else "none", recomputed, 0.0, keep_o)
+
+
+def test_a_step_counts_every_layer_s_forward_and_dx_and_each_rebuild_s_forwards_and_attention():
+    times = BaseTimes(forward_ms=3.0, dx_ms=5.0, rebuild_forward_ms=2.0)
+    assert estimated_step_ms(10, plan(0), times, attention_ms=1.5) == 80.0  # 10 × (3 + 5)
+    assert estimated_step_ms(10, plan(4), times, attention_ms=1.5) == 80.0 + 4 * (2.0 + 1.5)
+    # Without o_proj's output kept (host memory short), a rebuild runs every base's forward again.
+    assert estimated_step_ms(10, plan(4, keep_o=False), times, attention_ms=1.5) == 80.0 + 4 * (3.0 + 1.5)
+
+
+def test_bf16_is_kept_when_fp8_matmuls_are_slower_and_the_memory_buys_nothing():
+    choice = choose(32, {"bf16": plan(0), "fp8": plan(0)}, SLOW_FP8, attention_ms=1.0)
+    assert choice.precision == "bf16"
+    assert choice.step_ms == {"bf16": 192.0, "fp8": 288.0}
+    assert choice.recomputed_layers == {"bf16": 0, "fp8": 0}
+
+
+def test_fp8_is_chosen_where_the_layers_it_spares_from_recompute_outweigh_its_slower_matmuls():
+    # bf16: 32 × 6 + 24 × (2 + 8) = 432; fp8: 32 × 9 + 4 × (2.5 + 8) = 330.
+    choice = choose(32, {"bf16": plan(24), "fp8": plan(4)}, SLOW_FP8, attention_ms=8.0)
+    assert (choice.precision, choice.step_ms) == ("fp8", {"bf16": 432.0, "fp8": 330.0})
+    # The same plans with free attention: what fp8 spares is too little (bf16 192 + 24 × 2 = 240, fp8 288 + 4 × 2.5 = 298).
+    assert choose(32, {"bf16": plan(24), "fp8": plan(4)}, SLOW_FP8, attention_ms=0.0).precision == "bf16"
+
+
+def test_faster_fp8_matmuls_win_on_their_own_and_a_tie_keeps_what_was_asked():
+    assert choose(32, {"bf16": plan(0), "fp8": plan(0)}, FAST_FP8, attention_ms=1.0).precision == "fp8"
+    same = {"bf16": SLOW_FP8["bf16"], "fp8": SLOW_FP8["bf16"]}
+    assert choose(32, {"bf16": plan(3), "fp8": plan(3)}, same, attention_ms=1.0).precision == "fp8"
+
+
+def tiny_llama(tiny_model_dir, dtype=torch.bfloat16):
+    return lora_model(tiny_model_dir("llama3"), dtype=dtype)
+
+
+def test_the_layer_is_measured_as_fp8_stores_it_siblings_as_one_matrix_the_rest_alone(tiny_model_dir):
+    model = tiny_llama(tiny_model_dir)
+    layer = model.get_base_model().model.layers[0]
+    names = {id(module): name for name, module in layer.named_modules()}
+    found = sorted((kind, [names[id(m)] for m in members]) for kind, members in layer_bases(layer))
+    assert found == [("group", ["mlp.gate_proj", "mlp.up_proj"]), ("group", ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"]),
+                     ("single", ["mlp.down_proj"]), ("single", ["self_attn.o_proj"])]
+    convert_lora_bases_to_fp8(model)
+    assert layer_bases(layer) == []  # already fp8: nothing left to convert or measure
+
+
+def test_the_bytes_fp8_frees_are_what_conversion_frees(tiny_model_dir):
+    model = tiny_llama(tiny_model_dir)
+    bases = [m.base_layer for m in model.modules() if hasattr(m, "base_layer") and hasattr(m, "lora_A")]
+
+    def held() -> int:  # weights and fp8 scales as stored
+        scales = [getattr(b, fp8.SCALE_NAME, None) for b in bases]
+        return sum(b.weight.numel() * b.weight.element_size() for b in bases) + sum(s.numel() * s.element_size() for s in scales if s is not None)
+
+    before, predicted = held(), fp8_freed_bytes(model)
+    convert_lora_bases_to_fp8(model)
+    assert predicted == before - held() > 0
+
+
+class Probe:
+    """Stands in for the GPU measurements; counts calls."""
+
+    def __init__(self, times):
+        self.times, self.calls = times, 0
+
+    def base_times(self, layer, tokens, device):
+        self.calls += 1
+        return self.times
+
+    def attention_ms(self, config, tokens, max_seq_length, device):
+        return 1.0
+
+
+@pytest.fixture
+def probe(monkeypatch):
+    """fp8 allowed on this CPU (its matmuls run as their plain-torch reference) and the measurements given."""
+    monkeypatch.setattr(fused, "check_fp8_device", lambda device: None)
+    monkeypatch.setattr(fp8, "check_fp8_device", lambda device: None)
+    monkeypatch.setattr(fp8_choice, "ENABLED", True)
+
+    def install(times):
+        p = Probe(times)
+        monkeypatch.setattr(fp8_choice, "measure_base_times", p.base_times)
+        monkeypatch.setattr(fp8_choice, "measure_attention_ms", p.attention_ms)
+        return p
+
+    return install
+
+
+def bases_dtypes(model) -> set:
+    return {m.base_layer.weight.dtype for m in model.modules() if hasattr(m, "base_layer") and hasattr(m, "lora_A")}
+
+
+def prepared(model, **settings):
+    path = FusedPath(EngineSettings(torch.device("cpu"), precision="fp8", batch_size=2, max_seq_length=32, **settings))
+    path.prepare(model)
+    return path
+
+
+def test_under_memory_auto_the_fused_path_keeps_bf16_bases_when_they_measure_faster(tiny_model_dir, probe):
+    p = probe(SLOW_FP8)
+    model = tiny_llama(tiny_model_dir)
+    path = prepared(model)
+    assert p.calls == 1
+    assert bases_dtypes(model) == {torch.bfloat16}
+    described = path.describe()["fp8_choice"]
+    assert described["bases"] == "bf16"
+    assert described["estimated_step_ms"] == {"bf16": 2 * 6.0, "fp8": 2 * 9.0}  # 2 layers, nothing recomputes on a CPU
+
+
+def test_under_memory_auto_the_fused_path_converts_when_fp8_measures_faster(tiny_model_dir, probe):
+    p = probe(FAST_FP8)
+    model = tiny_llama(tiny_model_dir)
+    path = prepared(model)
+    assert p.calls == 1 and bases_dtypes(model) == {FP8_DTYPE}
+    assert path.describe()["fp8_choice"]["bases"] == "fp8"
+
+
+@pytest.mark.parametrize("settings", [{"memory_budget_gib": 10.0}, {"memory": "checkpoint"}, {"gradient_checkpointing": True}])
+def test_a_budget_or_a_fixed_memory_mode_keeps_fp8_as_asked_without_measuring(tiny_model_dir, probe, settings):
+    p = probe(SLOW_FP8)
+    model = tiny_llama(tiny_model_dir)
+    path = prepared(model, **settings)
+    assert p.calls == 0 and bases_dtypes(model) == {FP8_DTYPE}
+    assert path.describe()["fp8_choice"] is None
+
+
+def test_bf16_precision_never_measures(tiny_model_dir, probe):
+    p = probe(FAST_FP8)
+    model = tiny_llama(tiny_model_dir)
+    FusedPath(EngineSettings(torch.device("cpu"), precision="bf16", batch_size=2, max_seq_length=32)).prepare(model)
+    assert p.calls == 0 and bases_dtypes(model) == {torch.bfloat16}
