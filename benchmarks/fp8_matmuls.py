@@ -23,6 +23,7 @@ import torch
 
 from honed.bench.shapes import SHAPES
 from honed.engine import fp8
+from honed.engine.fp8_choice import median_ms
 
 
 def projections(shape: dict) -> dict[str, tuple[int, int]]:
@@ -34,22 +35,7 @@ def projections(shape: dict) -> dict[str, tuple[int, int]]:
     return {"qkv": (d, heads * hd + 2 * kv), "o": (heads * hd, d), "gate_up": (d, 2 * f), "down": (f, d)}
 
 
-def time_ms(fn, repeats: int) -> float:
-    """Median of `repeats` CUDA-event timings of fn(), after three warm-up calls (compiles the quantisers)."""
-    for _ in range(3):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end))
-    return sorted(times)[len(times) // 2]
-
-
-def measure(shape_name: str, tokens: int, repeats: int) -> dict:
+def measure(shape_name: str, tokens: int) -> dict:
     torch.manual_seed(0)
     rows = {}
     for name, (n_in, n_out) in projections(SHAPES[shape_name]).items():
@@ -58,11 +44,11 @@ def measure(shape_name: str, tokens: int, repeats: int) -> dict:
         dy = torch.randn(tokens, n_out, device="cuda", dtype=torch.bfloat16)
         w_fp8, scale = fp8.quantize_weight_rowwise(w)
         rows[name] = {
-            "bf16_fwd": time_ms(lambda: x @ w.t(), repeats),
-            "bf16_dx": time_ms(lambda: dy @ w, repeats),
-            "fp8_fwd": time_ms(lambda: fp8.fp8_linear(x, w_fp8, scale), repeats),
-            "fp8_dx": time_ms(lambda: fp8.fp8_dgrad(dy, w_fp8, scale), repeats),
-            "dequant_dx": time_ms(lambda: dy @ fp8.dequantize_weight(w_fp8, scale, torch.bfloat16), repeats),
+            "bf16_fwd": median_ms(lambda: x @ w.t()),
+            "bf16_dx": median_ms(lambda: dy @ w),
+            "fp8_fwd": median_ms(lambda: fp8.fp8_linear(x, w_fp8, scale)),
+            "fp8_dx": median_ms(lambda: fp8.fp8_dgrad(dy, w_fp8, scale)),
+            "dequant_dx": median_ms(lambda: dy @ fp8.dequantize_weight(w_fp8, scale, torch.bfloat16)),
         }
         del w, x, dy, w_fp8, scale
     layer = {key: sum(r[key] for r in rows.values()) for key in next(iter(rows.values()))}
@@ -76,11 +62,10 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--shape", default="llama-8b", choices=sorted(SHAPES))
     p.add_argument("--tokens", type=int, default=4096, help="tokens per micro-batch (batch × sequence)")
-    p.add_argument("--repeats", type=int, default=20)
     p.add_argument("--json", default=None, help="also write the measurements here")
     args = p.parse_args()
-    res = measure(args.shape, args.tokens, args.repeats)
-    print(f"{res['device']}, torch {res['torch']}: {args.shape}, {args.tokens} tokens, median ms of {args.repeats}")
+    res = measure(args.shape, args.tokens)
+    print(f"{res['device']}, torch {res['torch']}: {args.shape}, {args.tokens} tokens, median ms of 5")
     print(f"{'projection':<10} {'bf16 fwd':>9} {'bf16 dx':>8} {'fp8 fwd':>8} {'fp8 dx':>7} {'deq dx':>7}")
     for name, r in [*res["projections"].items(), ("layer", res["layer"])]:
         print(f"{name:<10} {r['bf16_fwd']:9.3f} {r['bf16_dx']:8.3f} {r['fp8_fwd']:8.3f} {r['fp8_dx']:7.3f} {r['dequant_dx']:7.3f}")

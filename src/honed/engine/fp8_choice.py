@@ -117,7 +117,8 @@ def fp8_freed_bytes(model) -> int:
     return freed
 
 
-def _median_ms(fn) -> float:
+def median_ms(fn) -> float:
+    """fn()'s GPU time in milliseconds: the median of five CUDA-event timings after two warm-up calls."""
     for _ in range(_WARMUP):  # the first fp8 call compiles its quantisers (engine.compile)
         fn()
     times = []
@@ -145,8 +146,8 @@ def measure_base_times(decoder_layer, tokens: int, device: torch.device) -> dict
             w_fp8, scale = quantize_weight_rowwise(torch.cat(weights))
             dy_joint = torch.cat(dys, dim=1)
             measured = {
-                "bf16": (_median_ms(lambda: [x @ w.t() for w in weights]), _median_ms(lambda: [dy @ w for dy, w in zip(dys, weights)])),
-                "fp8": (_median_ms(lambda: fp8_linear(x, w_fp8, scale)), _median_ms(lambda: fp8_dgrad(dy_joint, w_fp8, scale))),
+                "bf16": (median_ms(lambda: [x @ w.t() for w in weights]), median_ms(lambda: [dy @ w for dy, w in zip(dys, weights)])),
+                "fp8": (median_ms(lambda: fp8_linear(x, w_fp8, scale)), median_ms(lambda: fp8_dgrad(dy_joint, w_fp8, scale))),
             }
             for p, (forward, dx) in measured.items():
                 totals[p]["forward"] += forward * scale_up
@@ -170,5 +171,5 @@ def measure_attention_ms(config, tokens: int, max_seq_length: int, device: torch
     q = torch.randn(rows, heads, seq_measured, head_dim, device=device, dtype=torch.bfloat16)
     k, v = (torch.randn(rows, kv_heads, seq_measured, head_dim, device=device, dtype=torch.bfloat16) for _ in range(2))
     with torch.no_grad():
-        ms = _median_ms(lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=kv_heads != heads))
+        ms = median_ms(lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=kv_heads != heads))
     return round(ms * tokens * seq / (rows * seq_measured**2), 4)
