@@ -16,7 +16,7 @@ forward, plans memory both ways (fp8 with the bytes its bases free), and estimat
 
 Everything else a step does (LoRA, norms, attention's backward, the loss, the optimizer) is the same
 work in both and cancels. The bases become fp8 when its estimate is not above bf16's; otherwise
-they stay bf16 and the run says why. The choice is made only where `auto` is free to spend the card:
+they stay bf16 and the run says why. In a distributed run every rank takes rank 0's choice. The choice is made only where `auto` is free to spend the card:
 with `training.memory_budget_gib` or a fixed `training.memory` mode, fp8 is kept as asked (its use
 is then memory), and `HONED_FP8_CHOICE=0` keeps it always.
 
@@ -69,6 +69,19 @@ class Fp8Choice:
     def describe(self) -> dict:
         return {"bases": self.precision, "estimated_step_ms": self.step_ms, "recomputed_layers": self.recomputed_layers,
                 "layer_base_ms": {k: dataclasses.asdict(v) for k, v in self.times.items()}, "attention_forward_ms": self.attention_ms}
+
+
+def agreed_across_ranks(precision: str, device: torch.device) -> str:
+    """In a distributed run, rank 0's choice for every rank: each measures on its own GPU, timings
+    differ a little, and ranks whose bases differ would train different models under one average."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return precision
+    on = device if dist.get_backend() == "nccl" else torch.device("cpu")
+    flag = torch.tensor([1 if precision == "fp8" else 0], dtype=torch.int32, device=on)
+    dist.broadcast(flag, src=0)
+    return "fp8" if int(flag.item()) else "bf16"
 
 
 def estimated_step_ms(layers: int, plan: MemoryPlan, times: BaseTimes, attention_ms: float) -> float:

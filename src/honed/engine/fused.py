@@ -186,14 +186,25 @@ class FusedPath:
         if not fp8_choice.ENABLED or s.forced_memory is not None or s.memory_budget_gib is not None:
             return True  # fp8 as asked: its use is then memory
         check_fp8_device(self.device)  # a clear error before any fp8 matmul is measured
+        measured = self.measure_fp8_choice(model)
+        agreed = fp8_choice.agreed_across_ranks(measured, self.device)  # every rank reaches this, measured or not
+        if agreed != measured:
+            log.info("fp8: bases in %s, as rank 0 measured (this rank measured %s faster)", agreed, measured)
+            if self.fp8_decision is not None:
+                self.fp8_decision = dataclasses.replace(self.fp8_decision, precision=agreed)
+        return agreed == "fp8"
+
+    def measure_fp8_choice(self, model) -> str:
+        """This GPU's choice between fp8 and bf16 bases (`engine.fp8_choice`), logged and kept for describe()."""
         lm = causal_lm_of(model)
+        tokens = self.tokens_per_micro_batch()
         try:
-            times = fp8_choice.measure_base_times(lm.model.layers[0], self.tokens_per_micro_batch(), self.device)
-            attention_ms = fp8_choice.measure_attention_ms(lm.config, self.tokens_per_micro_batch(), s.max_seq_length, self.device)
+            times = fp8_choice.measure_base_times(lm.model.layers[0], tokens, self.device)
+            attention_ms = fp8_choice.measure_attention_ms(lm.config, tokens, self.settings.max_seq_length, self.device)
         except torch.cuda.OutOfMemoryError:
             torch.cuda.empty_cache()
             log.info("fp8: no GPU memory to measure bf16 against fp8 bases; the bases go to fp8, which halves them")
-            return True
+            return "fp8"
         torch.cuda.empty_cache()  # the probe's inputs: the memory plans below count that memory as free
         plans = {"bf16": self.memory_plan(model), "fp8": self.memory_plan(model, extra_budget=fp8_choice.fp8_freed_bytes(model))}
         self.fp8_decision = choice = fp8_choice.choose(len(lm.model.layers), plans, times, attention_ms)
@@ -201,7 +212,7 @@ class FusedPath:
         log.info("fp8: bases in %s, measured faster here under memory auto (base matmuls and rebuilds, est. %.1f ms a step in fp8, %.1f in bf16; "
                  "%d and %d of %d layers recompute)%s", choice.precision, step["fp8"], step["bf16"], recomputed["fp8"], recomputed["bf16"], len(lm.model.layers),
                  "" if choice.precision == "fp8" else ". Set training.memory_budget_gib or a training.memory mode to keep fp8 bases regardless")
-        return choice.precision == "fp8"
+        return choice.precision
 
     def place_embeddings(self, lm) -> bool:
         """training.embeddings_on_host: move the frozen input embedding table to pinned host memory

@@ -156,3 +156,29 @@ def test_bf16_precision_never_measures(tiny_model_dir, probe):
     model = tiny_llama(tiny_model_dir)
     FusedPath(EngineSettings(torch.device("cpu"), precision="bf16", batch_size=2, max_seq_length=32)).prepare(model)
     assert p.calls == 0 and bases_dtypes(model) == {torch.bfloat16}
+
+
+def _rank_choice(rank: int, store_path: str, queue) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", store=dist.FileStore(store_path, 2), rank=rank, world_size=2)
+    try:
+        measured = "bf16" if rank == 0 else "fp8"  # the ranks' GPUs measured differently
+        queue.put((rank, fp8_choice.agreed_across_ranks(measured, torch.device("cpu"))))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_every_rank_of_a_distributed_run_takes_rank_0_s_choice(tmp_path):
+    import torch.multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    procs = [ctx.Process(target=_rank_choice, args=(r, str(tmp_path / "store"), queue)) for r in (0, 1)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=120)
+    assert [p.exitcode for p in procs] == [0, 0]
+    assert sorted(queue.get(timeout=5) for _ in procs) == [(0, "bf16"), (1, "bf16")]
+    assert fp8_choice.agreed_across_ranks("fp8", torch.device("cpu")) == "fp8"  # no process group: its own
