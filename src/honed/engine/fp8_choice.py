@@ -155,9 +155,10 @@ def measure_base_times(decoder_layer, tokens: int, device: torch.device) -> dict
         for kind, members in layer_bases(decoder_layer):
             weights = [m.base_layer.weight.to(torch.bfloat16) for m in members]
             x = torch.randn(rows, weights[0].shape[1], device=device, dtype=torch.bfloat16)
-            dys = [torch.randn(rows, w.shape[0], device=device, dtype=torch.bfloat16) for w in weights]
+            # dy of the whole group; bf16's dx reads each projection's columns of it, as `grouped.DenseBases` does
+            dy_joint = torch.randn(rows, sum(w.shape[0] for w in weights), device=device, dtype=torch.bfloat16)
+            dys = dy_joint.split([w.shape[0] for w in weights], dim=1)
             w_fp8, scale = quantize_weight_rowwise(torch.cat(weights))
-            dy_joint = torch.cat(dys, dim=1)
             measured = {
                 "bf16": (median_ms(lambda: [x @ w.t() for w in weights]), median_ms(lambda: [dy @ w for dy, w in zip(dys, weights)])),
                 "fp8": (median_ms(lambda: fp8_linear(x, w_fp8, scale)), median_ms(lambda: fp8_dgrad(dy_joint, w_fp8, scale))),
