@@ -185,6 +185,11 @@ class TrainingConfig(_Strict):
         "auto", description="activation memory policy of the fused path: auto recomputes only what does not fit; offload also moves checkpointed layer inputs to CPU"
     )
     memory_budget_gib: float | None = Field(None, gt=0, description="GPU memory the fused path may plan activations into (default: what is free)")
+    host_memory_gib: float | None = Field(
+        None, gt=0, description="host memory available to the run, of which the fused path's offloading pins at most half (default: "
+        "what the OS and the container's memory limit say is available; set it where that reading is wrong, e.g. a VM whose memory "
+        "grows as it is used)",
+    )
     embeddings_on_host: bool | None = Field(
         None, description="fused path on CUDA: keep the frozen input embedding table in pinned host memory, the GPU reading the batch's "
         "rows from there (about 1 GiB less for a 7-8B model; not where the table trains or is tied to lm_head). "

@@ -310,7 +310,7 @@ class FusedPath:
         else:
             budget = float("inf")
         budget += extra_budget
-        host = available_host_bytes() if self.device.type == "cuda" else None
+        host = self.host_bytes() if self.device.type == "cuda" else None
         layers, tokens, hidden_bytes = len(lm.model.layers), self.tokens_per_micro_batch(), self.hidden_state_bytes()
         plan = plan_memory(
             layers=layers,
@@ -326,10 +326,16 @@ class FusedPath:
         )
         return plan
 
+    def host_bytes(self) -> float | None:
+        """The host memory offloading plans with (it pins at most half): training.host_memory_gib, else what is available (`available_host_bytes`)."""
+        if self.settings.host_memory_gib is not None:
+            return self.settings.host_memory_gib * 2**30
+        return available_host_bytes()
+
     def warn_if_host_short(self) -> None:
         """Warn, once the plan is final, when offloading would pin more than 90% of the host's available
         memory: a host that runs out kills the process outright."""
-        host = available_host_bytes() if self.device.type == "cuda" else None
+        host = self.host_bytes() if self.device.type == "cuda" else None
         plan = self.plan
         pinned = plan.checkpointed * self.tokens_per_micro_batch() * self.hidden_state_bytes() * (2 if plan.keep_o else 1)
         if plan.mode == "offload" and host is not None and pinned > 0.9 * host:
@@ -346,7 +352,7 @@ class FusedPath:
         if leaner is None:
             return False
         if leaner.mode == "offload":  # whether o_proj's outputs go to the host too depends on its free memory
-            keep_o = offload_keeps_o(leaner.checkpointed, self.tokens_per_micro_batch(), self.hidden_state_bytes(), available_host_bytes())
+            keep_o = offload_keeps_o(leaner.checkpointed, self.tokens_per_micro_batch(), self.hidden_state_bytes(), self.host_bytes())
             leaner = dataclasses.replace(leaner, keep_o=keep_o)
         log.warning("fused path: out of GPU memory with memory %s (%d of %d layers recompute); retrying the step with %s (%d recompute)%s",
                     self.plan.mode, self.plan.checkpointed, len(layers), leaner.mode, leaner.checkpointed,

@@ -41,6 +41,7 @@ import logging
 import math
 import types
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -168,16 +169,70 @@ def offload_plan(layers: int, tokens: int, hidden_bytes: int, rebuilt: int, host
     return MemoryPlan("offload", layers, rebuilt / 2**30, offload_keeps_o(layers, tokens, hidden_bytes, host_bytes))
 
 
-def available_host_bytes() -> float | None:
-    """MemAvailable from /proc/meminfo (None where there is no such file)."""
+def available_host_bytes(meminfo: Path = Path("/proc/meminfo"), cgroup_root: Path = Path("/sys/fs/cgroup"),
+                         own_cgroup: Path = Path("/proc/self/cgroup")) -> float | None:
+    """Host memory this process can still take: MemAvailable, or less where its memory cgroup (a
+    container's limit) leaves less. None where neither can be read.
+
+    Inside a container /proc/meminfo shows the whole machine; pinning up to that gets the process
+    killed at the container's limit, so the cgroup's room counts too."""
+    found = [v for v in (_meminfo_available(meminfo), cgroup_room_bytes(cgroup_root, own_cgroup)) if v is not None]
+    return min(found) if found else None
+
+
+def _meminfo_available(meminfo: Path) -> float | None:
     try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return float(line.split()[1]) * 1024
-    except OSError:
+        for line in meminfo.read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return float(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
         return None
     return None
+
+
+_UNLIMITED = 2**60  # cgroup v1 writes "no limit" as a number near 2^63
+
+
+def cgroup_room_bytes(root: Path, own_cgroup: Path) -> float | None:
+    """The memory cgroup's limit minus its working set (usage less the inactive file cache, which the
+    kernel reclaims first), for cgroup v2 (this process's own group, then the root's files) or v1;
+    None where no limit is set or nothing can be read."""
+    v2, v1 = [], []
+    try:
+        for line in own_cgroup.read_text().splitlines():
+            _, controllers, path = line.split(":", 2)
+            if controllers == "":  # v2: the one unified hierarchy
+                v2.append(root / path.strip().lstrip("/"))
+            elif "memory" in controllers.split(","):  # v1: the memory controller's own hierarchy
+                v1.append(root / "memory" / path.strip().lstrip("/"))
+    except (OSError, ValueError):
+        pass
+    for folder in [*v2, root]:
+        if (folder / "memory.max").exists():
+            return _room(folder / "memory.max", folder / "memory.current", folder / "memory.stat", "inactive_file")
+    for folder in [*v1, root / "memory"]:
+        if (folder / "memory.limit_in_bytes").exists():
+            return _room(folder / "memory.limit_in_bytes", folder / "memory.usage_in_bytes", folder / "memory.stat", "total_inactive_file")
+    return None
+
+
+def _room(limit_file: Path, usage_file: Path, stat_file: Path, inactive_key: str) -> float | None:
+    try:
+        text = limit_file.read_text().strip()
+        if text == "max" or int(text) >= _UNLIMITED:
+            return None
+        usage = int(usage_file.read_text().strip())
+    except (OSError, ValueError):
+        return None
+    inactive = 0
+    try:
+        for line in stat_file.read_text().splitlines():
+            key, _, value = line.partition(" ")
+            if key == inactive_key:
+                inactive = int(value)
+    except (OSError, ValueError):
+        pass
+    return float(max(0, int(text) - (usage - inactive)))
 
 
 def usable_gpu_bytes(device: torch.device) -> int:

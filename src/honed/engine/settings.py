@@ -37,6 +37,7 @@ class EngineSettings:
     sequences_per_item: int = 1  # preference objectives: a pair (or a KTO sample and its mismatched twin) is two sequences
     memory: Literal["auto", "none", "checkpoint", "offload"] = "auto"  # training.memory: the activation policy
     memory_budget_gib: float | None = None  # training.memory_budget_gib: plan for this much instead of the free memory
+    host_memory_gib: float | None = None  # training.host_memory_gib: the host memory offloading plans with, instead of what is available
     gradient_checkpointing: bool = False  # training.gradient_checkpointing: recompute asked for explicitly
     cuda_graphs: bool = False  # training.cuda_graphs
     embeddings_on_host: bool | None = None  # training.embeddings_on_host: None = when layers recompute
@@ -84,5 +85,6 @@ def resolve_engine_settings(cfg, device: torch.device) -> EngineSettings:
     return EngineSettings(
         device=device, precision=resolve_precision(t.precision, device), engine=t.engine, batch_size=t.batch_size,
         max_seq_length=cfg.data.max_seq_length, sequences_per_item=1 if getattr(cfg, "objective", "sft") == "sft" else 2, memory=t.memory, memory_budget_gib=t.memory_budget_gib,
+        host_memory_gib=t.host_memory_gib,
         gradient_checkpointing=t.gradient_checkpointing, cuda_graphs=t.cuda_graphs, embeddings_on_host=t.embeddings_on_host,
     )
