@@ -40,6 +40,8 @@ STACKS = {  # name → peer_bench's --stacks entry
     "honed-offload": "cmd:python3 -m honed bench --memory offload",
     "honed": "cmd:python3 -m honed bench",
 }
+# Beyond a step's --probe-timeout a probe starts its process, builds or loads the model shape and quantises it.
+PROBE_OVERHEAD_S = 120
 WORKLOAD = ("--shape", "llama-8b", "--batch", "1", "--steps", "1", "--warmup", "0", "--qlora")
 
 
@@ -55,6 +57,8 @@ def next_length(probes: dict[int, dict], start: int, step: int, maximum: int) ->
     196608
     >>> next_length({65536: {"error": "OOM"}}, 131072, 16384, 2**20)  # nothing fitted yet: halve
     32768
+    >>> next_length({983040: {}, 1000000: {"error": "OOM"}}, 131072, 16384, 1000000) is None  # no step fits between
+    True
     """
     fitted = [n for n, r in probes.items() if not r.get("error")]
     failed = [n for n, r in probes.items() if r.get("error")]
@@ -64,9 +68,8 @@ def next_length(probes: dict[int, dict], start: int, step: int, maximum: int) ->
         return candidate if candidate >= step and candidate not in probes else None
     if high is None:
         return None if low >= maximum else min(2 * low, maximum)
-    if high - low <= step:
-        return None
-    return (low + high) // 2 // step * step
+    middle = (low + high) // 2 // step * step
+    return middle if high - low > step and low < middle < high and middle not in probes else None
 
 
 def longest(probes: dict[int, dict]) -> tuple[int | None, int | None]:
@@ -141,21 +144,25 @@ def search(state: dict, out: Path, cap: str, stacks: list[str], args) -> None:
     meta = call_meta("longest")
     meta["command"] = f"python benchmarks/longest_seq.py --cap {cap}"
     entry = state["caps"].setdefault(cap, {"meta": meta, "stacks": {}})
-    entry["meta"] = meta
+    if entry["meta"].get("device") != meta["device"]:
+        # H100s and H200s both answer for a GPU here: one search's probes must all come from one kind of card
+        raise SystemExit(f"--cap {cap}: the saved search ran on {entry['meta'].get('device')}, this is {meta['device']}; "
+                         "continue it on that card, or give another --out")
+    entry["meta"] = meta  # the latest call's date and commit
     for stack in stacks:
         while True:
             probes = probes_of(state, cap, stack)
             length = next_length(probes, args.start, args.step, args.max)
             if length is None:
                 break
-            if time.time() + args.probe_timeout + 60 > deadline:
+            if time.time() + args.probe_timeout + PROBE_OVERHEAD_S > deadline:
                 print(f"== budget: {stack} stops before {length:,} (continue with the same --out)", flush=True)
                 return
             print(f"== {cap} / {stack} / {length:,}", flush=True)
             t0 = time.time()
             try:
                 p = subprocess.run(probe_command(stack, length, args.probe_timeout), capture_output=True, text=True,
-                                   env=cap_env(cap, args.models), cwd=ROOT, timeout=args.probe_timeout + 120)
+                                   env=cap_env(cap, args.models), cwd=ROOT, timeout=args.probe_timeout + PROBE_OVERHEAD_S)
                 result = classify(p.stdout + "\n" + p.stderr, p.returncode)
             except subprocess.TimeoutExpired:
                 result = {"error": "timeout"}
@@ -168,7 +175,8 @@ def search(state: dict, out: Path, cap: str, stacks: list[str], args) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--cap", default="80", help="GiB the allocator of every process is capped at (benchmarks/gpu_cap), or 'full'")
+    ap.add_argument("--cap", default="80", help="GiB the allocator of every process is capped at (benchmarks/gpu_cap), or 'full'; "
+                    "a cap at or above the card's memory is the full card")
     ap.add_argument("--stacks", default=",".join(STACKS), help="comma-separated: " + ", ".join(STACKS))
     ap.add_argument("--out", type=Path, default=Path("bench-longest"), help="folder of longest_seq.json/.md (continued from)")
     ap.add_argument("--start", type=int, default=131072, help="first length probed")

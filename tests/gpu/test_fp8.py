@@ -201,3 +201,26 @@ def test_under_memory_auto_fp8_measures_both_precisions_and_stores_the_bases_it_
     expected = FP8_DTYPE if choice["bases"] == "fp8" else torch.bfloat16
     bases = [m.base_layer for m in model.modules() if hasattr(m, "base_layer") and hasattr(m, "lora_A")]
     assert {b.weight.dtype for b in bases} == {expected}
+
+
+def test_an_fp8_run_records_the_bases_it_chose_and_its_resume_keeps_them(tmp_path):
+    """The measured choice is made once: every checkpoint records it, and a resumed run takes it
+    without measuring again (timings vary; the bases must not)."""
+    import json
+
+    from honed.testing import build_tiny_model
+    from honed.testing.lora import train_config, write_numbered_qa
+    from honed.train.sft import train
+
+    base = build_tiny_model("llama3", tmp_path / "base", hidden_size=256, layers=2)
+    data = write_numbered_qa(tmp_path / "qa.jsonl")
+    out = tmp_path / "run"
+    train(train_config(base, data, out, max_steps=4, learning_rate=1e-3, precision="fp8", save_steps=2), show_progress=False)
+    chosen = json.loads((out / "run_info.json").read_text())["fp8_choice"]["bases"]
+    states = sorted(out.glob("checkpoints/checkpoint-*/trainer_state.json"))
+    assert states and {json.loads(p.read_text())["fp8_bases"] for p in states} == {chosen}
+    first = states[0].parent
+    resumed = train(train_config(base, data, tmp_path / "resumed", max_steps=4, learning_rate=1e-3, precision="fp8", save_steps=2,
+                                 resume=str(first)), show_progress=False)
+    assert "fp8_choice" not in json.loads((tmp_path / "resumed" / "run_info.json").read_text())  # taken from the checkpoint, not measured
+    assert resumed.losses

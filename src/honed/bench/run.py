@@ -176,8 +176,8 @@ def run_bench(args) -> dict:
                trainable=sum(p.numel() for p in run.params),
                memory=plan["mode"] if plan else ("checkpoint" if t.gradient_checkpointing else "none"),
                recomputed_layers=plan["checkpointed"] if plan else None, whole_mlp=bool(plan and plan["whole_mlp"]),
-               # False: recomputed layers rebuild o_proj too, because the host looked short of memory for it
-               keeps_o_proj_output=bool(plan and plan["checkpointed"] and plan["keep_o"]))
+               # False: recomputed layers rebuild o_proj too, because the host looked short of memory for it (None: none recompute)
+               keeps_o_proj_output=bool(plan["keep_o"]) if plan and plan["checkpointed"] else None)
     if described.get("fp8_choice") is not None:  # precision fp8 under memory auto: what was measured, which bases it chose
         res["fp8_choice"] = described["fp8_choice"]
     return res

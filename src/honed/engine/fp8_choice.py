@@ -14,15 +14,20 @@ forward, plans memory both ways (fp8 with the bytes its bases free), and estimat
 
     layers × (forward + dx of every base) + recomputed layers × (the rebuild's base forwards + attention)
 
-Everything else a step does (LoRA, norms, attention's backward, the loss, the optimizer) is the same
-work in both and cancels. The bases become fp8 when its estimate is not above bf16's; otherwise
-they stay bf16 and the run says why. In a distributed run every rank takes rank 0's choice. The choice is made only where `auto` is free to spend the card:
-with `training.memory_budget_gib` or a fixed `training.memory` mode, fp8 is kept as asked (its use
-is then memory), and `HONED_FP8_CHOICE=0` keeps it always.
+A lean rebuild (`engine.replay`) runs every base's forward again except down_proj's, and o_proj's
+where its output was kept. Everything else a step does (LoRA, norms, attention's backward, the loss,
+the optimizer) is the same work in both and cancels. The bases become fp8 when its estimate is not
+above bf16's; otherwise they stay bf16 and the run says why.
+
+The choice is made once per run: in a distributed run every rank takes rank 0's, and a resumed run
+takes the one its checkpoint recorded (`EngineSettings.fp8_bases`), so that it trains the same
+numbers as an uninterrupted run. It is made only where `auto` is free to spend the card: with
+`training.memory_budget_gib` or a fixed `training.memory` mode fp8 is kept as asked (its use is then
+memory), and `HONED_FP8_CHOICE=0` keeps it always.
 
 >>> plan = lambda n: MemoryPlan("checkpoint" if n else "none", n, 0.0)
->>> bf16 = BaseTimes(forward_ms=2.0, dx_ms=2.0, rebuild_forward_ms=1.5)
->>> fp8 = BaseTimes(forward_ms=2.4, dx_ms=2.4, rebuild_forward_ms=1.8)
+>>> bf16 = BaseTimes(forward_ms=2.0, dx_ms=2.0, rebuild_forward_ms=1.5, o_forward_ms=0.2)
+>>> fp8 = BaseTimes(forward_ms=2.4, dx_ms=2.4, rebuild_forward_ms=1.8, o_forward_ms=0.25)
 >>> choose(32, {"bf16": plan(0), "fp8": plan(0)}, {"bf16": bf16, "fp8": fp8}, attention_ms=0.5).precision
 'bf16'
 >>> choice = choose(32, {"bf16": plan(20), "fp8": plan(4)}, {"bf16": bf16, "fp8": fp8}, attention_ms=0.5)
@@ -39,6 +44,7 @@ from dataclasses import dataclass
 import torch
 
 from honed.engine.fp8 import fp8_dgrad, fp8_linear, fp8_weight_scale, quantize_weight_rowwise
+from honed.engine import replay
 from honed.engine.layout import SIBLINGS, fusable
 from honed.engine.memory import MemoryPlan
 
@@ -55,7 +61,11 @@ class BaseTimes:
 
     forward_ms: float  # x Wᵀ of every base
     dx_ms: float  # dy W of every base (frozen: no weight gradient)
-    rebuild_forward_ms: float  # the forwards a lean rebuild runs again (`engine.replay`: the sibling groups)
+    # A lean rebuild (`engine.replay`) runs every base's forward again except down_proj's (the deferred
+    # MLP never needs its output) and o_proj's (its output was kept): this is that; o_proj's own comes
+    # back when the plan could not keep its output.
+    rebuild_forward_ms: float
+    o_forward_ms: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -67,7 +77,9 @@ class Fp8Choice:
     attention_ms: float
 
     def describe(self) -> dict:
-        return {"bases": self.precision, "estimated_step_ms": self.step_ms, "recomputed_layers": self.recomputed_layers,
+        # The plans behind the estimates were made before the input embeddings could move to the host:
+        # the run's final plan (its memory_plan) may recompute fewer layers.
+        return {"bases": self.precision, "estimated_step_ms": self.step_ms, "recomputed_layers_planned_at_choice": self.recomputed_layers,
                 "layer_base_ms": {k: dataclasses.asdict(v) for k, v in self.times.items()}, "attention_forward_ms": self.attention_ms}
 
 
@@ -86,7 +98,7 @@ def agreed_across_ranks(precision: str, device: torch.device) -> str:
 
 def estimated_step_ms(layers: int, plan: MemoryPlan, times: BaseTimes, attention_ms: float) -> float:
     """What a step spends in base matmuls and in rebuilding recomputed layers (module docstring)."""
-    rebuild = times.rebuild_forward_ms if plan.keep_o else times.forward_ms
+    rebuild = times.rebuild_forward_ms + (0.0 if plan.keep_o else times.o_forward_ms)
     return layers * (times.forward_ms + times.dx_ms) + plan.checkpointed * (rebuild + attention_ms)
 
 
@@ -97,17 +109,22 @@ def choose(layers: int, plans: dict[str, MemoryPlan], times: dict[str, BaseTimes
 
 
 def layer_bases(decoder_layer) -> list[tuple[str, list]]:
-    """The fusable LoRA projections of one decoder layer whose bases fp8 would convert, as
-    (kind, members): "group" for the siblings that fp8 stores as one matrix (q/k/v, gate/up), "single"
-    for the rest (o_proj, down_proj)."""
+    """The fusable LoRA projections of one decoder layer whose bases fp8 would convert, in the sets
+    fp8 stores (the siblings q/k/v and gate/up as one matrix each, where all of them are LoRA
+    projections; any other alone), each with its role in a lean rebuild: "rebuilt" (its forward runs
+    again), "o" (o_proj: again only when its output was not kept), "not rebuilt" (down_proj)."""
+    o_proj = replay.attention_output_projection(decoder_layer)
+    down_proj = getattr(getattr(decoder_layer, "mlp", None), "down_proj", None)
     found, grouped = [], set()
     for parent in decoder_layer.modules():
         for names in SIBLINGS:
             members = [getattr(parent, n, None) for n in names]
             if all(m is not None and _convertible(m) for m in members) and len({m.base_layer.in_features for m in members}) == 1:
-                found.append(("group", members))
+                found.append(("rebuilt", members))
                 grouped.update(id(m) for m in members)
-    found += [("single", [m]) for m in decoder_layer.modules() if _convertible(m) and id(m) not in grouped]
+    for m in decoder_layer.modules():
+        if _convertible(m) and id(m) not in grouped:
+            found.append(("o" if m is o_proj else "not rebuilt" if m is down_proj else "rebuilt", [m]))
     return found
 
 
@@ -145,31 +162,36 @@ def median_ms(fn) -> float:
     return sorted(times)[len(times) // 2]
 
 
+def time_base_matmuls(weights: list[torch.Tensor], rows: int, device: torch.device) -> dict[str, tuple[float, float]]:
+    """(forward, dx) milliseconds of frozen bases that read one input, over `rows` random rows: in bf16
+    one matmul each, dx reading each one's columns of one dy (as `grouped.DenseBases` runs them), and in
+    fp8 as one quantised matrix (as `engine.fp8` stores a group)."""
+    weights = [w.to(device=device, dtype=torch.bfloat16) for w in weights]
+    x = torch.randn(rows, weights[0].shape[1], device=device, dtype=torch.bfloat16)
+    dy_joint = torch.randn(rows, sum(w.shape[0] for w in weights), device=device, dtype=torch.bfloat16)
+    dys = dy_joint.split([w.shape[0] for w in weights], dim=1)
+    w_fp8, scale = quantize_weight_rowwise(torch.cat(weights))
+    with torch.no_grad():
+        return {
+            "bf16": (median_ms(lambda: [x @ w.t() for w in weights]), median_ms(lambda: [dy @ w for dy, w in zip(dys, weights)])),
+            "fp8": (median_ms(lambda: fp8_linear(x, w_fp8, scale)), median_ms(lambda: fp8_dgrad(dy_joint, w_fp8, scale))),
+        }
+
+
 def measure_base_times(decoder_layer, tokens: int, device: torch.device) -> dict[str, BaseTimes]:
     """`BaseTimes` of this layer's convertible bases in bf16 and in fp8, on `device` (a CUDA GPU with fp8
-    tensor cores), from the layer's own weights and random inputs of min(tokens, MEASURE_TOKENS) rows."""
+    tensor cores), from the layer's own weights and random inputs of min(tokens, MEASURE_TOKENS) rows,
+    scaled to `tokens`."""
     rows = min(tokens, MEASURE_TOKENS)
     scale_up = tokens / rows
-    totals = {p: {"forward": 0.0, "dx": 0.0, "rebuild": 0.0} for p in ("bf16", "fp8")}
-    with torch.no_grad():
-        for kind, members in layer_bases(decoder_layer):
-            weights = [m.base_layer.weight.to(torch.bfloat16) for m in members]
-            x = torch.randn(rows, weights[0].shape[1], device=device, dtype=torch.bfloat16)
-            # dy of the whole group; bf16's dx reads each projection's columns of it, as `grouped.DenseBases` does
-            dy_joint = torch.randn(rows, sum(w.shape[0] for w in weights), device=device, dtype=torch.bfloat16)
-            dys = dy_joint.split([w.shape[0] for w in weights], dim=1)
-            w_fp8, scale = quantize_weight_rowwise(torch.cat(weights))
-            measured = {
-                "bf16": (median_ms(lambda: [x @ w.t() for w in weights]), median_ms(lambda: [dy @ w for dy, w in zip(dys, weights)])),
-                "fp8": (median_ms(lambda: fp8_linear(x, w_fp8, scale)), median_ms(lambda: fp8_dgrad(dy_joint, w_fp8, scale))),
-            }
-            for p, (forward, dx) in measured.items():
-                totals[p]["forward"] += forward * scale_up
-                totals[p]["dx"] += dx * scale_up
-                if kind == "group":
-                    totals[p]["rebuild"] += forward * scale_up
-            del x, dys, dy_joint, w_fp8, scale, weights
-    return {p: BaseTimes(round(t["forward"], 4), round(t["dx"], 4), round(t["rebuild"], 4)) for p, t in totals.items()}
+    totals = {p: {"forward": 0.0, "dx": 0.0, "rebuilt": 0.0, "o": 0.0} for p in ("bf16", "fp8")}
+    for role, members in layer_bases(decoder_layer):
+        for p, (forward, dx) in time_base_matmuls([m.base_layer.weight for m in members], rows, device).items():
+            totals[p]["forward"] += forward * scale_up
+            totals[p]["dx"] += dx * scale_up
+            if role in ("rebuilt", "o"):
+                totals[p][role] += forward * scale_up
+    return {p: BaseTimes(round(t["forward"], 4), round(t["dx"], 4), round(t["rebuilt"], 4), round(t["o"], 4)) for p, t in totals.items()}
 
 
 def measure_attention_ms(config, tokens: int, max_seq_length: int, device: torch.device) -> float:

@@ -129,6 +129,7 @@ class FusedPath:
         self.graphs: StackGraphs | None = None  # training.cuda_graphs: the decoder stack's graphs
         self.embeddings_on_host = False  # training.embeddings_on_host: where `prepare` put the input embeddings
         self.fp8_decision: fp8_choice.Fp8Choice | None = None  # precision fp8 under memory auto: what was measured and chosen
+        self.fp8_bases: str | None = None  # precision fp8: the bases `prepare` stored, "fp8" or "bf16" (a checkpoint records it)
 
     def compute_dtype(self) -> torch.dtype | None:
         """The autocast dtype the run computes in (None: no autocast), as `utils.precision.autocast_context` sets it."""
@@ -152,6 +153,9 @@ class FusedPath:
             log.warning("fused path: %d LoRA projections stay on peft's slower path (lora.dropout > 0, DoRA or a trainable base); lora.dropout: 0 fuses them", unfused)
         if self.fp8_bases_pay(model):
             prepare_fp8(model, self.settings)  # before the memory plan: it frees the bf16 copies
+            self.fp8_bases = "fp8"
+        elif self.settings.fp8:
+            self.fp8_bases = "bf16"
         n_groups = group_siblings(model)  # after fp8: it stores each group's fp8 bases as one matrix
         n_norm, n_mlp = patch_layers(model)
         rope_fused = patch_rope(model)
@@ -183,6 +187,8 @@ class FusedPath:
         s = self.settings
         if not s.fp8:
             return False
+        if s.fp8_bases is not None:
+            return s.fp8_bases == "fp8"  # chosen before this run was interrupted: a resume trains the same numbers
         if not fp8_choice.ENABLED or s.forced_memory is not None or s.memory_budget_gib is not None:
             return True  # fp8 as asked: its use is then memory
         check_fp8_device(self.device)  # a clear error before any fp8 matmul is measured
@@ -204,6 +210,9 @@ class FusedPath:
         except torch.cuda.OutOfMemoryError:
             torch.cuda.empty_cache()
             log.info("fp8: no GPU memory to measure bf16 against fp8 bases; the bases go to fp8, which halves them")
+            return "fp8"
+        except Exception as err:  # noqa: BLE001 - any failure to measure keeps fp8 as asked, and every rank still reaches the broadcast
+            log.warning("fp8: measuring bf16 against fp8 bases failed (%s); the bases go to fp8 as asked", str(err).splitlines()[0][:200])
             return "fp8"
         torch.cuda.empty_cache()  # the probe's inputs: the memory plans below count that memory as free
         plans = {"bf16": self.memory_plan(model), "fp8": self.memory_plan(model, extra_budget=fp8_choice.fp8_freed_bytes(model))}

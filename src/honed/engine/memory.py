@@ -194,26 +194,36 @@ _UNLIMITED = 2**60  # cgroup v1 writes "no limit" as a number near 2^63
 
 
 def cgroup_room_bytes(root: Path, own_cgroup: Path) -> float | None:
-    """The memory cgroup's limit minus its working set (usage less the inactive file cache, which the
-    kernel reclaims first), for cgroup v2 (this process's own group, then the root's files) or v1;
-    None where no limit is set or nothing can be read."""
-    v2, v1 = [], []
+    """What the memory cgroups above this process still let it use: the least, over every level from
+    its own group up to the root that sets a limit, of that limit minus the level's working set (usage
+    less the inactive file cache, which the kernel reclaims first). cgroup v2 first, then v1; None
+    where no level sets a limit or nothing can be read. A limit often sits on a parent (a Slurm job,
+    a Kubernetes pod) while the process's own group has none."""
+    own = {"v2": "", "v1": ""}
     try:
         for line in own_cgroup.read_text().splitlines():
             _, controllers, path = line.split(":", 2)
             if controllers == "":  # v2: the one unified hierarchy
-                v2.append(root / path.strip().lstrip("/"))
+                own["v2"] = path.strip()
             elif "memory" in controllers.split(","):  # v1: the memory controller's own hierarchy
-                v1.append(root / "memory" / path.strip().lstrip("/"))
+                own["v1"] = path.strip()
     except (OSError, ValueError):
         pass
-    for folder in [*v2, root]:
-        if (folder / "memory.max").exists():
-            return _room(folder / "memory.max", folder / "memory.current", folder / "memory.stat", "inactive_file")
-    for folder in [*v1, root / "memory"]:
-        if (folder / "memory.limit_in_bytes").exists():
-            return _room(folder / "memory.limit_in_bytes", folder / "memory.usage_in_bytes", folder / "memory.stat", "total_inactive_file")
+    for base, relative, files in ((root, own["v2"], _V2_FILES), (root / "memory", own["v1"], _V1_FILES)):
+        rooms = [room for folder in _levels(base, relative) if (room := _room(*(folder / name for name in files[:3]), files[3])) is not None]
+        if rooms:
+            return float(min(rooms))
     return None
+
+
+_V2_FILES = ("memory.max", "memory.current", "memory.stat", "inactive_file")
+_V1_FILES = ("memory.limit_in_bytes", "memory.usage_in_bytes", "memory.stat", "total_inactive_file")
+
+
+def _levels(base: Path, relative: str) -> list[Path]:
+    """The cgroup folder of `relative` under `base`, then each parent up to `base` itself."""
+    parts = [p for p in relative.split("/") if p]
+    return [base.joinpath(*parts[:i]) for i in range(len(parts), -1, -1)]
 
 
 def _room(limit_file: Path, usage_file: Path, stat_file: Path, inactive_key: str) -> float | None:

@@ -37,6 +37,7 @@ class EngineSettings:
     sequences_per_item: int = 1  # preference objectives: a pair (or a KTO sample and its mismatched twin) is two sequences
     memory: Literal["auto", "none", "checkpoint", "offload"] = "auto"  # training.memory: the activation policy
     memory_budget_gib: float | None = None  # training.memory_budget_gib: plan for this much instead of the free memory
+    fp8_bases: str | None = None  # precision fp8: "fp8"/"bf16" bases chosen before (a resumed run's checkpoint), taken as they are
     host_memory_gib: float | None = None  # training.host_memory_gib: the host memory offloading plans with, instead of what is available
     gradient_checkpointing: bool = False  # training.gradient_checkpointing: recompute asked for explicitly
     cuda_graphs: bool = False  # training.cuda_graphs

@@ -39,6 +39,7 @@ class TrainState:
     data_state: dict = field(default_factory=dict)  # EpochData.state_dict(): what a data strategy learned
     data_fingerprint: str = ""  # resuming on other data is refused
     micro_batches_per_step: int = 0  # global (all processes); a resume on another world size keeps it (0: not recorded)
+    fp8_bases: str | None = None  # precision fp8: "fp8" or "bf16", the LoRA bases the run chose (engine.fp8_choice); a resume keeps them
 
 
 def rng_state() -> dict:
@@ -87,6 +88,17 @@ def saved_micro_per_step(path: Path | None) -> int | None:
         return json.loads((Path(path) / "trainer_state.json").read_text()).get("micro_batches_per_step") or None
     except (OSError, ValueError):
         return None  # load_checkpoint names the unreadable file
+
+
+def saved_fp8_bases(path: Path | None) -> str | None:
+    """The LoRA bases ("fp8" or "bf16") a precision-fp8 run at checkpoint `path` trained with, or None."""
+    if path is None:
+        return None
+    try:
+        found = json.loads((Path(path) / "trainer_state.json").read_text()).get("fp8_bases")
+    except (OSError, ValueError):
+        return None  # load_checkpoint names the unreadable file
+    return found if found in ("fp8", "bf16") else None
 
 
 def save_checkpoint(out_dir: Path, model, optimizer, scheduler, state: TrainState, *, scaler=None, save_model_files=None, keep: int | None = None) -> Path:

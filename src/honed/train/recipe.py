@@ -182,6 +182,8 @@ def setup_run(cfg: TrainConfig) -> TrainingRun:
         # A captured graph would replay DDP's bucket all-reduces outside DDP's control: eager steps only.
         log.warning("training.cuda_graphs: off under torchrun (the gradient all-reduce cannot be captured with the step)")
         settings = dataclasses.replace(settings, cuda_graphs=False)
+    if settings.fp8 and (saved_bases := ckpt.saved_fp8_bases(resume_from)) is not None:
+        settings = dataclasses.replace(settings, fp8_bases=saved_bases)  # the bases chosen before the interruption
     device, precision = settings.device, settings.precision
     check_method_precision(cfg, precision)
 
@@ -216,6 +218,7 @@ def setup_run(cfg: TrainConfig) -> TrainingRun:
     if dist_ctx.enabled:
         info.update(strategy=strategy, **log_global_batch(dist_ctx, t.batch_size, accumulation))
     run.state = resume_state(run, resume_from)
+    run.state.fp8_bases = getattr(path, "fp8_bases", None)  # recorded with every checkpoint, for a resume to keep
     prepare = getattr(objective, "prepare_reference", None)  # preference objectives: cached reference log-probs
     if prepare is not None:
         main_first(dist_ctx, lambda: prepare(run))  # rank 0 computes and writes the cache; the others then read it

@@ -78,3 +78,17 @@ def test_a_file_of_another_kind_is_refused(ls, tmp_path):
     (tmp_path / "longest_seq.json").write_text(json.dumps({"schema": "honed.bench.card_matrix", "groups": {}}))
     with pytest.raises(SystemExit, match="not a longest-sequence file"):
         ls.load(tmp_path / "longest_seq.json")
+
+
+def test_a_maximum_off_the_step_grid_still_ends(ls):
+    order, (low, high) = run_search(ls, longest_that_fits=990_000, maximum=1_000_000)
+    assert order == [131072, 262144, 524288, 1_000_000, 753664, 868352, 933888, 966656, 983040]
+    assert (low, high) == (983040, 1_000_000)
+
+
+def test_a_search_is_continued_only_on_the_card_it_started_on(ls, tmp_path, monkeypatch):
+    state = {"schema": ls.SCHEMA, "caps": {"full": {"meta": {"device": "NVIDIA H200"}, "stacks": {}}}}
+    monkeypatch.setattr(ls, "call_meta", lambda name: {"device": "NVIDIA H100 80GB HBM3", "date": "d", "commit": "c"})
+    args = type("Args", (), {"budget_s": 600, "start": 131072, "step": 16384, "max": 2**20, "probe_timeout": 300, "models": "m"})()
+    with pytest.raises(SystemExit, match="ran on NVIDIA H200, this is NVIDIA H100"):
+        ls.search(state, tmp_path, "full", ["unsloth"], args)

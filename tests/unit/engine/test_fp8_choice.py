@@ -18,8 +18,9 @@ from honed.engine.memory import MemoryPlan
 from honed.engine.settings import EngineSettings
 from honed.testing.lora import lora_model
 
-SLOW_FP8 = {"bf16": BaseTimes(forward_ms=3.0, dx_ms=3.0, rebuild_forward_ms=2.0), "fp8": BaseTimes(forward_ms=4.0, dx_ms=5.0, rebuild_forward_ms=2.5)}
-FAST_FP8 = {"bf16": SLOW_FP8["bf16"], "fp8": BaseTimes(forward_ms=2.0, dx_ms=2.0, rebuild_forward_ms=1.0)}
+SLOW_FP8 = {"bf16": BaseTimes(forward_ms=3.0, dx_ms=3.0, rebuild_forward_ms=2.0, o_forward_ms=0.4),
+            "fp8": BaseTimes(forward_ms=4.0, dx_ms=5.0, rebuild_forward_ms=2.5, o_forward_ms=0.5)}
+FAST_FP8 = {"bf16": SLOW_FP8["bf16"], "fp8": BaseTimes(forward_ms=2.0, dx_ms=2.0, rebuild_forward_ms=1.0, o_forward_ms=0.2)}
 
 
 def plan(recomputed: int, keep_o: bool = True) -> MemoryPlan:
@@ -27,11 +28,11 @@ def plan(recomputed: int, keep_o: bool = True) -> MemoryPlan:
 
 
 def test_a_step_counts_every_layer_s_forward_and_dx_and_each_rebuild_s_forwards_and_attention():
-    times = BaseTimes(forward_ms=3.0, dx_ms=5.0, rebuild_forward_ms=2.0)
+    times = BaseTimes(forward_ms=3.0, dx_ms=5.0, rebuild_forward_ms=2.0, o_forward_ms=0.5)
     assert estimated_step_ms(10, plan(0), times, attention_ms=1.5) == 80.0  # 10 × (3 + 5)
     assert estimated_step_ms(10, plan(4), times, attention_ms=1.5) == 80.0 + 4 * (2.0 + 1.5)
-    # Without o_proj's output kept (host memory short), a rebuild runs every base's forward again.
-    assert estimated_step_ms(10, plan(4, keep_o=False), times, attention_ms=1.5) == 80.0 + 4 * (3.0 + 1.5)
+    # Without o_proj's output kept (host memory short), its forward runs again in each rebuild too.
+    assert estimated_step_ms(10, plan(4, keep_o=False), times, attention_ms=1.5) == 80.0 + 4 * (2.0 + 0.5 + 1.5)
 
 
 def test_bf16_is_kept_when_fp8_matmuls_are_slower_and_the_memory_buys_nothing():
@@ -59,15 +60,29 @@ def tiny_llama(tiny_model_dir, dtype=torch.bfloat16):
     return lora_model(tiny_model_dir("llama3"), dtype=dtype)
 
 
-def test_the_layer_is_measured_as_fp8_stores_it_siblings_as_one_matrix_the_rest_alone(tiny_model_dir):
+def test_the_layer_is_measured_in_the_sets_fp8_stores_with_each_set_s_part_in_a_lean_rebuild(tiny_model_dir):
     model = tiny_llama(tiny_model_dir)
     layer = model.get_base_model().model.layers[0]
     names = {id(module): name for name, module in layer.named_modules()}
-    found = sorted((kind, [names[id(m)] for m in members]) for kind, members in layer_bases(layer))
-    assert found == [("group", ["mlp.gate_proj", "mlp.up_proj"]), ("group", ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"]),
-                     ("single", ["mlp.down_proj"]), ("single", ["self_attn.o_proj"])]
+    found = sorted((role, [names[id(m)] for m in members]) for role, members in layer_bases(layer))
+    assert found == [("not rebuilt", ["mlp.down_proj"]), ("o", ["self_attn.o_proj"]),
+                     ("rebuilt", ["mlp.gate_proj", "mlp.up_proj"]), ("rebuilt", ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"])]
     convert_lora_bases_to_fp8(model)
     assert layer_bases(layer) == []  # already fp8: nothing left to convert or measure
+
+
+def test_siblings_that_are_not_all_lora_projections_are_measured_alone_and_rebuilt(tiny_model_dir):
+    from transformers import AutoModelForCausalLM
+
+    from honed.config import LoraSettings
+    from honed.model.adapters import apply_lora
+
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir("llama3"), dtype=torch.bfloat16)
+    model = apply_lora(base, LoraSettings(r=4, alpha=8, target_modules=["q_proj", "v_proj", "down_proj"]))
+    layer = model.get_base_model().model.layers[0]
+    names = {id(module): name for name, module in layer.named_modules()}
+    found = sorted((role, [names[id(m)] for m in members]) for role, members in layer_bases(layer))
+    assert found == [("not rebuilt", ["mlp.down_proj"]), ("rebuilt", ["self_attn.q_proj"]), ("rebuilt", ["self_attn.v_proj"])]
 
 
 def test_the_bytes_fp8_frees_are_what_conversion_frees(tiny_model_dir):
@@ -132,6 +147,7 @@ def test_under_memory_auto_the_fused_path_keeps_bf16_bases_when_they_measure_fas
     described = path.describe()["fp8_choice"]
     assert described["bases"] == "bf16"
     assert described["estimated_step_ms"] == {"bf16": 2 * 6.0, "fp8": 2 * 9.0}  # 2 layers, nothing recomputes on a CPU
+    assert path.fp8_bases == "bf16"  # what a checkpoint records
 
 
 def test_under_memory_auto_the_fused_path_converts_when_fp8_measures_faster(tiny_model_dir, probe):
@@ -139,7 +155,39 @@ def test_under_memory_auto_the_fused_path_converts_when_fp8_measures_faster(tiny
     model = tiny_llama(tiny_model_dir)
     path = prepared(model)
     assert p.calls == 1 and bases_dtypes(model) == {FP8_DTYPE}
-    assert path.describe()["fp8_choice"]["bases"] == "fp8"
+    assert path.describe()["fp8_choice"]["bases"] == "fp8" and path.fp8_bases == "fp8"
+
+
+@pytest.mark.parametrize("recorded, dtype", [("bf16", torch.bfloat16), ("fp8", FP8_DTYPE)])
+def test_a_resumed_run_takes_the_bases_its_checkpoint_recorded_without_measuring(tiny_model_dir, probe, recorded, dtype):
+    p = probe(FAST_FP8 if recorded == "bf16" else SLOW_FP8)  # the opposite of what was recorded, were it measured
+    model = tiny_llama(tiny_model_dir)
+    path = prepared(model, fp8_bases=recorded)
+    assert p.calls == 0 and bases_dtypes(model) == {dtype} and path.fp8_bases == recorded
+
+
+def test_a_measurement_that_fails_keeps_fp8_as_asked(tiny_model_dir, probe, monkeypatch, caplog):
+    probe(FAST_FP8)
+
+    def broken(*args):
+        raise RuntimeError("CUBLAS_STATUS_ALLOC_FAILED when calling cublasCreate")
+
+    monkeypatch.setattr(fp8_choice, "measure_base_times", broken)
+    model = tiny_llama(tiny_model_dir)
+    with caplog.at_level("WARNING", logger="honed.engine.fused"):
+        path = prepared(model)
+    assert bases_dtypes(model) == {FP8_DTYPE} and path.fp8_bases == "fp8"
+    assert "measuring bf16 against fp8 bases failed (CUBLAS_STATUS_ALLOC_FAILED" in caplog.text
+
+
+def test_the_memory_fp8_frees_is_planned_with(tiny_model_dir):
+    """Under a budget too small to keep every layer, the bytes fp8 frees let fewer layers recompute."""
+    model = tiny_llama(tiny_model_dir)
+    path = FusedPath(EngineSettings(torch.device("cpu"), precision="bf16", batch_size=2, max_seq_length=256, memory_budget_gib=1e-4))
+    path.prepare(model)
+    tight = path.memory_plan(model)
+    roomy = path.memory_plan(model, extra_budget=1e9)
+    assert tight.checkpointed == 2 and roomy.checkpointed == 0
 
 
 @pytest.mark.parametrize("settings", [{"memory_budget_gib": 10.0}, {"memory": "checkpoint"}, {"gradient_checkpointing": True}])

@@ -95,3 +95,14 @@ def test_the_process_own_v1_memory_group_is_read_before_the_hierarchy_s_root(tmp
     own = tmp_path / "self_cgroup"
     own.write_text("9:name=systemd:/\n4:memory:/process_api/abc\n3:cpuset:/\n0::/\n")
     assert cgroup_room_bytes(tmp_path / "cgroup", own) == 16 * GiB  # no memory.stat: no cache counted as free
+
+
+def test_a_limit_on_a_parent_group_counts_when_the_process_own_group_has_none(tmp_path):
+    # Slurm-like: the job's group is limited, the task's own group below it is not.
+    root, own = cgroup_v2(tmp_path, "max", current=1 * GiB, inactive_file=0, own="/job_7/step_0/task_0")
+    job = root / "job_7"
+    (job / "memory.max").write_text(f"{32 * GiB}\n")
+    (job / "memory.current").write_text(f"{30 * GiB}\n")
+    assert cgroup_room_bytes(root, own) == 2 * GiB
+    (job / "memory.max").write_text("max\n")
+    assert cgroup_room_bytes(root, own) is None

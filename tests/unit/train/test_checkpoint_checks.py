@@ -39,3 +39,16 @@ def test_resume_true_without_a_checkpoint_says_it_starts_from_scratch(tmp_path, 
     with caplog.at_level(logging.WARNING, logger="honed.train.checkpoint"):
         assert find_resume_checkpoint(False, tmp_path) is None
     assert caplog.text == ""
+
+
+def test_a_checkpoint_records_the_fp8_run_s_bases_and_a_resume_reads_them(tmp_path):
+    from honed.train.checkpoint import saved_fp8_bases
+
+    model, opt, sched = _parts(8, r=8)
+    adapter = lambda d: (d / "adapter_config.json").write_text(json.dumps({"r": 8}))  # noqa: E731
+    ckpt = save_checkpoint(tmp_path, model, opt, sched, TrainState(step=3, fp8_bases="bf16"), save_model_files=adapter)
+    assert saved_fp8_bases(ckpt) == "bf16"
+    assert load_checkpoint(ckpt, *_parts(8, r=8)).fp8_bases == "bf16"
+    state = json.loads((ckpt / "trainer_state.json").read_text())
+    (ckpt / "trainer_state.json").write_text(json.dumps({**state, "fp8_bases": None}))  # a bf16 run, or an older checkpoint
+    assert saved_fp8_bases(ckpt) is None and saved_fp8_bases(None) is None
