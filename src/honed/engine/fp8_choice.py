@@ -43,8 +43,8 @@ from dataclasses import dataclass
 
 import torch
 
-from honed.engine.fp8 import fp8_dgrad, fp8_linear, fp8_weight_scale, quantize_weight_rowwise
 from honed.engine import replay
+from honed.engine.fp8 import fp8_dgrad, fp8_linear, fp8_weight_scale, quantize_weight_rowwise
 from honed.engine.layout import SIBLINGS, fusable
 from honed.engine.memory import MemoryPlan
 
@@ -70,6 +70,8 @@ class BaseTimes:
 
 @dataclass(frozen=True)
 class Fp8Choice:
+    """What was measured, what each precision's step was estimated at, and the bases chosen."""
+
     precision: str  # "fp8" or "bf16": what the LoRA bases are stored and multiplied in
     step_ms: dict[str, float]  # each precision's estimated base-matmul and recompute time a step
     recomputed_layers: dict[str, int]  # each precision's memory plan
