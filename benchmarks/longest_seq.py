@@ -88,9 +88,12 @@ def classify(text: str, returncode: int | None) -> dict:
     return result
 
 
-def probe_command(stack: str, length: int, timeout: int) -> list[str]:
+def probe_command(stack: str, length: int, timeout: int, honed_args: str = "") -> list[str]:
+    """peer_bench.py for one step of `stack` at `length` tokens; `honed_args` go to honed's stacks
+    (e.g. "--host-memory-gib 120" where the host's reading is wrong)."""
     script = os.path.relpath(peer_bench_path(), ROOT)
-    return ["python3", script, *WORKLOAD, "--seq", str(length), "--stacks", STACKS[stack], "--timeout", str(timeout)]
+    spec = STACKS[stack] + (f" {honed_args}" if honed_args and stack.startswith("honed") else "")
+    return ["python3", script, *WORKLOAD, "--seq", str(length), "--stacks", spec, "--timeout", str(timeout)]
 
 
 def cap_env(cap: str, models: str) -> dict[str, str]:
@@ -161,7 +164,7 @@ def search(state: dict, out: Path, cap: str, stacks: list[str], args) -> None:
             print(f"== {cap} / {stack} / {length:,}", flush=True)
             t0 = time.time()
             try:
-                p = subprocess.run(probe_command(stack, length, args.probe_timeout), capture_output=True, text=True,
+                p = subprocess.run(probe_command(stack, length, args.probe_timeout, args.honed_args), capture_output=True, text=True,
                                    env=cap_env(cap, args.models), cwd=ROOT, timeout=args.probe_timeout + PROBE_OVERHEAD_S)
                 result = classify(p.stdout + "\n" + p.stderr, p.returncode)
             except subprocess.TimeoutExpired:
@@ -185,6 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--probe-timeout", type=int, default=300, help="seconds one probe may take")
     ap.add_argument("--budget-s", type=int, default=540, help="seconds this call may spend (no probe starts that cannot end inside it)")
     ap.add_argument("--models", default=os.environ.get("BENCH_MODELS", str(ROOT / "bench_models")), help="where model shapes are saved")
+    ap.add_argument("--honed-args", default="", help='more `honed bench` arguments for the honed stacks, e.g. "--host-memory-gib 120"')
     ap.add_argument("--table", action="store_true", help="print the table of --out and run nothing")
     args = ap.parse_args(argv)
     if args.cap != "full" and not args.cap.isdigit():

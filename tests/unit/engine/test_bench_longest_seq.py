@@ -92,3 +92,12 @@ def test_a_search_is_continued_only_on_the_card_it_started_on(ls, tmp_path, monk
     args = type("Args", (), {"budget_s": 600, "start": 131072, "step": 16384, "max": 2**20, "probe_timeout": 300, "models": "m"})()
     with pytest.raises(SystemExit, match="ran on NVIDIA H200, this is NVIDIA H100"):
         ls.search(state, tmp_path, "full", ["unsloth"], args)
+
+
+def test_a_probe_is_one_peer_bench_step_and_honed_args_reach_only_honed(ls):
+    command = ls.probe_command("honed-offload", 262144, 300, "--host-memory-gib 120")
+    assert command[command.index("--seq") + 1] == "262144"
+    assert command[command.index("--stacks") + 1] == "cmd:python3 -m honed bench --memory offload --host-memory-gib 120"
+    assert all(a in command for a in ("--qlora", "--steps", "--warmup")) and command[command.index("--steps") + 1] == "1"
+    unsloth = ls.probe_command("unsloth", 262144, 300, "--host-memory-gib 120")
+    assert unsloth[unsloth.index("--stacks") + 1] == "unsloth"
