@@ -60,9 +60,7 @@ def next_length(probes: dict[int, dict], start: int, step: int, maximum: int) ->
     >>> next_length({983040: {}, 1000000: {"error": "OOM"}}, 131072, 16384, 1000000) is None  # no step fits between
     True
     """
-    fitted = [n for n, r in probes.items() if not r.get("error")]
-    failed = [n for n, r in probes.items() if r.get("error")]
-    low, high = max(fitted, default=None), min(failed, default=None)
+    low, high = longest(probes)
     if low is None:
         candidate = start if high is None else (high // 2) // step * step
         return candidate if candidate >= step and candidate not in probes else None

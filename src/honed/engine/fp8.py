@@ -217,6 +217,24 @@ def fp8_weight_scale(linear) -> torch.Tensor | None:
     return getattr(linear, SCALE_NAME, None)
 
 
+def _float_linear(base) -> bool:
+    """An nn.Linear whose weight is bf16/fp16/fp32 (not already quantised)."""
+    return isinstance(base, torch.nn.Linear) and base.weight.dtype in (torch.bfloat16, torch.float16, torch.float32)
+
+
+def _scaled_mm_fits(base) -> bool:
+    """`torch._scaled_mm` needs in and out features that are multiples of 16."""
+    return base.in_features % 16 == 0 and base.out_features % 16 == 0
+
+
+def storable_in_fp8(module) -> bool:
+    """A fusable LoRA projection whose base `convert_lora_bases_to_fp8` would store in fp8 now (not yet converted)."""
+    if not fusable(module):
+        return False
+    base = module.base_layer
+    return fp8_weight_scale(base) is None and _float_linear(base) and _scaled_mm_fits(base)
+
+
 def convert_lora_bases_to_fp8(model) -> int:
     """Store each fusable LoRA layer's frozen base weight as e4m3 + per-channel scale; returns how many.
 
@@ -236,9 +254,9 @@ def convert_lora_bases_to_fp8(model) -> int:
             converted += 1  # converted before (prepare called twice)
             continue
         w = base.weight
-        if not isinstance(base, torch.nn.Linear) or w.dtype not in (torch.bfloat16, torch.float16, torch.float32):
+        if not _float_linear(base):
             continue  # e.g. an NF4 base (bitsandbytes stores it as uint8): already 4-bit
-        if base.in_features % 16 or base.out_features % 16:
+        if not _scaled_mm_fits(base):
             skipped += 1
             continue
         with torch.no_grad():

@@ -44,8 +44,8 @@ from dataclasses import dataclass
 import torch
 
 from honed.engine import replay
-from honed.engine.fp8 import fp8_dgrad, fp8_linear, fp8_weight_scale, quantize_weight_rowwise
-from honed.engine.layout import SIBLINGS, fusable
+from honed.engine.fp8 import fp8_dgrad, fp8_linear, quantize_weight_rowwise, storable_in_fp8
+from honed.engine.layout import SIBLINGS
 from honed.engine.memory import MemoryPlan
 
 ENABLED = os.environ.get("HONED_FP8_CHOICE", "1") != "0"
@@ -121,29 +121,20 @@ def layer_bases(decoder_layer) -> list[tuple[str, list]]:
     for parent in decoder_layer.modules():
         for names in SIBLINGS:
             members = [getattr(parent, n, None) for n in names]
-            if all(m is not None and _convertible(m) for m in members) and len({m.base_layer.in_features for m in members}) == 1:
+            if all(m is not None and storable_in_fp8(m) for m in members) and len({m.base_layer.in_features for m in members}) == 1:
                 found.append(("rebuilt", members))
                 grouped.update(id(m) for m in members)
     for m in decoder_layer.modules():
-        if _convertible(m) and id(m) not in grouped:
+        if storable_in_fp8(m) and id(m) not in grouped:
             found.append(("o" if m is o_proj else "not rebuilt" if m is down_proj else "rebuilt", [m]))
     return found
-
-
-def _convertible(module) -> bool:
-    """A fusable LoRA projection whose base fp8 would store (a bf16/fp16/fp32 nn.Linear, features multiples of 16)."""
-    if not fusable(module):
-        return False
-    base = module.base_layer
-    return (isinstance(base, torch.nn.Linear) and fp8_weight_scale(base) is None and base.weight.dtype in (torch.bfloat16, torch.float16, torch.float32)
-            and base.in_features % 16 == 0 and base.out_features % 16 == 0)
 
 
 def fp8_freed_bytes(model) -> int:
     """GPU bytes converting the bases to fp8 frees: each base keeps one byte a weight and an fp32 scale a row."""
     freed = 0
     for module in model.modules():
-        if _convertible(module):
+        if storable_in_fp8(module):
             w = module.base_layer.weight
             freed += w.numel() * (w.element_size() - 1) - 4 * w.shape[0]
     return freed

@@ -79,25 +79,26 @@ def checkpoint_dir(out_dir: Path, step: int) -> Path:
     return Path(out_dir) / CHECKPOINTS / f"checkpoint-{step:06d}"
 
 
-def saved_micro_per_step(path: Path | None) -> int | None:
-    """Global micro-batches per optimizer step the checkpoint at `path` trained with (None: no
-    checkpoint, or one from before this was recorded)."""
+def _saved_state(path: Path | None, key: str):
+    """One field of the trainer_state.json of checkpoint `path` (None: no checkpoint, an unreadable
+    file, which load_checkpoint names, or a field from before it was recorded)."""
     if path is None:
         return None
     try:
-        return json.loads((Path(path) / "trainer_state.json").read_text()).get("micro_batches_per_step") or None
+        return json.loads((Path(path) / "trainer_state.json").read_text()).get(key)
     except (OSError, ValueError):
-        return None  # load_checkpoint names the unreadable file
+        return None
+
+
+def saved_micro_per_step(path: Path | None) -> int | None:
+    """Global micro-batches per optimizer step the checkpoint at `path` trained with (None: no
+    checkpoint, or one from before this was recorded)."""
+    return _saved_state(path, "micro_batches_per_step") or None
 
 
 def saved_fp8_bases(path: Path | None) -> str | None:
     """The LoRA bases ("fp8" or "bf16") a precision-fp8 run at checkpoint `path` trained with, or None."""
-    if path is None:
-        return None
-    try:
-        found = json.loads((Path(path) / "trainer_state.json").read_text()).get("fp8_bases")
-    except (OSError, ValueError):
-        return None  # load_checkpoint names the unreadable file
+    found = _saved_state(path, "fp8_bases")
     return found if found in ("fp8", "bf16") else None
 
 
