@@ -300,3 +300,57 @@ def test_honed_train_takes_the_fused_path_and_learns_like_the_plain_one(tmp_path
     devs = [abs(a - b) / b for a, b in zip(fused, plain)]
     assert sum(devs) / len(devs) <= 0.02, devs
     assert max(devs) <= 0.05, devs
+
+
+# ---- what a layer keeps (engine.derived) ---------------------------------------------------------
+
+
+def test_a_derived_norm_output_is_the_forward_output_bit_for_bit():
+    """Backward derives the norm's output with `_rms_output` (compiled on CUDA); it must be the very
+    tensor the forward's compiled kernel made, for bf16 and for fp32 (QLoRA) norm weights."""
+    from honed.engine.layers import _rms_forward, _rms_output
+
+    x = torch.randn(512, 256, device="cuda", dtype=torch.bfloat16)
+    for weight in (torch.rand(256, device="cuda", dtype=torch.bfloat16), torch.rand(256, device="cuda")):
+        y, rstd = _rms_forward(x, weight, 1e-6)
+        assert torch.equal(_rms_output(x, weight, rstd), y)
+
+
+@pytest.mark.parametrize("norm_weights", [torch.bfloat16, torch.float32])  # fp32: as peft leaves them for QLoRA
+def test_derived_saves_keep_less_by_the_norm_and_swiglu_outputs_and_train_the_same(tmp_path_factory, monkeypatch, norm_weights):
+    from honed.engine import derived
+    from honed.engine.fused import FusedPath
+    from honed.engine.settings import resolve_engine_settings
+    from honed.testing import build_tiny_model
+    from honed.testing.lora import path_config
+
+    folder = build_tiny_model("llama3", tmp_path_factory.mktemp("derived"), hidden_size=256, layers=3)
+    cfg = path_config(folder, memory="none")
+    ids = torch.randint(5, 500, (2, 256), generator=torch.Generator().manual_seed(7)).cuda()
+    batch = {"input_ids": ids, "labels": ids.clone()}
+
+    def kept_bytes_and_grads(enabled):
+        monkeypatch.setattr(derived, "ENABLED", enabled)
+        model = lora_model(folder, torch.bfloat16)
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.data = p.data.to(norm_weights)
+        path = FusedPath(resolve_engine_settings(cfg, torch.device("cuda")))
+        model = path.prepare(model)
+        model.train()
+        for _ in range(2):  # the first step compiles; the second is the one measured
+            model.zero_grad(set_to_none=True)
+            torch.cuda.synchronize()
+            before = torch.cuda.memory_allocated()
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                s, n = path.loss_sum(model, batch)
+            kept = torch.cuda.memory_allocated() - before
+            (s / n).backward()
+        return kept, {k: p.grad for k, p in model.named_parameters() if p.requires_grad}, model.config
+
+    kept_all, grads_all, config = kept_bytes_and_grads(False)
+    kept_derived, grads_derived, _ = kept_bytes_and_grads(True)
+    expected = config.num_hidden_layers * ids.numel() * (2 * config.hidden_size + config.intermediate_size) * 2
+    assert 0.9 * expected <= kept_all - kept_derived <= 1.1 * expected, (kept_all, kept_derived, expected)
+    for k in grads_all:
+        assert rel(grads_derived[k], grads_all[k]) <= 1e-3, k

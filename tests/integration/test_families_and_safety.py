@@ -80,6 +80,15 @@ def test_remote_code_is_off_by_default(tmp_path, tiny_model_dir):
         load_model(ModelConfig(name_or_path=str(folder)), device=torch.device("cpu"))
 
 
+def test_no_hub_kernels_are_taken_by_default(tiny_model_dir):
+    """transformers takes layers from the Hub's `kernels` by default where that package is installed:
+    code fetched at run time. honed's loader asks for none."""
+    from honed.model.load import load_model
+
+    model, _ = load_model(ModelConfig(name_or_path=str(tiny_model_dir("llama3"))), device=torch.device("cpu"))
+    assert getattr(model, "use_kernels", False) is False
+
+
 def test_qwen3_thinking_switch_reaches_the_prompt(tiny_model_dir):
     from honed.data.conversation import Message
     from honed.infer.generate import ChatModel

@@ -178,6 +178,8 @@ def run_bench(args) -> dict:
                recomputed_layers=plan["checkpointed"] if plan else None, whole_mlp=bool(plan and plan["whole_mlp"]),
                # False: recomputed layers rebuild o_proj too, because the host looked short of memory for it (None: none recompute)
                keeps_o_proj_output=bool(plan["keep_o"]) if plan and plan["checkpointed"] else None)
+    if "derived_saves" in described:  # the fused path: norm and SwiGLU outputs derived in backward (HONED_DERIVED_SAVES)
+        res["derived_saves"] = described["derived_saves"]
     if described.get("fp8_choice") is not None:  # precision fp8 under memory auto: what was measured, which bases it chose
         res["fp8_choice"] = described["fp8_choice"]
     return res

@@ -3,7 +3,8 @@
 What it changes against plain transformers, each with a plain-torch reference beside it:
 - LoRA projections run as one autograd node each (`engine.lora`), NF4 bases dequantised on the fly,
   and projections that read the same input (q/k/v, gate/up) as one node per group (`engine.grouped`);
-- RMSNorm and SwiGLU keep less for backward (`engine.layers`);
+- RMSNorm and SwiGLU keep less for backward (`engine.layers`), and their outputs, which the LoRA
+  projections read, are derived again in backward instead of kept (`engine.derived`);
 - the loss never makes full logits: hidden states → chunked lm_head + cross-entropy (`engine.loss`);
 - activation memory follows a plan (`engine.memory`): no recompute when it fits, recompute as few
   layers as needed otherwise, and offload the kept layer inputs to CPU when even that does not fit;
@@ -25,7 +26,7 @@ import logging
 import torch
 
 from honed.data.packing import uses_varlen_attention
-from honed.engine import host_embedding, nf4
+from honed.engine import derived, fp8_choice, host_embedding, nf4
 from honed.engine.attention import (
     VARLEN_ATTENTION,
     enable_varlen_attention,
@@ -35,7 +36,6 @@ from honed.engine.attention import (
     varlen_batch_inputs,
     varlen_unavailable_reason,
 )
-from honed.engine import fp8_choice
 from honed.engine.fp8 import check_fp8_device, prepare_fp8
 from honed.engine.graphs import StackGraphs
 from honed.engine.grouped import group_siblings
@@ -104,6 +104,16 @@ def restore_frozen_embeddings(model, compute_dtype: torch.dtype | None) -> list[
     return cast
 
 
+def switch_off_hub_kernels(lm) -> bool:
+    """Turn off transformers' Hub kernels on a model that has them on (its default in recent releases
+    where the `kernels` package is installed): each train()/eval() switch would otherwise kernelize the
+    model again and drop the forwards `patch_layers` gives its norms. True when they were on."""
+    if not getattr(lm, "use_kernels", False):
+        return False
+    lm.use_kernels = False  # transformers resets the kernelized layers to their own forwards
+    return True
+
+
 class FusedPath:
     name = "fused"
     # False keeps peft's fp32 embeddings/lm_head on QLoRA (`honed bench --fp32-embeddings`, to compare).
@@ -147,6 +157,8 @@ class FusedPath:
         self.decoder_layers, self.model_config = lm.model.layers, lm.config
         if getattr(lm, "is_gradient_checkpointing", False):
             model.gradient_checkpointing_disable()  # the memory plan below decides what recomputes
+        if switch_off_hub_kernels(lm):
+            log.info("fused path: transformers' Hub kernels switched off; honed's own nodes replace those layers")
         n_lora = patch_lora_layers(model)
         unfused = count_unfusable_lora_layers(model)
         if unfused:
@@ -387,6 +399,7 @@ class FusedPath:
             "cuda_graphs": self.graphs.summary() if self.graphs is not None else None,
             "cuda_graph_pool_bytes": self.graphs.held_bytes() if self.graphs is not None else 0,
             "fp8_choice": self.fp8_decision.describe() if self.fp8_decision is not None else None,
+            "derived_saves": derived.ENABLED,
         }
 
     def hidden_states(self, model, batch):
@@ -396,7 +409,8 @@ class FusedPath:
             inputs = varlen_batch_inputs(batch)  # sample boundaries found once here, used by every layer
         else:
             inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids") if k in batch}
-        hidden = lm.model(**inputs, use_cache=False).last_hidden_state
+        with derived.derived_saves():  # norm and SwiGLU outputs are derived again in backward, not kept
+            hidden = lm.model(**inputs, use_cache=False).last_hidden_state
         return hidden.to(compute_dtype_of(hidden)), lm.lm_head.weight
 
     def loss_sum(self, model, batch):

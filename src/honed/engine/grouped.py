@@ -41,7 +41,7 @@ import os
 
 import torch
 
-from honed.engine import replay
+from honed.engine import derived, replay
 from honed.engine.fp8 import SCALE_NAME, fp8_dgrad, fp8_linear, fp8_weight_scale
 from honed.engine.layout import GROUP_ATTR, SIBLINGS, fusable
 from honed.engine.lora import dequantize_base, fused_adapter, reference_lora_linear  # noqa: F401 (doctest)
@@ -206,7 +206,7 @@ class SiblingGroup:
         if bases is None:
             return None
         ms = self.members
-        return grouped_lora_linear(x.to(compute_dtype_of(x)), bases, [m.lora_A[name].weight for m in ms],
+        return grouped_lora_linear(derived.cast(x, compute_dtype_of(x)), bases, [m.lora_A[name].weight for m in ms],
                                    [m.lora_B[name].weight for m in ms], [m.scaling[name] for m in ms])
 
     def output(self, member, x, name: str) -> torch.Tensor | None:

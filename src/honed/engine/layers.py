@@ -21,13 +21,14 @@ True
 
 from __future__ import annotations
 
+import functools
 import sys
 import types
 
 import torch
 import torch.nn.functional as F
 
-from honed.engine import replay
+from honed.engine import derived, replay
 from honed.engine.compile import on_cuda_compiled
 from honed.engine.layout import GROUP_ATTR, causal_lm_of
 
@@ -99,6 +100,12 @@ def _rms_forward(x, weight, eps: float):
 
 
 @on_cuda_compiled
+def _rms_output(x, weight, rstd):
+    # The forward's output again from what its node keeps (`engine.derived`): the same arithmetic as `_rms_forward`.
+    return weight * (x.float() * rstd).to(x.dtype)
+
+
+@on_cuda_compiled
 def _rms_backward(dy, x, weight, rstd):
     xhat = x.float() * rstd
     g = dy.float() * weight.float()
@@ -135,9 +142,11 @@ def _packed_swiglu_backward(dh, gate_up, width: int):
 
 class _RMSNorm(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, weight, eps):
+    def forward(ctx, x, weight, eps, offer_output):
         y, rstd = _rms_forward(x, weight, eps)
         ctx.save_for_backward(x, weight, rstd)
+        if offer_output:  # what reads y may keep its recipe instead of y (engine.derived)
+            derived.offer(y, functools.partial(_rms_output, x.detach(), weight.detach(), rstd))
         return y
 
     @staticmethod
@@ -148,47 +157,53 @@ class _RMSNorm(torch.autograd.Function):
         if ctx.needs_input_grad[1]:
             xhat = (x.float() * rstd).to(x.dtype).float()
             dw = (dy.float() * xhat).reshape(-1, x.shape[-1]).sum(0).to(weight.dtype)
-        return dx, dw, None
+        return dx, dw, None, None
 
 
 class _SwiGLU(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, gate, up):
+    def forward(ctx, gate, up, offer_output):
         ctx.save_for_backward(gate, up)
-        return _swiglu_forward(gate, up)
+        h = _swiglu_forward(gate, up)
+        if offer_output:
+            derived.offer(h, functools.partial(_swiglu_forward, gate.detach(), up.detach()))
+        return h
 
     @staticmethod
     def backward(ctx, dh):
         gate, up = ctx.saved_tensors
-        return _swiglu_backward(dh, gate, up)
+        return *_swiglu_backward(dh, gate, up), None
 
 
 class _PackedSwiGLU(torch.autograd.Function):
     """SwiGLU of gate and up stored side by side in one tensor (…, 2·width)."""
 
     @staticmethod
-    def forward(ctx, gate_up, width):
+    def forward(ctx, gate_up, width, offer_output):
         ctx.save_for_backward(gate_up)
         ctx.width = width
-        return _packed_swiglu_forward(gate_up, width)
+        h = _packed_swiglu_forward(gate_up, width)
+        if offer_output:
+            derived.offer(h, functools.partial(_packed_swiglu_forward, gate_up.detach(), width))
+        return h
 
     @staticmethod
     def backward(ctx, dh):
         (gate_up,) = ctx.saved_tensors
-        return _packed_swiglu_backward(dh, gate_up, ctx.width), None
+        return _packed_swiglu_backward(dh, gate_up, ctx.width), None, None
 
 
 def packed_swiglu(gate_up):
     """silu(gate) · up for gate and up side by side in the last dimension (the joint gate/up output)."""
-    return _PackedSwiGLU.apply(gate_up, gate_up.shape[-1] // 2)
+    return _PackedSwiGLU.apply(gate_up, gate_up.shape[-1] // 2, derived.wanted())
 
 
 def rms_norm(x, weight, eps):
-    return _RMSNorm.apply(x, weight, eps)
+    return _RMSNorm.apply(x, weight, eps, derived.wanted())
 
 
 def swiglu(gate, up):
-    return _SwiGLU.apply(gate, up)
+    return _SwiGLU.apply(gate, up, derived.wanted())
 
 
 def _norm_forward(self, x):

@@ -26,7 +26,7 @@ import types
 
 import torch
 
-from honed.engine import nf4, replay
+from honed.engine import derived, nf4, replay
 from honed.engine.fp8 import FP8_DTYPE, dequantize_weight, fp8_dgrad, fp8_linear, fp8_weight_scale
 from honed.engine.layout import GROUP_ATTR, fusable
 from honed.engine.replay import NOT_NEEDED
@@ -134,7 +134,7 @@ def _fused_forward(self, x, *args, **kwargs):
             return y
     base = self.base_layer
     dtype = compute_dtype_of(x)
-    y = lora_linear(x.to(dtype), base.weight, self.lora_A[name].weight, self.lora_B[name].weight, self.scaling[name], base.bias,
+    y = lora_linear(derived.cast(x, dtype), base.weight, self.lora_A[name].weight, self.lora_B[name].weight, self.scaling[name], base.bias,
                     fp8_weight_scale(base), replay.output_for(self))
     replay.offer_output(self, y)
     return y

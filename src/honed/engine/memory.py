@@ -15,8 +15,9 @@ When the plan still runs out of memory (the estimate is an estimate), `escalate`
 plan to try: a quarter more of the layers recompute, then all of them, then offload (a plan that
 already offloads offloads a quarter more of the layers).
 
-Llama-8b-like numbers (4,096 tokens, 6 GB for activations): offloading what 25 recomputed layers keep
-(1.7 GB) lets 7 layers stay whole; on a host without that room, 27 recompute and 5 stay whole.
+With Llama-8b-sized numbers (4,096 tokens, 170 kB a token per layer, 6 GB for activations),
+offloading what 25 recomputed layers keep (1.7 GB) lets 7 layers stay whole; on a host without that
+room, 27 recompute and 5 stay whole.
 
 >>> kw = dict(layers=32, tokens=4096, per_token_layer=170_000, hidden_bytes=8192, budget=6e9, rebuilt_bytes=500_000_000)
 >>> plan = plan_memory(**kw, host_bytes=16e9)
@@ -45,7 +46,7 @@ from pathlib import Path
 
 import torch
 
-from honed.engine import replay
+from honed.engine import derived, replay
 
 log = logging.getLogger(__name__)
 
@@ -64,22 +65,31 @@ class MemoryPlan:
 
 # What layer_activation_bytes counts falls short of what a layer keeps: on an H200, llama-8b QLoRA at
 # 16,384 tokens with nothing recomputed kept ~5% more (attention's softmax statistics, the LoRA x·Aᵀ,
-# the norms' fp32 scales and allocator rounding are not counted). 10% over keeps a margin.
+# the norms' fp32 scales and allocator rounding are not counted). 10% over keeps a margin. That was
+# measured before the norms' and SwiGLU's outputs were derived again (`engine.derived`): the same
+# uncounted bytes are ~7% of the smaller count.
 CALIBRATION = 1.10
 
 
-def layer_activation_bytes(config, dtype_bytes: int = 2) -> int:
+def layer_activation_bytes(config, dtype_bytes: int = 2, derived_saves: bool | None = None) -> int:
     """Bytes kept per token per decoder layer on honed's fused path (counted from what each node
-    saves, then scaled by CALIBRATION to what was measured)."""
+    saves, then scaled by CALIBRATION to what was measured). `derived_saves` (default: whether
+    `engine.derived` is on): the norms' and SwiGLU's outputs are derived again in backward, not kept."""
+    derived_on = derived.ENABLED if derived_saves is None else derived_saves
     d = config.hidden_size
-    f = config.intermediate_size
     hd = getattr(config, "head_dim", None) or d // config.num_attention_heads
     q = config.num_attention_heads * hd
     kv = config.num_key_value_heads * hd
-    # norm inputs/outputs (4d), q/k/v after rope and attention out (+ its contiguous copy), o input,
-    # gate/up/product (3f), small LoRA x·Aᵀ and fp32 norm scales ignored.
-    counted = dtype_bytes * (4 * d + 2 * q + 2 * kv + q + q + 3 * f)
+    # norm inputs (2d) and, unless derived, outputs (2d); q/k/v after rope and attention out (+ its
+    # contiguous copy), o input; the MLP's part (`_mlp_kept_values`). Small LoRA x·Aᵀ and fp32 norm scales ignored.
+    norms = 2 * d if derived_on else 4 * d
+    counted = dtype_bytes * (norms + 2 * q + 2 * kv + q + q + _mlp_kept_values(config, derived_on))
     return int(counted * CALIBRATION)
+
+
+def _mlp_kept_values(config, derived_on: bool) -> int:
+    """Values per token the MLP keeps: gate and up, and the product unless it is derived again."""
+    return (2 if derived_on else 3) * config.intermediate_size
 
 
 def backward_transient_bytes(config, dtype_bytes: int = 2) -> int:
@@ -88,14 +98,16 @@ def backward_transient_bytes(config, dtype_bytes: int = 2) -> int:
     return dtype_bytes * (2 * config.intermediate_size + 4 * config.hidden_size)
 
 
-def rebuilt_layer_bytes(config, tokens: int, dtype_bytes: int = 2, whole_mlp: bool = False) -> int:
+def rebuilt_layer_bytes(config, tokens: int, dtype_bytes: int = 2, whole_mlp: bool = False, derived_saves: bool | None = None) -> int:
     """What one recomputed layer holds while it is rebuilt and backpropagated: everything it keeps
     per token, except that its MLP runs a chunk of tokens at a time (`engine.replay`), or over all
-    of them with `whole_mlp`."""
+    of them with `whole_mlp`; a chunk runs in backward, outside `engine.derived`, and keeps its product."""
+    derived_on = derived.ENABLED if derived_saves is None else derived_saves
     f = config.intermediate_size
-    mlp_per_token = int(dtype_bytes * 3 * f * CALIBRATION)
+    kept_mlp = int(dtype_bytes * _mlp_kept_values(config, derived_on) * CALIBRATION)
+    chunk_mlp = int(dtype_bytes * 3 * f * CALIBRATION)
     mlp_tokens = replay.deferred_chunk_tokens(f, tokens, whole_mlp)
-    return tokens * (layer_activation_bytes(config, dtype_bytes) - mlp_per_token) + mlp_tokens * mlp_per_token
+    return tokens * (layer_activation_bytes(config, dtype_bytes, derived_on) - kept_mlp) + mlp_tokens * chunk_mlp
 
 
 # Pinned memory cannot be swapped out, and a host that runs out kills the process outright: offloading
@@ -368,7 +380,7 @@ class _Recompute(torch.autograd.Function):
         if ctx.offloader is not None and ctx.index > 0:
             ctx.offloader.prefetch(ctx.index - 1, ctx.device)
         hidden = hidden.detach().requires_grad_(True)
-        with torch.enable_grad(), replay.replaying(ctx.layer, o):
+        with torch.enable_grad(), replay.replaying(ctx.layer, o), derived.derived_saves():
             out = ctx.run(hidden)
         torch.autograd.backward(out, grad_out)
         ctx.kept = ctx.kept_o = ctx.run = ctx.layer = None

@@ -63,7 +63,7 @@ def _dequantised_qlora_base(base: str, quantization: dict, dtype_name: str = "au
     # Quantise from the same dtype training loaded the base in, so every NF4 code is the same.
     dtype = resolve_dtype(dtype_name, torch.device("cuda"))
     model = AutoModelForCausalLM.from_pretrained(base, quantization_config=bnb_config(settings), device_map={"": 0},
-                                                 dtype=dtype, use_safetensors=True)
+                                                 dtype=dtype, use_safetensors=True, use_kernels=False)  # no Hub kernels (model.load)
     model = model.dequantize()
     return model.to("cpu", torch.float32)
 
@@ -81,7 +81,7 @@ def load_trained(ref: ModelRef, *, merge: bool, qlora_base: str = "dequantized",
     elif prequantized:
         raise ExportError(f"{ref.base}: a pre-quantised checkpoint; export the 16-bit model it was made from")
     else:
-        model = AutoModelForCausalLM.from_pretrained(ref.base, dtype=torch.float32, use_safetensors=True,
+        model = AutoModelForCausalLM.from_pretrained(ref.base, dtype=torch.float32, use_safetensors=True, use_kernels=False,
                                                      trust_remote_code=trust_remote_code)
     if ref.adapter:
         from peft import PeftModel

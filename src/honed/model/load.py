@@ -131,6 +131,10 @@ def load_model(cfg: ModelConfig, *, device: torch.device, quantization: Quantiza
         trust_remote_code=cfg.trust_remote_code,
         dtype=dtype,
         use_safetensors=None if cfg.allow_pickle else True,
+        # No layers swapped for kernels fetched from the Hub (transformers' default where the `kernels`
+        # package is installed): that is code from outside this install, and at every train()/eval()
+        # switch it puts back the forwards that honed's fused path patches (engine.fused).
+        use_kernels=False,
     )
     if cfg.attn_implementation:
         kwargs["attn_implementation"] = cfg.attn_implementation
