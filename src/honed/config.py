@@ -190,6 +190,12 @@ class TrainingConfig(_Strict):
         "what the OS and the container's memory limit say is available; set it where that reading is wrong, e.g. a VM whose memory "
         "grows as it is used)",
     )
+    host_mlp_layers: int = Field(
+        0, ge=0, description="fused path on CUDA: the first N layers that keep their activations (none recomputed) keep their MLP's "
+        "gate/up activations in pinned host memory instead, copied there behind the forward and brought back ahead of their backward; "
+        "the GPU memory that frees (2 × intermediate size values a token per layer) lets the memory plan keep more layers whole. "
+        "It costs host-link bandwidth: on a link slower than the forward, the forward waits for the copies",
+    )
     embeddings_on_host: bool | None = Field(
         None, description="fused path on CUDA: keep the frozen input embedding table in pinned host memory, the GPU reading the batch's "
         "rows from there (about 1 GiB less for a 7-8B model; not where the table trains or is tied to lm_head). "

@@ -354,3 +354,44 @@ def test_derived_saves_keep_less_by_the_norm_and_swiglu_outputs_and_train_the_sa
     assert 0.9 * expected <= kept_all - kept_derived <= 1.1 * expected, (kept_all, kept_derived, expected)
     for k in grads_all:
         assert rel(grads_derived[k], grads_all[k]) <= 1e-3, k
+
+
+def test_host_mlp_layers_keep_gate_up_off_the_gpu_and_train_bit_for_bit(tmp_path_factory, monkeypatch):
+    """training.host_mlp_layers over the real offloader (pinned memory, a side stream): after the
+    forward, every host layer's gate/up but the last one's (still on its way) is off the GPU, and the
+    step's gradients are exactly those of the layers that kept theirs."""
+    from honed.engine.fused import FusedPath
+    from honed.engine.memory import MemoryPlan
+    from honed.engine.settings import resolve_engine_settings
+    from honed.testing import build_tiny_model
+    from honed.testing.lora import path_config
+
+    folder = build_tiny_model("llama3", tmp_path_factory.mktemp("host-mlp"), hidden_size=256, layers=3)
+    cfg = path_config(folder, memory="auto")
+    ids = torch.randint(5, 500, (2, 256), generator=torch.Generator().manual_seed(7)).cuda()
+    batch = {"input_ids": ids, "labels": ids.clone()}
+
+    def kept_bytes_and_grads(host_mlp):
+        monkeypatch.setattr(FusedPath, "memory_plan", lambda self, model, extra_budget=0.0: MemoryPlan("none", 0, 0.0, host_mlp=host_mlp))
+        torch.manual_seed(0)
+        model = lora_model(folder, torch.bfloat16)
+        path = FusedPath(resolve_engine_settings(cfg, torch.device("cuda")))
+        model = path.prepare(model)
+        model.train()
+        for _ in range(2):  # the first step compiles and allocates the pinned buffers; the second is measured
+            model.zero_grad(set_to_none=True)
+            torch.cuda.synchronize()
+            before = torch.cuda.memory_allocated()
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                s, n = path.loss_sum(model, batch)
+            kept = torch.cuda.memory_allocated() - before
+            (s / n).backward()
+        torch.cuda.synchronize()
+        return kept, {k: p.grad for k, p in model.named_parameters() if p.requires_grad}, model.config
+
+    kept_all, grads_all, config = kept_bytes_and_grads(0)
+    kept_host, grads_host, _ = kept_bytes_and_grads(3)
+    one_layer = ids.numel() * 2 * config.intermediate_size * 2
+    assert 0.9 * 2 * one_layer <= kept_all - kept_host <= 1.1 * 2 * one_layer, (kept_all, kept_host, one_layer)
+    for k in grads_all:
+        assert torch.equal(grads_host[k], grads_all[k]), k

@@ -54,7 +54,8 @@ def bench_config(model_dir: str, args):
         "training": {"batch_size": args.batch, "learning_rate": 1e-4, "weight_decay": 0.01, "lr_scheduler": "constant", "warmup_ratio": 0.0,
                      "precision": getattr(args, "precision", "bf16"),
                      "engine": args.engine, "memory": args.memory, "memory_budget_gib": args.memory_budget_gib,
-                     "host_memory_gib": getattr(args, "host_memory_gib", None), "device": "cuda",
+                     "host_memory_gib": getattr(args, "host_memory_gib", None), "host_mlp_layers": getattr(args, "host_mlp_layers", 0),
+                     "device": "cuda",
                      "cuda_graphs": getattr(args, "cuda_graphs", False),
                      "embeddings_on_host": {"auto": None, "yes": True, "no": False}[getattr(args, "embeddings_on_host", "auto")],
                      "max_grad_norm": getattr(args, "max_grad_norm", 1.0)},
@@ -177,7 +178,8 @@ def run_bench(args) -> dict:
                memory=plan["mode"] if plan else ("checkpoint" if t.gradient_checkpointing else "none"),
                recomputed_layers=plan["checkpointed"] if plan else None, whole_mlp=bool(plan and plan["whole_mlp"]),
                # False: recomputed layers rebuild o_proj too, because the host looked short of memory for it (None: none recompute)
-               keeps_o_proj_output=bool(plan["keep_o"]) if plan and plan["checkpointed"] else None)
+               keeps_o_proj_output=bool(plan["keep_o"]) if plan and plan["checkpointed"] else None,
+               host_mlp_layers=plan["host_mlp"] if plan else 0)
     if "derived_saves" in described:  # the fused path: norm and SwiGLU outputs derived in backward (HONED_DERIVED_SAVES)
         res["derived_saves"] = described["derived_saves"]
     if described.get("fp8_choice") is not None:  # precision fp8 under memory auto: what was measured, which bases it chose

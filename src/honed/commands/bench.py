@@ -67,6 +67,7 @@ def register(sub) -> None:
     p.add_argument("--memory", default="auto", choices=["auto", "none", "checkpoint", "offload"], help="training.memory")
     p.add_argument("--memory-budget-gib", type=float, default=None, help="training.memory_budget_gib")
     p.add_argument("--host-memory-gib", type=float, default=None, help="training.host_memory_gib")
+    p.add_argument("--host-mlp-layers", type=int, default=0, help="training.host_mlp_layers: kept layers whose gate/up activations wait in host memory")
     p.add_argument("--cuda-graphs", action="store_true", help="training.cuda_graphs: the decoder stack replays as CUDA graphs")
     p.add_argument("--embeddings-on-host", default="auto", choices=["auto", "yes", "no"],
                    help="training.embeddings_on_host: auto moves the frozen input embeddings to host memory when layers recompute")

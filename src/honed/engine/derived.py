@@ -54,10 +54,35 @@ class _Offered:
         self.derive = derive
         self.value = None
 
+    def packed(self, output: torch.Tensor) -> None:
+        """A node saved (a view of) the output: nothing to do for an output derived from others."""
+
     def materialize(self) -> torch.Tensor:
         if self.value is None:
             with torch.no_grad():
                 self.value = self.derive()
+        return self.value
+
+
+class _OnHost(_Offered):
+    """An output that waits in pinned host memory until backward: the first save starts its copy there
+    (`engine.memory`'s offloader, on a side stream), backward brings it back (prefetched ahead of need
+    where the offloader was asked to)."""
+
+    __slots__ = ("offloader", "key", "device", "kept")
+
+    def __init__(self, output: torch.Tensor, offloader, key):
+        super().__init__(output, None)
+        self.offloader, self.key, self.device, self.kept = offloader, key, output.device, None
+
+    def packed(self, output: torch.Tensor) -> None:
+        if self.kept is None:
+            self.kept = self.offloader.save(self.key, output.detach())
+
+    def materialize(self) -> torch.Tensor:
+        if self.value is None:
+            self.value = self.offloader.load(self.key, self.kept, self.device)
+            self.kept = None
         return self.value
 
 
@@ -83,7 +108,7 @@ def wanted() -> bool:
     grad is (else nothing saves the output, and an offer would only hold the node's inputs until the
     forward ends: a recomputed layer's first forward runs without grad). Asked before the node runs:
     inside it grad is always off."""
-    return _state.offers is not None and torch.is_grad_enabled()
+    return ENABLED and _state.offers is not None and torch.is_grad_enabled()
 
 
 def offer(output: torch.Tensor, derive: Callable[[], torch.Tensor]) -> None:
@@ -96,6 +121,29 @@ def offer(output: torch.Tensor, derive: Callable[[], torch.Tensor]) -> None:
     offers[output.untyped_storage().data_ptr()] = _Offered(output, derive)
 
 
+def to_host(output: torch.Tensor, offloader, key) -> None:
+    """Keep `output`, where a node saves it for backward, in pinned host memory instead of on the GPU
+    (`_OnHost`); `offloader` is `engine.memory`'s, `key` its (layer index, name). Does nothing outside
+    `derived_saves()`, without grad, or for an output that is not a whole contiguous tensor."""
+    offers = _state.offers
+    if offers is None or not torch.is_grad_enabled() or not output.is_contiguous() or output.storage_offset() != 0 or output.numel() == 0:
+        return
+    offers[output.untyped_storage().data_ptr()] = _OnHost(output, offloader, key)
+
+
+def kept_as(t: torch.Tensor) -> Callable[[], torch.Tensor]:
+    """How a derive function given to `offer` reads its input t in backward: through t's own offer
+    where t is a whole offered output (so that the function holds the offer, not t: an input waiting
+    on the host stays off the GPU), else t itself."""
+    offers = _state.offers
+    found = offers.get(t.untyped_storage().data_ptr()) if offers else None
+    held = None if found is None else found.output()
+    if held is not None and held.shape == t.shape and held.dtype == t.dtype and t.storage_offset() == 0:
+        return found.materialize
+    kept = t.detach()
+    return lambda: kept
+
+
 def cast(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """`x.to(dtype)`; where x is a whole offered output (a QLoRA norm's fp32 output, its weight being
     fp32), the copy is offered in turn, derived as that output's function cast to `dtype`."""
@@ -105,8 +153,9 @@ def cast(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         return y
     found = offers.get(x.untyped_storage().data_ptr())
     held = None if found is None else found.output()
-    if held is not None and held.shape == x.shape and held.dtype == x.dtype and x.is_contiguous() and x.storage_offset() == 0:
-        offer(y, functools.partial(_cast_of, found.derive, dtype))
+    if (type(found) is _Offered and held is not None and held.shape == x.shape and held.dtype == x.dtype and x.is_contiguous()
+            and x.storage_offset() == 0):
+        offer(y, functools.partial(_cast_of, found.derive, dtype))  # derive, not materialize: no fp32 copy stays cached
     return y
 
 
@@ -118,12 +167,17 @@ def _pack(t: torch.Tensor):
     offers = _state.offers
     if not offers:
         return t
-    found = offers.get(t.untyped_storage().data_ptr())
+    try:
+        address = t.untyped_storage().data_ptr()
+    except (RuntimeError, NotImplementedError):  # a tensor subclass without storage of its own (e.g. a DTensor)
+        return t
+    found = offers.get(address)
     held = None if found is None else found.output()
     # The address alone could be memory freed and handed to another tensor since; a live output
     # at that address owns it, and a tensor there is a view of it.
     if held is None or held.dtype != t.dtype or held.device != t.device:
         return t
+    found.packed(held)
     return _Derived(found, t)
 
 
@@ -134,10 +188,11 @@ def _unpack(saved):
 
 
 @contextlib.contextmanager
-def derived_saves(enabled: bool | None = None):
-    """Around a forward with grad: saved tensors inside offered outputs are derived again in backward.
-    Nested uses share the outer one's offers; `enabled` False (or HONED_DERIVED_SAVES=0) does nothing."""
-    if not (ENABLED if enabled is None else enabled) or _state.offers is not None:
+def derived_saves(enabled: bool = True):
+    """Around a forward with grad: saved tensors inside offered outputs are derived again (or brought
+    back from the host) in backward. Nested uses share the outer one's offers; `enabled` False does
+    nothing. HONED_DERIVED_SAVES=0 stops the norms' and SwiGLU's offers (`wanted`), not this."""
+    if not enabled or _state.offers is not None:
         yield
         return
     _state.offers = {}

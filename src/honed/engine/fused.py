@@ -49,6 +49,7 @@ from honed.engine.memory import (
     available_host_bytes,
     backward_transient_bytes,
     escalate,
+    host_mlp_bytes,
     join_offload_copies,
     layer_activation_bytes,
     offload_keeps_o,
@@ -188,7 +189,8 @@ class FusedPath:
             "fused path: %d LoRA projections (%d sibling groups run as one node each), %d RMSNorms, %d SwiGLU MLPs%s fused; memory %s (%d of %d layers recompute%s, ~%.1f GiB activations planned)",
             n_lora, n_groups, n_norm, n_mlp, ", RoPE" if rope_fused else "", self.plan.mode, self.plan.checkpointed, len(lm.model.layers),
             ("" if not self.plan.checkpointed else ", keeping o_proj's output" if self.plan.keep_o else ", o_proj recomputed: host memory is short")
-            + (", MLP rebuilt over all tokens at once" if self.plan.whole_mlp else ""),
+            + (", MLP rebuilt over all tokens at once" if self.plan.whole_mlp else "")
+            + (f", gate/up activations of the first {self.plan.host_mlp} layers in host memory" if self.plan.host_mlp else ""),
             self.plan.estimate_gib,
         )
         return model
@@ -344,6 +346,9 @@ class FusedPath:
             rebuilt_bytes=rebuilt_layer_bytes(lm.config, tokens),
             whole_mlp_rebuilt_bytes=rebuilt_layer_bytes(lm.config, tokens, whole_mlp=True),
             host_bytes=host,
+            # Not under CUDA graphs: their capture joins the offload copies of recomputed layers only.
+            host_mlp_layers=0 if s.cuda_graphs else s.host_mlp_layers,
+            host_mlp_per_token=host_mlp_bytes(lm.config),
         )
         return plan
 
@@ -358,8 +363,10 @@ class FusedPath:
         memory: a host that runs out kills the process outright."""
         host = self.host_bytes() if self.device.type == "cuda" else None
         plan = self.plan
-        pinned = plan.checkpointed * self.tokens_per_micro_batch() * self.hidden_state_bytes() * (2 if plan.keep_o else 1)
-        if plan.mode == "offload" and host is not None and pinned > 0.9 * host:
+        tokens = self.tokens_per_micro_batch()
+        pinned = (plan.checkpointed * tokens * self.hidden_state_bytes() * (2 if plan.keep_o else 1) if plan.mode == "offload" else 0)
+        pinned += plan.host_mlp * tokens * host_mlp_bytes(self.model_config)
+        if pinned and host is not None and pinned > 0.9 * host:
             log.warning("fused path: offloading keeps %.1f GiB in pinned host memory and the host has %.1f GiB available; if it runs out the "
                         "process is killed: lower data.max_seq_length or training.batch_size", pinned / 2**30, host / 2**30)
 

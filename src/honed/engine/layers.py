@@ -140,13 +140,26 @@ def _packed_swiglu_backward(dh, gate_up, width: int):
     return torch.cat(_swiglu_grads(dh, gate_up[..., :width], gate_up[..., width:]), dim=-1)
 
 
+# What `engine.derived` runs in backward: the forward's function on inputs read back (`derived.kept_as`).
+def _rms_output_of(read_x, weight, rstd):
+    return _rms_output(read_x(), weight, rstd)
+
+
+def _swiglu_of(read_gate, read_up):
+    return _swiglu_forward(read_gate(), read_up())
+
+
+def _packed_swiglu_of(read_gate_up, width):
+    return _packed_swiglu_forward(read_gate_up(), width)
+
+
 class _RMSNorm(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, eps, offer_output):
         y, rstd = _rms_forward(x, weight, eps)
         ctx.save_for_backward(x, weight, rstd)
         if offer_output:  # what reads y may keep its recipe instead of y (engine.derived)
-            derived.offer(y, functools.partial(_rms_output, x.detach(), weight.detach(), rstd))
+            derived.offer(y, functools.partial(_rms_output_of, derived.kept_as(x), weight.detach(), rstd))
         return y
 
     @staticmethod
@@ -166,7 +179,7 @@ class _SwiGLU(torch.autograd.Function):
         ctx.save_for_backward(gate, up)
         h = _swiglu_forward(gate, up)
         if offer_output:
-            derived.offer(h, functools.partial(_swiglu_forward, gate.detach(), up.detach()))
+            derived.offer(h, functools.partial(_swiglu_of, derived.kept_as(gate), derived.kept_as(up)))
         return h
 
     @staticmethod
@@ -183,8 +196,8 @@ class _PackedSwiGLU(torch.autograd.Function):
         ctx.save_for_backward(gate_up)
         ctx.width = width
         h = _packed_swiglu_forward(gate_up, width)
-        if offer_output:
-            derived.offer(h, functools.partial(_packed_swiglu_forward, gate_up.detach(), width))
+        if offer_output:  # gate_up read through its own offer where it waits in host memory (engine.derived.to_host)
+            derived.offer(h, functools.partial(_packed_swiglu_of, derived.kept_as(gate_up), width))
         return h
 
     @staticmethod
@@ -213,9 +226,16 @@ def _norm_forward(self, x):
 def _run_mlp(self, x):
     group = getattr(self.gate_proj, GROUP_ATTR, None)
     gate_up = group.joint_output(x) if group is not None and group.members == [self.gate_proj, self.up_proj] else None
+    host = replay.host_keeper(self)  # a layer whose gate/up activations wait in host memory (engine.memory)
     if gate_up is not None:  # gate and up from one node, side by side (engine.grouped)
+        if host is not None:
+            derived.to_host(gate_up, host[0], (host[1], "gate_up"))
         return self.down_proj(packed_swiglu(gate_up))
-    return self.down_proj(swiglu(self.gate_proj(x), self.up_proj(x)))
+    gate, up = self.gate_proj(x), self.up_proj(x)
+    if host is not None:
+        derived.to_host(gate, host[0], (host[1], "gate"))
+        derived.to_host(up, host[0], (host[1], "up"))
+    return self.down_proj(swiglu(gate, up))
 
 
 def _mlp_forward(self, x):

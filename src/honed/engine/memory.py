@@ -61,6 +61,10 @@ class MemoryPlan:
     # chosen by `auto` when the budget has room for it after the layers are planned. Each chunk costs
     # the host a full pass of Python and launches, which a recompute-heavy step waits on.
     whole_mlp: bool = False
+    # The first `host_mlp` layers (all of them kept, none recomputed) keep their MLP's gate/up activations
+    # in pinned host memory: copied there in forward behind the compute, brought back ahead of their
+    # backward (training.host_mlp_layers). What that frees on the GPU keeps more layers whole.
+    host_mlp: int = 0
 
 
 # What layer_activation_bytes counts falls short of what a layer keeps: on an H200, llama-8b QLoRA at
@@ -92,6 +96,12 @@ def _mlp_kept_values(config, derived_on: bool) -> int:
     return (2 if derived_on else 3) * config.intermediate_size
 
 
+def host_mlp_bytes(config, dtype_bytes: int = 2) -> int:
+    """Per token, what a `MemoryPlan.host_mlp` layer keeps on the host instead of the GPU: gate and up
+    (counted as `layer_activation_bytes` counts them)."""
+    return int(dtype_bytes * 2 * config.intermediate_size * CALIBRATION)
+
+
 def backward_transient_bytes(config, dtype_bytes: int = 2) -> int:
     """Per token, what a layer's backward holds on top of what it kept: the SwiGLU gradients of gate
     and up (2f) and the hidden-size gradients flowing through it (a few d)."""
@@ -117,14 +127,29 @@ _HOST_SHARE = 0.5
 
 def plan_memory(*, layers: int, tokens: int, per_token_layer: int, hidden_bytes: int, budget: float, forced: str | None = None,
                 transient_per_token: int = 0, rebuilt_bytes: int | None = None, host_bytes: float | None = None,
-                whole_mlp_rebuilt_bytes: int | None = None) -> MemoryPlan:
+                whole_mlp_rebuilt_bytes: int | None = None, host_mlp_layers: int = 0, host_mlp_per_token: int = 0) -> MemoryPlan:
     """`hidden_bytes`: one token's hidden state; a recomputed layer keeps two (its input and o_proj's
     output). `rebuilt_bytes`: one layer during its rebuild (default: all it would keep). `host_bytes`:
     host memory free for offloading (None: enough). `whole_mlp_rebuilt_bytes`: the same with the MLP
-    over all tokens at once; `auto` takes that (`MemoryPlan.whole_mlp`) where the budget still has room."""
+    over all tokens at once; `auto` takes that (`MemoryPlan.whole_mlp`) where the budget still has room.
+    `host_mlp_layers`: how many of the first layers keep their gate/up activations (`host_mlp_per_token`
+    bytes a token) in host memory, where they are kept layers (`MemoryPlan.host_mlp`; never when every
+    layer recomputes), at most what half the host's memory holds."""
     budget = budget - tokens * transient_per_token  # the backward's working memory is never available to keep activations
     rebuilt = tokens * per_token_layer if rebuilt_bytes is None else rebuilt_bytes
-    plan = _plan_layers(layers, tokens, per_token_layer, hidden_bytes, budget, forced, rebuilt, host_bytes)
+    freed = tokens * host_mlp_per_token  # GPU bytes a host_mlp layer does not keep
+    host = host_mlp_layers if forced in (None, "none") and freed > 0 else 0
+    if host and host_bytes is not None:
+        host = min(host, int(_HOST_SHARE * host_bytes // freed))
+    while True:
+        # One layer's gate/up stays on the GPU on its way: copied out in forward, or brought back for backward.
+        credit = host * freed - (freed if host else 0)
+        plan = _plan_layers(layers, tokens, per_token_layer, hidden_bytes, budget + credit, forced, rebuilt, host_bytes)
+        if host <= layers - plan.checkpointed:
+            break
+        host = layers - plan.checkpointed  # only kept layers send theirs to the host
+    if host:
+        plan = dataclasses.replace(plan, host_mlp=host, estimate_gib=plan.estimate_gib - credit / 2**30)
     if forced is None and plan.checkpointed and whole_mlp_rebuilt_bytes is not None:
         whole = plan.estimate_gib * 2**30 + whole_mlp_rebuilt_bytes - rebuilt
         if whole <= budget:
@@ -278,7 +303,8 @@ def escalate(plan: MemoryPlan, layers: int) -> MemoryPlan | None:
     if plan.mode == "checkpoint" and plan.checkpointed >= layers:
         return MemoryPlan("offload", layers, plan.estimate_gib)
     more = min(layers, plan.checkpointed + max(1, math.ceil(layers / 4)))
-    return MemoryPlan("offload" if plan.mode == "offload" else "checkpoint", more, plan.estimate_gib, plan.keep_o)  # MLP in chunks again
+    return MemoryPlan("offload" if plan.mode == "offload" else "checkpoint", more, plan.estimate_gib, plan.keep_o,  # MLP in chunks again
+                      host_mlp=min(plan.host_mlp, layers - more))
 
 
 class _Offloader:
@@ -445,13 +471,36 @@ def reset_offload_copies(decoder_layers) -> None:
         offloader.pending.clear()
 
 
+def _wrap_host_mlp(layer, index: int, offloader: _Offloader, sends: bool, brings_back_previous: bool):
+    """A kept layer of `MemoryPlan.host_mlp`: its MLP's gate/up activations go to the host (`sends`), and
+    when the gradient reaches its output (its backward starts) the previous layer's start coming back
+    (`brings_back_previous`), so that they are on the GPU by the time that layer's backward needs them."""
+    inner = layer.forward
+
+    def forward(self, hidden_states, *args, **kwargs):
+        if not (self.training and torch.is_grad_enabled()):
+            return inner(hidden_states, *args, **kwargs)
+        with replay.mlp_on_host(getattr(self, "mlp", None), offloader, index) if sends else contextlib.nullcontext():
+            out = inner(hidden_states, *args, **kwargs)
+        first = out[0] if isinstance(out, tuple) else out
+        if brings_back_previous and first.requires_grad:
+            device = first.device
+            first.register_hook(lambda grad: offloader.prefetch(index - 1, device))
+        return out
+
+    layer.forward = types.MethodType(forward, layer)
+
+
 def apply_memory_plan(decoder_layers, plan: MemoryPlan) -> None:
     """Make the last `plan.checkpointed` decoder layers recompute in backward (layers are equally
-    sized, so which ones does not change the peak); offload mode also keeps their tensors on the CPU."""
+    sized, so which ones does not change the peak); offload mode also keeps their tensors on the CPU.
+    The first `plan.host_mlp` layers keep their gate/up activations on the CPU."""
     offloader = _Offloader() if plan.mode == "offload" else None
     n = len(decoder_layers)
+    host = min(plan.host_mlp, n - plan.checkpointed)
+    host_offloader = (offloader or _Offloader()) if host else None  # one side stream for all the copies
     for i, layer in enumerate(decoder_layers):
-        setattr(layer, _OFFLOADER_ATTR, offloader if i >= n - plan.checkpointed else None)
+        setattr(layer, _OFFLOADER_ATTR, offloader if i >= n - plan.checkpointed else host_offloader if i < host else None)
         # A plan can be applied again (after an out-of-memory escalation): start from the layer's own forward.
         if not hasattr(layer, "_honed_unplanned_forward"):
             layer._honed_unplanned_forward = layer.forward
@@ -461,3 +510,5 @@ def apply_memory_plan(decoder_layers, plan: MemoryPlan) -> None:
             replay.set_whole_mlp(mlp, plan.whole_mlp)
         if i >= n - plan.checkpointed:
             _wrap_layer(layer, i, offloader, plan.keep_o)
+        if host and (i < host or i == host < n):
+            _wrap_host_mlp(layer, i, host_offloader, sends=i < host, brings_back_previous=0 < i <= host)

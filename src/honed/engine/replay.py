@@ -49,6 +49,7 @@ class _Slots(threading.local):
         self.given = None
         self.deferred_mlp = None  # replay: the MLP that defers itself to backward
         self.not_needed = None  # the module whose output nobody reads (down_proj inside a deferred MLP)
+        self.mlp_on_host = None  # (mlp, offloader, layer index): this MLP's gate/up activations wait in host memory
 
 
 _slots = _Slots()
@@ -148,6 +149,24 @@ def _output_not_needed(module):
         yield
     finally:
         _slots.not_needed = previous
+
+
+@contextlib.contextmanager
+def mlp_on_host(mlp, offloader, index: int):
+    """Around a kept layer's forward (`engine.memory`'s `host_mlp` layers): what the MLP keeps of gate
+    and up for backward waits in pinned host memory (`engine.derived.to_host`), under `offloader`'s
+    keys (index, "gate_up") or (index, "gate") and (index, "up")."""
+    previous, _slots.mlp_on_host = _slots.mlp_on_host, (mlp, offloader, index)
+    try:
+        yield
+    finally:
+        _slots.mlp_on_host = previous
+
+
+def host_keeper(mlp):
+    """(offloader, layer index) while `mlp_on_host` is on for this MLP, else None."""
+    slot = _slots.mlp_on_host
+    return (slot[1], slot[2]) if slot is not None and slot[0] is mlp else None
 
 
 # ---- the deferred MLP ---------------------------------------------------------------------------

@@ -39,6 +39,7 @@ class EngineSettings:
     memory_budget_gib: float | None = None  # training.memory_budget_gib: plan for this much instead of the free memory
     fp8_bases: str | None = None  # precision fp8: "fp8"/"bf16" bases chosen before (a resumed run's checkpoint), taken as they are
     host_memory_gib: float | None = None  # training.host_memory_gib: the host memory offloading plans with, instead of what is available
+    host_mlp_layers: int = 0  # training.host_mlp_layers: kept layers whose gate/up activations wait in host memory
     gradient_checkpointing: bool = False  # training.gradient_checkpointing: recompute asked for explicitly
     cuda_graphs: bool = False  # training.cuda_graphs
     embeddings_on_host: bool | None = None  # training.embeddings_on_host: None = when layers recompute
@@ -86,6 +87,6 @@ def resolve_engine_settings(cfg, device: torch.device) -> EngineSettings:
     return EngineSettings(
         device=device, precision=resolve_precision(t.precision, device), engine=t.engine, batch_size=t.batch_size,
         max_seq_length=cfg.data.max_seq_length, sequences_per_item=1 if getattr(cfg, "objective", "sft") == "sft" else 2, memory=t.memory, memory_budget_gib=t.memory_budget_gib,
-        host_memory_gib=t.host_memory_gib,
+        host_memory_gib=t.host_memory_gib, host_mlp_layers=t.host_mlp_layers,
         gradient_checkpointing=t.gradient_checkpointing, cuda_graphs=t.cuda_graphs, embeddings_on_host=t.embeddings_on_host,
     )

@@ -50,7 +50,9 @@ class SavedTensors:
 
 
 def fused(tiny_model_dir, family, memory="none"):
-    model = lora_model(tiny_model_dir(family))
+    folder = tiny_model_dir(family)  # built before the seed: building draws from the global generator too
+    torch.manual_seed(0)  # peft draws the LoRA A matrices from the global generator: the same models every call
+    model = lora_model(folder)
     path = FusedPath(resolve_engine_settings(cfg_for(memory), torch.device("cpu")))
     return path, path.prepare(model)
 

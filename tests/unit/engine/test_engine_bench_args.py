@@ -73,3 +73,8 @@ def test_bench_config_passes_precision_through_to_training_precision():
 def test_bench_config_maps_embeddings_on_host(flag, value):
     args = parse(*(["--embeddings-on-host", flag] if flag else []))
     assert bench_run.bench_config("/tmp/unused-model", args).training.embeddings_on_host is value
+
+
+def test_bench_host_mlp_layers_sets_the_training_key():
+    assert bench_run.bench_config("/tmp/unused-model", parse()).training.host_mlp_layers == 0
+    assert bench_run.bench_config("/tmp/unused-model", parse("--host-mlp-layers", "12")).training.host_mlp_layers == 12

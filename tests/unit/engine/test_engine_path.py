@@ -269,7 +269,24 @@ def test_honed_train_records_the_fused_paths_memory_plan(tmp_path, monkeypatch):
     sft.train(cfg, show_progress=False)
     record = json.loads((tmp_path / "out" / "run_info.json").read_text())["model"]
     assert record["training_path"] == "fused"
-    assert record["memory_plan"] | {"estimate_gib": None} == {"mode": "offload", "checkpointed": 2, "estimate_gib": None, "keep_o": True, "whole_mlp": False}
+    assert record["memory_plan"] | {"estimate_gib": None} == {"mode": "offload", "checkpointed": 2, "estimate_gib": None, "keep_o": True, "whole_mlp": False,
+                                                            "host_mlp": 0}
+
+
+def test_honed_train_keeps_gate_up_on_the_host_for_host_mlp_layers_and_records_it(tmp_path, monkeypatch):
+    """training.host_mlp_layers from the config to the plan that ran (on a CPU the copies stay in place)."""
+    import json
+
+    from honed.testing import build_tiny_model
+    from honed.testing.lora import train_config, write_numbered_qa
+    from honed.train import model_setup, sft
+
+    monkeypatch.setattr(model_setup, "select_path", lambda model, settings: FusedPath(settings))  # never chosen on a CPU
+    base = build_tiny_model("qwen2", tmp_path / "base", hidden_size=64, layers=2)
+    cfg = train_config(base, write_numbered_qa(tmp_path / "qa.jsonl"), tmp_path / "out", max_steps=2, learning_rate=1e-3, host_mlp_layers=2)
+    sft.train(cfg, show_progress=False)
+    record = json.loads((tmp_path / "out" / "run_info.json").read_text())["model"]
+    assert (record["memory_plan"]["mode"], record["memory_plan"]["host_mlp"]) == ("none", 2)
 
 
 def test_honed_train_replays_the_stack_and_records_it(tmp_path, monkeypatch):
