@@ -11,7 +11,7 @@ overridden on the command line as `section.key=value` (values parsed as YAML).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import Field, PrivateAttr, ValidationError, field_validator, model_validator
@@ -190,11 +190,12 @@ class TrainingConfig(_Strict):
         "what the OS and the container's memory limit say is available; set it where that reading is wrong, e.g. a VM whose memory "
         "grows as it is used)",
     )
-    host_mlp_layers: int = Field(
-        0, ge=0, description="fused path on CUDA: the first N layers that keep their activations (none recomputed) keep their MLP's "
+    host_mlp_layers: Annotated[int, Field(ge=0)] | Literal["auto"] = Field(
+        0, description="fused path on CUDA: the first N layers that keep their activations (none recomputed) keep their MLP's "
         "gate/up activations in pinned host memory instead, copied there behind the forward and brought back ahead of their backward; "
         "the GPU memory that frees (2 × intermediate size values a token per layer) lets the memory plan keep more layers whole. "
-        "It costs host-link bandwidth: on a link slower than the forward, the forward waits for the copies",
+        "It costs host-link bandwidth: on a link slower than the forward, the forward waits for the copies. auto: the count "
+        "with the shortest step, estimated from this GPU's measured copy and forward times",
     )
     embeddings_on_host: bool | None = Field(
         None, description="fused path on CUDA: keep the frozen input embedding table in pinned host memory, the GPU reading the batch's "

@@ -180,6 +180,8 @@ def run_bench(args) -> dict:
                # False: recomputed layers rebuild o_proj too, because the host looked short of memory for it (None: none recompute)
                keeps_o_proj_output=bool(plan["keep_o"]) if plan and plan["checkpointed"] else None,
                host_mlp_layers=plan["host_mlp"] if plan else 0)
+    if described.get("host_mlp_choice") is not None:  # host_mlp_layers auto: what was measured, what it chose
+        res["host_mlp_choice"] = described["host_mlp_choice"]
     if "derived_saves" in described:  # the fused path: norm and SwiGLU outputs derived in backward (HONED_DERIVED_SAVES)
         res["derived_saves"] = described["derived_saves"]
     if described.get("fp8_choice") is not None:  # precision fp8 under memory auto: what was measured, which bases it chose

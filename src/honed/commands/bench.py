@@ -52,6 +52,25 @@ def positive_int(text: str) -> int:
     return value
 
 
+def _layers_or_auto(text: str) -> int | str:
+    """`--host-mlp-layers`: a count of layers (0 or more) or `auto`.
+
+    >>> _layers_or_auto("12"), _layers_or_auto("auto")
+    (12, 'auto')
+    """
+    import argparse
+
+    if text == "auto":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a count of layers or auto: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more: {text!r}")
+    return value
+
+
 def register(sub) -> None:
     p = sub.add_parser("bench", help="tokens/s, peak memory and MFU of the training step on a random-init model shape "
                                      "(random rows, or packed real-data lengths)")
@@ -67,7 +86,8 @@ def register(sub) -> None:
     p.add_argument("--memory", default="auto", choices=["auto", "none", "checkpoint", "offload"], help="training.memory")
     p.add_argument("--memory-budget-gib", type=float, default=None, help="training.memory_budget_gib")
     p.add_argument("--host-memory-gib", type=float, default=None, help="training.host_memory_gib")
-    p.add_argument("--host-mlp-layers", type=int, default=0, help="training.host_mlp_layers: kept layers whose gate/up activations wait in host memory")
+    p.add_argument("--host-mlp-layers", type=_layers_or_auto, default=0,
+                   help="training.host_mlp_layers: kept layers whose gate/up activations wait in host memory (a count, or auto)")
     p.add_argument("--cuda-graphs", action="store_true", help="training.cuda_graphs: the decoder stack replays as CUDA graphs")
     p.add_argument("--embeddings-on-host", default="auto", choices=["auto", "yes", "no"],
                    help="training.embeddings_on_host: auto moves the frozen input embeddings to host memory when layers recompute")

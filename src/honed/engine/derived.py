@@ -77,7 +77,7 @@ class _OnHost(_Offered):
 
     def packed(self, output: torch.Tensor) -> None:
         if self.kept is None:
-            self.kept = self.offloader.save(self.key, output.detach())
+            self.kept = self.offloader.save(self.key, output.detach(), lag=1)  # a copy may take two layers' compute
 
     def materialize(self) -> torch.Tensor:
         if self.value is None:

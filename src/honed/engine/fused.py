@@ -26,7 +26,7 @@ import logging
 import torch
 
 from honed.data.packing import uses_varlen_attention
-from honed.engine import derived, fp8_choice, host_embedding, nf4
+from honed.engine import derived, fp8_choice, host_embedding, host_mlp_choice, nf4
 from honed.engine.attention import (
     VARLEN_ATTENTION,
     enable_varlen_attention,
@@ -141,6 +141,9 @@ class FusedPath:
         self.embeddings_on_host = False  # training.embeddings_on_host: where `prepare` put the input embeddings
         self.fp8_decision: fp8_choice.Fp8Choice | None = None  # precision fp8 under memory auto: what was measured and chosen
         self.fp8_bases: str | None = None  # precision fp8: the bases `prepare` stored, "fp8" or "bf16" (a checkpoint records it)
+        # training.host_mlp_layers as the memory plan asks it (`auto` is measured in `prepare`), and what was measured
+        self.host_mlp_layers = settings.host_mlp_layers if isinstance(settings.host_mlp_layers, int) else 0
+        self.host_mlp_decision: host_mlp_choice.HostMlpChoice | None = None
 
     def compute_dtype(self) -> torch.dtype | None:
         """The autocast dtype the run computes in (None: no autocast), as `utils.precision.autocast_context` sets it."""
@@ -180,6 +183,8 @@ class FusedPath:
                 log.info("fused path: frozen %s back in %s (peft had upcast them to fp32)", " and ".join(self.restored), str(self.compute_dtype()).removeprefix("torch."))
         self.log_nf4_dequantisation(model)
         self.choose_attention(lm)
+        if self.settings.host_mlp_layers == "auto":
+            self.host_mlp_layers = self.choose_host_mlp_layers(model)
         self.plan = self.memory_plan(model)
         self.embeddings_on_host = self.place_embeddings(lm)  # may plan again, with the table's memory free
         self.warn_if_host_short()  # for the final plan only
@@ -236,6 +241,41 @@ class FusedPath:
                  "%d and %d of %d layers recompute)%s", choice.precision, step["fp8"], step["bf16"], recomputed["fp8"], recomputed["bf16"], len(lm.model.layers),
                  "" if choice.precision == "fp8" else ". Set training.memory_budget_gib or a training.memory mode to keep fp8 bases regardless")
         return choice.precision
+
+    def choose_host_mlp_layers(self, model) -> int:
+        """training.host_mlp_layers: auto — the count of layers whose gate/up wait in host memory with the
+        shortest estimated step, measured here (`engine.host_mlp_choice`); 0 where nothing recomputes,
+        under CUDA graphs, off CUDA, or when measuring fails. Logged and kept for describe()."""
+        lm = causal_lm_of(model)
+        if self.device.type != "cuda" or self.settings.cuda_graphs:
+            log.info("fused path: host_mlp_layers auto → 0 (%s)", "not a CUDA device" if self.device.type != "cuda" else "CUDA graphs are on")
+            return 0
+        without = self.memory_plan(model, host_mlp=0)
+        chosen = 0
+        if without.checkpointed:
+            try:
+                tokens = self.tokens_per_micro_batch()
+                copy_ms = host_mlp_choice.measure_copy_ms(tokens * host_mlp_bytes(lm.config), self.device)
+                forward_ms = host_mlp_choice.measure_layer_forward_ms(lm, tokens, self.settings.max_seq_length, self.device, self.compute_dtype())
+            except torch.cuda.OutOfMemoryError:
+                torch.cuda.empty_cache()
+                log.info("fused path: host_mlp_layers auto → 0 (no GPU memory to measure the host link)")
+                forward_ms = None
+            except Exception as err:  # noqa: BLE001 - a failed measurement keeps every activation on the GPU, and every rank still reaches the broadcast
+                log.warning("fused path: host_mlp_layers auto → 0 (measuring failed: %s)", str(err).splitlines()[0][:200])
+                forward_ms = None
+            if forward_ms is not None:
+                torch.cuda.empty_cache()  # the probes' memory: the plans below count it as free
+                plans = {asked: self.memory_plan(model, host_mlp=asked) for asked in range(len(lm.model.layers) + 1)}
+                rebuild_ms = forward_ms * host_mlp_choice.rebuild_share(lm.config)
+                self.host_mlp_decision = host_mlp_choice.choose(plans, copy_ms, forward_ms, rebuild_ms)
+                chosen = self.host_mlp_decision.layers
+                log.info("fused path: host_mlp_layers auto → %d (a layer's gate/up copy %.1f ms against %.1f ms of its forward; est. %.1f ms of "
+                         "rebuilds and waits a step, %.1f without)", chosen, copy_ms, forward_ms, self.host_mlp_decision.estimated_ms[chosen],
+                         self.host_mlp_decision.estimated_ms[0])
+        else:
+            log.info("fused path: host_mlp_layers auto → 0 (every layer keeps its activations)")
+        return host_mlp_choice.agreed_across_ranks(chosen, self.device)  # every rank reaches this, measured or not
 
     def place_embeddings(self, lm) -> bool:
         """training.embeddings_on_host: move the frozen input embedding table to pinned host memory
@@ -318,9 +358,10 @@ class FusedPath:
             self.attention, self.padding_free = current, uses_varlen_attention(lm)
             log.info("fused path: attention %s (varlen not used: %s)", current, reason)
 
-    def memory_plan(self, model, extra_budget: float = 0.0) -> MemoryPlan:
+    def memory_plan(self, model, extra_budget: float = 0.0, host_mlp: int | None = None) -> MemoryPlan:
         """The activation plan for the memory free now (or training.memory_budget_gib), plus `extra_budget`
-        bytes (what converting the bases to fp8 would free)."""
+        bytes (what converting the bases to fp8 would free), with `host_mlp` host layers asked (default:
+        `host_mlp_layers`)."""
         s = self.settings
         lm = causal_lm_of(model)
         forced = s.forced_memory
@@ -347,7 +388,7 @@ class FusedPath:
             whole_mlp_rebuilt_bytes=rebuilt_layer_bytes(lm.config, tokens, whole_mlp=True),
             host_bytes=host,
             # Not under CUDA graphs: their capture joins the offload copies of recomputed layers only.
-            host_mlp_layers=0 if s.cuda_graphs else s.host_mlp_layers,
+            host_mlp_layers=0 if s.cuda_graphs else self.host_mlp_layers if host_mlp is None else host_mlp,
             host_mlp_per_token=host_mlp_bytes(lm.config),
         )
         return plan
@@ -407,6 +448,7 @@ class FusedPath:
             "cuda_graph_pool_bytes": self.graphs.held_bytes() if self.graphs is not None else 0,
             "fp8_choice": self.fp8_decision.describe() if self.fp8_decision is not None else None,
             "derived_saves": derived.ENABLED,
+            "host_mlp_choice": self.host_mlp_decision.describe() if self.host_mlp_decision is not None else None,
         }
 
     def hidden_states(self, model, batch):

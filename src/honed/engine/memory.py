@@ -142,8 +142,9 @@ def plan_memory(*, layers: int, tokens: int, per_token_layer: int, hidden_bytes:
     if host and host_bytes is not None:
         host = min(host, int(_HOST_SHARE * host_bytes // freed))
     while True:
-        # One layer's gate/up stays on the GPU on its way: copied out in forward, or brought back for backward.
-        credit = host * freed - (freed if host else 0)
+        # Two layers' gate/up stay on the GPU on their way: copied out in forward (`_Offloader.save`'s lag
+        # of one layer), or brought back for backward (the one in use and the one prefetched).
+        credit = host * freed - (2 * freed if host else 0)
         plan = _plan_layers(layers, tokens, per_token_layer, hidden_bytes, budget + credit, forced, rebuilt, host_bytes)
         if host <= layers - plan.checkpointed:
             break
@@ -321,7 +322,11 @@ class _Offloader:
         self.in_flight: list[tuple[int, torch.Tensor, torch.cuda.Event]] = []  # (layer, source, copy done)
         self.stream = None
 
-    def save(self, key: tuple[int, str], tensor: torch.Tensor) -> torch.Tensor:
+    def save(self, key: tuple[int, str], tensor: torch.Tensor, lag: int = 0) -> torch.Tensor:
+        """Start copying `tensor` to its pinned buffer; returns the buffer. Before that, the compute
+        waits for the copies of layers older than `lag` layers before this one (`settle`): with 0 each
+        copy has until the next layer saves; a copy slower than a layer's compute (gate/up,
+        `MemoryPlan.host_mlp`) takes 1, at the cost of one more layer's sources held meanwhile."""
         if not tensor.is_cuda:
             return tensor
         buf = self.buffers.get(key)
@@ -330,7 +335,7 @@ class _Offloader:
         if self.stream is None:
             self.stream = torch.cuda.Stream(tensor.device)
         current = torch.cuda.current_stream(tensor.device)
-        self.settle(current, before_layer=key[0])
+        self.settle(current, keep_from_layer=key[0] - lag)
         self.stream.wait_stream(current)
         with torch.cuda.stream(self.stream):
             buf.copy_(tensor, non_blocking=True)
@@ -343,13 +348,13 @@ class _Offloader:
         self.in_flight.append((key[0], tensor, copied))
         return buf
 
-    def settle(self, stream, before_layer: int | None = None) -> None:
-        """Make `stream` wait for the copies to the host started so far (those of layers other than
-        `before_layer`: the one being saved would make the compute wait for its own copy) and let their
-        sources go. The wait lands behind work already queued, by when the copies are long done."""
+    def settle(self, stream, keep_from_layer: int | None = None) -> None:
+        """Make `stream` wait for the copies to the host started so far (but those of layers from
+        `keep_from_layer` on: the one being saved would make the compute wait for its own copy) and let
+        their sources go. The wait lands behind work already queued, by when the copies are long done."""
         keep = []
         for entry in self.in_flight:
-            if entry[0] == before_layer:
+            if keep_from_layer is not None and entry[0] >= keep_from_layer:
                 keep.append(entry)
             else:
                 stream.wait_event(entry[2])

@@ -39,7 +39,7 @@ class EngineSettings:
     memory_budget_gib: float | None = None  # training.memory_budget_gib: plan for this much instead of the free memory
     fp8_bases: str | None = None  # precision fp8: "fp8"/"bf16" bases chosen before (a resumed run's checkpoint), taken as they are
     host_memory_gib: float | None = None  # training.host_memory_gib: the host memory offloading plans with, instead of what is available
-    host_mlp_layers: int = 0  # training.host_mlp_layers: kept layers whose gate/up activations wait in host memory
+    host_mlp_layers: int | str = 0  # training.host_mlp_layers: kept layers whose gate/up activations wait in host memory, or "auto"
     gradient_checkpointing: bool = False  # training.gradient_checkpointing: recompute asked for explicitly
     cuda_graphs: bool = False  # training.cuda_graphs
     embeddings_on_host: bool | None = None  # training.embeddings_on_host: None = when layers recompute

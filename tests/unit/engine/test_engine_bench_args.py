@@ -78,3 +78,6 @@ def test_bench_config_maps_embeddings_on_host(flag, value):
 def test_bench_host_mlp_layers_sets_the_training_key():
     assert bench_run.bench_config("/tmp/unused-model", parse()).training.host_mlp_layers == 0
     assert bench_run.bench_config("/tmp/unused-model", parse("--host-mlp-layers", "12")).training.host_mlp_layers == 12
+    assert bench_run.bench_config("/tmp/unused-model", parse("--host-mlp-layers", "auto")).training.host_mlp_layers == "auto"
+    with pytest.raises(SystemExit):
+        parse("--host-mlp-layers", "-1")

@@ -61,5 +61,5 @@ def test_fused_path_describes_its_plan_attention_embeddings_and_graphs(tiny_mode
         "memory_plan": {"mode": "checkpoint", "checkpointed": 2, "estimate_gib": described["memory_plan"]["estimate_gib"], "keep_o": True,
                         "whole_mlp": False, "host_mlp": 0},
         "embeddings_on_host": False, "restored_embeddings": [], "cuda_graphs": None, "cuda_graph_pool_bytes": 0, "fp8_choice": None,
-        "derived_saves": True,
+        "derived_saves": True, "host_mlp_choice": None,
     }

@@ -26,7 +26,7 @@ class HostStandIn:
         self.saved, self.prefetched, self.loaded = [], [], []
         stand_in = self
 
-        def save(offloader, key, tensor):
+        def save(offloader, key, tensor, lag=0):
             stand_in.saved.append(key)
             return tensor.detach().clone()
 
@@ -121,7 +121,7 @@ def test_the_plan_keeps_more_layers_whole_with_gate_up_on_the_host():
     # 32 layers keep 32 × 4,096 × 120,000 = 15.7 GB; 8 GB holds what 17 recomputing layers leave
     assert (without.mode, without.checkpointed, without.host_mlp) == ("offload", 17, 0)
     with_host = plan_memory(**KW, host_mlp_layers=12, host_mlp_per_token=60_000)
-    # 12 layers free 4,096 × 60,000 bytes each, less one layer's in flight: 11 × 246 MB = 2.7 GB more budget
+    # 12 layers free 4,096 × 60,000 bytes each, less two layers' in flight: 10 × 246 MB = 2.5 GB more budget
     assert (with_host.mode, with_host.checkpointed, with_host.host_mlp) == ("offload", 12, 12)
     assert with_host.estimate_gib <= 8e9 / 2**30
 
@@ -137,3 +137,51 @@ def test_host_mlp_is_at_most_the_kept_layers_and_what_half_the_host_holds():
 def test_an_escalated_plan_keeps_host_mlp_only_on_layers_still_kept():
     assert escalate(MemoryPlan("checkpoint", 20, 1.0, host_mlp=12), 32).host_mlp == 4
     assert escalate(MemoryPlan("checkpoint", 4, 1.0, host_mlp=12), 32).host_mlp == 12
+
+
+def test_auto_off_cuda_keeps_every_activation_on_the_device_and_says_why(tiny_model_dir, caplog):
+    import logging
+
+    model = lora_model(tiny_model_dir("llama3"))
+    path = FusedPath(resolve_engine_settings(cfg_for("auto", host_mlp_layers="auto"), torch.device("cpu")))
+    with caplog.at_level(logging.INFO, logger="honed.engine"):
+        path.prepare(model)
+    assert path.plan.host_mlp == 0 and path.host_mlp_decision is None
+    assert "host_mlp_layers auto → 0 (not a CUDA device)" in caplog.text
+
+
+@pytest.mark.parametrize(("copy_ms", "host_layers_chosen"), [(0.1, True), (100.0, False)])
+def test_auto_takes_host_layers_where_the_measured_copies_hide_behind_the_forward(tmp_path, monkeypatch, copy_ms, host_layers_chosen):
+    """The measured branch with the two measurements stood in for: a fast link buys host layers (and
+    fewer recomputed ones), a slow one none."""
+    from honed.engine import host_mlp_choice
+    from honed.testing import build_tiny_model
+
+    model = lora_model(build_tiny_model("llama3", tmp_path / "eight", hidden_size=64, layers=8))
+    # 64 tokens a micro-batch; ~0.7 MB holds the activations of some of the eight layers, not all
+    path = FusedPath(resolve_engine_settings(cfg_for("auto", memory_budget_gib=6.5e-4), torch.device("cpu")))
+    path.prepare(model)
+    path.device = torch.device("cuda")  # as if on a GPU from here on: the two probes below are what it would measure
+    monkeypatch.setattr(host_mlp_choice, "measure_copy_ms", lambda nbytes, device: copy_ms)
+    monkeypatch.setattr(host_mlp_choice, "measure_layer_forward_ms", lambda *args: 1.0)
+    monkeypatch.setattr(host_mlp_choice, "agreed_across_ranks", lambda layers, device: layers)
+    monkeypatch.setattr(FusedPath, "host_bytes", lambda self: None)
+    without = path.memory_plan(model, host_mlp=0)
+    assert without.checkpointed > 0
+    chosen = path.choose_host_mlp_layers(model)
+    decision = path.host_mlp_decision.describe()
+    assert decision["copy_ms"] == copy_ms and decision["layer_forward_ms"] == 1.0
+    if host_layers_chosen:
+        assert chosen > 0 and path.memory_plan(model, host_mlp=chosen).checkpointed < without.checkpointed
+    else:
+        assert chosen == 0
+
+
+def test_host_mlp_layers_takes_a_count_or_auto_and_names_the_key_otherwise():
+    from honed.errors import ConfigError
+
+    assert cfg_for("auto", host_mlp_layers="auto").training.host_mlp_layers == "auto"
+    assert cfg_for("auto", host_mlp_layers=4).training.host_mlp_layers == 4
+    for bad in (-1, "many"):
+        with pytest.raises(ConfigError, match="host_mlp_layers"):
+            cfg_for("auto", host_mlp_layers=bad)
