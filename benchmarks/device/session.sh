@@ -65,30 +65,7 @@ need() {
 
 # results LOG: peer_bench's per-stack JSON lines of the command last run into $OUT/LOG.log, one phrase each
 results() {
-  python3 - "$OUT/$1.log" <<'PY'
-import json, sys
-lines = open(sys.argv[1], errors="replace").read().splitlines()
-last = max((i for i, l in enumerate(lines) if l.startswith("$ ")), default=-1)
-out = []
-for line in lines[last + 1:]:
-    if line.startswith("== ") and (" failed " in line or " timed out " in line):
-        out.append(line[3:].split(" (rc=")[0].replace("cmd:python3 -m honed bench", "honed"))
-    if not line.startswith("{"):
-        continue
-    try:
-        r = json.loads(line)
-    except ValueError:
-        continue
-    if "tokens_per_s" not in r:
-        continue
-    name = " ".join(str(r[k]) for k in ("stack", "precision", "memory") if r.get(k) and (k == "stack" or r["stack"] == "honed"))
-    text = f"{name} {r['tokens_per_s']:,.0f} tok/s {r.get('peak_alloc_gib')} GiB"
-    if r.get("fp8_choice"):
-        c = r["fp8_choice"]
-        text += f" (fp8_choice: {c.get('bases')} bases, est. ms {c.get('estimated_step_ms')})"
-    out.append(text)
-print("; ".join(out) or "no result")
-PY
+  python3 benchmarks/device/summarize.py results "$OUT/$1.log"
 }
 
 # ---- set-up --------------------------------------------------------------------------------------
@@ -147,22 +124,7 @@ part_matrix() {
   need matrix cuda py:honed.config .bench/peer_bench.py .peer/site/unsloth || return
   run matrix python3 benchmarks/card_matrix.py --group "$group" ${ROWS:+--rows "$ROWS"} --out "$OUT/matrix"
   local rc=$?
-  note matrix "$(status $rc)" "$group: $(python3 - "$OUT/matrix/card_matrix.json" "$group" <<'PY'
-import json, sys
-try:
-    rows = json.load(open(sys.argv[1]))["groups"][sys.argv[2]]["rows"]
-except (OSError, KeyError, ValueError):
-    sys.exit(print("no card_matrix.json"))
-tps = lambda r: None if not r or r.get("error") else r.get("effective_tokens_per_s", r.get("tokens_per_s"))
-out = []
-for row, stacks in rows.items():
-    honed, unsloth = tps(stacks.get("honed")), max(filter(None, (tps(stacks.get(s)) for s in ("unsloth", "unsloth-padded"))), default=None)
-    errors = [f"{s} {r['error']}" for s, r in stacks.items() if r.get("error")]
-    out.append(f"{row} " + (f"honed/Unsloth {honed / unsloth:.2f}x" if honed and unsloth else "no ratio")
-               + (f" ({', '.join(errors)})" if errors else ""))
-print("; ".join(out))
-PY
-)"
+  note matrix "$(status $rc)" "$group: $(python3 benchmarks/device/summarize.py matrix "$OUT/matrix/card_matrix.json" "$group")"
 }
 
 # fp8: fp8 against bf16 base matmuls, then honed --precision fp8 beside bf16 under a FP8_CAP GiB cap
@@ -198,20 +160,7 @@ part_longest() {
   run longest python3 benchmarks/longest_seq.py --cap "$cap" --stacks "$stacks" --out "$OUT/longest" \
     --budget-s $((LIMIT - SECONDS - 20)) ${LARGS:-}
   local rc=$?
-  note longest "$(status $rc)" "cap $cap: $(python3 - "$OUT/longest/longest_seq.json" "$cap" <<'PY'
-import json, sys
-try:
-    stacks = json.load(open(sys.argv[1]))["caps"][sys.argv[2]]["stacks"]
-except (OSError, KeyError, ValueError):
-    sys.exit(print("no probe saved (none fitted in the time left: see longest.log)"))
-out = []
-for stack, probes in stacks.items():
-    fit = [int(n) for n, r in probes.items() if not r.get("error")]
-    fail = [int(n) for n, r in probes.items() if r.get("error")]
-    out.append(f"{stack} fits " + (f"{max(fit):,}" if fit else "none") + (f", fails {min(fail):,} ({probes[str(min(fail))]['error']})" if fail else ""))
-print("; ".join(out))
-PY
-)"
+  note longest "$(status $rc)" "cap $cap: $(python3 benchmarks/device/summarize.py longest "$OUT/longest/longest_seq.json" "$cap")"
 }
 
 # peers: one peer_bench.py row. SHAPE (llama-8b), SEQ (2048), BATCH (2), STEPS (8), WARMUP (2), QLORA=1

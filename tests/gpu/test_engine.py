@@ -305,6 +305,22 @@ def test_honed_train_takes_the_fused_path_and_learns_like_the_plain_one(tmp_path
 # ---- what a layer keeps (engine.derived) ---------------------------------------------------------
 
 
+def kept_by_the_forward_and_grads(path, model, batch):
+    """GPU bytes a step's forward leaves allocated (what it keeps for backward) and the step's LoRA
+    gradients, from the second of two steps (the first compiles and allocates pinned buffers)."""
+    model.train()
+    for _ in range(2):
+        model.zero_grad(set_to_none=True)
+        torch.cuda.synchronize()
+        before = torch.cuda.memory_allocated()
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            s, n = path.loss_sum(model, batch)
+        kept = torch.cuda.memory_allocated() - before
+        (s / n).backward()
+    torch.cuda.synchronize()
+    return kept, {k: p.grad for k, p in model.named_parameters() if p.requires_grad}
+
+
 def test_a_derived_norm_output_is_the_forward_output_bit_for_bit():
     """Backward derives the norm's output with `_rms_output` (compiled on CUDA); it must be the very
     tensor the forward's compiled kernel made, for bf16 and for fp32 (QLoRA) norm weights."""
@@ -331,22 +347,13 @@ def test_derived_saves_keep_less_by_the_norm_and_swiglu_outputs_and_train_the_sa
 
     def kept_bytes_and_grads(enabled):
         monkeypatch.setattr(derived, "ENABLED", enabled)
+        torch.manual_seed(0)  # the same LoRA A matrices in both models
         model = lora_model(folder, torch.bfloat16)
         for name, p in model.named_parameters():
             if "norm" in name:
                 p.data = p.data.to(norm_weights)
         path = FusedPath(resolve_engine_settings(cfg, torch.device("cuda")))
-        model = path.prepare(model)
-        model.train()
-        for _ in range(2):  # the first step compiles; the second is the one measured
-            model.zero_grad(set_to_none=True)
-            torch.cuda.synchronize()
-            before = torch.cuda.memory_allocated()
-            with torch.autocast("cuda", dtype=torch.bfloat16):
-                s, n = path.loss_sum(model, batch)
-            kept = torch.cuda.memory_allocated() - before
-            (s / n).backward()
-        return kept, {k: p.grad for k, p in model.named_parameters() if p.requires_grad}, model.config
+        return (*kept_by_the_forward_and_grads(path, path.prepare(model), batch), model.config)
 
     kept_all, grads_all, config = kept_bytes_and_grads(False)
     kept_derived, grads_derived, _ = kept_bytes_and_grads(True)
@@ -372,22 +379,12 @@ def test_host_mlp_layers_keep_gate_up_off_the_gpu_and_train_bit_for_bit(tmp_path
     batch = {"input_ids": ids, "labels": ids.clone()}
 
     def kept_bytes_and_grads(host_mlp):
-        monkeypatch.setattr(FusedPath, "memory_plan", lambda self, model, extra_budget=0.0: MemoryPlan("none", 0, 0.0, host_mlp=host_mlp))
-        torch.manual_seed(0)
+        monkeypatch.setattr(FusedPath, "memory_plan",
+                            lambda self, model, extra_budget=0.0, host_mlp=host_mlp: MemoryPlan("none", 0, 0.0, host_mlp=host_mlp))
+        torch.manual_seed(0)  # the same LoRA A matrices in both models
         model = lora_model(folder, torch.bfloat16)
         path = FusedPath(resolve_engine_settings(cfg, torch.device("cuda")))
-        model = path.prepare(model)
-        model.train()
-        for _ in range(2):  # the first step compiles and allocates the pinned buffers; the second is measured
-            model.zero_grad(set_to_none=True)
-            torch.cuda.synchronize()
-            before = torch.cuda.memory_allocated()
-            with torch.autocast("cuda", dtype=torch.bfloat16):
-                s, n = path.loss_sum(model, batch)
-            kept = torch.cuda.memory_allocated() - before
-            (s / n).backward()
-        torch.cuda.synchronize()
-        return kept, {k: p.grad for k, p in model.named_parameters() if p.requires_grad}, model.config
+        return (*kept_by_the_forward_and_grads(path, path.prepare(model), batch), model.config)
 
     kept_all, grads_all, config = kept_bytes_and_grads(0)
     kept_host, grads_host, _ = kept_bytes_and_grads(3)

@@ -35,21 +35,25 @@ def max_grad_norm(text: str) -> float | None:
     return value
 
 
-def positive_int(text: str) -> int:
-    """`--samples`: a whole number above 0.
-
-    >>> positive_int("500")
-    500
-    """
+def _whole_number(text: str, least: int) -> int:
     import argparse
 
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1: {text!r}")
+    if value < least:
+        raise argparse.ArgumentTypeError(f"must be at least {least}: {text!r}")
     return value
+
+
+def positive_int(text: str) -> int:
+    """`--samples`: a whole number above 0.
+
+    >>> positive_int("500")
+    500
+    """
+    return _whole_number(text, 1)
 
 
 def _layers_or_auto(text: str) -> int | str:
@@ -58,17 +62,7 @@ def _layers_or_auto(text: str) -> int | str:
     >>> _layers_or_auto("12"), _layers_or_auto("auto")
     (12, 'auto')
     """
-    import argparse
-
-    if text == "auto":
-        return text
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a count of layers or auto: {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more: {text!r}")
-    return value
+    return text if text == "auto" else _whole_number(text, 0)
 
 
 def register(sub) -> None:
