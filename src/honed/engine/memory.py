@@ -11,6 +11,10 @@ A recomputed layer keeps its input and, where the layer allows it, o_proj's outp
 with that, its rebuild in backward skips o_proj and down_proj and runs the MLP a chunk at a time
 (`engine.replay`). Offloading drops `keep_o` when host memory cannot hold both.
 
+With `training.host_mlp_layers`, the first layers that keep everything keep their MLP's gate/up
+activations (most of what a layer keeps) in pinned host memory instead, copied behind the forward and
+brought back ahead of their backward (`MemoryPlan.host_mlp`); the plan counts the memory that frees.
+
 When the plan still runs out of memory (the estimate is an estimate), `escalate` gives the next
 plan to try: a quarter more of the layers recompute, then all of them, then offload (a plan that
 already offloads offloads a quarter more of the layers).
@@ -309,8 +313,9 @@ def escalate(plan: MemoryPlan, layers: int) -> MemoryPlan | None:
 
 
 class _Offloader:
-    """Moves what recomputed layers keep (their input, and o_proj's output for `engine.replay`) to
-    pinned CPU memory on a side stream, and back ahead of need.
+    """Moves what recomputed layers keep (their input, and o_proj's output for `engine.replay`), and the
+    gate/up activations of `MemoryPlan.host_mlp` layers, to pinned CPU memory on a side stream, and back
+    ahead of need.
 
     Forward: the copy to CPU overlaps the next layer's compute. Backward: when layer i is rebuilt,
     layer i-1's tensors are already on their way back, so the copy hides behind layer i's backward.
