@@ -185,3 +185,14 @@ def test_host_mlp_layers_takes_a_count_or_auto_and_names_the_key_otherwise():
     for bad in (-1, "many"):
         with pytest.raises(ConfigError, match="host_mlp_layers"):
             cfg_for("auto", host_mlp_layers=bad)
+
+
+def test_a_lean_rebuild_reruns_the_projections_but_o_and_down():
+    from types import SimpleNamespace
+
+    from honed.engine.host_mlp_choice import rebuild_share
+
+    llama_8b = SimpleNamespace(hidden_size=4096, intermediate_size=14336, num_attention_heads=32, num_key_value_heads=8, head_dim=128)
+    # q/k/v 4,096 × 6,144 and gate/up 2 × 4,096 × 14,336 of q/k/v, o (4,096²), gate/up and down (14,336 × 4,096)
+    assert rebuild_share(llama_8b) == (4096 * 6144 + 2 * 4096 * 14336) / (4096 * 6144 + 4096 * 4096 + 3 * 4096 * 14336)
+    assert round(rebuild_share(llama_8b), 3) == 0.654
