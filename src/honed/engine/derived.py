@@ -190,14 +190,33 @@ def _unpack(saved):
 @contextlib.contextmanager
 def derived_saves(enabled: bool = True):
     """Around a forward with grad: saved tensors inside offered outputs are derived again (or brought
-    back from the host) in backward. Nested uses share the outer one's offers; `enabled` False does
-    nothing. HONED_DERIVED_SAVES=0 stops the norms' and SwiGLU's offers (`wanted`), not this."""
-    if not enabled or _state.offers is not None:
+    back from the host) in backward. `enabled` False does nothing. HONED_DERIVED_SAVES=0 stops the
+    norms' and SwiGLU's offers (`wanted`), not this.
+
+    Each use holds offers of its own, dropped when it ends (what the hook stored keeps what it needs):
+    a recomputed layer's rebuild, which runs inside a backward that a CUDA graph capture may run inside
+    the step's forward, must not leave its tensors in the forward's offers until that forward ends."""
+    if not enabled:
         yield
         return
-    _state.offers = {}
+    previous, _state.offers = _state.offers, {}
     try:
-        with torch.autograd.graph.saved_tensors_hooks(_pack, _unpack):
+        if previous is None:
+            with torch.autograd.graph.saved_tensors_hooks(_pack, _unpack):
+                yield
+        else:  # the hook is on already (an enclosing forward's)
             yield
     finally:
-        _state.offers = None  # the offers live on only in what the hook stored
+        _state.offers = previous
+
+
+@contextlib.contextmanager
+def paused():
+    """No offers in here: around a forward that runs inside a backward and is backpropagated at once
+    (`engine.replay`'s deferred MLP), where deriving would save nothing and an enclosing forward's
+    offers would hold its tensors until that forward ends."""
+    previous, _state.offers = _state.offers, None
+    try:
+        yield
+    finally:
+        _state.offers = previous

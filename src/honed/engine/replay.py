@@ -37,6 +37,8 @@ import threading
 
 import torch
 
+from honed.engine import derived
+
 NOT_NEEDED = "not-needed"  # what `output_for` says when a node's output will never be read
 _MLP_CHUNK_BUDGET = 2**29  # bytes of gate/up/product and their gradients that one MLP chunk may hold
 
@@ -197,7 +199,7 @@ class _DeferredMLP(torch.autograd.Function):
             piece = slice(start, start + ctx.chunk)
             xc = flat_x[piece].detach().requires_grad_(True)
             # Backward runs on autograd's own thread, where the forward's autocast is not on.
-            with torch.enable_grad(), torch.autocast(x.device.type, dtype=dtype, enabled=enabled), _output_not_needed(down):
+            with torch.enable_grad(), torch.autocast(x.device.type, dtype=dtype, enabled=enabled), _output_not_needed(down), derived.paused():
                 yc = ctx.run_mlp(xc)
             torch.autograd.backward(yc, flat_dy[piece])
             dx[piece] = xc.grad

@@ -160,3 +160,18 @@ def test_the_fused_paths_norms_stay_patched_through_train_and_eval(tiny_model_di
     model.eval()
     model.train()
     assert norms and all("forward" in vars(m) for m in norms)
+
+
+def test_a_backward_inside_the_forwards_context_leaves_the_forwards_offers_as_they_were(tiny_model_dir):
+    """A CUDA graph capture runs the stack's backward inside the step's forward: the rebuilds of
+    recomputed layers (and their deferred MLPs) must not add their tensors to the forward's offers,
+    which live until the forward ends."""
+    path, model = fused(tiny_model_dir, "llama3", memory="checkpoint")
+    batch = batch_for(model, packed=False)
+    model.train()
+    with derived.derived_saves():
+        loss_sum, n = path.loss_sum(model, batch)  # nested: the path's own derived_saves shares this hook
+        offers = derived._state.offers
+        before = dict(offers)
+        (loss_sum / n).backward()
+        assert derived._state.offers is offers and offers == before
