@@ -51,6 +51,7 @@ from pathlib import Path
 import torch
 
 from honed.engine import derived, replay
+from honed.model.families import find_family
 
 log = logging.getLogger(__name__)
 
@@ -89,10 +90,17 @@ def layer_activation_bytes(config, dtype_bytes: int = 2, derived_saves: bool | N
     q = config.num_attention_heads * hd
     kv = config.num_key_value_heads * hd
     # norm inputs (2d) and, unless derived, outputs (2d); q/k/v after rope and attention out (+ its
-    # contiguous copy), o input; the MLP's part (`_mlp_kept_values`). Small LoRA x·Aᵀ and fp32 norm scales ignored.
+    # contiguous copy), o input; the MLP's part (`_mlp_kept_values`); where per-head norms on q and k
+    # keep views of the joint q/k/v output (Qwen3), that whole output. Small LoRA x·Aᵀ and fp32 norm scales ignored.
     norms = 2 * d if derived_on else 4 * d
-    counted = dtype_bytes * (norms + 2 * q + 2 * kv + q + q + _mlp_kept_values(config, derived_on))
+    joint_qkv = q + 2 * kv if _has_qk_norms(config) else 0
+    counted = dtype_bytes * (norms + 2 * q + 2 * kv + q + q + joint_qkv + _mlp_kept_values(config, derived_on))
     return int(counted * CALIBRATION)
+
+
+def _has_qk_norms(config) -> bool:
+    family = find_family(getattr(config, "model_type", None))
+    return family is not None and bool(family.layout.qk_norms)
 
 
 def _mlp_kept_values(config, derived_on: bool) -> int:

@@ -32,6 +32,9 @@ class DecoderLayout:
     mlp: str = "mlp"
     gate_up: tuple[str, ...] = ("gate_proj", "up_proj")
     down: str = "down_proj"
+    # Per-head RMSNorms on q and k (Qwen3): each keeps its input, a view of the joint q/k/v output, so
+    # that whole output stays for backward (the fused path's memory plan counts it).
+    qk_norms: tuple[str, ...] = ()
 
     @property
     def sibling_groups(self) -> tuple[tuple[str, ...], ...]:
@@ -40,6 +43,7 @@ class DecoderLayout:
 
 
 LLAMA_LAYOUT = DecoderLayout()
+QWEN3_LAYOUT = DecoderLayout(qk_norms=("q_norm", "k_norm"))
 # Phi-3 stores q/k/v and gate/up as one matrix each.
 PHI3_LAYOUT = DecoderLayout(qkv=("qkv_proj",), gate_up=("gate_up_proj",))
 
@@ -116,7 +120,7 @@ FAMILIES: dict[str, Family] = {f.name: f for f in [
     Family("qwen3", "Qwen3", ("qwen3",), "qwen3", ("<|im_end|>", "<|endoftext|>"), fused=True,
            config_class="Qwen3Config", special=_QWEN, bos=None, eos="<|im_end|>", pad="<|endoftext|>",
            plain=("<think>", "</think>"), tie_embeddings=True, pretokenizer="qwen", tiny_config=(("head_dim", None),),
-           gguf=GgufFacts("qwen3", ollama_stops=_QWEN_STOPS)),
+           layout=QWEN3_LAYOUT, gguf=GgufFacts("qwen3", ollama_stops=_QWEN_STOPS)),
     Family("mistral", "Mistral", ("mistral",), "mistral", ("</s>",), fused=True,
            config_class="MistralConfig", special=("<unk>", "<s>", "</s>", "[INST]", "[/INST]"),
            bos="<s>", eos="</s>", pad=None, unk="<unk>", adds_bos=True,

@@ -175,3 +175,25 @@ def test_a_backward_inside_the_forwards_context_leaves_the_forwards_offers_as_th
         before = dict(offers)
         (loss_sum / n).backward()
         assert derived._state.offers is offers and offers == before
+
+
+def test_qwen3s_per_head_norms_keep_the_joint_qkv_output_and_the_plan_counts_it(tiny_model_dir, monkeypatch):
+    """Qwen3's q_norm and k_norm keep their inputs, views of the joint q/k/v output: that whole output
+    stays for backward, on top of what a Llama layer of the same shape keeps."""
+    kept = {}
+    for family in ("llama3", "qwen3"):
+        path, model = fused(tiny_model_dir, family)
+        with monkeypatch.context() as m:
+            stored = SavedTensors(m, offers=True)
+            model.train()
+            path.loss_sum(model, batch_for(model, packed=False))
+        kept[family] = stored.kept_bytes(model), model.config
+    llama, qwen3 = kept["llama3"][1], kept["qwen3"][1]
+    assert (llama.hidden_size, llama.num_attention_heads, llama.num_key_value_heads) == (qwen3.hidden_size, qwen3.num_attention_heads,
+                                                                                       qwen3.num_key_value_heads)
+    head_dim = qwen3.head_dim
+    q, kv, tokens = qwen3.num_attention_heads * head_dim, qwen3.num_key_value_heads * head_dim, 48
+    # the joint output (q + 2·kv values a token) and the two norms' fp32 scales (one a head), fp32 on the CPU
+    per_token_layer = (q + 2 * kv) * 4 + (qwen3.num_attention_heads + qwen3.num_key_value_heads) * 4
+    assert kept["qwen3"][0] - kept["llama3"][0] == qwen3.num_hidden_layers * tokens * per_token_layer
+    assert abs(layer_activation_bytes(qwen3, dtype_bytes=4) - layer_activation_bytes(llama, dtype_bytes=4) - 1.1 * (q + 2 * kv) * 4) <= 1
