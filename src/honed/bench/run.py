@@ -30,7 +30,7 @@ from pathlib import Path
 from honed.bench.data import DATA_SEED, FIRST_TOKEN_ID, PAD_ID, bench_data
 from honed.bench.results import packed_result_fields
 from honed.bench.shapes import SHAPES, TARGETS, build_shape, flops_per_token
-from honed.bench.timing import batch_order, memory_fields, step_spread_fields, time_steps
+from honed.bench.timing import batch_order, host_fields, memory_fields, step_spread_fields, time_steps
 from honed.errors import HonedError
 
 
@@ -120,6 +120,9 @@ def run_bench(args) -> dict:
     if lengths_spec:  # before loading the model, so a wrong --lengths fails at once
         data = bench_data(lengths_spec, vocab_size=SHAPES[args.shape]["vocab_size"], seq=args.seq, batch=args.batch,
                           warmup=args.warmup, steps=args.steps, samples=getattr(args, "samples", None))
+    from honed.engine.memory import available_host_bytes
+
+    host = host_fields(available_host_bytes())  # before the model loads: what the run started with
     models = getattr(args, "models", None) or default_models_dir(getattr(args, "work_dir", None))
     cfg = bench_config(build_shape(args.shape, models), args)
     t = cfg.training
@@ -130,7 +133,7 @@ def run_bench(args) -> dict:
         stack="honed", path=path.name,
         shape=args.shape, qlora=args.qlora, seq=args.seq, batch=args.batch, precision=t.precision, max_grad_norm=t.max_grad_norm,
         embeddings=str(next(iter(causal_lm_of(model).get_input_embeddings().parameters())).dtype).removeprefix("torch."),
-        embeddings_on_host=bool(path.describe().get("embeddings_on_host", False)),
+        embeddings_on_host=bool(path.describe().get("embeddings_on_host", False)), **host,
     )
     if args.qlora:  # which code dequantised the NF4 weights (engine.nf4)
         res["nf4_dequantisation"] = "bitsandbytes" if nf4.kernel_unavailable_reason() else "honed-triton"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import os
 import statistics
 import time
 
@@ -65,3 +66,18 @@ def memory_fields(pool_bytes: int = 0) -> dict:
 
     return {"peak_alloc_gib": round((torch.cuda.max_memory_allocated() + pool_bytes) / 2**30, 2),
             "peak_reserved_gib": round(torch.cuda.max_memory_reserved() / 2**30, 2)}
+
+
+def host_fields(available_bytes: float | None) -> dict:
+    """RESULT key `host`: the host a run timed on, where a step that waits on the host (kernel launches,
+    copies to pinned memory) varies with it: its cores, its load over the last minute, and the memory
+    available to the run when it started (`engine.memory.available_host_bytes`, GiB; None: unreadable).
+
+    >>> sorted(host_fields(64 * 2**30)["host"])
+    ['available_gib', 'cpus', 'load_1m']
+    >>> host_fields(64 * 2**30)["host"]["available_gib"]
+    64.0
+    """
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    return {"host": {"cpus": os.cpu_count(), "load_1m": None if load is None else round(load, 2),
+                     "available_gib": None if available_bytes is None else round(available_bytes / 2**30, 1)}}
