@@ -111,34 +111,56 @@ def wanted() -> bool:
     return ENABLED and _state.offers is not None and torch.is_grad_enabled()
 
 
+def _whole(t: torch.Tensor) -> bool:
+    """A contiguous tensor that starts its own memory: what an offer can stand for."""
+    return t.is_contiguous() and t.storage_offset() == 0 and t.numel() > 0
+
+
+def _register(output: torch.Tensor, entry: _Offered) -> None:
+    offers = _state.offers
+    if offers is not None and _whole(output):
+        offers[output.untyped_storage().data_ptr()] = entry
+
+
+def _offer_holding(t: torch.Tensor) -> tuple[_Offered | None, torch.Tensor | None]:
+    """The offer whose output owns t's memory, and that output; (None, None) where there is none.
+    The address alone could be memory freed and handed to another tensor since; a live output at that
+    address owns it, and a tensor there is a view of it."""
+    offers = _state.offers
+    if not offers:
+        return None, None
+    try:
+        found = offers.get(t.untyped_storage().data_ptr())
+    except (RuntimeError, NotImplementedError):  # a tensor subclass without storage of its own (e.g. a DTensor)
+        return None, None
+    held = None if found is None else found.output()
+    if held is None or held.dtype != t.dtype or held.device != t.device:
+        return None, None
+    return found, held
+
+
 def offer(output: torch.Tensor, derive: Callable[[], torch.Tensor]) -> None:
     """Say that `derive()` computes `output` again, bit for bit, from tensors kept anyway (it must not
     hold `output` itself). Does nothing outside `derived_saves()` or for an output that is not a whole
     contiguous tensor of its own memory."""
-    offers = _state.offers
-    if offers is None or not output.is_contiguous() or output.storage_offset() != 0 or output.numel() == 0:
-        return
-    offers[output.untyped_storage().data_ptr()] = _Offered(output, derive)
+    if _state.offers is not None:
+        _register(output, _Offered(output, derive))
 
 
 def to_host(output: torch.Tensor, offloader, key) -> None:
     """Keep `output`, where a node saves it for backward, in pinned host memory instead of on the GPU
     (`_OnHost`); `offloader` is `engine.memory`'s, `key` its (layer index, name). Does nothing outside
     `derived_saves()`, without grad, or for an output that is not a whole contiguous tensor."""
-    offers = _state.offers
-    if offers is None or not torch.is_grad_enabled() or not output.is_contiguous() or output.storage_offset() != 0 or output.numel() == 0:
-        return
-    offers[output.untyped_storage().data_ptr()] = _OnHost(output, offloader, key)
+    if _state.offers is not None and torch.is_grad_enabled():
+        _register(output, _OnHost(output, offloader, key))
 
 
 def kept_as(t: torch.Tensor) -> Callable[[], torch.Tensor]:
     """How a derive function given to `offer` reads its input t in backward: through t's own offer
     where t is a whole offered output (so that the function holds the offer, not t: an input waiting
     on the host stays off the GPU), else t itself."""
-    offers = _state.offers
-    found = offers.get(t.untyped_storage().data_ptr()) if offers else None
-    held = None if found is None else found.output()
-    if held is not None and held.shape == t.shape and held.dtype == t.dtype and t.storage_offset() == 0:
+    found, held = _offer_holding(t)
+    if found is not None and held.shape == t.shape and t.storage_offset() == 0:
         return found.materialize
     kept = t.detach()
     return lambda: kept
@@ -148,13 +170,10 @@ def cast(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """`x.to(dtype)`; where x is a whole offered output (a QLoRA norm's fp32 output, its weight being
     fp32), the copy is offered in turn, derived as that output's function cast to `dtype`."""
     y = x.to(dtype)
-    offers = _state.offers
-    if y is x or not offers:
+    if y is x:
         return y
-    found = offers.get(x.untyped_storage().data_ptr())
-    held = None if found is None else found.output()
-    if (type(found) is _Offered and held is not None and held.shape == x.shape and held.dtype == x.dtype and x.is_contiguous()
-            and x.storage_offset() == 0):
+    found, held = _offer_holding(x)
+    if type(found) is _Offered and held.shape == x.shape and _whole(x):
         offer(y, functools.partial(_cast_of, found.derive, dtype))  # derive, not materialize: no fp32 copy stays cached
     return y
 
@@ -164,18 +183,8 @@ def _cast_of(derive: Callable[[], torch.Tensor], dtype: torch.dtype) -> torch.Te
 
 
 def _pack(t: torch.Tensor):
-    offers = _state.offers
-    if not offers:
-        return t
-    try:
-        address = t.untyped_storage().data_ptr()
-    except (RuntimeError, NotImplementedError):  # a tensor subclass without storage of its own (e.g. a DTensor)
-        return t
-    found = offers.get(address)
-    held = None if found is None else found.output()
-    # The address alone could be memory freed and handed to another tensor since; a live output
-    # at that address owns it, and a tensor there is a view of it.
-    if held is None or held.dtype != t.dtype or held.device != t.device:
+    found, held = _offer_holding(t)
+    if found is None:
         return t
     found.packed(held)
     return _Derived(found, t)

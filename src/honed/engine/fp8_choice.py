@@ -47,6 +47,7 @@ from honed.engine import replay
 from honed.engine.fp8 import fp8_dgrad, fp8_linear, quantize_weight_rowwise, storable_in_fp8
 from honed.engine.layout import SIBLINGS
 from honed.engine.memory import MemoryPlan
+from honed.utils.ranks import rank0_int
 
 ENABLED = os.environ.get("HONED_FP8_CHOICE", "1") != "0"
 # Matmul time grows with the rows; measuring at most this many keeps the probe's own inputs small on a
@@ -88,14 +89,7 @@ class Fp8Choice:
 def agreed_across_ranks(precision: str, device: torch.device) -> str:
     """In a distributed run, rank 0's choice for every rank: each measures on its own GPU, timings
     differ a little, and ranks whose bases differ would train different models under one average."""
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return precision
-    on = device if dist.get_backend() == "nccl" else torch.device("cpu")
-    flag = torch.tensor([1 if precision == "fp8" else 0], dtype=torch.int32, device=on)
-    dist.broadcast(flag, src=0)
-    return "fp8" if int(flag.item()) else "bf16"
+    return "fp8" if rank0_int(1 if precision == "fp8" else 0, device) else "bf16"
 
 
 def estimated_step_ms(layers: int, plan: MemoryPlan, times: BaseTimes, attention_ms: float) -> float:

@@ -29,6 +29,7 @@ import torch
 
 from honed.engine.fp8_choice import median_ms
 from honed.engine.memory import MemoryPlan
+from honed.utils.ranks import rank0_int
 
 
 @dataclass(frozen=True)
@@ -94,11 +95,4 @@ def measure_layer_forward_ms(lm, tokens: int, max_seq_length: int, device: torch
 
 def agreed_across_ranks(layers: int, device: torch.device) -> int:
     """Rank 0's count for every rank of a distributed run (each measured its own GPU)."""
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return layers
-    on = device if dist.get_backend() == "nccl" else torch.device("cpu")
-    count = torch.tensor([layers], dtype=torch.int64, device=on)
-    dist.broadcast(count, src=0)
-    return int(count.item())
+    return rank0_int(layers, device)
